@@ -1,0 +1,83 @@
+"""cib: build container images and talk to OCI registries, with no Docker daemon.
+
+The public face is what this module exports; everything else may change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cib_core.credentials import Credentials
+from cib_core.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CibError,
+    DigestMismatch,
+    InvalidReference,
+    LayerSourceError,
+    NotFound,
+    PluginError,
+    RegistryError,
+)
+from cib_core.plugins import hookimpl
+
+try:
+    from importlib.metadata import PackageNotFoundError, version
+
+    __version__ = version("cib")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+if TYPE_CHECKING:
+    from cib_core.credentials_chain import auth
+    from cib_core.image import Image, ImageData, SaveResult
+    from cib_core.layers import CustomFile, LayerInfo
+    from cib_core.registry import RegistryClient, UploadResult
+
+# The heavy parts (requests, the builder) load on first use so `import cib_core` stays cheap
+# for plugins that only need `hookimpl` and `Credentials`.
+_LAZY = {
+    "Image": "cib_core.image",
+    "ImageData": "cib_core.image",
+    "SaveResult": "cib_core.image",
+    "RegistryClient": "cib_core.registry",
+    "UploadResult": "cib_core.registry",
+    "CustomFile": "cib_core.layers",
+    "LayerInfo": "cib_core.layers",
+    "auth": "cib_core.credentials_chain",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'cib_core' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
+    "CibError",
+    "Credentials",
+    "CustomFile",
+    "DigestMismatch",
+    "Image",
+    "ImageData",
+    "InvalidReference",
+    "LayerInfo",
+    "LayerSourceError",
+    "NotFound",
+    "PluginError",
+    "RegistryClient",
+    "RegistryError",
+    "SaveResult",
+    "UploadResult",
+    "auth",
+    "hookimpl",
+    "__version__",
+]

@@ -1,0 +1,109 @@
+"""The one error root of cib and the errors that say what went wrong.
+
+Every message names the input it is about and, where it helps, what to do.
+No message ever contains a secret: build messages from hosts, repositories,
+digests and paths, never from headers, URLs with credentials or token bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class CibError(Exception):
+    """Root of every error cib raises on purpose."""
+
+
+class InvalidReference(CibError, ValueError):
+    """An image reference or transport string that cannot be parsed."""
+
+    def __init__(self, reference: str, reason: str) -> None:
+        self.reference = reference
+        self.reason = reason
+        super().__init__(f"invalid image reference {reference!r}: {reason}")
+
+
+class ConfigurationError(CibError, ValueError):
+    """An option or argument that cannot work (a contradictory platform, a bad flag value)."""
+
+
+@dataclass(frozen=True)
+class RegistryErrorDetail:
+    """One entry of the distribution spec's `errors` list."""
+
+    code: str
+    message: str = ""
+
+
+class RegistryError(CibError):
+    """The registry answered with an error, or with something that is not the protocol.
+
+    `status` is the HTTP status (None when no answer arrived), `codes` the spec's error codes
+    (`MANIFEST_INVALID`, `BLOB_UNKNOWN`, ...), `temporary` whether a retry may help.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        errors: Sequence[RegistryErrorDetail] = (),
+        registry: str | None = None,
+        repository: str | None = None,
+        temporary: bool = False,
+    ) -> None:
+        self.status = status
+        self.errors = tuple(errors)
+        self.registry = registry
+        self.repository = repository
+        self.temporary = temporary
+        super().__init__(message)
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(e.code for e in self.errors)
+
+
+class AuthenticationError(RegistryError):
+    """The registry or its token server refused the credentials (or there were none)."""
+
+
+class AuthorizationError(RegistryError):
+    """The credentials were accepted but do not allow this action on this repository."""
+
+
+class NotFound(RegistryError):
+    """A manifest, blob, tag or repository is unknown, in a registry or a local layout."""
+
+
+class DigestMismatch(CibError):
+    """Content did not hash to the digest it was asked for or announced with."""
+
+    def __init__(self, what: str, expected: str, actual: str) -> None:
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"digest mismatch for {what}: expected {expected}, got {actual}")
+
+
+class LayerSourceError(CibError):
+    """A local file or directory cannot go into a layer; names the path."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class ManifestError(CibError, ValueError):
+    """A manifest, index or config document that is malformed or of an unsupported type."""
+
+
+class PluginError(CibError):
+    """A plugin failed to load or misbehaved; names the plugin."""
+
+    def __init__(self, plugin: str, reason: str) -> None:
+        self.plugin = plugin
+        self.reason = reason
+        super().__init__(f"plugin {plugin!r}: {reason}")
