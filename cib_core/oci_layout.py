@@ -1,0 +1,396 @@
+"""OCI image layouts: a directory with ``oci-layout``, ``index.json`` and ``blobs/<alg>/<hex>``.
+
+Tags are the ``org.opencontainers.image.ref.name`` annotations of ``index.json``'s entries, so one
+layout holds several tagged images (as skopeo and umoci write them). Blobs are written to a temporary
+file and renamed into place, ``index.json`` is replaced atomically, and every blob read back is
+checked against its digest as it streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cib_core import mediatypes as mt
+from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
+
+log = logging.getLogger(__name__)
+
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+LAYOUT_VERSION = "1.0.0"
+CHUNK = 1 << 16
+
+_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
+# The OCI image-layout grammar for ref.name values (a tag, or a fuller name).
+_REF_NAME_RE = re.compile(
+    r"^[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*$")
+
+
+def check_digest(digest: str, where: str) -> str:
+    """Return ``digest`` if it is a sha256/sha512 digest; it becomes a path, so nothing else passes."""
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise ManifestError(
+            f"{where}: {digest!r} is not a digest of the form sha256:<64 lowercase hex>")
+    return digest
+
+
+def new_hasher(digest: str | None) -> Any:
+    """A hashlib object for the algorithm of ``digest`` (sha256 when none is given)."""
+    algorithm = digest.split(":", 1)[0] if digest else "sha256"
+    return hashlib.new(algorithm)
+
+
+def iter_chunks(data: BinaryIO | Iterable[bytes] | bytes, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of a file object, an iterable of byte strings, or a bytes object, in chunks."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data)
+        for start in range(0, len(view), chunk):
+            yield bytes(view[start:start + chunk])
+        return
+    read = getattr(data, "read", None)
+    if read is not None:
+        while True:
+            block = read(chunk)
+            if not block:
+                return
+            yield block
+    else:
+        for block in data:
+            if block:
+                yield bytes(block)
+
+
+class _VerifyingRaw(io.RawIOBase):
+    """Passes a stream through, checking its digest (and size) before the last byte leaves.
+
+    The final bytes are held back until the source is exhausted and the digest checked, so a
+    reader that gets all the data got verified data; a mismatch raises ``DigestMismatch``
+    instead of returning the tail.
+    """
+
+    def __init__(self, source: BinaryIO, digest: str, what: str, size: int | None) -> None:
+        super().__init__()
+        self._source = source
+        self._digest = digest
+        self._what = what
+        self._size = size
+        self._hasher = new_hasher(digest)
+        self._pending = bytearray()
+        self._count = 0
+        self._eof = False
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _verify(self) -> None:
+        actual = f"{self._digest.split(':', 1)[0]}:{self._hasher.hexdigest()}"
+        if self._size is not None and self._count != self._size:
+            raise DigestMismatch(f"{self._what} (size)", str(self._size), str(self._count))
+        if actual != self._digest:
+            raise DigestMismatch(self._what, self._digest, actual)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = len(view)
+        if self._done or want == 0:
+            return 0
+        while not self._eof and len(self._pending) <= want:
+            block = self._source.read(max(CHUNK, want))
+            if not block:
+                self._eof = True
+                break
+            self._hasher.update(block)
+            self._count += len(block)
+            if self._size is not None and self._count > self._size:
+                self._verify()
+            self._pending += block
+        if self._eof and len(self._pending) <= want:
+            self._verify()
+            n = len(self._pending)
+            view[:n] = self._pending
+            self._pending.clear()
+            self._done = True
+            return n
+        view[:want] = self._pending[:want]
+        del self._pending[:want]
+        return want
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._source.close()
+            finally:
+                super().close()
+
+
+def verified_reader(source: BinaryIO, digest: str, what: str, size: int | None = None) -> BinaryIO:
+    """Wrap ``source`` so reading it to the end checks ``digest`` (and ``size``, when given)."""
+    return io.BufferedReader(_VerifyingRaw(source, digest, what, size), buffer_size=CHUNK)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a temporary file in the same directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def guess_media_type(raw: bytes) -> str:
+    """The media type a manifest document declares, or the OCI type its shape implies."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ManifestError(f"not a JSON manifest: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError("a manifest must be a JSON object")
+    declared = doc.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    return mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST
+
+
+class OCILayoutStore:
+    """Reads and writes an OCI image layout directory (``oci:PATH[:TAG]``)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+        self.path = Path(path)
+        self.name = f"oci:{self.path}"
+        self._lock = threading.Lock()
+        layout_file = self.path / "oci-layout"
+        index_file = self.path / "index.json"
+        if not layout_file.is_file() or not index_file.is_file():
+            if not create:
+                raise NotFound(
+                    f"{self.name}: no OCI image layout there (needs oci-layout and index.json); "
+                    "check the path, or write an image to it first")
+            if self.path.exists() and not self.path.is_dir():
+                raise NotFound(f"{self.name}: exists and is not a directory; pick another path")
+            self.path.mkdir(parents=True, exist_ok=True)
+            if not layout_file.is_file():
+                write_atomically(layout_file, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+            if not index_file.is_file():
+                self._write_index({"schemaVersion": 2, "manifests": []})
+        try:
+            layout = json.loads(layout_file.read_bytes())
+        except ValueError as exc:
+            raise ManifestError(f"{self.name}: oci-layout is not JSON: {exc}") from exc
+        version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
+        if not isinstance(version, str) or not version.startswith("1."):
+            raise ManifestError(
+                f"{self.name}: unsupported imageLayoutVersion {version!r} (cib reads 1.x)")
+        if create:
+            (self.path / "blobs").mkdir(exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"OCILayoutStore({str(self.path)!r})"
+
+    def __enter__(self) -> OCILayoutStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- blobs ---------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        algorithm, hexpart = check_digest(digest, self.name).split(":", 1)
+        return self.path / "blobs" / algorithm / hexpart
+
+    def has_blob(self, digest: str) -> bool:
+        return self.blob_path(digest).is_file()
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        path = self.blob_path(digest)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: blob {digest} is not in the layout") from None
+        size = os.fstat(handle.fileno()).st_size
+        return verified_reader(handle, digest, f"blob {digest} in {self.name}", size)
+
+    def put_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None = None,
+                 size: int | None = None) -> tuple[str, int]:
+        if digest is not None:
+            final = self.blob_path(digest)
+            if final.is_file():
+                known = final.stat().st_size
+                if size is not None and size != known:
+                    raise DigestMismatch(f"size of blob {digest} in {self.name}", str(size), str(known))
+                return digest, known
+        blobs = self.path / "blobs"
+        blobs.mkdir(exist_ok=True)
+        hasher = new_hasher(digest)
+        count = 0
+        fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".cib-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for block in iter_chunks(data):
+                    hasher.update(block)
+                    count += len(block)
+                    handle.write(block)
+                handle.flush()
+                os.fsync(handle.fileno())
+            actual = f"{hasher.name}:{hasher.hexdigest()}"
+            if digest is not None and actual != digest:
+                raise DigestMismatch(f"blob written to {self.name}", digest, actual)
+            if size is not None and count != size:
+                raise DigestMismatch(f"size of blob {actual} written to {self.name}", str(size), str(count))
+            final = self.blob_path(actual)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        log.debug("wrote blob %s (%d bytes) to %s", actual, count, self.name)
+        return actual, count
+
+    def _read_blob_bytes(self, digest: str, size: int | None = None) -> bytes:
+        with self.open_blob(digest) as stream:
+            data = stream.read()
+        if size is not None and len(data) != size:
+            raise DigestMismatch(f"size of {digest} in {self.name}", str(size), str(len(data)))
+        return data
+
+    # -- index.json ----------------------------------------------------------------------
+    def read_index(self) -> dict[str, Any]:
+        """The parsed ``index.json``."""
+        try:
+            index = json.loads((self.path / "index.json").read_bytes())
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: index.json is missing; this is not an OCI layout") from None
+        except ValueError as exc:
+            raise ManifestError(f"{self.name}: index.json is not valid JSON: {exc}") from exc
+        if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
+            raise ManifestError(f"{self.name}: index.json has no manifests list")
+        index.setdefault("manifests", [])
+        return index
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        write_atomically(self.path / "index.json",
+                         json.dumps(index, separators=(",", ":")).encode())
+
+    @staticmethod
+    def _ref_name(entry: Any) -> str | None:
+        if not isinstance(entry, dict):
+            return None
+        annotations = entry.get("annotations") or {}
+        value = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
+        return value if isinstance(value, str) else None
+
+    def tags(self) -> list[str]:
+        """Every ``ref.name`` in ``index.json``, in order, each once."""
+        seen: list[str] = []
+        for entry in self.read_index()["manifests"]:
+            name = self._ref_name(entry)
+            if name is not None and name not in seen:
+                seen.append(name)
+        return seen
+
+    def _find_entry(self, ref: str) -> dict[str, Any]:
+        entries = [e for e in self.read_index()["manifests"] if isinstance(e, dict)]
+        if not ref:
+            if len(entries) == 1:
+                return entries[0]
+            available = self.tags()
+            raise NotFound(
+                f"{self.name}: holds {len(entries)} images; name one as {self.name}:TAG "
+                f"(available tags: {', '.join(available) or 'none'})")
+        matches = [e for e in entries if self._ref_name(e) == ref]
+        if not matches:
+            # Some tools (containerd, docker save) annotate full names; accept a unique tag match.
+            matches = [e for e in entries if any(
+                isinstance(v, str) and v.endswith(":" + ref)
+                for v in ((e.get("annotations") or {}).get(k) for k in (REF_NAME, CONTAINERD_NAME)))]
+            if len(matches) > 1:
+                matches = []
+        if not matches:
+            available = self.tags()
+            raise NotFound(
+                f"{self.name}: no image tagged {ref!r} "
+                f"(available tags: {', '.join(available) or 'none'})")
+        return matches[-1]
+
+    # -- manifests -----------------------------------------------------------------------
+    def get_manifest(self, ref: str | None) -> tuple[bytes, str, str]:
+        ref = ref or ""
+        if _DIGEST_RE.match(ref):
+            entry: dict[str, Any] | None = next(
+                (e for e in self.read_index()["manifests"]
+                 if isinstance(e, dict) and e.get("digest") == ref), None)
+            if not self.has_blob(ref):
+                raise NotFound(f"{self.name}: manifest {ref} is not in the layout")
+            raw = self._read_blob_bytes(ref)
+            media_type = (entry or {}).get("mediaType") or guess_media_type(raw)
+            return raw, str(media_type), ref
+        entry = self._find_entry(ref)
+        digest = check_digest(entry.get("digest", ""), f"{self.name} index.json")
+        size = entry.get("size")
+        raw = self._read_blob_bytes(digest, size if isinstance(size, int) else None)
+        media_type = entry.get("mediaType") or guess_media_type(raw)
+        return raw, str(media_type), digest
+
+    def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
+        if tag is not None and not _REF_NAME_RE.match(tag):
+            raise InvalidReference(f"{self.name}:{tag}", "a layout tag is letters, digits and . _ - : @ + /")
+        digest, size = self.put_blob(raw)
+        if tag is None:
+            return digest
+        entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size,
+                                 "annotations": {REF_NAME: tag}}
+        if media_type in mt.IMAGE_MANIFESTS:
+            platform = self._platform_of(raw)
+            if platform:
+                entry["platform"] = platform
+        with self._lock:
+            index = self.read_index()
+            kept = [e for e in index["manifests"] if self._ref_name(e) != tag]
+            index["manifests"] = [*kept, entry]
+            index.setdefault("schemaVersion", 2)
+            self._write_index(index)
+        log.debug("tagged %s as %s in %s", digest, tag, self.name)
+        return digest
+
+    def _platform_of(self, raw: bytes) -> dict[str, str] | None:
+        """The platform of an image manifest, read from its config when it is in the layout."""
+        try:
+            config_desc = json.loads(raw).get("config") or {}
+            digest = config_desc.get("digest", "")
+            if not _DIGEST_RE.match(digest) or not self.has_blob(digest):
+                return None
+            config = json.loads(self._read_blob_bytes(digest))
+        except (ValueError, AttributeError, ManifestError, DigestMismatch):
+            return None
+        if not isinstance(config, dict) or not config.get("os") or not config.get("architecture"):
+            return None
+        platform = {"architecture": str(config["architecture"]), "os": str(config["os"])}
+        if config.get("variant"):
+            platform["variant"] = str(config["variant"])
+        return platform
+
+    def close(self) -> None:
+        """Nothing to finish: every write is complete when it returns."""
