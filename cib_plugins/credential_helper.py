@@ -1,0 +1,35 @@
+"""Builtin credential provider ``credential-helper``: docker credential helpers.
+
+Reads docker's config.json (``$DOCKER_CONFIG/config.json``, default
+``~/.docker/config.json``): the helper named in ``credHelpers`` for the registry's host,
+else ``credsStore``, and runs ``docker-credential-<name> get`` with the server URL on stdin
+(``https://index.docker.io/v1/`` first for Docker Hub; ``HOST`` then ``https://HOST``
+otherwise). A helper answering ``Username: "<token>"`` gives an identity token, returned as
+``Credentials(username="<token>", secret=token)`` for the token exchange to use as an OAuth2
+refresh token.
+
+``None`` when no helper is configured, the helper is not installed (logged at debug level)
+or it has no credentials. Any other helper failure or a 30 s timeout raises
+``AuthenticationError`` naming the helper; a malformed config.json raises
+``ConfigurationError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from cib_core import Credentials, credstore, hookimpl
+
+log = logging.getLogger(__name__)
+
+
+@hookimpl
+def cib_credentials(registry: str, repository: str | None) -> Credentials | None:
+    config = credstore.load_docker_config()
+    if config is None:
+        return None
+    helper = credstore.configured_helper(config, registry)
+    if not helper:
+        return None
+    log.debug("asking credential helper %s%s for %s", credstore.HELPER_PREFIX, helper, registry)
+    return credstore.helper_get(helper, registry)
