@@ -1,0 +1,710 @@
+"""Descriptors, manifests, indexes, platforms and image configs.
+
+Parsed documents keep their exact bytes (``.raw``) and the digest of those bytes (``.digest``):
+cib never re-serializes a document it did not build, so digests and signatures stay valid.
+Unknown fields survive: a :class:`Descriptor` keeps them in ``extra`` (and ``to_dict`` of a parsed
+descriptor returns its original object), ``Manifest.data`` / ``Index.data`` are the parsed dicts.
+
+``validate_manifest``/``validate_index``/``validate_config``/``validate_descriptor``/
+``validate_layout`` check what the OCI image-spec JSON schemas and its Go validator check (types,
+required fields, media-type and digest grammar, env entries, ...); parsing for use is more lenient
+(for example it allows a manifest with no layers, which cib itself makes from ``scratch``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import datetime
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeGuard
+
+from cib_core import mediatypes as mt
+from cib_core.errors import ConfigurationError, ManifestError, NotFound
+from cib_core.reference import DIGEST_HEX_LENGTHS
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Descriptor",
+    "Index",
+    "Manifest",
+    "Platform",
+    "canonical_json",
+    "config_platform",
+    "diff_ids",
+    "parse_manifest",
+    "sha256_digest",
+    "validate_config",
+    "validate_descriptor",
+    "validate_index",
+    "validate_layout",
+    "validate_manifest",
+]
+
+JSONDocument: TypeAlias = "bytes | bytearray | str | Mapping[str, Any]"
+
+_MEDIA_TYPE_RE = re.compile(
+    r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
+_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
+_LOWER_HEX_RE = re.compile(r"[a-f0-9]+")
+# As in the Go validator (RE2 without flags): a value may not contain a newline.
+_ENV_RE = re.compile(r"[^=]+=.*")
+_URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})")
+_INT64_MAX = 2**63 - 1
+
+
+def sha256_digest(data: bytes) -> str:
+    """``sha256:<hex>`` of ``data``."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(obj: Any) -> bytes:
+    """How cib serializes documents it builds: compact, UTF-8, keys in the order given."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(raw: bytes | bytearray | str) -> Any:
+    # JSON documents are UTF-8 without a byte order mark (Go's decoder, and so registries, agree);
+    # json.loads on bytes would also take UTF-16/32 and skip a BOM.
+    text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+# --- platforms -----------------------------------------------------------------------------------
+def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
+    arch, variant = arch.lower(), variant.lower()
+    if arch in ("i386", "386"):
+        return "386", ""
+    if arch in ("x86_64", "x86-64", "amd64"):
+        return "amd64", "" if variant == "v1" else variant
+    if arch in ("aarch64", "arm64"):
+        return "arm64", "v8" if variant in ("", "8", "v8", "v8.0") else variant
+    if arch == "armhf":
+        return "arm", "v7"
+    if arch == "armel":
+        return "arm", "v6"
+    if arch == "arm":
+        if variant in ("", "7"):
+            return "arm", "v7"
+        if variant in ("5", "6", "8"):
+            return "arm", "v" + variant
+    return arch, variant
+
+
+@dataclass(frozen=True)
+class Platform:
+    """An image's platform. ``extra`` keeps fields cib does not know (``features`` of Docker
+    manifest lists, ...); it takes no part in comparisons."""
+
+    os: str
+    architecture: str
+    variant: str | None = None
+    os_version: str | None = None
+    os_features: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Platform:
+        """``os/architecture[/variant]``, as in ``linux/arm64/v8``."""
+        parts = text.strip().split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ConfigurationError(
+                f"platform {text!r} is not of the form OS/ARCH[/VARIANT], for example linux/amd64 "
+                "or linux/arm64/v8")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else None)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Platform:
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"platform {data!r} is not a JSON object")
+        os_name, arch = data.get("os"), data.get("architecture")
+        if not isinstance(os_name, str) or not isinstance(arch, str):
+            raise ManifestError(f"platform {dict(data)!r} needs string 'os' and 'architecture'")
+        variant = data.get("variant")
+        os_version = data.get("os.version")
+        features = data.get("os.features") or ()
+        if variant is not None and not isinstance(variant, str):
+            raise ManifestError(f"platform variant {variant!r} is not a string")
+        if os_version is not None and not isinstance(os_version, str):
+            raise ManifestError(f"platform os.version {os_version!r} is not a string")
+        if not isinstance(features, Sequence) or isinstance(features, str) \
+                or not all(isinstance(f, str) for f in features):
+            raise ManifestError(f"platform os.features {features!r} is not a list of strings")
+        known = {"os", "architecture", "variant", "os.version", "os.features"}
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(os_name, arch, variant, os_version, tuple(features), extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"architecture": self.architecture, "os": self.os}
+        if self.os_version is not None:
+            out["os.version"] = self.os_version
+        if self.os_features:
+            out["os.features"] = list(self.os_features)
+        if self.variant is not None:
+            out["variant"] = self.variant
+        out.update(copy.deepcopy(dict(self.extra)))
+        return out
+
+    def normalized(self) -> Platform:
+        """Canonical names and default variants: ``aarch64`` is ``arm64`` (variant ``v8``),
+        ``x86_64`` is ``amd64``, ``arm`` means ``v7``, ``i386`` is ``386``; os is lowercased."""
+        arch, variant = _normalize_arch(self.architecture, self.variant or "")
+        return Platform(self.os.lower(), arch, variant or None, self.os_version, self.os_features,
+                        self.extra)
+
+    def matches(self, wanted: Platform) -> bool:
+        """Whether this platform satisfies ``wanted``: same os and architecture after
+        normalization; the variant (with defaults) only when ``wanted`` names one; the os version
+        only when ``wanted`` names one."""
+        mine, theirs = self.normalized(), wanted.normalized()
+        if (mine.os, mine.architecture) != (theirs.os, theirs.architecture):
+            return False
+        if wanted.variant and mine.variant != theirs.variant:
+            return False
+        return not (wanted.os_version and self.os_version != wanted.os_version)
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
+
+
+# --- descriptors ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Descriptor:
+    """A content descriptor. ``extra`` holds fields cib does not model (``data``, ...)."""
+
+    media_type: str
+    digest: str
+    size: int
+    urls: tuple[str, ...] = ()
+    annotations: Mapping[str, str] | None = field(default=None, hash=False)
+    platform: Platform | None = None
+    artifact_type: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # The object this descriptor was parsed from, returned by to_dict so round trips are exact.
+    _source: Mapping[str, Any] | None = field(default=None, init=False, compare=False, hash=False,
+                                               repr=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "descriptor") -> Descriptor:
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"{where} is not a JSON object: {data!r}")
+        media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
+        if not isinstance(media_type, str) or not media_type:
+            raise ManifestError(f"{where} has no mediaType string")
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise ManifestError(f"{where} has no valid digest (got {digest!r})")
+        if not _is_int(size) or size < 0:
+            raise ManifestError(f"{where} {digest} has no valid size (got {size!r})")
+        urls = data.get("urls") or ()
+        if isinstance(urls, str) or not isinstance(urls, Sequence) \
+                or not all(isinstance(u, str) for u in urls):
+            raise ManifestError(f"{where} {digest}: urls is not a list of strings")
+        annotations = data.get("annotations")
+        if annotations is not None and not _is_string_map(annotations):
+            raise ManifestError(f"{where} {digest}: annotations is not a map of strings")
+        platform = data.get("platform")
+        artifact_type = data.get("artifactType")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise ManifestError(f"{where} {digest}: artifactType is not a string")
+        known = {"mediaType", "digest", "size", "urls", "annotations", "platform", "artifactType"}
+        desc = cls(
+            media_type, digest, size, tuple(urls),
+            dict(annotations) if annotations is not None else None,
+            Platform.from_dict(platform) if platform is not None else None,
+            artifact_type,
+            {k: copy.deepcopy(v) for k, v in data.items() if k not in known},
+        )
+        object.__setattr__(desc, "_source", copy.deepcopy(dict(data)))
+        return desc
+
+    def to_dict(self) -> dict[str, Any]:
+        if self._source is not None:
+            return copy.deepcopy(dict(self._source))
+        out: dict[str, Any] = {"mediaType": self.media_type}
+        if self.artifact_type is not None:
+            out["artifactType"] = self.artifact_type
+        out["digest"] = self.digest
+        out["size"] = self.size
+        if self.urls:
+            out["urls"] = list(self.urls)
+        if self.annotations is not None:
+            out["annotations"] = dict(self.annotations)
+        if self.platform is not None:
+            out["platform"] = self.platform.to_dict()
+        out.update(copy.deepcopy(dict(self.extra)))
+        return out
+
+
+# --- manifests and indexes -----------------------------------------------------------------------
+def _descriptor_list(data: Mapping[str, Any], key: str, what: str) -> tuple[Descriptor, ...]:
+    items = data.get(key)
+    if not isinstance(items, list):
+        raise ManifestError(f"{what} has no '{key}' list")
+    return tuple(Descriptor.from_dict(item, where=f"{what} {key}[{i}]") for i, item in enumerate(items))
+
+
+def _check_schema_version(data: Mapping[str, Any], what: str) -> None:
+    version = data.get("schemaVersion")
+    if version != 2 or not _is_int(version):
+        raise ManifestError(f"{what} has schemaVersion {version!r}; cib reads schema version 2 only")
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """An image manifest (OCI or Docker schema 2), with its exact bytes."""
+
+    raw: bytes
+    media_type: str
+    data: dict[str, Any] = field(repr=False)
+    digest: str = field(init=False)
+    config: Descriptor = field(init=False, repr=False)
+    layers: tuple[Descriptor, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        digest = sha256_digest(self.raw)
+        object.__setattr__(self, "digest", digest)
+        what = f"manifest {digest}"
+        _check_schema_version(self.data, what)
+        object.__setattr__(self, "config", Descriptor.from_dict(self.data.get("config"),  # type: ignore[arg-type]
+                                                                where=f"{what} config"))
+        object.__setattr__(self, "layers", _descriptor_list(self.data, "layers", what))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, media_type: str | None = None) -> Manifest:
+        doc = parse_manifest(raw, media_type)
+        if not isinstance(doc, Manifest):
+            raise ManifestError(f"{doc.digest} is an index ({doc.media_type}), not an image manifest")
+        return doc
+
+    @property
+    def subject(self) -> Descriptor | None:
+        subject = self.data.get("subject")
+        return Descriptor.from_dict(subject, where=f"manifest {self.digest} subject") if subject else None
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        value = self.data.get("annotations")
+        return value if isinstance(value, Mapping) else {}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Manifest) and (self.raw, self.media_type) == (other.raw, other.media_type)
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.media_type))
+
+
+@dataclass(frozen=True, eq=False)
+class Index:
+    """An OCI image index or Docker manifest list, with its exact bytes."""
+
+    raw: bytes
+    media_type: str
+    data: dict[str, Any] = field(repr=False)
+    digest: str = field(init=False)
+    manifests: tuple[Descriptor, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        digest = sha256_digest(self.raw)
+        object.__setattr__(self, "digest", digest)
+        what = f"index {digest}"
+        _check_schema_version(self.data, what)
+        object.__setattr__(self, "manifests", _descriptor_list(self.data, "manifests", what))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, media_type: str | None = None) -> Index:
+        doc = parse_manifest(raw, media_type)
+        if not isinstance(doc, Index):
+            raise ManifestError(f"{doc.digest} is an image manifest ({doc.media_type}), not an index")
+        return doc
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        value = self.data.get("annotations")
+        return value if isinstance(value, Mapping) else {}
+
+    def platforms(self) -> list[Platform]:
+        """The platforms of the entries that name one, in index order."""
+        return [d.platform for d in self.manifests if d.platform is not None]
+
+    def select_all(self, platform: Platform) -> list[Descriptor]:
+        """Every entry that matches ``platform``, best first: an entry whose variant equals the
+        wanted one (or its default: ``v8`` for arm64, ``v7`` for arm) comes before other
+        variants; otherwise index order. Empty when nothing matches."""
+        matching = [d for d in self.manifests if d.platform is not None and d.platform.matches(platform)]
+        wanted_variant = platform.normalized().variant
+        exact = [d for d in matching if d.platform is not None
+                 and d.platform.normalized().variant == wanted_variant]
+        return exact + [d for d in matching if d not in exact]
+
+    def select(self, platform: Platform) -> Descriptor:
+        """The best entry for ``platform``; :class:`NotFound` naming the platforms there are."""
+        found = self.select_all(platform)
+        if not found:
+            available = ", ".join(str(p) for p in self.platforms()) or "none"
+            raise NotFound(f"index {self.digest} has no image for platform {platform}; "
+                           f"it has: {available}")
+        return found[0]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Index) and (self.raw, self.media_type) == (other.raw, other.media_type)
+
+    def __hash__(self) -> int:
+        return hash((self.raw, self.media_type))
+
+
+def _sniff(data: Mapping[str, Any]) -> str | None:
+    if "manifests" in data:
+        return mt.OCI_INDEX
+    if "config" in data and "layers" in data:
+        return mt.OCI_MANIFEST
+    return None
+
+
+def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Index:
+    """Parse manifest or index bytes. The media type is the document's ``mediaType``, else
+    ``media_type`` (a Content-Type header; parameters are ignored), else sniffed from the fields.
+    Docker schema 1 and unknown types raise :class:`ManifestError`."""
+    raw = bytes(raw)
+    digest = sha256_digest(raw)
+    try:
+        data = _loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"manifest {digest} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {digest} is not a JSON object")
+    header = (media_type or "").split(";", 1)[0].strip() or None
+    declared = data.get("mediaType")
+    if declared is not None and not isinstance(declared, str):
+        raise ManifestError(f"manifest {digest} has a mediaType that is not a string: {declared!r}")
+    schema1 = {mt.DOCKER_SCHEMA1, mt.DOCKER_SCHEMA1_SIGNED}
+    if data.get("schemaVersion") == 1 or declared in schema1 or header in schema1:
+        raise ManifestError(
+            f"manifest {digest} is a Docker schema 1 manifest, which cib does not support; "
+            "re-push the image with a current docker, podman or skopeo to get schema 2")
+    if declared:
+        kind = declared
+        if header and header != declared:
+            log.debug("manifest %s declares %s; the server said %s", digest, declared, header)
+    elif header in mt.ALL_MANIFESTS:
+        kind = header
+    else:
+        sniffed = _sniff(data)
+        if sniffed is None:
+            raise ManifestError(f"{digest} is neither an image manifest nor an index "
+                                f"(no mediaType, no 'manifests', no 'config' and 'layers')")
+        kind = sniffed
+    if kind in mt.INDEXES:
+        return Index(raw, kind, data)
+    if kind in mt.IMAGE_MANIFESTS:
+        return Manifest(raw, kind, data)
+    raise ManifestError(f"manifest {digest} has media type {kind}, which cib does not support; "
+                        f"it reads {', '.join(sorted(mt.ALL_MANIFESTS))}")
+
+
+# --- configs -------------------------------------------------------------------------------------
+def diff_ids(config: Mapping[str, Any]) -> list[str]:
+    """The ``rootfs.diff_ids`` of an image config (empty when it has none)."""
+    rootfs = config.get("rootfs")
+    if rootfs is None:
+        return []
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, Mapping) else None
+    if ids is None:
+        return []
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ManifestError("the image config's rootfs.diff_ids is not a list of strings")
+    return list(ids)
+
+
+def config_platform(config: Mapping[str, Any]) -> Platform:
+    """The platform an image config declares (its other fields are not platform ``extra``)."""
+    keys = ("os", "architecture", "variant", "os.version", "os.features")
+    return Platform.from_dict({k: config[k] for k in keys if k in config})
+
+
+# --- validation against the OCI schemas ----------------------------------------------------------
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_string_map(value: object) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def _is_string_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+class _Checker:
+    """Collects the first problem of a document as a ManifestError naming the JSON path."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def fail(self, where: str, problem: str) -> ManifestError:
+        return ManifestError(f"{self.what}: {where}: {problem}")
+
+    def load(self, doc: JSONDocument) -> Mapping[str, Any]:
+        data: Any = doc
+        if isinstance(doc, (bytes, bytearray, str)):
+            try:
+                data = _loads(doc)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ManifestError(f"{self.what} is not valid JSON: {exc}") from None
+        if not isinstance(data, Mapping):
+            raise self.fail("$", "not a JSON object")
+        return data
+
+    def obj(self, value: object, where: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(where, f"must be an object, not {_json_type(value)}")
+        return value
+
+    def required(self, data: Mapping[str, Any], where: str, *keys: str) -> None:
+        for key in keys:
+            if key not in data:
+                raise self.fail(where, f"'{key}' is required")
+
+    def string(self, data: Mapping[str, Any], key: str, where: str) -> str | None:
+        if key not in data:
+            return None
+        value = data[key]
+        if not isinstance(value, str):
+            raise self.fail(f"{where}.{key}", f"must be a string, not {_json_type(value)}")
+        return value
+
+    def string_list(self, data: Mapping[str, Any], key: str, where: str, *, nullable: bool = False) -> None:
+        if key not in data or (nullable and data[key] is None):
+            return
+        if not _is_string_list(data[key]):
+            raise self.fail(f"{where}.{key}", "must be an array of strings")
+
+    def string_map(self, data: Mapping[str, Any], key: str, where: str, *, nullable: bool = False) -> None:
+        if key not in data or (nullable and data[key] is None):
+            return
+        if not _is_string_map(data[key]):
+            raise self.fail(f"{where}.{key}", "must be an object of strings")
+
+    def object_map(self, data: Mapping[str, Any], key: str, where: str, *, nullable: bool = False) -> None:
+        if key not in data or (nullable and data[key] is None):
+            return
+        value = data[key]
+        if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+            raise self.fail(f"{where}.{key}", "must be an object whose values are objects")
+
+    def media_type(self, data: Mapping[str, Any], key: str, where: str) -> None:
+        value = self.string(data, key, where)
+        if value is not None and not _MEDIA_TYPE_RE.fullmatch(value):
+            raise self.fail(f"{where}.{key}", f"{value!r} is not a media type (type/subtype)")
+
+    def schema_version(self, data: Mapping[str, Any]) -> None:
+        self.required(data, "$", "schemaVersion")
+        version = data["schemaVersion"]
+        if not _is_int(version) or version != 2:
+            raise self.fail("$.schemaVersion", f"must be the integer 2, not {version!r}")
+
+    def digest(self, value: object, where: str) -> None:
+        if not isinstance(value, str):
+            raise self.fail(where, f"must be a string, not {_json_type(value)}")
+        if not _DIGEST_RE.fullmatch(value):
+            raise self.fail(where, f"{value!r} is not of the form algorithm:encoded")
+        # Algorithms cib can verify have a fixed length; others pass on grammar alone, as in
+        # the OCI validator, which ignores unsupported algorithms.
+        algorithm, _, encoded = value.partition(":")
+        length = DIGEST_HEX_LENGTHS.get(algorithm)
+        if length is not None and (len(encoded) != length or not _LOWER_HEX_RE.fullmatch(encoded)):
+            raise self.fail(where, f"{value!r} is not {algorithm}: followed by {length} lowercase hex digits")
+
+    def platform(self, value: object, where: str) -> None:
+        data = self.obj(value, where)
+        self.required(data, where, "architecture", "os")
+        for key in ("architecture", "os", "os.version", "variant"):
+            self.string(data, key, where)
+        self.string_list(data, "os.features", where)
+        self.string_list(data, "features", where)
+
+    def descriptor(self, value: object, where: str) -> None:
+        data = self.obj(value, where)
+        self.required(data, where, "mediaType", "size", "digest")
+        self.media_type(data, "mediaType", where)
+        self.media_type(data, "artifactType", where)
+        size = data["size"]
+        if not _is_int(size) or not 0 <= size <= _INT64_MAX:
+            raise self.fail(f"{where}.size", f"must be a non-negative 64-bit integer, not {size!r}")
+        self.digest(data["digest"], f"{where}.digest")
+        if "urls" in data:
+            urls = data["urls"]
+            if not _is_string_list(urls):
+                raise self.fail(f"{where}.urls", "must be an array of strings")
+            for i, url in enumerate(urls):
+                if not _is_uri(url):
+                    raise self.fail(f"{where}.urls[{i}]", f"{url!r} is not an absolute URI")
+        self.string_map(data, "annotations", where)
+        if "data" in data:
+            encoded = data["data"]
+            if not isinstance(encoded, str):
+                raise self.fail(f"{where}.data", "must be a base64 string")
+            try:
+                base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise self.fail(f"{where}.data", "is not valid (padded) base64") from None
+        if "platform" in data:
+            self.platform(data["platform"], f"{where}.platform")
+
+    def descriptors(self, data: Mapping[str, Any], key: str, *, min_items: int = 0) -> None:
+        items = data[key]
+        if not isinstance(items, list):
+            raise self.fail(f"$.{key}", f"must be an array, not {_json_type(items)}")
+        if len(items) < min_items:
+            raise self.fail(f"$.{key}", f"needs at least {min_items} entr{'y' if min_items == 1 else 'ies'}")
+        for i, item in enumerate(items):
+            self.descriptor(item, f"$.{key}[{i}]")
+
+    def date_time(self, data: Mapping[str, Any], key: str, where: str) -> None:
+        value = self.string(data, key, where)
+        if value is not None and not _is_rfc3339(value):
+            raise self.fail(f"{where}.{key}", f"{value!r} is not an RFC 3339 date-time")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _is_uri(value: str) -> bool:
+    scheme, sep, rest = value.partition(":")
+    if not sep or not _URI_SCHEME_RE.fullmatch(scheme) or "\\" in value:
+        return False
+    return not any(c.isspace() or ord(c) < 0x20 for c in value)
+
+
+def _is_rfc3339(value: str) -> bool:
+    match = _RFC3339_RE.fullmatch(value)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    zone = match.group(8)
+    try:
+        datetime.datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return False
+    if zone != "Z":
+        zone_hours, zone_minutes = int(zone[1:3]), int(zone[4:6])
+        if zone_hours > 23 or zone_minutes > 59:
+            return False
+    return True
+
+
+def validate_descriptor(doc: JSONDocument) -> Mapping[str, Any]:
+    """Check a content descriptor as the OCI schema and validator do; returns the parsed object."""
+    check = _Checker("descriptor")
+    data = check.load(doc)
+    check.descriptor(data, "$")
+    return data
+
+
+def validate_manifest(doc: JSONDocument) -> Mapping[str, Any]:
+    """Check an OCI image manifest as the OCI schema and validator do; returns the parsed object."""
+    check = _Checker("image manifest")
+    data = check.load(doc)
+    check.schema_version(data)
+    check.media_type(data, "mediaType", "$")
+    check.media_type(data, "artifactType", "$")
+    check.required(data, "$", "config", "layers")
+    check.descriptor(data["config"], "$.config")
+    check.descriptors(data, "layers", min_items=1)
+    if "subject" in data:
+        check.descriptor(data["subject"], "$.subject")
+    check.string_map(data, "annotations", "$")
+    return data
+
+
+def validate_index(doc: JSONDocument) -> Mapping[str, Any]:
+    """Check an OCI image index as the OCI schema and validator do; returns the parsed object."""
+    check = _Checker("image index")
+    data = check.load(doc)
+    check.schema_version(data)
+    check.media_type(data, "mediaType", "$")
+    check.media_type(data, "artifactType", "$")
+    check.required(data, "$", "manifests")
+    check.descriptors(data, "manifests")
+    if "subject" in data:
+        check.descriptor(data["subject"], "$.subject")
+    check.string_map(data, "annotations", "$")
+    return data
+
+
+def validate_config(doc: JSONDocument) -> Mapping[str, Any]:
+    """Check an OCI image config as the OCI schema and validator do; returns the parsed object."""
+    check = _Checker("image config")
+    data = check.load(doc)
+    check.required(data, "$", "architecture", "os", "rootfs")
+    for key in ("architecture", "os", "variant", "os.version", "author"):
+        check.string(data, key, "$")
+    check.string_list(data, "os.features", "$")
+    check.date_time(data, "created", "$")
+    if "config" in data:
+        inner = check.obj(data["config"], "$.config")
+        for key in ("User", "WorkingDir", "StopSignal"):
+            check.string(inner, key, "$.config")
+        if "ArgsEscaped" in inner and not isinstance(inner["ArgsEscaped"], bool):
+            raise check.fail("$.config.ArgsEscaped", "must be a boolean")
+        check.object_map(inner, "ExposedPorts", "$.config")
+        check.object_map(inner, "Volumes", "$.config", nullable=True)
+        check.string_list(inner, "Env", "$.config")
+        for i, entry in enumerate(inner.get("Env") or ()):
+            if not _ENV_RE.fullmatch(entry):
+                raise check.fail(f"$.config.Env[{i}]", f"{entry!r} is not of the form NAME=value")
+        check.string_list(inner, "Entrypoint", "$.config", nullable=True)
+        check.string_list(inner, "Cmd", "$.config", nullable=True)
+        check.string_map(inner, "Labels", "$.config", nullable=True)
+    rootfs = check.obj(data["rootfs"], "$.rootfs")
+    check.required(rootfs, "$.rootfs", "diff_ids", "type")
+    if check.string(rootfs, "type", "$.rootfs") != "layers":
+        raise check.fail("$.rootfs.type", f"must be 'layers', not {rootfs['type']!r}")
+    check.string_list(rootfs, "diff_ids", "$.rootfs")
+    if "history" in data:
+        history = data["history"]
+        if not isinstance(history, list):
+            raise check.fail("$.history", f"must be an array, not {_json_type(history)}")
+        for i, item in enumerate(history):
+            where = f"$.history[{i}]"
+            entry = check.obj(item, where)
+            check.date_time(entry, "created", where)
+            for key in ("author", "created_by", "comment"):
+                check.string(entry, key, where)
+            if "empty_layer" in entry and not isinstance(entry["empty_layer"], bool):
+                raise check.fail(f"{where}.empty_layer", "must be a boolean")
+    return data
+
+
+def validate_layout(doc: JSONDocument) -> Mapping[str, Any]:
+    """Check an ``oci-layout`` file; returns the parsed object."""
+    check = _Checker("oci-layout")
+    data = check.load(doc)
+    check.required(data, "$", "imageLayoutVersion")
+    if data["imageLayoutVersion"] != "1.0.0":
+        raise check.fail("$.imageLayoutVersion", f"must be \"1.0.0\", not {data['imageLayoutVersion']!r}")
+    return data
