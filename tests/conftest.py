@@ -1,0 +1,43 @@
+"""Shared test setup.
+
+The real-registry fixtures live in ``cib_core.testing``. An installed cib registers that module
+through its ``pytest11`` entry point; from a bare source tree (no entry point) it is registered
+here instead, and never twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import cib_core.testing
+from cib_core import plugins
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # google-auth probes the GCE metadata server (a link-local address) when it finds no
+    # credentials; tests must only ever talk to loopback, so turn the probe off for good.
+    os.environ.setdefault("NO_GCE_CHECK", "True")
+    os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
+    os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+    manager = config.pluginmanager
+    if not manager.is_registered(cib_core.testing) and not manager.is_blocked("cib"):
+        manager.register(cib_core.testing, "cib")
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test gets its own plugin manager, with entry-point autoloading off.
+
+    The manager is created lazily, on first use (builtin plugins load then); autoload is turned
+    off through the documented environment variable, so a lazily created manager honours it.
+    Tests of autoloading itself unset it with ``monkeypatch.delenv``.
+    """
+    monkeypatch.setenv(plugins.AUTOLOAD_ENV, "1")
+    previous = plugins.set_plugin_manager(None)
+    try:
+        yield
+    finally:
+        plugins.set_plugin_manager(previous)
