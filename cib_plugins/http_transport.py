@@ -1,0 +1,20 @@
+"""The builtin transport: a pooled HTTP adapter for every registry host.
+
+cib's own retries (with backoff and ``Retry-After``) sit above this adapter, so urllib3's
+retries are off here: a request is never sent twice behind cib's back.
+"""
+
+from __future__ import annotations
+
+import requests.adapters
+
+from cib_core import hookimpl
+
+POOL_CONNECTIONS = 4
+POOL_MAXSIZE = 16
+
+
+@hookimpl(trylast=True)
+def cib_transport(registry: str) -> requests.adapters.BaseAdapter | None:
+    return requests.adapters.HTTPAdapter(
+        pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)

@@ -1,0 +1,135 @@
+"""WWW-Authenticate parsing, scopes, the token cache, and the transport's pure helpers."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+
+from cib_core.challenge import (
+    Challenge,
+    TokenCache,
+    merge_scopes,
+    parse_www_authenticate,
+    repository_scope,
+)
+from cib_core.credentials import Credentials
+from cib_core.credentials_chain import credentials_from_options, options_for_registry
+from cib_core.transport import parse_retry_after, redact_headers, redact_url
+
+CASES = [
+    ('Basic realm="Registry Realm"', [Challenge("basic", {"realm": "Registry Realm"})]),
+    ('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+     'scope="repository:library/node:pull"',
+     [Challenge("bearer", {"realm": "https://auth.docker.io/token", "service": "registry.docker.io",
+                           "scope": "repository:library/node:pull"})]),
+    ('Bearer realm="http://127.0.0.1:5001/token",service="svc",scope="repository:a/b:pull,push",'
+     'error="insufficient_scope"',
+     [Challenge("bearer", {"realm": "http://127.0.0.1:5001/token", "service": "svc",
+                           "scope": "repository:a/b:pull,push", "error": "insufficient_scope"})]),
+    # several challenges in one header, and odd spacing and case
+    ('Basic realm="x", Bearer realm="https://t/token", service="s"',
+     [Challenge("basic", {"realm": "x"}), Challenge("bearer", {"realm": "https://t/token", "service": "s"})]),
+    ('BEARER  Realm = "r" ,  SERVICE=plain', [Challenge("bearer", {"realm": "r", "service": "plain"})]),
+    # quoted strings with escapes and commas
+    (r'Basic realm="a \"quoted\", realm"', [Challenge("basic", {"realm": 'a "quoted", realm'})]),
+    ('Bearer realm="r",scope="repository:a:pull repository:b:pull"',
+     [Challenge("bearer", {"realm": "r", "scope": "repository:a:pull repository:b:pull"})]),
+    # token68 schemes next to parameter schemes
+    ("Negotiate abc+/9==, Basic realm=r", [Challenge("negotiate", {}, "abc+/9=="),
+                                           Challenge("basic", {"realm": "r"})]),
+    ("Basic", [Challenge("basic", {})]),
+    ("", []),
+    (", ,", []),
+    # an unterminated quote takes the rest
+    ('Basic realm="open', [Challenge("basic", {"realm": "open"})]),
+    # the first of a repeated parameter wins
+    ('Basic realm="a", realm="b"', [Challenge("basic", {"realm": "a"})]),
+]
+
+
+@pytest.mark.parametrize(("header", "expected"), CASES)
+def test_parse_www_authenticate(header: str, expected: list[Challenge]) -> None:
+    assert parse_www_authenticate(header) == expected
+
+
+def test_challenge_properties() -> None:
+    (c,) = parse_www_authenticate(
+        'Bearer realm="r",service="s",scope="x:y:pull z:w:push",error="invalid_token"')
+    assert (c.realm, c.service, c.error) == ("r", "s", "invalid_token")
+    assert c.scopes == ("x:y:pull", "z:w:push")
+
+
+@pytest.mark.parametrize(("repo", "actions", "expected"), [
+    ("a/b", "pull", "repository:a/b:pull"),
+    ("a/b", "push", "repository:a/b:pull,push"),
+    ("a/b", "push,pull", "repository:a/b:pull,push"),
+    ("a", ["delete"], "repository:a:delete"),
+])
+def test_repository_scope(repo: str, actions: str, expected: str) -> None:
+    assert repository_scope(repo, actions) == expected
+
+
+def test_merge_scopes_unions_actions_per_resource() -> None:
+    merged = merge_scopes(["repository:t:pull", "repository:s:pull", "repository:t:push,pull",
+                           "registry:catalog:*", "repository:host:5000/x:pull"])
+    assert merged == ("registry:catalog:*", "repository:host:5000/x:pull", "repository:s:pull",
+                      "repository:t:pull,push")
+    assert merge_scopes(["repository:a:pull repository:a:push"]) == ("repository:a:pull,push",)
+
+
+def test_token_cache_expiry_and_superset() -> None:
+    now = [1000.0]
+    cache = TokenCache(clock=lambda: now[0])
+    push = merge_scopes(["repository:a:pull,push"])
+    pull = merge_scopes(["repository:a:pull"])
+    other = merge_scopes(["repository:b:pull"])
+    cache.put("user:u", push, "T1", 60)
+    assert cache.get("user:u", push) == "T1"
+    assert cache.get("user:u", pull) == "T1"  # a push token covers reads
+    assert cache.get("user:u", other) is None
+    assert cache.get("anonymous", pull) is None  # never across credentials
+    now[0] += 55  # past the lifetime minus the early-renewal margin
+    assert cache.get("user:u", push) is None
+    cache.put("user:u", pull, "T2", 300)
+    cache.discard("T2")
+    assert cache.get("user:u", pull) is None
+
+
+def test_retry_after() -> None:
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    date = email.utils.formatdate(1_000_030, usegmt=True)
+    assert parse_retry_after(date, now=1_000_000) == pytest.approx(30.0)
+    assert parse_retry_after(date, now=2_000_000) == 0.0
+
+
+def test_redaction() -> None:
+    url = "https://user:pw@blob.example/x/y?X-Amz-Signature=abc&token=zzz&n=10&_state=st"
+    out = redact_url(url)
+    for secret in ("pw", "abc", "zzz", "st"):
+        assert f"={secret}" not in out and f":{secret}@" not in out
+    assert "n=10" in out and "blob.example/x/y" in out
+    headers = redact_headers({"Authorization": "Bearer tok", "Accept": "a", "Cookie": "c=1"})
+    assert headers == {"Authorization": "***", "Accept": "a", "Cookie": "***"}
+
+
+@pytest.mark.parametrize(("opts", "expected"), [
+    ({"Username": "u", "Secret": "s"}, Credentials("u", "s")),
+    ({"username": "u", "secret": "s"}, Credentials("u", "s")),
+    ({"username": "u", "password": "s"}, Credentials("u", "s")),
+    ({"token": "t"}, Credentials(token="t")),
+    ({"Token": "t"}, Credentials(token="t")),
+    ({}, None),
+    (None, None),
+])
+def test_credentials_from_options(opts: dict[str, str] | None, expected: Credentials | None) -> None:
+    assert credentials_from_options(opts) == expected
+
+
+def test_options_for_registry_matches_hosts_and_docker_hub_aliases() -> None:
+    opts = {"127.0.0.1:5000": {"token": "a"}, "https://index.docker.io/v1/": {"token": "b"}}
+    assert options_for_registry("127.0.0.1:5000", opts) == {"token": "a"}
+    assert options_for_registry("docker.io", opts) == {"token": "b"}
+    assert options_for_registry("gcr.io", opts) is None
