@@ -1,0 +1,158 @@
+"""Copy an image, index and all, from any store to any other, keeping its digest.
+
+Blobs move several at a time; each manifest is written only after every blob it names is in
+the destination, children before the index that names them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cib_core.errors import ConfigurationError, RegistryError
+from cib_core.models import Index, Manifest, Platform, parse_manifest
+from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.stores import BlobStore, Progress, open_store, transfer_blob
+
+if TYPE_CHECKING:
+    from cib_core.plugins import CibPluginManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    digest: str
+    reference: str
+    media_type: str
+    tags: tuple[str, ...]
+    blobs: Mapping[str, int] = field(default_factory=dict)  # "copied"/"mounted"/"present" -> count
+
+
+def source_identifier(ref: Reference | LocalReference) -> str:
+    if isinstance(ref, Reference):
+        return ref.identifier
+    return ref.ref or ""
+
+
+def destination_tags(src: Reference | LocalReference, dst: Reference | LocalReference) -> list[str | None]:
+    """The tags to write at the destination: its own, else the source's tag, else ``latest``."""
+    if isinstance(dst, Reference):
+        if dst.digest and not dst.tag:
+            return [None]
+        if dst.tag:
+            return [dst.tag]
+    elif dst.ref:
+        return [dst.ref]
+    if isinstance(src, Reference) and src.tag:
+        return [src.tag]
+    if isinstance(dst, LocalReference) and dst.transport == "docker-archive":
+        return [None]
+    return ["latest"]
+
+
+class _Copier:
+    def __init__(self, src: BlobStore, dst: BlobStore, jobs: int) -> None:
+        self.src = src
+        self.dst = dst
+        self.jobs = max(1, jobs)
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._done: set[str] = set()
+
+    def blobs(self, descriptors: Iterable[tuple[str, int | None]]) -> None:
+        todo = []
+        with self._lock:
+            for digest, size in descriptors:
+                if digest not in self._done:
+                    self._done.add(digest)
+                    todo.append((digest, size))
+
+        def one(item: tuple[str, int | None]) -> None:
+            how = transfer_blob(self.src, self.dst, item[0], item[1])
+            with self._lock:
+                self.counts[how] = self.counts.get(how, 0) + 1
+
+        if len(todo) <= 1 or self.jobs == 1:
+            for item in todo:
+                one(item)
+            return
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cib-copy") as pool:
+            for future in [pool.submit(one, item) for item in todo]:
+                future.result()
+
+    def image(self, manifest: Manifest) -> None:
+        items: list[tuple[str, int | None]] = [(manifest.config.digest, manifest.config.size)]
+        for layer in manifest.layers:
+            if layer.urls:
+                log.info("leaving non-distributable layer %s as a reference", layer.digest)
+                continue
+            items.append((layer.digest, layer.size))
+        self.blobs(items)
+        missing = [d for d, _ in items if not self.dst.has_blob(d)]
+        if missing:
+            raise RegistryError(f"not writing manifest {manifest.digest}: {self.dst.name} still "
+                                f"lacks {', '.join(missing)}")
+
+    def manifest_tree(self, raw: bytes, media_type: str, tag: str | None) -> None:
+        """Copy a manifest or index and everything below it; write ``raw`` last."""
+        doc = parse_manifest(raw, media_type)
+        if isinstance(doc, Index):
+            for child in doc.manifests:
+                child_raw, child_type, _ = self.src.get_manifest(child.digest)
+                self.manifest_tree(child_raw, child_type, None)
+        else:
+            self.image(doc)
+        self.dst.put_manifest(raw, doc.media_type, tag)
+
+
+def copy_image(
+    src: str,
+    dst: str,
+    *,
+    platform: str | None = None,
+    auth: Mapping[str, Mapping[str, str]] | None = None,
+    insecure: Iterable[str] = (),
+    pm: CibPluginManager | None = None,
+    jobs: int = 4,
+    progress: Progress | None = None,
+) -> CopyResult:
+    """Copy ``src`` to ``dst`` (any reference or transport). All platforms unless ``platform``."""
+    src_ref = parse_image_spec(src)
+    dst_ref = parse_image_spec(dst)
+    for ref, role in ((src_ref, "source"), (dst_ref, "destination")):
+        if isinstance(ref, LocalReference) and ref.transport == "scratch":
+            raise ConfigurationError(f"scratch cannot be a copy {role}: it has no manifest")
+    src_store = open_store(src_ref, write=False, auth=auth, insecure=insecure, pm=pm,
+                           progress=progress)
+    dst_store = open_store(dst_ref, write=True, auth=auth, insecure=insecure, pm=pm,
+                           progress=progress)
+    copier = _Copier(src_store, dst_store, jobs)
+    raw, media_type, digest = src_store.get_manifest(source_identifier(src_ref))
+    doc = parse_manifest(raw, media_type)
+    if platform not in (None, "all") and isinstance(doc, Index):
+        wanted = Platform.parse(str(platform))
+        chosen = doc.select(wanted)
+        raw, media_type, digest = src_store.get_manifest(chosen.digest)
+        doc = parse_manifest(raw, media_type)
+    if isinstance(doc, Index) and isinstance(dst_ref, LocalReference) \
+            and dst_ref.transport == "docker-archive":
+        raise ConfigurationError(
+            f"{src} is a multi-platform index and a docker-archive holds single images; "
+            "pick one with --platform (for example --platform linux/amd64)")
+    tags = destination_tags(src_ref, dst_ref)
+    first, rest = tags[0], tags[1:]
+    copier.manifest_tree(raw, media_type, first)
+    for tag in rest:
+        dst_store.put_manifest(raw, media_type, tag)
+    dst_store.close()
+    if isinstance(dst_ref, Reference):
+        where = f"{dst_ref.name}@{digest}"
+    else:
+        where = f"{dst_ref.transport}:{dst_ref.path}@{digest}"
+    return CopyResult(digest=digest, reference=where, media_type=doc.media_type,
+                      tags=tuple(t for t in tags if t), blobs=dict(copier.counts))

@@ -1,0 +1,654 @@
+"""The image builder: take a base, add layers, change the config, save to a target.
+
+``Image`` is the seed's Image class in Python form. It reads the base lazily (a registry image
+of either flavour, an index or manifest list, an ``oci:`` layout, a ``docker-archive:``
+tarball or ``scratch``), uploads each new layer to the target as soon as it is built, copies
+or mounts the base's blobs the target lacks (``sync``), and at ``save`` writes the configs,
+then the manifests, then (for a multi-platform base) the index, each only after every blob
+it names is confirmed present in the target.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import os
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from cib_core import mediatypes as mt
+from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
+from cib_core.layers import LayerInfo, build_layer
+from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest, sha256_digest
+from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.stores import BlobStore, Progress, RegistryStore, open_store, transfer_blob
+
+if TYPE_CHECKING:
+    from cib_core.plugins import CibPluginManager
+    from cib_core.registry import RegistryClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_JOBS = 4
+
+
+@dataclass
+class ImageData:
+    """The manifest and config of one platform's image; both are mutable and saved by ``save``."""
+
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What ``Image.save`` pushed: the digest of the manifest (or index) and where it lives."""
+
+    digest: str
+    reference: str
+    tags: tuple[str, ...]
+    manifest: dict[str, Any]
+    media_type: str
+
+
+@dataclass
+class _PlatformImage:
+    data: ImageData
+    descriptor: dict[str, Any] | None  # the entry in the base index, kept for its annotations
+    base_config_raw: bytes | None  # the base's config bytes, reused when nothing changed
+    base_config: dict[str, Any] | None = None
+    base_blobs: dict[str, int | None] = field(default_factory=dict)  # digest -> size
+
+    @property
+    def platform(self) -> Platform:
+        cfg = self.data.config
+        return Platform(os=str(cfg.get("os", "linux")), architecture=str(cfg.get("architecture", "")),
+                        variant=cfg.get("variant"))
+
+
+def source_date() -> datetime.datetime:
+    """The reproducible build time: ``SOURCE_DATE_EPOCH`` when set, else the Unix epoch."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    seconds = 0
+    if raw:
+        try:
+            seconds = int(raw)
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"SOURCE_DATE_EPOCH={raw!r} is not an integer number of seconds") from exc
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+
+
+def _rfc3339(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_env(base: Iterable[str], changes: Iterable[str]) -> list[str]:
+    """Merge ``NAME=value`` entries over ``base`` by name: replace in place, append new names."""
+    merged = list(base)
+    positions = {entry.split("=", 1)[0]: i for i, entry in enumerate(merged)}
+    for entry in changes:
+        if "=" not in entry or entry.startswith("="):
+            raise ConfigurationError(f"environment entry {entry!r} is not of the form NAME=value")
+        name = entry.split("=", 1)[0]
+        if name in positions:
+            merged[positions[name]] = entry
+        else:
+            positions[name] = len(merged)
+            merged.append(entry)
+    return merged
+
+
+def _scratch_config(platform: Platform | None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "architecture": platform.architecture if platform else "amd64",
+        "os": platform.os if platform else "linux",
+    }
+    if platform and platform.variant:
+        cfg["variant"] = platform.variant
+    cfg.update({"config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []})
+    return cfg
+
+
+class Image:
+    """An image being built from ``base`` to be saved at ``target``. See API.md."""
+
+    def __init__(
+        self,
+        base: str,
+        target: str,
+        *,
+        auth: Mapping[str, Mapping[str, str]] | None = None,
+        platform: str | None = None,
+        insecure: Iterable[str] = (),
+        created: str | None = None,
+        pm: CibPluginManager | None = None,
+        compression: str = "gzip",
+        jobs: int = DEFAULT_JOBS,
+        progress: Progress | None = None,
+    ) -> None:
+        self.base_ref = parse_image_spec(base)
+        self.target_ref = parse_image_spec(target)
+        if isinstance(self.target_ref, LocalReference) and self.target_ref.transport == "scratch":
+            raise ConfigurationError("scratch can only be a base; name a registry reference, "
+                                     "oci:DIR or docker-archive:FILE as the target")
+        if isinstance(self.target_ref, Reference) and self.target_ref.digest:
+            raise ConfigurationError(
+                f"target {target!r} names a digest; a target takes a tag (or none) so the "
+                "new image can be tagged")
+        if created not in (None, "now"):
+            raise ConfigurationError(f"created={created!r}: use None (reproducible) or 'now'")
+        if compression not in ("gzip", "zstd", "none"):
+            raise ConfigurationError(f"compression={compression!r}: use gzip, zstd or none")
+        self._auth = auth
+        self._insecure = tuple(insecure)
+        self._platform = Platform.parse(platform) if platform and platform != "all" else None
+        self._created = created
+        self._pm = pm
+        self._compression = compression
+        self._jobs = max(1, jobs)
+        self._progress = progress
+
+        self.working_dir: str | None = None
+        self.cmd: list[str] | None = None
+        self.entrypoint: list[str] | None = None
+        self.user: str | None = None
+        self.env: list[str] = []
+        self.labels: dict[str, str] = {}
+        self.exposed_ports: list[str] = []
+
+        self._images: list[_PlatformImage] | None = None
+        self._index: dict[str, Any] | None = None  # the base index, when it had one and we keep it
+        self._docker_flavour = False
+        self._synced = False
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[str, str, bool], RegistryClient] = {}
+        self._base_store: BlobStore | None = None
+        self._target_store: BlobStore | None = None
+
+    # -- where things live ---------------------------------------------------------------
+    @property
+    def _plugin_manager(self) -> CibPluginManager:
+        if self._pm is None:
+            from cib_core.plugins import get_plugin_manager
+
+            self._pm = get_plugin_manager()
+        return self._pm
+
+    def client(self, spec: str | None = None, write: bool = False) -> RegistryClient:
+        """An authenticated client for ``spec`` (default: the base), cached per repository and access."""
+        ref = self.base_ref if spec is None else parse_image_spec(spec)
+        if not isinstance(ref, Reference):
+            raise ConfigurationError(f"{spec or 'the base'!s} is not a registry reference; "
+                                     "only registry images have a client")
+        key = (ref.registry, ref.repository, write)
+        with self._lock:
+            if key not in self._clients:
+                from cib_core.registry import RegistryClient
+
+                self._clients[key] = RegistryClient(
+                    ref.registry, ref.repository, (self._auth or {}).get(ref.registry),
+                    insecure=ref.registry in self._insecure, pm=self._plugin_manager)
+            return self._clients[key]
+
+    def _store_for(self, ref: Reference | LocalReference, write: bool) -> BlobStore:
+        if isinstance(ref, Reference):
+            return RegistryStore(self.client(str(ref), write=write), self._progress)
+        return open_store(ref, write=write, auth=self._auth, insecure=self._insecure,
+                          pm=self._plugin_manager, progress=self._progress)
+
+    @property
+    def base_store(self) -> BlobStore | None:
+        if self._base_store is None and not self._is_scratch:
+            self._base_store = self._store_for(self.base_ref, write=False)
+        return self._base_store
+
+    @property
+    def target_store(self) -> BlobStore:
+        if self._target_store is None:
+            self._target_store = self._store_for(self.target_ref, write=True)
+        return self._target_store
+
+    @property
+    def _is_scratch(self) -> bool:
+        return isinstance(self.base_ref, LocalReference) and self.base_ref.transport == "scratch"
+
+    # -- reading the base ----------------------------------------------------------------
+    def _load(self) -> list[_PlatformImage]:
+        with self._lock:
+            if self._images is not None:
+                return self._images
+        images = self._read_base()
+        with self._lock:
+            if self._images is None:
+                self._images = images
+            return self._images
+
+    def _read_base(self) -> list[_PlatformImage]:
+        if self._is_scratch:
+            self._docker_flavour = False
+            config = _scratch_config(self._platform)
+            manifest: dict[str, Any] = {
+                "schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+                "config": {"mediaType": mt.OCI_CONFIG, "digest": "", "size": 0}, "layers": []}
+            return [_PlatformImage(ImageData(manifest, config), None, None)]
+        store = self.base_store
+        assert store is not None
+        ident = self.base_ref.identifier if isinstance(self.base_ref, Reference) else (
+            self.base_ref.ref or "")
+        raw, media_type, _digest = store.get_manifest(ident)
+        doc = parse_manifest(raw, media_type)
+        self._docker_flavour = mt.is_docker_flavour(doc.media_type)
+        if isinstance(doc, Index):
+            return self._read_index(store, doc)
+        image = self._read_image(store, doc, None)
+        if self._platform is not None and not image.platform.matches(self._platform):
+            raise ConfigurationError(
+                f"the base {self._describe_base()} is a single {image.platform} image; "
+                f"it cannot be built for {self._platform}")
+        return [image]
+
+    def _read_index(self, store: BlobStore, index: Index) -> list[_PlatformImage]:
+        entries = []
+        for desc in index.manifests:
+            if desc.media_type not in mt.IMAGE_MANIFESTS:
+                log.debug("skipping %s entry %s in the base index", desc.media_type, desc.digest)
+                continue
+            annotations = desc.annotations or {}
+            if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+                log.info("dropping attestation manifest %s of the base: it describes the base, "
+                         "not the new image", desc.digest)
+                continue
+            if desc.platform is None:
+                continue
+            entries.append(desc)
+        if self._platform is not None:
+            entries = [index.select(self._platform)]
+        else:
+            self._index = copy.deepcopy(index.data)
+        if not entries:
+            raise NotFound(f"the base {self._describe_base()} is an index with no image manifests")
+        images: list[_PlatformImage] = [None] * len(entries)  # type: ignore[list-item]
+
+        def read(i: int) -> None:
+            raw, media_type, digest = store.get_manifest(entries[i].digest)
+            doc = parse_manifest(raw, media_type)
+            if not isinstance(doc, Manifest):
+                raise RegistryError(f"{entries[i].digest} in the base index is not an image manifest")
+            images[i] = self._read_image(store, doc, entries[i].to_dict())
+
+        self._parallel(read, range(len(entries)))
+        return images
+
+    def _read_image(self, store: BlobStore, manifest: Manifest,
+                    descriptor: dict[str, Any] | None) -> _PlatformImage:
+        config_desc = manifest.config
+        with store.open_blob(config_desc.digest) as stream:
+            config_raw = stream.read()
+        import json
+
+        try:
+            config = json.loads(config_raw)
+        except ValueError as exc:
+            raise RegistryError(f"the config {config_desc.digest} of {self._describe_base()} "
+                                "is not valid JSON") from exc
+        data = ImageData(copy.deepcopy(manifest.data), config)
+        base_blobs: dict[str, int | None] = {config_desc.digest: config_desc.size}
+        for layer in manifest.layers:
+            base_blobs[layer.digest] = layer.size
+        image = _PlatformImage(data, descriptor, config_raw, copy.deepcopy(config), base_blobs)
+        return image
+
+    def _describe_base(self) -> str:
+        return str(self.base_ref)
+
+    def _parallel(self, fn: Any, items: Iterable[Any]) -> None:
+        items = list(items)
+        if len(items) <= 1 or self._jobs == 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="cib") as pool:
+            for future in [pool.submit(fn, item) for item in items]:
+                future.result()
+
+    # -- reading and editing ---------------------------------------------------------------
+    def platforms(self) -> list[str]:
+        """The platforms this build produces, like ``["linux/amd64", "linux/arm64/v8"]``."""
+        return [str(image.platform) for image in self._load()]
+
+    def _image_for(self, platform: str | None) -> _PlatformImage:
+        images = self._load()
+        if platform is None:
+            return images[0]
+        wanted = Platform.parse(platform)
+        for image in images:
+            if image.platform.matches(wanted):
+                return image
+        raise NotFound(f"this build has no {platform} image; it has: {', '.join(self.platforms())}")
+
+    def get_image_data(self, platform: str | None = None) -> ImageData:
+        """The manifest and config (mutable; saved by ``save``) of one platform, default the first."""
+        return self._image_for(platform).data
+
+    def get_image_config(self, platform: str | None = None) -> dict[str, Any]:
+        """The mutable ``config`` object of the image config (Env, Cmd, WorkingDir, ...)."""
+        cfg = self._image_for(platform).data.config
+        inner = cfg.get("config")
+        if not isinstance(inner, dict):
+            inner = cfg["config"] = {}
+        return inner
+
+    @property
+    def docker_flavour(self) -> bool:
+        self._load()
+        return self._docker_flavour
+
+    def add_files(
+        self,
+        files: Mapping[str, object] | str | os.PathLike[str],
+        target_dir: str | None = None,
+        *,
+        ignores: Iterable[str] = (),
+        ignore_files: Iterable[str] = (),
+        follow_symlinks: bool = True,
+    ) -> LayerInfo:
+        """Put local directories, files and ``CustomFile``s into one new layer (see API.md)."""
+        if isinstance(files, Mapping):
+            if target_dir is not None:
+                raise ConfigurationError(
+                    "add_files takes either a mapping {target: source} or (local_dir, target_dir)")
+            sources = {str(k): v for k, v in files.items()}
+        else:
+            sources = {target_dir or "/": files}
+        if not sources:
+            raise ConfigurationError("add_files was given no files")
+        self._load()
+        mtime = None if self._created == "now" else int(source_date().timestamp())
+        built = build_layer(
+            self._plugin_manager, sources, ignores=tuple(ignores), ignore_files=tuple(ignore_files),
+            follow_symlinks=follow_symlinks, compression=self._compression,
+            docker_flavour=self._docker_flavour, mtime=mtime)
+        with built:
+            info = built.info
+            store = self.target_store
+            if not store.has_blob(info.digest):
+                with built.open() as stream:
+                    store.put_blob(stream, digest=info.digest, size=info.size)
+        created_by = "cib add_files " + " ".join(sorted(sources))
+        self._append_layer(
+            {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
+            info.diff_id, {"created_by": created_by, "comment": "cib"})
+        return info
+
+    def _append_layer(self, descriptor: dict[str, Any], diff_id: str,
+                      history: dict[str, Any] | None) -> None:
+        for image in self._load():
+            image.data.manifest.setdefault("layers", []).append(dict(descriptor))
+            rootfs = image.data.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+            rootfs.setdefault("diff_ids", []).append(diff_id)
+            if history is not None:
+                entry = dict(history)
+                entry["created"] = self._created_time()
+                image.data.config.setdefault("history", []).append(entry)
+
+    def add_layer(self, digest: str, uncompressed_digest: str, size: int,
+                  urls: list[str] | None = None, *, media_type: str | None = None) -> None:
+        """Append an existing blob as a layer (to every platform), keeping ``diff_ids`` in step."""
+        self._load()
+        if media_type is None:
+            if urls:
+                media_type = (mt.DOCKER_FOREIGN_LAYER_GZIP if self._docker_flavour
+                              else mt.OCI_LAYER_NONDISTRIBUTABLE_GZIP)
+            else:
+                media_type = mt.layer_media_type(self._docker_flavour)
+        descriptor: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size}
+        if urls:
+            descriptor["urls"] = list(urls)
+        self._append_layer(descriptor, uncompressed_digest,
+                           {"created_by": f"cib add_layer {digest}", "comment": "cib"})
+
+    def remove_layer(self, digest: str) -> None:
+        """Remove the layer ``digest`` and its ``diff_ids`` entry (and its history entry)."""
+        found = False
+        for image in self._load():
+            layers = image.data.manifest.get("layers", [])
+            positions = [i for i, layer in enumerate(layers) if layer.get("digest") == digest]
+            if not positions:
+                continue
+            position = positions[0]
+            found = True
+            del layers[position]
+            diff_ids = image.data.config.get("rootfs", {}).get("diff_ids", [])
+            if position < len(diff_ids):
+                del diff_ids[position]
+            history = image.data.config.get("history", [])
+            nonempty = [i for i, h in enumerate(history) if not h.get("empty_layer")]
+            if position < len(nonempty):
+                del history[nonempty[position]]
+        if not found:
+            raise NotFound(f"no layer {digest} in the image built from {self._describe_base()}")
+
+    def _created_time(self) -> str:
+        if self._created == "now":
+            return _rfc3339(datetime.datetime.now(tz=datetime.timezone.utc))
+        return _rfc3339(source_date())
+
+    # -- sync and save -------------------------------------------------------------------
+    def sync(self, *, copy_remote_layers: bool = True, ignore_exists: bool = False) -> None:
+        """Copy every base blob the target lacks: mount within one registry, stream otherwise."""
+        images = self._load()
+        wanted: dict[str, int | None] = {}
+        foreign: dict[str, dict[str, Any]] = {}
+        for image in images:
+            for layer in image.data.manifest.get("layers", []):
+                d = layer.get("digest")
+                if d in image.base_blobs:
+                    if layer.get("urls"):
+                        foreign[d] = layer
+                    else:
+                        wanted[d] = image.base_blobs[d]
+        store = self.base_store
+        target = self.target_store
+        counts: dict[str, int] = {}
+        counts_lock = threading.Lock()
+
+        def copy_one(item: tuple[str, int | None]) -> None:
+            assert store is not None
+            how = transfer_blob(store, target, item[0], item[1], force=ignore_exists)
+            with counts_lock:
+                counts[how] = counts.get(how, 0) + 1
+
+        if wanted:
+            self._parallel(copy_one, sorted(wanted.items()))
+        if copy_remote_layers and foreign:
+            self._parallel(lambda d: self._copy_foreign(foreign[d], target, ignore_exists),
+                           sorted(foreign))
+        log.info("synced %s to %s: %s", self._describe_base(), target.name,
+                 ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
+        self.sync_counts = counts
+        self._synced = True
+
+    def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool) -> None:
+        digest = layer["digest"]
+        if not force and target.has_blob(digest):
+            return
+        from cib_core.registry import fetch_url
+
+        errors = []
+        for url in layer.get("urls", []):
+            try:
+                with fetch_url(url, digest) as stream:
+                    target.put_blob(stream, digest=digest, size=layer.get("size"))
+                return
+            except CibError as exc:
+                errors.append(f"{url}: {exc}")
+        raise RegistryError(f"could not copy the non-distributable layer {digest} from any of its "
+                            f"urls ({'; '.join(errors) or 'none given'}); pass "
+                            "copy_remote_layers=False to leave it as a reference")
+
+    def _final_config(self, image: _PlatformImage) -> dict[str, Any]:
+        config = image.data.config
+        inner = config.get("config")
+        if not isinstance(inner, dict):
+            inner = config["config"] = {}
+        if self.working_dir is not None:
+            inner["WorkingDir"] = self.working_dir
+        if self.entrypoint is not None:
+            inner["Entrypoint"] = list(self.entrypoint)
+        if self.cmd is not None:
+            inner["Cmd"] = list(self.cmd)
+        if self.user is not None:
+            inner["User"] = self.user
+        if self.env:
+            inner["Env"] = merge_env(inner.get("Env") or [], self.env)
+        if self.labels:
+            labels = dict(inner.get("Labels") or {})
+            labels.update(self.labels)
+            inner["Labels"] = labels
+        if self.exposed_ports:
+            ports = dict(inner.get("ExposedPorts") or {})
+            for port in self.exposed_ports:
+                key = port if "/" in port else f"{port}/tcp"
+                ports[key] = {}
+            inner["ExposedPorts"] = ports
+        config["created"] = self._created_time()
+        return config
+
+    def _config_bytes(self, image: _PlatformImage) -> bytes:
+        config = self._final_config(image)
+        if image.base_config_raw is not None and config == image.base_config:
+            return image.base_config_raw
+        return canonical_json(config)
+
+    def save(
+        self,
+        tags: Iterable[str] | None = None,
+        *,
+        cmd: list[str] | None = None,
+        env: list[str] | None = None,
+        working_dir: str | None = None,
+        copy_remote_layers: bool = True,
+        ignore_exists: bool = False,
+    ) -> SaveResult:
+        """Write the image to the target and tag it; see API.md."""
+        if cmd is not None:
+            self.cmd = list(cmd)
+        if env is not None:
+            self.env = list(self.env) + list(env)
+        if working_dir is not None:
+            self.working_dir = working_dir
+        tag_list = self._tags(tags)
+        images = self._load()
+        if not self._synced:
+            self.sync(copy_remote_layers=copy_remote_layers, ignore_exists=ignore_exists)
+        target = self.target_store
+        pushed: list[tuple[_PlatformImage, bytes, str]] = []
+        single = self._index is None
+        for image in images:
+            raw, media_type = self._push_image(image, target, None if not single else tag_list,
+                                               copy_remote_layers)
+            pushed.append((image, raw, media_type))
+        if single:
+            image, raw, media_type = pushed[0]
+            digest = sha256_digest(raw)
+            manifest = image.data.manifest
+        else:
+            raw, media_type = self._index_bytes(pushed)
+            digest = sha256_digest(raw)
+            for tag in tag_list:
+                target.put_manifest(raw, media_type, tag)
+            import json
+
+            manifest = json.loads(raw)
+        target.close()
+        return SaveResult(digest=digest, reference=self._result_reference(digest),
+                          tags=tuple(tag_list), manifest=manifest, media_type=media_type)
+
+    def _tags(self, tags: Iterable[str] | None) -> list[str]:
+        if tags is not None:
+            tag_list = list(tags)
+            if isinstance(tags, str):
+                tag_list = [tags]
+        elif isinstance(self.target_ref, Reference):
+            tag_list = [self.target_ref.tag or "latest"]
+        else:
+            tag_list = [self._local_target_tag()]
+        if not tag_list:
+            raise ConfigurationError("save() was given an empty list of tags")
+        return tag_list
+
+    def _local_target_tag(self) -> str:
+        assert isinstance(self.target_ref, LocalReference)
+        ref = self.target_ref.ref
+        if self.target_ref.transport == "docker-archive":
+            return ref or "latest"
+        return ref or "latest"
+
+    def _result_reference(self, digest: str) -> str:
+        if isinstance(self.target_ref, Reference):
+            return f"{self.target_ref.name}@{digest}"
+        return f"{self.target_ref.transport}:{self.target_ref.path}@{digest}"
+
+    def _push_image(self, image: _PlatformImage, target: BlobStore, tags: list[str] | None,
+                    copy_remote_layers: bool) -> tuple[bytes, str]:
+        config_raw = self._config_bytes(image)
+        config_digest = sha256_digest(config_raw)
+        if not target.has_blob(config_digest):
+            target.put_blob([config_raw], digest=config_digest, size=len(config_raw))
+        manifest = image.data.manifest
+        media_type = manifest.get("mediaType") or mt.manifest_media_type(self._docker_flavour)
+        manifest["mediaType"] = media_type
+        manifest.setdefault("schemaVersion", 2)
+        cfg_desc = dict(manifest.get("config") or {})
+        cfg_desc.update({"mediaType": cfg_desc.get("mediaType") or mt.config_media_type(
+            self._docker_flavour), "digest": config_digest, "size": len(config_raw)})
+        manifest["config"] = cfg_desc
+        self._confirm_blobs(image, target, copy_remote_layers)
+        raw = canonical_json(manifest)
+        if tags is None:
+            target.put_manifest(raw, media_type, None)
+        else:
+            for tag in tags:
+                target.put_manifest(raw, media_type, tag)
+        return raw, media_type
+
+    def _confirm_blobs(self, image: _PlatformImage, target: BlobStore,
+                       copy_remote_layers: bool) -> None:
+        """Refuse to push a manifest that names a blob the target does not have."""
+        needed = [image.data.manifest["config"]["digest"]]
+        for layer in image.data.manifest.get("layers", []):
+            if layer.get("urls") and not copy_remote_layers:
+                continue
+            needed.append(layer["digest"])
+        missing: list[str] = []
+        lock = threading.Lock()
+
+        def check(digest: str) -> None:
+            if not target.has_blob(digest):
+                with lock:
+                    missing.append(digest)
+
+        self._parallel(check, sorted(set(needed)))
+        if missing:
+            raise RegistryError(
+                f"not pushing the manifest: {target.name} lacks {len(missing)} blob(s) it names "
+                f"({', '.join(sorted(missing))}); was a layer added without being uploaded?")
+
+    def _index_bytes(self, pushed: list[tuple[_PlatformImage, bytes, str]]) -> tuple[bytes, str]:
+        assert self._index is not None
+        index = self._index
+        media_type = index.get("mediaType") or mt.index_media_type(self._docker_flavour)
+        entries = []
+        for image, raw, manifest_type in pushed:
+            entry = dict(image.descriptor or {})
+            entry.update({"mediaType": manifest_type, "digest": sha256_digest(raw), "size": len(raw)})
+            entries.append(entry)
+        index["manifests"] = entries
+        index["mediaType"] = media_type
+        index.setdefault("schemaVersion", 2)
+        return canonical_json(index), media_type

@@ -1,0 +1,143 @@
+"""One interface over every place an image can live: a registry repository, an OCI layout,
+a docker-archive tarball.
+
+The builder and ``cib copy`` move blobs and manifests between stores without caring which
+kind each one is; only ``transfer_blob`` knows that two repositories of one registry can
+mount instead of copy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+from cib_core.errors import ConfigurationError
+from cib_core.reference import LocalReference, Reference, parse_image_spec
+
+if TYPE_CHECKING:
+    from cib_core.plugins import CibPluginManager
+    from cib_core.registry import RegistryClient
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, "int | None"], None]
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Where blobs and manifests of one repository live."""
+
+    name: str
+
+    def has_blob(self, digest: str) -> bool: ...
+
+    def open_blob(self, digest: str) -> BinaryIO: ...
+
+    def put_blob(self, data: BinaryIO | Iterable[bytes], digest: str | None = None,
+                 size: int | None = None) -> tuple[str, int]: ...
+
+    def get_manifest(self, ref: str) -> tuple[bytes, str, str]: ...
+
+    def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class RegistryStore:
+    """A repository in a registry, through a ``RegistryClient``."""
+
+    def __init__(self, client: RegistryClient, progress: Progress | None = None) -> None:
+        self.client = client
+        self.progress = progress
+        self.name = f"{client.registry}/{client.repository}"
+
+    @property
+    def registry(self) -> str:
+        return self.client.registry
+
+    @property
+    def repository(self) -> str:
+        return self.client.repository
+
+    def has_blob(self, digest: str) -> bool:
+        return self.client.blob_exists(digest)
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        stream = self.client.blob(digest, stream=True)
+        assert not isinstance(stream, bytes)
+        return stream
+
+    def put_blob(self, data: BinaryIO | Iterable[bytes], digest: str | None = None,
+                 size: int | None = None) -> tuple[str, int]:
+        result = self.client.upload(data, content_length=size, digest=digest,
+                                    progress=self.progress)
+        return result.digest, result.size
+
+    def mount(self, digest: str, from_repository: str) -> bool:
+        return self.client.mount(digest, from_repository)
+
+    def get_manifest(self, ref: str) -> tuple[bytes, str, str]:
+        return self.client.manifest_raw(ref)
+
+    def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
+        return self.client.manifest_upload(tag, raw, media_type).digest
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(
+    spec: str | Reference | LocalReference,
+    *,
+    write: bool = False,
+    auth: Mapping[str, Mapping[str, str]] | None = None,
+    insecure: Iterable[str] = (),
+    pm: CibPluginManager | None = None,
+    progress: Progress | None = None,
+) -> BlobStore:
+    """A store for a reference string or parsed reference. ``scratch`` has no store."""
+    ref = parse_image_spec(spec) if isinstance(spec, str) else spec
+    if isinstance(ref, LocalReference):
+        if ref.transport == "oci":
+            from cib_core.oci_layout import OCILayoutStore
+
+            assert ref.path is not None
+            return OCILayoutStore(ref.path, create=write)
+        if ref.transport == "docker-archive":
+            from cib_core.docker_archive import DockerArchiveStore
+
+            assert ref.path is not None
+            if write:
+                return DockerArchiveStore.create(ref.path, ref.ref)
+            return DockerArchiveStore.open(ref.path, ref.ref)
+        raise ConfigurationError(
+            "scratch is an empty base image; it can only be used as a base (--from scratch)")
+    from cib_core.registry import RegistryClient
+
+    options = (auth or {}).get(ref.registry)
+    client = RegistryClient(
+        ref.registry, ref.repository, options,
+        insecure=ref.registry in set(insecure), pm=pm,
+    )
+    return RegistryStore(client, progress)
+
+
+def transfer_blob(src: BlobStore, dst: BlobStore, digest: str, size: int | None,
+                  *, force: bool = False) -> str:
+    """Make ``digest`` present in ``dst``; returns how: "present", "mounted" or "copied".
+
+    Two repositories of one registry mount instead of copying; a declined mount falls back
+    to a streamed copy. Registry to registry streams straight through, with no temporary file.
+    """
+    if not force and dst.has_blob(digest):
+        return "present"
+    if (isinstance(src, RegistryStore) and isinstance(dst, RegistryStore)
+            and src.registry == dst.registry and src.repository != dst.repository):
+        if dst.mount(digest, src.repository):
+            log.debug("mounted %s from %s into %s", digest, src.name, dst.name)
+            return "mounted"
+        log.debug("%s declined to mount %s from %s; copying", dst.name, digest, src.repository)
+    with src.open_blob(digest) as stream:
+        dst.put_blob(stream, digest=digest, size=size)
+    return "copied"
