@@ -127,10 +127,13 @@ def copy_image(
     for ref, role in ((src_ref, "source"), (dst_ref, "destination")):
         if isinstance(ref, LocalReference) and ref.transport == "scratch":
             raise ConfigurationError(f"scratch cannot be a copy {role}: it has no manifest")
+    from cib_core.transport import TransportPool
+
+    pool = TransportPool(pm=pm, insecure=insecure)
     src_store = open_store(src_ref, write=False, auth=auth, insecure=insecure, pm=pm,
-                           progress=progress)
+                           progress=progress, pool=pool)
     dst_store = open_store(dst_ref, write=True, auth=auth, insecure=insecure, pm=pm,
-                           progress=progress)
+                           progress=progress, pool=pool)
     copier = _Copier(src_store, dst_store, jobs)
     raw, media_type, digest = src_store.get_manifest(source_identifier(src_ref))
     doc = parse_manifest(raw, media_type)

@@ -30,6 +30,7 @@ from cib_core.stores import BlobStore, Progress, RegistryStore, open_store, tran
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
     from cib_core.registry import RegistryClient
+    from cib_core.transport import TransportPool
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class Image:
         self._synced = False
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, bool], RegistryClient] = {}
+        self._pool: TransportPool | None = None  # one session, ping and token cache per registry
         self._base_store: BlobStore | None = None
         self._target_store: BlobStore | None = None
 
@@ -190,9 +192,14 @@ class Image:
             if key not in self._clients:
                 from cib_core.registry import RegistryClient
 
+                if self._pool is None:
+                    from cib_core.transport import TransportPool
+
+                    self._pool = TransportPool(pm=self._plugin_manager, insecure=self._insecure)
                 self._clients[key] = RegistryClient(
                     ref.registry, ref.repository, (self._auth or {}).get(ref.registry),
-                    insecure=ref.registry in self._insecure, pm=self._plugin_manager)
+                    insecure=ref.registry in self._insecure, pm=self._plugin_manager,
+                    pool=self._pool)
             return self._clients[key]
 
     def _store_for(self, ref: Reference | LocalReference, write: bool) -> BlobStore:

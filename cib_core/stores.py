@@ -18,6 +18,7 @@ from cib_core.reference import LocalReference, Reference, parse_image_spec
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
     from cib_core.registry import RegistryClient
+    from cib_core.transport import TransportPool
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def open_store(
     insecure: Iterable[str] = (),
     pm: CibPluginManager | None = None,
     progress: Progress | None = None,
+    pool: TransportPool | None = None,
 ) -> BlobStore:
     """A store for a reference string or parsed reference. ``scratch`` has no store."""
     ref = parse_image_spec(spec) if isinstance(spec, str) else spec
@@ -118,7 +120,7 @@ def open_store(
     options = (auth or {}).get(ref.registry)
     client = RegistryClient(
         ref.registry, ref.repository, options,
-        insecure=ref.registry in set(insecure), pm=pm,
+        insecure=ref.registry in set(insecure), pm=pm, pool=pool,
     )
     return RegistryStore(client, progress)
 
