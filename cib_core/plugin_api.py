@@ -1,0 +1,257 @@
+"""What a ``cib_layer_source`` plugin may use besides ``cib_core``'s top-level names.
+
+A layer source turns one source the user named into entries ``(TarInfo, fileobj)``:
+
+* ``TarInfo.name`` is a relative path placed under the target (``""`` is the target itself).
+  For a hard link (``LNKTYPE``) ``linkname`` is relative to the same target, like names; a
+  symlink's ``linkname`` is its content and is kept as given.
+* ``fileobj`` is ``None`` except for regular files, where it is anything with ``read(n)`` and
+  ``close()`` (:class:`Readable`) giving exactly ``TarInfo.size`` bytes. cib reads the files
+  only after every source has been listed and in path order, so yield :class:`LazyFile` (opens
+  on first read) or :class:`FileSlice` objects rather than open files: a source can then list
+  thousands of files without holding thousands of descriptors. cib closes each one after use.
+* cib sorts the entries by path, adds missing parent directories (mode 0755), clears user and
+  group names, sets uid/gid to 0 and mtime to ``SOURCE_DATE_EPOCH`` (or 0) -- unless the
+  plugin marks fields to keep with :func:`keep_fields` (``CustomFile`` does this for its
+  explicit uid/gid/mtime, the tarball source for the members' owners and times). Of the PAX
+  headers only extended attributes (``SCHILY.xattr.*``) are kept.
+* When two entries (from one source or from several in one layer) have the same path, the
+  one listed last wins.
+
+How options reach the builtin sources
+-------------------------------------
+The hook is ``cib_layer_source(source, target)``; it has no room for options. The core
+(``cib_core.layers.collect_entries``) therefore wraps a local path -- an ``os.PathLike``, or a
+string naming an existing path -- in a :class:`LocalSource` carrying the ``add_files`` options
+(``ignores``, ``ignore_files``, ``follow_symlinks``); the builtin *local-dir* plugin claims
+``LocalSource`` objects, and also bare existing paths (with default options) when another
+caller asks the hook directly. A string that is not an existing path is passed on unchanged,
+so a plugin can claim its own prefix (``"acme:…"``); when nobody claims it the core raises
+``LayerSourceError`` naming it. An existing path always means that path.
+
+Tarballs
+--------
+``add_files({"/app": "x.tar"})`` puts the *file* ``x.tar`` at ``/app``, as for any local file.
+To unpack a tarball's members under a target, name it explicitly: a :class:`TarballSource`
+object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); the builtin
+*tarball* plugin claims only those. A tarball added "as it is", as a layer of its own, is
+``cib_core.layers.layer_from_tarball``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from typing import IO, Any, Protocol, runtime_checkable
+
+from cib_core.errors import LayerSourceError
+
+__all__ = [
+    "KEEP_ATTRIBUTE",
+    "Entry",
+    "FileSlice",
+    "LazyFile",
+    "LayerSourceError",
+    "LocalSource",
+    "Readable",
+    "TarballSource",
+    "dir_entry",
+    "file_entry",
+    "keep_fields",
+    "kept_fields",
+    "symlink_entry",
+]
+
+
+@runtime_checkable
+class Readable(Protocol):
+    """The file object of a regular-file entry: ``read`` and ``close`` are all cib uses."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+Entry = tuple[tarfile.TarInfo, "Readable | None"]
+"""One layer entry as a ``cib_layer_source`` plugin yields it."""
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """A local file or directory with the ``add_files`` options that apply to it.
+
+    ``ignores`` are gitignore-style patterns relative to the directory; ``ignore_files`` names
+    files at the directory's root (like ``.dockerignore``) whose lines are read as more
+    patterns, before ``ignores`` (so an explicit pattern has the last word, as later lines do
+    in a gitignore file). ``follow_symlinks`` replaces symlinks found inside by what they
+    point to; the source path itself is always resolved.
+    """
+
+    path: str | os.PathLike[str]
+    ignores: tuple[str, ...] = ()
+    ignore_files: tuple[str, ...] = ()
+    follow_symlinks: bool = True
+
+
+@dataclass(frozen=True)
+class TarballSource:
+    """A ``.tar``, ``.tar.gz``/``.tgz`` or ``.tar.zst`` whose members go under the target."""
+
+    path: str | os.PathLike[str]
+
+
+class LazyFile:
+    """A read-only binary file that opens ``path`` on its first ``read``.
+
+    Open failures raise ``LayerSourceError`` naming the path.
+    """
+
+    __slots__ = ("_file", "closed", "name")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.name = os.fspath(path)
+        self._file: IO[bytes] | None = None
+        self.closed = False
+
+    def _open(self) -> IO[bytes]:
+        if self._file is None:
+            if self.closed:
+                raise ValueError(f"read from closed LazyFile {self.name!r}")
+            try:
+                self._file = open(self.name, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+            except OSError as exc:
+                raise LayerSourceError(self.name, f"cannot be read: {exc.strerror or exc}") from exc
+        return self._file
+
+    def read(self, size: int = -1, /) -> bytes:
+        f = self._open()
+        if size is None or size < 0:
+            return f.read()
+        parts: list[bytes] = []
+        while size > 0:  # FileIO may return short reads; give callers full ones
+            chunk = f.read(size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> LazyFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"LazyFile({self.name!r})"
+
+
+class FileSlice:
+    """``length`` bytes of an open binary file from ``offset``, read with ``os.pread``.
+
+    Many slices may share one file (the members of an unpacked tarball); each keeps the file
+    alive, and closing a slice leaves the shared file open.
+    """
+
+    __slots__ = ("_end", "_file", "_pos", "name")
+
+    def __init__(self, file: IO[bytes], offset: int, length: int, name: str | None = None) -> None:
+        self._file = file
+        self._pos = offset
+        self._end = offset + length
+        self.name = name if name is not None else str(getattr(file, "name", "<slice>"))
+
+    def read(self, size: int = -1, /) -> bytes:
+        remaining = self._end - self._pos
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        parts: list[bytes] = []
+        while size > 0:
+            chunk = os.pread(self._file.fileno(), size, self._pos)
+            if not chunk:
+                break
+            parts.append(chunk)
+            self._pos += len(chunk)
+            size -= len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        self._pos = self._end
+
+    def __repr__(self) -> str:
+        return f"FileSlice({self.name!r})"
+
+
+KEEP_ATTRIBUTE = "_cib_keep"
+_KEEPABLE = frozenset({"uid", "gid", "mtime"})
+
+
+class _KeptTarInfo(tarfile.TarInfo):
+    """A TarInfo that remembers which of its fields cib must not normalize."""
+
+    _cib_keep: frozenset[str] = frozenset()
+
+
+def keep_fields(info: tarfile.TarInfo, *fields: str) -> tarfile.TarInfo:
+    """Return ``info`` marked so cib keeps the named fields (``uid``, ``gid``, ``mtime``)."""
+    unknown = set(fields) - _KEEPABLE
+    if unknown:
+        raise ValueError(f"cannot keep {sorted(unknown)}; only {sorted(_KEEPABLE)}")
+    if not isinstance(info, _KeptTarInfo):
+        kept = _KeptTarInfo(info.name)
+        for slot in tarfile.TarInfo.__slots__:
+            try:
+                setattr(kept, slot, getattr(info, slot))
+            except AttributeError:  # a slot the original never set
+                pass
+        kept.pax_headers = dict(info.pax_headers)
+        info = kept
+    assert isinstance(info, _KeptTarInfo)  # noqa: S101 - narrows the type
+    info._cib_keep = info._cib_keep | frozenset(fields)
+    return info
+
+
+def kept_fields(info: tarfile.TarInfo) -> frozenset[str]:
+    """The fields of ``info`` marked with :func:`keep_fields`."""
+    kept: Any = getattr(info, KEEP_ATTRIBUTE, frozenset())
+    return frozenset(kept)
+
+
+def file_entry(name: str, size: int, fileobj: Readable, mode: int = 0o644) -> Entry:
+    """A regular-file entry of ``size`` bytes read from ``fileobj``."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.REGTYPE
+    info.size = size
+    info.mode = stat.S_IMODE(mode)
+    return info, fileobj
+
+
+def dir_entry(name: str, mode: int = 0o755) -> Entry:
+    """A directory entry."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = stat.S_IMODE(mode)
+    return info, None
+
+
+def symlink_entry(name: str, linkname: str) -> Entry:
+    """A symbolic link whose content is ``linkname``."""
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.SYMTYPE
+    info.linkname = linkname
+    info.mode = 0o777
+    return info, None
