@@ -6,17 +6,35 @@ the destination, children before the index that names them.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError, RegistryError
-from cib_core.models import Index, Manifest, Platform, parse_manifest
+from cib_core.models import (
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    canonical_json,
+    parse_manifest,
+    sha256_digest,
+)
 from cib_core.reference import LocalReference, Reference, parse_image_spec
-from cib_core.stores import BlobStore, Progress, open_store, transfer_blob
+from cib_core.stores import (
+    BlobStore,
+    Progress,
+    manifest_to_oci,
+    open_store,
+    transfer_blob,
+    transfer_layer,
+    wants_oci_types,
+)
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -59,10 +77,21 @@ class _Copier:
     def __init__(self, src: BlobStore, dst: BlobStore, jobs: int) -> None:
         self.src = src
         self.dst = dst
+        self.to_oci = wants_oci_types(dst)
+        self._replaced: dict[str, dict[str, Any]] = {}  # layers that changed on the way
         self.jobs = max(1, jobs)
         self.counts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._done: set[str] = set()
+
+    def _run(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        if len(items) <= 1 or self.jobs == 1:
+            for item in items:
+                fn(item)
+            return
+        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cib-copy") as pool:
+            for future in [pool.submit(fn, item) for item in items]:
+                future.result()
 
     def blobs(self, descriptors: Iterable[tuple[str, int | None]]) -> None:
         todo = []
@@ -77,37 +106,73 @@ class _Copier:
             with self._lock:
                 self.counts[how] = self.counts.get(how, 0) + 1
 
-        if len(todo) <= 1 or self.jobs == 1:
-            for item in todo:
-                one(item)
-            return
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cib-copy") as pool:
-            for future in [pool.submit(one, item) for item in todo]:
-                future.result()
+        self._run(one, todo)
 
-    def image(self, manifest: Manifest) -> None:
-        items: list[tuple[str, int | None]] = [(manifest.config.digest, manifest.config.size)]
+    def image(self, manifest: Manifest) -> dict[str, Any] | None:
+        """Copy an image's blobs; returns its manifest rewritten when a layer had to change."""
+        self.blobs([(manifest.config.digest, manifest.config.size)])
+        layers = [d for d in manifest.layers if not d.urls]
         for layer in manifest.layers:
             if layer.urls:
                 log.info("leaving non-distributable layer %s as a reference", layer.digest)
-                continue
-            items.append((layer.digest, layer.size))
-        self.blobs(items)
-        missing = [d for d, _ in items if not self.dst.has_blob(d)]
+        docker_flavour = mt.is_docker_flavour(manifest.media_type)
+        replaced = self._replaced
+
+        def one(layer: Descriptor) -> None:
+            with self._lock:
+                if layer.digest in self._done:
+                    return
+                self._done.add(layer.digest)
+            descriptor, how = transfer_layer(self.src, self.dst, layer.to_dict(),
+                                             docker_flavour=docker_flavour)
+            with self._lock:
+                self.counts[how] = self.counts.get(how, 0) + 1
+                if descriptor["digest"] != layer.digest:
+                    replaced[layer.digest] = descriptor
+
+        self._run(one, layers)
+        needed = [manifest.config.digest] + [replaced.get(d.digest, d.to_dict())["digest"] for d in layers]
+        missing = [d for d in needed if not self.dst.has_blob(d)]
         if missing:
             raise RegistryError(f"not writing manifest {manifest.digest}: {self.dst.name} still "
                                 f"lacks {', '.join(missing)}")
+        if not any(d.digest in replaced for d in layers):
+            return None
+        data = copy.deepcopy(manifest.data)
+        data["layers"] = [replaced.get(d["digest"], d) for d in data.get("layers", [])]
+        return data
 
-    def manifest_tree(self, raw: bytes, media_type: str, tag: str | None) -> None:
-        """Copy a manifest or index and everything below it; write ``raw`` last."""
+    def manifest_tree(self, raw: bytes, media_type: str, tag: str | None) -> tuple[bytes, str]:
+        """Copy a manifest or index and everything below it, writing ``raw`` last.
+
+        Returns what was written: the same bytes, unless the destination needed OCI media types
+        (an OCI layout) or compressed layers (a registry, from a ``docker save`` archive).
+        """
         doc = parse_manifest(raw, media_type)
+        rewritten: dict[str, Any] | None = None
         if isinstance(doc, Index):
+            entries = []
             for child in doc.manifests:
                 child_raw, child_type, _ = self.src.get_manifest(child.digest)
-                self.manifest_tree(child_raw, child_type, None)
+                new_raw, new_type = self.manifest_tree(child_raw, child_type, None)
+                entry = child.to_dict()
+                if new_raw != child_raw:
+                    entry = dict(entry, mediaType=new_type, digest=sha256_digest(new_raw),
+                                 size=len(new_raw))
+                entries.append(entry)
+            if entries != [c.to_dict() for c in doc.manifests]:
+                rewritten = dict(copy.deepcopy(doc.data), manifests=entries)
         else:
-            self.image(doc)
-        self.dst.put_manifest(raw, doc.media_type, tag)
+            rewritten = self.image(doc)
+        if self.to_oci and mt.is_docker_flavour(doc.media_type):
+            rewritten = manifest_to_oci(rewritten if rewritten is not None else doc.data)
+        if rewritten is not None:
+            raw = canonical_json(rewritten)
+            media_type = rewritten.get("mediaType") or doc.media_type
+        else:
+            media_type = doc.media_type
+        self.dst.put_manifest(raw, media_type, tag)
+        return raw, media_type
 
 
 def copy_image(
@@ -149,7 +214,8 @@ def copy_image(
             "pick one with --platform (for example --platform linux/amd64)")
     tags = destination_tags(src_ref, dst_ref)
     first, rest = tags[0], tags[1:]
-    copier.manifest_tree(raw, media_type, first)
+    raw, media_type = copier.manifest_tree(raw, media_type, first)
+    digest = sha256_digest(raw)
     for tag in rest:
         dst_store.put_manifest(raw, media_type, tag)
     dst_store.close()
@@ -157,5 +223,5 @@ def copy_image(
         where = f"{dst_ref.name}@{digest}"
     else:
         where = f"{dst_ref.transport}:{dst_ref.path}@{digest}"
-    return CopyResult(digest=digest, reference=where, media_type=doc.media_type,
+    return CopyResult(digest=digest, reference=where, media_type=media_type,
                       tags=tuple(t for t in tags if t), blobs=dict(copier.counts))

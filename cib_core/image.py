@@ -22,10 +22,18 @@ from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
-from cib_core.layers import LayerInfo, build_layer
+from cib_core.layers import LayerInfo, build_layer, layer_from_tarball
 from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest, sha256_digest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
-from cib_core.stores import BlobStore, Progress, RegistryStore, open_store, transfer_blob
+from cib_core.stores import (
+    BlobStore,
+    Progress,
+    RegistryStore,
+    manifest_to_oci,
+    open_store,
+    transfer_layer,
+    wants_oci_types,
+)
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -392,6 +400,26 @@ class Image:
             info.diff_id, {"created_by": created_by, "comment": "cib"})
         return info
 
+    def add_tarball(self, path: str | os.PathLike[str]) -> LayerInfo:
+        """Add an existing ``.tar``, ``.tar.gz`` or ``.tar.zst`` file as one layer, as it is.
+
+        A compressed file is the blob itself (nothing is re-packed); a plain tar is compressed.
+        Its members are not normalized: reproducibility is the file's own.
+        """
+        self._load()
+        with layer_from_tarball(path, compression=self._compression,
+                                docker_flavour=self._docker_flavour) as built:
+            info = built.info
+            store = self.target_store
+            if not store.has_blob(info.digest):
+                with built.open() as stream:
+                    store.put_blob(stream, digest=info.digest, size=info.size)
+        self._append_layer(
+            {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
+            info.diff_id, {"created_by": f"cib add_tarball {os.path.basename(os.fspath(path))}",
+                           "comment": "cib"})
+        return info
+
     def _append_layer(self, descriptor: dict[str, Any], diff_id: str,
                       history: dict[str, Any] | None) -> None:
         for image in self._load():
@@ -449,29 +477,38 @@ class Image:
     def sync(self, *, copy_remote_layers: bool = True, ignore_exists: bool = False) -> None:
         """Copy every base blob the target lacks: mount within one registry, stream otherwise."""
         images = self._load()
-        wanted: dict[str, int | None] = {}
+        wanted: dict[str, dict[str, Any]] = {}
         foreign: dict[str, dict[str, Any]] = {}
         for image in images:
             for layer in image.data.manifest.get("layers", []):
                 d = layer.get("digest")
-                if d in image.base_blobs:
-                    if layer.get("urls"):
-                        foreign[d] = layer
-                    else:
-                        wanted[d] = image.base_blobs[d]
+                if layer.get("urls"):  # non-distributable: fetched from its urls, base or not
+                    foreign[d] = layer
+                elif d in image.base_blobs:
+                    wanted[d] = layer
         store = self.base_store
         target = self.target_store
         counts: dict[str, int] = {}
+        replaced: dict[str, dict[str, Any]] = {}
         counts_lock = threading.Lock()
 
-        def copy_one(item: tuple[str, int | None]) -> None:
+        def copy_one(digest: str) -> None:
             assert store is not None
-            how = transfer_blob(store, target, item[0], item[1], force=ignore_exists)
+            descriptor, how = transfer_layer(store, target, wanted[digest],
+                                             docker_flavour=self._docker_flavour, force=ignore_exists)
             with counts_lock:
                 counts[how] = counts.get(how, 0) + 1
+                if descriptor is not wanted[digest]:
+                    replaced[digest] = descriptor
 
         if wanted:
-            self._parallel(copy_one, sorted(wanted.items()))
+            self._parallel(copy_one, sorted(wanted))
+        for image in images:  # layers compressed on the way now have new digests
+            layers = image.data.manifest.get("layers", [])
+            for i, layer in enumerate(layers):
+                if layer.get("digest") in replaced and layer.get("digest") in image.base_blobs:
+                    layers[i] = dict(replaced[layer["digest"]])
+                    image.base_blobs[layers[i]["digest"]] = layers[i]["size"]
         if copy_remote_layers and foreign:
             self._parallel(lambda d: self._copy_foreign(foreign[d], target, ignore_exists),
                            sorted(foreign))
@@ -616,6 +653,9 @@ class Image:
             self._docker_flavour), "digest": config_digest, "size": len(config_raw)})
         manifest["config"] = cfg_desc
         self._confirm_blobs(image, target, copy_remote_layers)
+        if wants_oci_types(target):
+            manifest = manifest_to_oci(manifest)
+            media_type = manifest["mediaType"]
         raw = canonical_json(manifest)
         if tags is None:
             target.put_manifest(raw, media_type, None)
@@ -656,6 +696,8 @@ class Image:
             entry.update({"mediaType": manifest_type, "digest": sha256_digest(raw), "size": len(raw)})
             entries.append(entry)
         index["manifests"] = entries
+        if wants_oci_types(self.target_store):
+            media_type = mt.to_oci(media_type)
         index["mediaType"] = media_type
         index.setdefault("schemaVersion", 2)
         return canonical_json(index), media_type

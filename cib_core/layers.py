@@ -980,3 +980,15 @@ def _recompress(src: IO[bytes], name: str, decomp: _Decompressor | None, compres
         pipe.abort()
     return LayerInfo(digest=digest, diff_id=diff_id, size=size,
                      media_type=mediatypes.layer_media_type(docker_flavour, compression))
+
+
+def compress_layer(stream: IO[bytes], name: str, *, compression: str = "gzip",
+                   docker_flavour: bool = False, level: int | None = None,
+                   dir: str | None = None) -> BuiltLayer:
+    """Compress an uncompressed layer read from ``stream`` into a temporary blob.
+
+    Used where a layer stored as a plain tar (a ``docker save`` archive) goes somewhere that
+    wants it compressed, a registry; ``diff_id`` stays what it was, the digest is new.
+    """
+    return _to_file(lambda sink: _recompress(stream, name, None, compression, level,
+                                             docker_flavour, sink), dir)

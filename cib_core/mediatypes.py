@@ -58,3 +58,22 @@ def manifest_media_type(docker_flavour: bool) -> str:
 
 def index_media_type(docker_flavour: bool) -> str:
     return DOCKER_MANIFEST_LIST if docker_flavour else OCI_INDEX
+
+
+# Docker schema 2 types and their OCI equivalents; the bytes they describe are the same.
+_DOCKER_TO_OCI = {
+    DOCKER_MANIFEST: OCI_MANIFEST,
+    DOCKER_MANIFEST_LIST: OCI_INDEX,
+    DOCKER_CONFIG: OCI_CONFIG,
+    DOCKER_LAYER: OCI_LAYER,
+    DOCKER_LAYER_GZIP: OCI_LAYER_GZIP,
+    DOCKER_FOREIGN_LAYER_GZIP: OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+}
+
+
+def to_oci(media_type: str) -> str:
+    """The OCI media type for a Docker one (others are returned unchanged)."""
+    return _DOCKER_TO_OCI.get(media_type, media_type)
+
+
+UNCOMPRESSED_LAYERS = frozenset({DOCKER_LAYER, OCI_LAYER})

@@ -8,10 +8,12 @@ mount instead of copy.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
+from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 
@@ -143,3 +145,49 @@ def transfer_blob(src: BlobStore, dst: BlobStore, digest: str, size: int | None,
     with src.open_blob(digest) as stream:
         dst.put_blob(stream, digest=digest, size=size)
     return "copied"
+
+
+def wants_oci_types(store: BlobStore) -> bool:
+    """OCI layouts take OCI media types only (skopeo and umoci ignore Docker ones there)."""
+    from cib_core.oci_layout import OCILayoutStore
+
+    return isinstance(store, OCILayoutStore)
+
+
+def manifest_to_oci(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The same image manifest or index with OCI media types; the blobs stay as they are."""
+    converted = copy.deepcopy(manifest)
+    if "mediaType" in converted:
+        converted["mediaType"] = mt.to_oci(converted["mediaType"])
+    for key in ("config",):
+        if isinstance(converted.get(key), dict):
+            converted[key]["mediaType"] = mt.to_oci(converted[key].get("mediaType", ""))
+    for key in ("layers", "manifests"):
+        for desc in converted.get(key) or []:
+            desc["mediaType"] = mt.to_oci(desc.get("mediaType", ""))
+    return converted
+
+
+def transfer_layer(src: BlobStore, dst: BlobStore, descriptor: dict[str, Any], *,
+                   docker_flavour: bool, force: bool = False) -> tuple[dict[str, Any], str]:
+    """Make the layer ``descriptor`` present in ``dst``; returns its descriptor there and how.
+
+    A plain-tar Docker layer (what ``docker save`` archives hold) is gzip-compressed on its
+    way into a registry, which does not take that type; its descriptor changes accordingly.
+    """
+    digest = descriptor["digest"]
+    if descriptor.get("mediaType") == mt.DOCKER_LAYER and isinstance(dst, RegistryStore):
+        from cib_core.layers import compress_layer
+
+        with src.open_blob(digest) as stream, \
+                compress_layer(stream, f"{src.name}@{digest}", docker_flavour=docker_flavour) as built:
+            info = built.info
+            how = "present"
+            if force or not dst.has_blob(info.digest):
+                with built.open() as blob:
+                    dst.put_blob(blob, digest=info.digest, size=info.size)
+                how = "compressed"
+        new = dict(descriptor)
+        new.update({"mediaType": info.media_type, "digest": info.digest, "size": info.size})
+        return new, how
+    return descriptor, transfer_blob(src, dst, digest, descriptor.get("size"), force=force)

@@ -638,6 +638,9 @@ def _registry_config(port: int, storage: Path, auth: Mapping[str, Any] | None) -
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+        # Non-distributable (foreign) layers name URLs; distribution refuses every URL unless
+        # allowed here. Loopback only, so foreign-layer tests stay on this machine.
+        "validation": {"manifests": {"urls": {"allow": [r"^https?://127\.0\.0\.1(:[0-9]+)?/"]}}},
     }
     if auth:
         config["auth"] = dict(auth)

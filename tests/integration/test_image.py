@@ -286,3 +286,120 @@ def test_build_against_authenticated_registries(mode, basic_registry, token_regi
     import hashlib
 
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == result.digest
+
+
+def test_docker_flavoured_base_into_oci_layout_gets_oci_types(registry, base_image, tmp_path):
+    layout = tmp_path / "layout"
+    image = Image(base_image.ref, f"oci:{layout}:v1")
+    image.add_files({"/new.txt": CustomFile("new")})
+    result = image.save()
+    assert result.media_type == mt.OCI_MANIFEST
+    raw = skopeo_inspect(f"oci:{layout}:v1", raw=True)
+    manifest = json.loads(raw)
+    assert manifest["config"]["mediaType"] == mt.OCI_CONFIG
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {mt.OCI_LAYER_GZIP}
+    # the same blobs as in the registry: only the media types changed
+    assert [layer["digest"] for layer in manifest["layers"][:-1]] == [
+        layer["digest"] for layer in base_image.layers]
+    rootfs = umoci_unpack(layout, "v1", tmp_path / "bundle")
+    assert (rootfs / "new.txt").read_text() == "new"
+    assert (rootfs / "bin" / "busybox").exists()
+
+
+def test_docker_archive_base_is_compressed_into_a_registry(registry, base_image, tmp_path):
+    from cib_core.testing import skopeo_copy
+
+    archive = tmp_path / "saved.tar"
+    skopeo_copy(f"docker://{base_image.ref}", f"docker-archive:{archive}:base/saved:1")
+    target = f"{registry.host}/from-archive/app:1"
+    image = Image(f"docker-archive:{archive}", target)
+    image.add_files({"/a.txt": CustomFile("a")})
+    image.save()
+    manifest = json.loads(skopeo_inspect(target, raw=True))
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {mt.DOCKER_LAYER_GZIP}
+    assert image.sync_counts.get("compressed", 0) + image.sync_counts.get("present", 0) == len(
+        base_image.layers)
+    config = skopeo_inspect(target, config=True)
+    # diff_ids are of the uncompressed tars, so they survive the recompression unchanged
+    assert config["rootfs"]["diff_ids"][: len(base_image.layers)] == base_image.config["rootfs"]["diff_ids"]
+    layout = _oci_dir(tmp_path, target, "oci")
+    rootfs = umoci_unpack(layout, "t", tmp_path / "bundle")
+    assert (rootfs / "bin" / "busybox").exists() and (rootfs / "a.txt").read_text() == "a"
+
+
+def test_existing_tarball_added_as_it_is(registry, base_image, tmp_path):
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"from a tarball\n"
+        info = tarfile.TarInfo("opt/tarball.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    plain = buf.getvalue()
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(gzip.compress(plain, mtime=0))
+    image = Image(base_image.ref, f"{registry.host}/tarball/app:1")
+    info = image.add_tarball(path)
+    assert info.digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
+    image.save()
+    layout = _oci_dir(tmp_path, f"{registry.host}/tarball/app:1", "oci")
+    rootfs = umoci_unpack(layout, "t", tmp_path / "bundle")
+    assert (rootfs / "opt" / "tarball.txt").read_text() == "from a tarball\n"
+
+
+@pytest.fixture
+def blob_server():
+    """A plain HTTP server on loopback serving blobs by path, as a CDN would for foreign layers."""
+    import http.server
+    import threading
+
+    blobs: dict[str, bytes] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = blobs.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, blobs
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("copy_remote", [True, False])
+def test_foreign_layers_follow_copy_remote_layers(registry, base_image, blob_server, copy_remote):
+    import gzip
+    import hashlib
+
+    from cib_core.testing import make_layer
+
+    server, blobs = blob_server
+    layer = make_layer({"foreign.txt": f"foreign {copy_remote}\n"})
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    diff_id = "sha256:" + hashlib.sha256(gzip.decompress(layer)).hexdigest()
+    port = server.server_address[1]
+    blobs["/blob"] = layer
+    urls = [f"http://127.0.0.1:{port}/missing", f"http://127.0.0.1:{port}/blob"]
+    repo = f"foreign/{'copied' if copy_remote else 'referenced'}"
+    image = Image(base_image.ref, f"{registry.host}/{repo}:1")
+    image.add_layer(digest, diff_id, len(layer), urls=urls)
+    result = image.save(copy_remote_layers=copy_remote)
+    client = RegistryClient(registry.host, repo)
+    assert client.blob_exists(digest) is copy_remote
+    last = result.manifest["layers"][-1]
+    assert last["mediaType"] == mt.DOCKER_FOREIGN_LAYER_GZIP and last["urls"] == urls
