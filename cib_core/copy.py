@@ -10,7 +10,6 @@ import copy
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from cib_core.stores import (
     Progress,
     manifest_to_oci,
     open_store,
+    run_parallel,
     transfer_blob,
     transfer_layer,
     wants_oci_types,
@@ -85,13 +85,7 @@ class _Copier:
         self._done: set[str] = set()
 
     def _run(self, fn: Callable[[Any], None], items: list[Any]) -> None:
-        if len(items) <= 1 or self.jobs == 1:
-            for item in items:
-                fn(item)
-            return
-        with ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="cib-copy") as pool:
-            for future in [pool.submit(fn, item) for item in items]:
-                future.result()
+        run_parallel(fn, items, self.jobs)
 
     def blobs(self, descriptors: Iterable[tuple[str, int | None]]) -> None:
         todo = []

@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +30,7 @@ from cib_core.stores import (
     RegistryStore,
     manifest_to_oci,
     open_store,
+    run_parallel,
     transfer_layer,
     wants_oci_types,
 )
@@ -322,14 +322,7 @@ class Image:
         return str(self.base_ref)
 
     def _parallel(self, fn: Any, items: Iterable[Any]) -> None:
-        items = list(items)
-        if len(items) <= 1 or self._jobs == 1:
-            for item in items:
-                fn(item)
-            return
-        with ThreadPoolExecutor(max_workers=self._jobs, thread_name_prefix="cib") as pool:
-            for future in [pool.submit(fn, item) for item in items]:
-                future.result()
+        run_parallel(fn, items, self._jobs)
 
     # -- reading and editing ---------------------------------------------------------------
     def platforms(self) -> list[str]:

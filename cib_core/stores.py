@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
@@ -25,6 +26,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, "int | None"], None]
+
+
+def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
+    """Call ``fn`` on every item, ``jobs`` at a time; the first failure cancels what has not
+    started and is raised once the running calls end."""
+    todo = list(items)
+    if len(todo) <= 1 or jobs <= 1:
+        for item in todo:
+            fn(item)
+        return
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cib-transfer")
+    try:
+        futures = [pool.submit(fn, item) for item in todo]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            failure = future.exception() if future.done() else None
+            if failure is not None:
+                raise failure
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @runtime_checkable
