@@ -307,6 +307,8 @@ class TokenServer:
         self._log: list[TokenRequest] = []
         self._refresh_tokens: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.tokens_issued = 0  # every JWT signed, whatever clear_requests() dropped
+        self._issued_lock = threading.Lock()
         self._key_pem, self.cert_pem, self._cert_der = self._make_key_and_cert()
         self._server = _LoopbackServer(_TokenHandler, self)
         self._thread = _ServerThread(self._server, "cib-token-server")
@@ -379,6 +381,8 @@ class TokenServer:
         """A signed token for ``access`` (a list of ``{type, name, actions}``)."""
         import jwt
 
+        with self._issued_lock:
+            self.tokens_issued += 1
         now = int(time.time())
         claims = {
             "iss": self.issuer,
@@ -1640,32 +1644,80 @@ def umoci_unpack(layout_dir: Path | str, tag: str, bundle_dir: Path | str) -> Pa
 # fixtures
 # --------------------------------------------------------------------------------------------
 
+_STARTED = pytest.StashKey[list["RegistryServer"]]()
+
+
+def _started(config: pytest.Config) -> list[RegistryServer]:
+    return config.stash.setdefault(_STARTED, [])
+
+
+@contextlib.contextmanager
+def _session_registry(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                      name: str, mode: Mode) -> Iterator[RegistryServer]:
+    with run_registry(tmp_path_factory.mktemp(name), mode=mode) as server:
+        _started(request.config).append(server)
+        yield server
+
+
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+def registry(request: pytest.FixtureRequest,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """An open ``docker-registry`` for the whole session."""
-    with run_registry(tmp_path_factory.mktemp("registry-open"), mode="open") as server:
+    with _session_registry(request, tmp_path_factory, "registry-open", "open") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def second_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+def second_registry(request: pytest.FixtureRequest,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """Another open registry, for copies between registries."""
-    with run_registry(tmp_path_factory.mktemp("registry-second"), mode="open") as server:
+    with _session_registry(request, tmp_path_factory, "registry-second", "open") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+def basic_registry(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry with htpasswd (bcrypt) auth; ``.username``/``.password`` are per session."""
-    with run_registry(tmp_path_factory.mktemp("registry-basic"), mode="basic") as server:
+    with _session_registry(request, tmp_path_factory, "registry-basic", "basic") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+def token_registry(request: pytest.FixtureRequest,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
     """A registry with bearer-token auth; ``.token_server`` logs every token request."""
-    with run_registry(tmp_path_factory.mktemp("registry-token"), mode="token") as server:
+    with _session_registry(request, tmp_path_factory, "registry-token", "token") as server:
         yield server
+
+
+def _http_requests_served(log_path: Path | None) -> tuple[int, int]:
+    """(all requests, requests from cib itself) in a registry's access log."""
+    if log_path is None or not log_path.exists():
+        return 0, 0
+    total = ours = 0
+    with log_path.open("rb") as handle:
+        for line in handle:
+            if b' HTTP/1.1" ' in line:
+                total += 1
+                if b'"cib/' in line:
+                    ours += 1
+    return total, ours
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Say which real registries the session ran against and how much HTTP they served."""
+    servers = config.stash.get(_STARTED, [])
+    if not servers:
+        return
+    terminalreporter.section("cib test bed: real registries on loopback")
+    for server in servers:
+        total, ours = _http_requests_served(server.log_path)
+        line = (f"docker-registry {server.mode:<5} auth on http://{server.host}: served {total} HTTP "
+                f"requests, {ours} of them from cib")
+        if server.token_server is not None:
+            line += f"; its token server issued {server.token_server.tokens_issued} signed JWTs"
+        terminalreporter.write_line(line)
 
 
 _MODE_FIXTURES = {"open": "registry", "basic": "basic_registry", "token": "token_registry"}
