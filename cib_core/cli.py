@@ -101,8 +101,8 @@ class _CliLogHandler(logging.Handler):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.verbosity == 1 and record.levelno < logging.INFO:
-            # -v: only the request lines of the transport's debug output, not headers.
-            return record.name == "cib_core.transport" and str(record.msg).startswith("-->")
+            # -v: one line per HTTP exchange (method, URL, status, time), not the headers.
+            return record.name == "cib_core.transport" and str(record.msg).startswith("<--")
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -157,6 +157,8 @@ def _hint(exc: CibError, *, login: bool = False) -> str:
     if isinstance(exc, AuthenticationError) and login:
         return "nothing was stored"
     if isinstance(exc, AuthenticationError):
+        if "cib auth login" in str(exc):  # the library already said what to do
+            return ""
         where = f" {exc.registry}" if exc.registry else " REGISTRY"
         return f"check the credentials (cib auth login{where})"
     if isinstance(exc, AuthorizationError):

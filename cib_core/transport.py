@@ -298,11 +298,11 @@ class Transport:
             return
         for r in [*resp.history, resp]:
             req = r.request
-            log.debug("    %s %s request headers %s", req.method, redact_url(req.url or ""),
-                      redact_headers(req.headers))
-            log.debug("<-- %d %s %s (%.0f ms) response headers %s", r.status_code, req.method,
-                      redact_url(r.url or ""), (time.monotonic() - started) * 1000,
-                      redact_headers(r.headers))
+            # one line a request (what `cib -v` shows), then the redacted headers (`-vv`)
+            log.debug("<-- %d %s %s (%.0f ms)", r.status_code, req.method, redact_url(r.url or ""),
+                      (time.monotonic() - started) * 1000)
+            log.debug("    request headers %s", redact_headers(req.headers))
+            log.debug("    response headers %s", redact_headers(r.headers))
 
     def close(self) -> None:
         self.session.close()
