@@ -29,6 +29,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from cib_core.copy import CopyResult, copy_image
     from cib_core.credentials_chain import auth
     from cib_core.image import Image, ImageData, SaveResult
     from cib_core.layers import CustomFile, LayerInfo
@@ -45,6 +46,8 @@ _LAZY = {
     "CustomFile": "cib_core.layers",
     "LayerInfo": "cib_core.layers",
     "auth": "cib_core.credentials_chain",
+    "copy_image": "cib_core.copy",
+    "CopyResult": "cib_core.copy",
 }
 
 
@@ -63,6 +66,7 @@ __all__ = [
     "AuthenticationError",
     "AuthorizationError",
     "CibError",
+    "CopyResult",
     "Credentials",
     "CustomFile",
     "DigestMismatch",
@@ -78,6 +82,7 @@ __all__ = [
     "SaveResult",
     "UploadResult",
     "auth",
+    "copy_image",
     "hookimpl",
     "__version__",
 ]

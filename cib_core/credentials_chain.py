@@ -8,12 +8,13 @@ first answer wins. Nothing answering means anonymous access.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from cib_core.credentials import Credentials
-from cib_core.errors import ConfigurationError, PluginError
+from cib_core.errors import AuthenticationError, ConfigurationError, PluginError
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def credentials_from_options(opts: Mapping[str, Any] | Credentials | None) -> Cr
         raise ConfigurationError(
             f"registry auth options must be a mapping like {{'Username': ..., 'Secret': ...}} "
             f"or {{'token': ...}}, not {type(opts).__name__}")
+    if any(str(k).lower() in _GOOGLE_KEYS for k in opts):
+        return _google_credentials(opts)
     token = _get(opts, "token", "Token")
     username = _get(opts, "Username")
     secret = _get(opts, "Secret", "Password")
@@ -69,6 +72,69 @@ def credentials_from_options(opts: Mapping[str, Any] | Credentials | None) -> Cr
         return Credentials(username=None if username is None else str(username),
                            secret=None if secret is None else str(secret))
     return None
+
+
+# Options for google-auth, as the seed passed ``auth["gcr.io"]`` to google-auth-library.
+_GOOGLE_KEYS = {"keyfilename", "keyfile", "credentials_file", "credentials", "credentials_info",
+                "scopes"}
+_GOOGLE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+def _google_credentials(opts: Mapping[str, Any]) -> Credentials:
+    """An access token from google-auth options: a key file (``keyFilename``, ``keyfile`` or
+    ``credentials_file``), a key as a dict (``credentials_info``), a google-auth credentials
+    object (``credentials``), ``scopes``; only ``scopes`` means application default credentials."""
+    import google.auth
+    import google.auth.exceptions
+    import google.auth.transport.requests
+
+    lowered = {str(k).lower(): v for k, v in opts.items()}
+    scopes = list(lowered.get("scopes") or _GOOGLE_SCOPES)
+    path = lowered.get("keyfilename") or lowered.get("keyfile") or lowered.get("credentials_file")
+    info = lowered.get("credentials_info")
+    given = lowered.get("credentials")
+    if isinstance(given, Mapping):
+        info, given = given, None
+    try:
+        if path:
+            try:
+                with open(str(path), encoding="utf-8") as handle:
+                    info = json.load(handle)
+            except (OSError, ValueError) as exc:
+                raise AuthenticationError(f"cannot read the Google key file {path}: "
+                                          f"{getattr(exc, 'strerror', None) or exc}") from None
+        if info is not None:
+            google_creds = _google_from_info(dict(info), scopes, str(path or "credentials_info"))
+        elif given is not None:
+            google_creds = given
+        else:
+            google_creds, _ = google.auth.default(scopes=scopes)
+        google_creds.refresh(google.auth.transport.requests.Request())
+    except google.auth.exceptions.GoogleAuthError as exc:
+        source = f"the key file {path}" if path else "the google-auth options"
+        raise AuthenticationError(
+            f"could not get a Google access token from {source} ({type(exc).__name__}); check "
+            "the service account key or run gcloud auth application-default login") from None
+    token = getattr(google_creds, "token", None)
+    if not token:
+        raise AuthenticationError("the google-auth options gave no access token")
+    return Credentials(username="oauth2accesstoken", secret=str(token))
+
+
+def _google_from_info(info: dict[str, Any], scopes: list[str], source: str) -> Any:
+    kind = info.get("type")
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes)
+    if kind == "authorized_user":
+        from google.oauth2 import credentials as user_credentials
+
+        return user_credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes)
+    raise AuthenticationError(f"{source} is a Google key of type {kind!r}; cib takes "
+                              "service_account or authorized_user keys")
 
 
 def options_for_registry(registry: str, options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:

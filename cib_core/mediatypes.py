@@ -43,7 +43,11 @@ def layer_media_type(docker_flavour: bool, compression: str = "gzip") -> str:
     """The media type for a new layer in an image of the given flavour."""
     if docker_flavour:
         if compression != "gzip":
-            raise ValueError(f"Docker schema 2 images only carry gzip layers, not {compression}")
+            from cib_core.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"a Docker schema 2 image (this base's flavour) only carries gzip layers, not "
+                f"{compression}; use gzip, or an OCI base")
         return DOCKER_LAYER_GZIP
     return {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}[compression]
 
