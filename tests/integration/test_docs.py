@@ -1,0 +1,586 @@
+"""Keep the documentation honest.
+
+(a) Every relative link in README.md and docs/*.md points at an existing file, and a
+    ``#fragment`` into a Markdown file at one of its headings (GitHub's anchor rules).
+
+(b) The recipes of docs/guide.md that are marked with an HTML comment ``<!-- test: NAME -->``
+    on the line right before their code fence are run for real, ``python`` blocks in this
+    process (a fresh namespace each) and ``sh`` blocks with ``bash -euo pipefail`` and this
+    venv's ``cib`` first on PATH. Before running, names in the recipe text are replaced, as
+    whole names only (not inside a longer host or repository path):
+
+        recipe text              replaced with                    what it is
+        registry.example.com     registry.host                    open docker-registry
+        mirror.example.com       second_registry.host             another open registry
+        private.example.com      basic_registry.host              htpasswd registry
+        python:3.12-slim         base_image.ref                   Docker schema 2, linux/amd64
+        node:22                  multiarch_base_image.ref         OCI index, amd64 + arm64/v8
+
+    Each recipe runs in a fresh working directory holding the files the guide's recipes name
+    (``src/`` with a small Python package, a ``.dockerignore``, ``README.md`` and ``NOTES.md``;
+    ``settings.toml``; ``app.js``; ``rootfs.tar.gz``), with HOME, DOCKER_CONFIG and the XDG
+    directories inside it, a null keyring, no SOURCE_DATE_EPOCH, and ``REGISTRY_USER`` /
+    ``REGISTRY_PASSWORD`` set to the htpasswd registry's credentials. After each recipe a check
+    of its own (``CHECKS[NAME]``) looks at the result with an independent client (plain
+    requests against the registry, skopeo), so a recipe that runs but does the wrong thing
+    fails. Every marked recipe needs a check and every check a marked recipe.
+
+(c) Every ``cib`` subcommand of API.md's CLI table, and every command and option of the real
+    click group, is documented in docs/cli.md under a heading ``cib COMMAND``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from cib_core.testing import PushedImage, RegistryServer, skopeo_copy, skopeo_inspect
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+GUIDE = DOCS / "guide.md"
+CLI_DOC = DOCS / "cli.md"
+API_MD = ROOT.parent / "shared" / "API.md"
+LINKED_DOCS = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+
+# The CLI table of API.md, written out so the check also runs where API.md is not checked out
+# next to the repository; test_api_table_matches_this_list keeps the two equal when it is.
+API_CLI_COMMANDS = ("build", "copy", "manifest", "config", "digest", "inspect", "ls", "catalog",
+                    "blob", "delete", "export", "auth login", "auth logout", "plugins")
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) links
+# ---------------------------------------------------------------------------------------------
+
+_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def _prose_lines(text: str) -> Iterator[str]:
+    """Lines outside fenced code blocks, inline code removed."""
+    fenced = False
+    for line in text.splitlines():
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            yield re.sub(r"`[^`]*`", "", line)
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"`|\*\*|__", "", heading.strip().lower())
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors_of(path: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    fenced = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m and not fenced:
+            base = github_anchor(m.group(1))
+            n = seen.get(base, 0)
+            seen[base] = n + 1
+            out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def relative_links(path: Path) -> list[str]:
+    links = []
+    for line in _prose_lines(path.read_text(encoding="utf-8")):
+        for target in _LINK.findall(line):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):
+                continue  # http:, https:, mailto:
+            links.append(target)
+    return links
+
+
+def test_the_documents_exist():
+    for name in ("guide.md", "reference.md", "cli.md", "plugins.md"):
+        assert (DOCS / name).is_file(), f"docs/{name} is missing"
+
+
+@pytest.mark.parametrize("doc", LINKED_DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_point_at_existing_files(doc: Path):
+    broken = []
+    for target in relative_links(doc):
+        file_part, _, fragment = target.partition("#")
+        dest = (doc.parent / file_part).resolve() if file_part else doc
+        if not dest.exists():
+            broken.append(f"{target}: {dest} does not exist")
+            continue
+        if fragment and dest.suffix == ".md" and fragment not in anchors_of(dest):
+            broken.append(f"{target}: no heading with the anchor #{fragment} in {dest.name}")
+    assert not broken, f"broken links in {doc.relative_to(ROOT)}:\n" + "\n".join(broken)
+
+
+def test_link_checker_sees_links_and_anchors():
+    """The checker itself: finds links outside code, skips URLs, computes GitHub anchors."""
+    assert github_anchor("Insecure registries and TLS") == "insecure-registries-and-tls"
+    assert github_anchor("`Image.add_layer`") == "imageadd_layer"
+    assert github_anchor("cib auth login") == "cib-auth-login"
+    links = relative_links(ROOT / "README.md")
+    assert "docs/guide.md" in links
+    assert not any(link.startswith("http") for link in links)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) recipes
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    language: str  # "python" or "sh"
+    code: str
+    line: int
+
+
+_MARKER = re.compile(r"^<!--\s*test:\s*([a-z0-9][a-z0-9-]*)\s*-->\s*$")
+
+
+def marked_recipes(path: Path = GUIDE) -> list[Recipe]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    recipes = []
+    for i, line in enumerate(lines):
+        m = _MARKER.match(line.strip())
+        if not m:
+            continue
+        fence = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if fence not in ("```python", "```sh"):
+            raise AssertionError(f"{path.name}:{i + 1}: <!-- test: {m.group(1)} --> must be followed "
+                                 f"directly by a ```python or ```sh fence, not {fence!r}")
+        body = []
+        for j in range(i + 2, len(lines)):
+            if lines[j].strip() == "```":
+                break
+            body.append(lines[j])
+        else:
+            raise AssertionError(f"{path.name}:{i + 2}: unterminated code fence")
+        recipes.append(Recipe(m.group(1), fence[3:], "\n".join(body) + "\n", i + 2))
+    names = [r.name for r in recipes]
+    duplicates = {n for n in names if names.count(n) > 1}
+    assert not duplicates, f"recipe names used twice: {sorted(duplicates)}"
+    return recipes
+
+
+@dataclass
+class Bed:
+    """The test bed a recipe runs against."""
+
+    registry: RegistryServer
+    mirror: RegistryServer
+    private: RegistryServer
+    base: PushedImage
+    multiarch: PushedImage
+    workdir: Path
+
+    def substitutions(self) -> list[tuple[str, str]]:
+        return [
+            ("registry.example.com", self.registry.host),
+            ("mirror.example.com", self.mirror.host),
+            ("private.example.com", self.private.host),
+            ("python:3.12-slim", self.base.ref),
+            ("node:22", self.multiarch.ref),
+        ]
+
+    def substitute(self, code: str) -> str:
+        for placeholder, value in self.substitutions():
+            pattern = r"(?<![\w./:@-])" + re.escape(placeholder) + r"(?![\w.@-])"
+            code = re.sub(pattern, lambda _m, v=value: v, code)
+        return code
+
+
+def test_substitution_replaces_whole_names_only():
+    server = RegistryServer(host="127.0.0.1:5", mode="open", storage=Path("/nonexistent"))
+    image = PushedImage(server=server, repository="base/docker", tag="1", digest="sha256:" + "0" * 64,
+                        media_type="", raw=b"{}", config_raw=b"{}", blobs={})
+    bed = Bed(server, server, server, image, image, Path("."))
+    assert bed.substitute('Image("python:3.12-slim", "registry.example.com/a:1")') == \
+        'Image("127.0.0.1:5/base/docker:1", "127.0.0.1:5/a:1")'
+    # inside a longer repository path or host the names stay
+    kept = "mirror.example.com/library/python:3.12-slim x.registry.example.com"
+    assert bed.substitute(kept) == "127.0.0.1:5/library/python:3.12-slim x.registry.example.com"
+
+
+def _write_workdir(root: Path) -> None:
+    src = root / "src"
+    (src / "app").mkdir(parents=True)
+    (src / "app" / "__init__.py").write_text("")
+    (src / "app" / "__main__.py").write_text("print('app')\n")
+    (src / "app" / "cache.pyc").write_bytes(b"\0compiled")
+    (src / "README.md").write_text("# app\n")
+    (src / "NOTES.md").write_text("not shipped\n")
+    (src / ".dockerignore").write_text("*.pyc\n__pycache__/\n")
+    (root / "settings.toml").write_text("mode = 'production'\n")
+    (root / "app.js").write_text("console.log('hi')\n")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("opt", "opt/tool", "opt/tool/bin"):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        data = b"#!/bin/sh\necho tool\n"
+        info = tarfile.TarInfo("opt/tool/bin/tool")
+        info.size, info.mode, info.mtime = len(data), 0o755, 1_600_000_000
+        tar.addfile(info, io.BytesIO(data))
+    (root / "rootfs.tar.gz").write_bytes(gzip.compress(raw.getvalue(), mtime=0))
+
+
+@pytest.fixture
+def bed(registry, second_registry, basic_registry, base_image, multiarch_base_image, tmp_path,
+        monkeypatch) -> Bed:
+    work = tmp_path / "work"
+    work.mkdir()
+    _write_workdir(work)
+    home = tmp_path / "home"
+    (home / ".docker").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
+    for name, value in {
+        "HOME": str(home), "DOCKER_CONFIG": str(home / ".docker"),
+        "XDG_CONFIG_HOME": str(home / ".config"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+        "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
+        "NO_PROXY": "127.0.0.1,localhost,::1",
+        "REGISTRY_USER": basic_registry.username, "REGISTRY_PASSWORD": basic_registry.password,
+        "CIB_CACHE_DIR": str(tmp_path / "cache"),
+    }.items():
+        monkeypatch.setenv(name, value)
+    return Bed(registry, second_registry, basic_registry, base_image, multiarch_base_image, work)
+
+
+# -- an independent look at the registries: plain requests, no cib code -----------------------
+
+_ACCEPT = ", ".join((
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+))
+
+
+class Oracle:
+    def __init__(self, server: RegistryServer, *, anonymous: bool = False) -> None:
+        self.server = server
+        self.session = requests.Session()
+        self.session.trust_env = False
+        if server.username and server.password and not anonymous:
+            self.session.auth = (server.username, server.password)
+
+    def manifest_response(self, repo: str, ref: str) -> requests.Response:
+        return self.session.get(f"{self.server.url}/v2/{repo}/manifests/{ref}",
+                                headers={"Accept": _ACCEPT}, timeout=30)
+
+    def manifest(self, repo: str, ref: str) -> tuple[dict[str, Any], str]:
+        resp = self.manifest_response(repo, ref)
+        assert resp.status_code == 200, f"{repo}:{ref}: HTTP {resp.status_code}"
+        return resp.json(), "sha256:" + hashlib.sha256(resp.content).hexdigest()
+
+    def blob(self, repo: str, digest: str) -> bytes:
+        resp = self.session.get(f"{self.server.url}/v2/{repo}/blobs/{digest}", timeout=30)
+        assert resp.status_code == 200, f"{repo}@{digest}: HTTP {resp.status_code}"
+        assert "sha256:" + hashlib.sha256(resp.content).hexdigest() == digest
+        return resp.content
+
+    def config(self, repo: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        return json.loads(self.blob(repo, manifest["config"]["digest"]))  # type: ignore[no-any-return]
+
+    def members(self, repo: str, layer_digest: str) -> dict[str, tarfile.TarInfo]:
+        data = self.blob(repo, layer_digest)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            return {m.name.rstrip("/"): m for m in tar.getmembers()}
+
+    def file(self, repo: str, layer_digest: str, name: str) -> bytes:
+        data = self.blob(repo, layer_digest)
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            extracted = tar.extractfile(name)
+            assert extracted is not None, name
+            return extracted.read()
+
+
+def _repo_of(reference: str, server: RegistryServer) -> str:
+    prefix = server.host + "/"
+    assert reference.startswith(prefix), reference
+    return reference[len(prefix):].split("@", 1)[0]
+
+
+# -- one check per recipe ----------------------------------------------------------------------
+
+def check_change_config(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.registry)
+    manifest, digest = oracle.manifest("team/app", "1.4")
+    assert digest == ns["result"].digest
+    assert ns["result"].reference == f"{bed.registry.host}/team/app@{digest}"
+    cfg = oracle.config("team/app", manifest)["config"]
+    base_env = bed.base.config["config"]["Env"]
+    assert cfg["Env"][0] == "PATH=/app/bin:/usr/local/bin:/usr/bin:/bin"  # replaced in place
+    assert cfg["Env"][1:] == [e for e in base_env if not e.startswith("PATH=")] + ["APP_ENV=production"]
+    assert cfg["Cmd"] == ["python", "-m", "app"]
+    assert cfg["Entrypoint"] == ["/usr/bin/env"]
+    assert cfg["WorkingDir"] == "/app" and cfg["User"] == "65534:65534"
+    assert cfg["Labels"] == {"org.opencontainers.image.source": "https://example.com/team/app"}
+    assert cfg["ExposedPorts"] == {"8080/tcp": {}}
+    # nothing rebuilt: the base's layers, as they were
+    assert [x["digest"] for x in manifest["layers"]] == [x["digest"] for x in bed.base.layers]
+
+
+def check_add_files(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.registry)
+    manifest, digest = oracle.manifest("team/app", "1.4")
+    assert digest == ns["result"].digest
+    top = manifest["layers"][-1]
+    assert top["digest"] == ns["layer"].digest and top["size"] == ns["layer"].size
+    assert len(manifest["layers"]) == len(bed.base.layers) + 1
+    members = oracle.members("team/app", top["digest"])
+    for present in ("app/app/__init__.py", "app/app/__main__.py", "app/README.md", "app/VERSION",
+                    "usr/local/bin/entry.sh", "etc/app/settings.toml", "app/.dockerignore"):
+        assert present in members, present
+    for absent in ("app/app/cache.pyc", "app/NOTES.md"):
+        assert absent not in members, absent
+    assert members["usr/local/bin/entry.sh"].mode == 0o755
+    assert members["app"].mode == 0o755 and members["etc/app"].isdir()
+    assert all(m.uid == 0 and m.gid == 0 and m.uname == "" for m in members.values())
+    assert oracle.file("team/app", top["digest"], "app/VERSION") == b"1.4\n"
+    cfg = oracle.config("team/app", manifest)
+    assert cfg["rootfs"]["diff_ids"][-1] == ns["layer"].diff_id
+
+
+def check_add_tarball(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.registry)
+    manifest, _ = oracle.manifest("team/tools", "1")
+    file_digest = "sha256:" + hashlib.sha256((bed.workdir / "rootfs.tar.gz").read_bytes()).hexdigest()
+    assert ns["info"].digest == file_digest == manifest["layers"][-1]["digest"]
+    members = oracle.members("team/tools", file_digest)
+    assert members["opt/tool/bin/tool"].mtime == 1_600_000_000  # not normalized
+    env = oracle.config("team/tools", manifest)["config"]["Env"]
+    assert "PATH=/opt/tool/bin:/usr/local/bin:/usr/bin:/bin" in env
+
+
+def _seed_team_app(bed: Bed) -> None:
+    skopeo_copy(bed.base.ref, bed.registry.ref("team/app", "1.4"))
+
+
+def check_copy_registry(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    _, source_digest = Oracle(bed.registry).manifest("team/app", "1.4")
+    mirrored, mirror_digest = Oracle(bed.mirror).manifest("team/app", "1.4")
+    assert mirror_digest == source_digest == ns["result"].digest
+    assert ns["result"].reference == f"{bed.mirror.host}/team/app@{source_digest}"
+    assert sum(ns["result"].blobs.values()) == len(mirrored["layers"]) + 1
+
+
+def check_copy_local(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    source, _ = Oracle(bed.registry).manifest("team/app", "1.4")
+    layout = skopeo_inspect(f"oci:{bed.workdir / 'layout'}:1.4", raw=True)
+    assert json.loads(layout)["config"]["digest"] == source["config"]["digest"]
+    with tarfile.open(bed.workdir / "app.tar") as archive:
+        extracted = archive.extractfile("manifest.json")
+        assert extracted is not None
+        entries = json.loads(extracted.read())
+    assert len(entries) == 1 and any(t.endswith("team/app:1.4") for t in entries[0]["RepoTags"])
+    for repo in ("team/app-from-archive", "team/app-from-layout"):
+        copied, _ = Oracle(bed.registry).manifest(repo, "1.4")
+        assert copied["config"]["digest"] == source["config"]["digest"], repo
+        assert len(copied["layers"]) == len(source["layers"]), repo
+
+
+def check_multi_platform(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.registry)
+    index, digest = oracle.manifest("team/web", "2")
+    assert digest == ns["result"].digest
+    assert index["mediaType"] == ns["result"].media_type == "application/vnd.oci.image.index.v1+json"
+    children = {f"{m['platform']['os']}/{m['platform']['architecture']}": m for m in index["manifests"]}
+    assert sorted(children) == ["linux/amd64", "linux/arm64"]
+    tops = set()
+    for name, entry in children.items():
+        manifest, child_digest = oracle.manifest("team/web", entry["digest"])
+        assert child_digest == entry["digest"]
+        tops.add(manifest["layers"][-1]["digest"])
+        cfg = oracle.config("team/web", manifest)["config"]
+        assert cfg["Cmd"] == ["node", "/srv/app.js"]
+        assert ("ARM_TUNING=1" in cfg["Env"]) == (name == "linux/arm64"), name
+    assert len(tops) == 1  # one layer, shared by both platforms
+
+
+def check_one_platform(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.registry)
+    manifest, digest = oracle.manifest("team/web", "2-arm64")
+    assert digest == ns["result"].digest
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    cfg = oracle.config("team/web", manifest)
+    assert (cfg["architecture"], cfg.get("variant")) == ("arm64", "v8")
+
+
+def check_reproducible(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.registry)
+    manifest, digest = oracle.manifest("team/repro", "1")
+    assert digest == ns["first"].digest == ns["second"].digest
+    cfg = oracle.config("team/repro", manifest)
+    when = datetime.datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), tz=datetime.timezone.utc)
+    assert cfg["created"] == when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    members = oracle.members("team/repro", manifest["layers"][-1]["digest"])
+    assert {m.mtime for m in members.values()} == {int(os.environ["SOURCE_DATE_EPOCH"])}
+
+
+def check_credentials_explicit(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    assert Oracle(bed.private, anonymous=True).manifest_response("team/app", "1.4").status_code == 401
+    oracle = Oracle(bed.private)
+    manifest, digest = oracle.manifest("team/app", "1.4")
+    assert digest == ns["result"].digest
+    assert oracle.config("team/app", manifest)["config"]["Cmd"] == ["python", "-m", "app"]
+
+
+def check_ci_shell(bed: Bed, ns: dict[str, Any], out: str) -> None:
+    oracle = Oracle(bed.private)
+    manifest, digest = oracle.manifest("team/app", "ci")
+    assert f"{bed.private.host}/team/app" in out and digest in out  # cib inspect's output
+    assert oracle.config("team/app", manifest)["config"]["Cmd"] == ["python", "-m", "app"]
+    members = oracle.members("team/app", manifest["layers"][-1]["digest"])
+    assert "app/app/__main__.py" in members
+    config_json = Path(os.environ["DOCKER_CONFIG"]) / "config.json"
+    assert bed.private.host not in json.loads(config_json.read_text()).get("auths", {})  # logged out
+
+
+Check = Callable[[Bed, dict[str, Any], str], None]
+CHECKS: dict[str, Check] = {
+    "change-config": check_change_config,
+    "add-files": check_add_files,
+    "add-tarball": check_add_tarball,
+    "copy-registry": check_copy_registry,
+    "copy-local": check_copy_local,
+    "multi-platform": check_multi_platform,
+    "one-platform": check_one_platform,
+    "reproducible": check_reproducible,
+    "credentials-explicit": check_credentials_explicit,
+    "ci-shell": check_ci_shell,
+}
+SETUP: dict[str, Callable[[Bed], None]] = {
+    "copy-registry": _seed_team_app,
+    "copy-local": _seed_team_app,
+}
+
+
+def test_every_marked_recipe_has_a_check_and_back():
+    recipes = marked_recipes()
+    assert sorted(r.name for r in recipes) == sorted(CHECKS)
+    assert sum(r.language == "python" for r in recipes) >= 5
+
+
+def _run_recipe(recipe: Recipe, bed: Bed, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, Any], str]:
+    code = bed.substitute(recipe.code)
+    if recipe.language == "python":
+        namespace: dict[str, Any] = {"__name__": f"guide_recipe_{recipe.name.replace('-', '_')}"}
+        compiled = compile("\n" * (recipe.line - 1) + code, str(GUIDE), "exec")
+        exec(compiled, namespace)  # noqa: S102 - the recipe is this repository's own text
+        return namespace, capsys.readouterr().out
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=bed.workdir)
+    assert done.returncode == 0, (f"guide.md:{recipe.line} ({recipe.name}) exited {done.returncode}\n"
+                                  f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}")
+    return {}, done.stdout
+
+
+@pytest.mark.parametrize("recipe", marked_recipes(), ids=lambda r: r.name)
+def test_guide_recipe_runs_and_does_what_it_says(recipe: Recipe, bed: Bed, capsys):
+    setup = SETUP.get(recipe.name)
+    if setup is not None:
+        setup(bed)
+    namespace, out = _run_recipe(recipe, bed, capsys)
+    CHECKS[recipe.name](bed, namespace, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) the command line reference covers every command
+# ---------------------------------------------------------------------------------------------
+
+def api_cli_commands(text: str) -> list[str]:
+    """The subcommands named in the first cell of each row of API.md's CLI table."""
+    found: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("| `cib "):
+            continue
+        first_cell = line.split(" | ", 1)[0]
+        for m in re.finditer(r"cib ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", first_cell):
+            if m.group(1) not in found:
+                found.append(m.group(1))
+    return found
+
+
+def cli_sections(text: str) -> dict[str, str]:
+    """``{"build": section text, "auth login": ...}`` from headings ``## `cib build` ``."""
+    sections: dict[str, str] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        m = re.match(r"^#{2,4}\s+`?cib ([a-z][a-z -]*?)`?\s*$", line)
+        if m:
+            current = m.group(1).strip()
+            sections[current] = ""
+        elif current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_api_table_matches_this_list():
+    if not API_MD.is_file():
+        pytest.skip(f"{API_MD} is not checked out next to the repository; "
+                    "test_cli_doc_covers_every_api_command uses the list in this file")
+    assert api_cli_commands(API_MD.read_text(encoding="utf-8")) == list(API_CLI_COMMANDS)
+
+
+def test_cli_doc_covers_every_api_command():
+    sections = cli_sections(CLI_DOC.read_text(encoding="utf-8"))
+    missing = [c for c in API_CLI_COMMANDS if c not in sections]
+    assert not missing, f"docs/cli.md has no section for: {missing}"
+
+
+def _real_commands() -> Iterator[tuple[str, Any]]:
+    import click
+
+    from cib_core.cli import cli
+
+    for name, command in cli.commands.items():
+        if isinstance(command, click.Group):
+            for sub_name, sub in command.commands.items():
+                yield f"{name} {sub_name}", sub
+        else:
+            yield name, command
+
+
+def test_cli_doc_covers_every_real_command_and_option():
+    sections = cli_sections(CLI_DOC.read_text(encoding="utf-8"))
+    problems = []
+    for name, command in _real_commands():
+        if name not in sections:
+            problems.append(f"no section for `cib {name}`")
+            continue
+        for param in command.params:
+            for opt in getattr(param, "opts", []):
+                if opt.startswith("-") and opt not in ("-h", "--help") and opt not in sections[name]:
+                    problems.append(f"`cib {name}`: option {opt} is not documented")
+    assert not problems, "\n".join(problems)
