@@ -14,14 +14,16 @@ import copy
 import datetime
 import logging
 import os
+import queue
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.credentials_chain import options_for_registry
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
-from cib_core.layers import LayerInfo, build_layer, layer_from_tarball
+from cib_core.layers import LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
 from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest, sha256_digest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
@@ -30,6 +32,7 @@ from cib_core.stores import (
     RegistryStore,
     manifest_to_oci,
     open_store,
+    read_config,
     run_parallel,
     transfer_layer,
     wants_oci_types,
@@ -205,7 +208,7 @@ class Image:
 
                     self._pool = TransportPool(pm=self._plugin_manager, insecure=self._insecure)
                 self._clients[key] = RegistryClient(
-                    ref.registry, ref.repository, (self._auth or {}).get(ref.registry),
+                    ref.registry, ref.repository, options_for_registry(ref.registry, self._auth),
                     insecure=ref.registry in self._insecure, pm=self._plugin_manager,
                     pool=self._pool)
             return self._clients[key]
@@ -302,15 +305,8 @@ class Image:
     def _read_image(self, store: BlobStore, manifest: Manifest,
                     descriptor: dict[str, Any] | None) -> _PlatformImage:
         config_desc = manifest.config
-        with store.open_blob(config_desc.digest) as stream:
-            config_raw = stream.read()
-        import json
-
-        try:
-            config = json.loads(config_raw)
-        except ValueError as exc:
-            raise RegistryError(f"the config {config_desc.digest} of {self._describe_base()} "
-                                "is not valid JSON") from exc
+        config_raw, config = read_config(store, config_desc.digest, config_desc.size,
+                                         self._describe_base())
         data = ImageData(copy.deepcopy(manifest.data), config)
         base_blobs: dict[str, int | None] = {config_desc.digest: config_desc.size}
         for layer in manifest.layers:
@@ -377,20 +373,114 @@ class Image:
             raise ConfigurationError("add_files was given no files")
         self._load()
         mtime = None if self._created == "now" else int(source_date().timestamp())
-        built = build_layer(
+        from cib_core import layer_cache
+
+        builder = prepare_layer(
             self._plugin_manager, sources, ignores=tuple(ignores), ignore_files=tuple(ignore_files),
             follow_symlinks=follow_symlinks, compression=self._compression,
             docker_flavour=self._docker_flavour, mtime=mtime)
-        with built:
-            info = built.info
-            store = self.target_store
-            if not store.has_blob(info.digest):
-                with built.open() as stream:
-                    store.put_blob(stream, digest=info.digest, size=info.size)
+        store = self.target_store
+        key = builder.fingerprint(layer_cache.RACY_SECONDS)
+        cached = layer_cache.load(key) if key is not None else None
+        if cached is not None and store.has_blob(cached.digest):
+            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
+            info = cached
+        elif isinstance(store, RegistryStore):
+            def rebuild() -> LayerBuilder:
+                return prepare_layer(
+                    self._plugin_manager, sources, ignores=tuple(ignores),
+                    ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
+                    compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime)
+
+            info = self._stream_layer(builder, store, rebuild)
+        else:
+            with builder.build() as built:
+                info = built.info
+                if not store.has_blob(info.digest):
+                    with built.open() as stream:
+                        store.put_blob(stream, digest=info.digest, size=info.size)
+        if key is not None and cached != info:
+            layer_cache.store(key, info)
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": created_by, "comment": "cib"})
+        return info
+
+    def _stream_layer(self, builder: LayerBuilder, store: RegistryStore,
+                      rebuild: Callable[[], LayerBuilder]) -> LayerInfo:
+        """Write the layer straight into a chunked upload: tar, compression and upload run
+        side by side, with no temporary file and memory bounded by a few chunks. Should the
+        upload fail for a temporary reason (it cannot rewind a stream), list the sources again
+        (``rebuild``), build the layer into a temporary file and upload that, which can resume
+        and retry."""
+        pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        failure: list[BaseException] = []
+        result: list[tuple[str, int]] = []
+
+        ended = False  # the end marker was taken off the queue (only the upload thread takes)
+
+        def produce() -> Iterator[bytes]:
+            nonlocal ended
+            while True:
+                piece = pieces.get()
+                if piece is None:
+                    ended = True
+                    if abort:
+                        raise CibError("the layer build stopped; upload cancelled")
+                    return
+                yield piece
+
+        def upload() -> None:
+            nonlocal ended
+            try:
+                result.append(store.put_blob(produce()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the building thread
+                failure.append(exc)
+                # let the builder finish or fail fast; once the end marker was taken (the final
+                # request failed) nothing more comes, and waiting for another would hang
+                while not ended:
+                    ended = pieces.get() is None
+
+        def sink(data: bytes) -> None:
+            if failure:
+                raise failure[0]
+            pieces.put(data)
+
+        abort = False
+        thread = threading.Thread(target=upload, name="cib-layer-upload", daemon=True)
+        thread.start()
+        try:
+            info = builder.write(sink)
+        except BaseException:
+            abort = True
+            pieces.put(None)
+            thread.join()
+            if failure and isinstance(failure[0], RegistryError) and failure[0].temporary:
+                log.debug("streamed upload of a layer failed (%s); building it into a file",
+                          failure[0])
+                return self._upload_built(rebuild(), store)
+            raise
+        pieces.put(None)
+        thread.join()
+        if failure:
+            if isinstance(failure[0], RegistryError) and failure[0].temporary:
+                log.debug("streamed upload of %s failed (%s); uploading from a file", info.digest,
+                          failure[0])
+                return self._upload_built(rebuild(), store)
+            raise failure[0]
+        digest, size = result[0]
+        if digest != info.digest or size != info.size:
+            raise RegistryError(f"{store.name} stored the layer as {digest} ({size} bytes) but cib "
+                                f"built {info.digest} ({info.size} bytes)")
+        return info
+
+    def _upload_built(self, builder: LayerBuilder, store: BlobStore) -> LayerInfo:
+        with builder.build() as built:
+            info = built.info
+            if not store.has_blob(info.digest):
+                with built.open() as stream:
+                    store.put_blob(stream, digest=info.digest, size=info.size)
         return info
 
     def add_tarball(self, path: str | os.PathLike[str]) -> LayerInfo:

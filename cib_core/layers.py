@@ -33,6 +33,7 @@ import struct
 import tarfile
 import tempfile
 import threading
+import time
 import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -42,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
 from cib_core import mediatypes
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
-from cib_core.plugin_api import Entry, LocalSource, Readable, kept_fields
+from cib_core.plugin_api import Entry, LazyFile, LocalSource, Readable, kept_fields
 
 if TYPE_CHECKING:
     import pluggy
@@ -622,6 +623,31 @@ class LayerBuilder:
         log.debug("layer %s (diff_id %s): %d entries, %d bytes", digest, diff_id, len(plan), size)
         return LayerInfo(digest=digest, diff_id=diff_id, size=size, media_type=self.media_type)
 
+    def fingerprint(self, racy_seconds: float = 2.0) -> str | None:
+        """A key for the layer cache (see ``cib_core.layer_cache``), or ``None`` when the layer
+        cannot be cached: some content is not a plain local file, or a file changed within
+        ``racy_seconds``. Cheap: one ``stat`` per file, nothing read."""
+        limit = time.time_ns() - int(racy_seconds * 1e9)
+        h = hashlib.sha256(b"cib-layer-cache-1\0")
+        h.update(repr((self._compressor_args, self.media_type,
+                       "isal" if _isal_zlib is not None else "zlib")).encode())
+        for info, fileobj, _ in self._plan():
+            h.update(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            if info.type != tarfile.REGTYPE or not info.size:
+                continue
+            if type(fileobj) is not LazyFile or fileobj.closed:
+                return None
+            try:
+                st = os.stat(fileobj.name)
+            except OSError:
+                return None
+            if (st.st_size != info.size or not stat.S_ISREG(st.st_mode)
+                    or max(st.st_mtime_ns, st.st_ctime_ns) >= limit):
+                return None
+            h.update(f"\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\0"
+                     .encode())
+        return h.hexdigest()
+
     def build(self, dir: str | None = None) -> BuiltLayer:
         """Write the layer to a temporary file (in ``dir``, default the system's temp dir)."""
         return _to_file(self.write, dir)
@@ -751,10 +777,25 @@ def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
         what = _describe(source)
         for info, fileobj in _checked(plugin, source, entries):
             info.name = _join(base, info.name, what)
+            if not info.name and info.type != tarfile.DIRTYPE:
+                raise LayerSourceError(what, "cannot place a file at the image root '/'; "
+                                       "name a target path for it")
             if info.type == tarfile.LNKTYPE:
                 info.linkname = _join(base, info.linkname, what)
             out.append((info, fileobj))
     return out
+
+
+def prepare_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
+                  compression: str = "gzip", docker_flavour: bool = False,
+                  ignores: Iterable[str] = (), ignore_files: Iterable[str] = (),
+                  follow_symlinks: bool = True, level: int | None = None,
+                  mtime: int | None = None) -> LayerBuilder:
+    """The :class:`LayerBuilder` of ``{target: source}`` with every entry listed, not yet
+    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``."""
+    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
+                        ignores=ignores, ignore_files=ignore_files,
+                        follow_symlinks=follow_symlinks, level=level, mtime=mtime)
 
 
 def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, compression: str,

@@ -8,6 +8,8 @@ here instead, and never twice.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +24,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("NO_GCE_CHECK", "True")
     os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
     os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+    # The rebuild cache must not read or fill the user's ~/.cache/cib during tests.
+    cache = tempfile.mkdtemp(prefix="cib-test-cache-")
+    os.environ["CIB_CACHE_DIR"] = cache
+    config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
     manager = config.pluginmanager
     if not manager.is_registered(cib_core.testing) and not manager.is_blocked("cib"):
         manager.register(cib_core.testing, "cib")

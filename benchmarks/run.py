@@ -1,0 +1,523 @@
+"""cib's performance benchmark: cib side by side with the original Node.js library, umoci and
+skopeo, on this machine, in one run.
+
+    .venv/bin/python -m benchmarks.run            # everything, median of 3 runs
+    .venv/bin/python -m benchmarks.run --runs 5 --only a,c
+
+Not part of the test suite (no pytest). Needs docker-registry, skopeo, umoci, node and npm; the
+Node library is installed with npm into ``WORKDIR/node`` (outside the repository) on first use.
+Every timed command runs in its own process under ``/usr/bin/time``; wall time is measured
+around it and peak RSS is time's ``%M`` (the command and its children; a shell pipeline reports
+its largest process). Registries run on loopback and are started outside the timing; a
+fresh destination registry per timed run keeps blob-info caches (skopeo's) and earlier runs'
+blobs from helping anyone. Results: a table on stdout and ``benchmarks/results/*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+NODE_PACKAGE = "container-image-builder@3.2.0"
+# 3.2.0 requires cross-spawn at run time but lists it only among its devDependencies
+NODE_EXTRA = "cross-spawn@6"
+MiB = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# processes and registries
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Sample:
+    wall: float
+    rss_mb: float
+
+
+def measure(cmd: Sequence[str] | str, *, env: dict[str, str] | None = None, cwd: Path | None = None,
+            label: str = "") -> Sample:
+    """Run ``cmd``; wall seconds and peak RSS (MB) of it and its children. Fails loudly.
+
+    The command runs under ``/usr/bin/time``, a small process, so the peak RSS is the
+    command's own: a child forked straight from this (large) Python process would start its
+    ``ru_maxrss`` from ours.
+    """
+    argv = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    stats = Path(os.environ.get("TMPDIR", "/tmp")) / f"cib-bench-time-{os.getpid()}"
+    started = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(stats), *argv], env=env, cwd=cwd,
+                          capture_output=True, check=False)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{label or cmd} failed ({proc.returncode}):\n"
+                         f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}")
+    max_kb = int(stats.read_text().split()[-1])
+    stats.unlink()
+    return Sample(wall=wall, rss_mb=max_kb / 1024)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """``docker-registry serve`` on a loopback port, storage and access log under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        if root.exists():
+            shutil.rmtree(root)
+        root.mkdir(parents=True)
+        self.root = root
+        self.storage = root / "storage"
+        self.log_path = root / "registry.log"
+        port = free_port()
+        self.host = f"127.0.0.1:{port}"
+        config = {
+            "version": 0.1,
+            "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
+            "storage": {"filesystem": {"rootdirectory": str(self.storage)},
+                        "delete": {"enabled": True},
+                        "maintenance": {"uploadpurging": {"enabled": False}}},
+            "http": {"addr": self.host, "secret": "benchmark"},
+        }
+        (root / "config.yml").write_text(json.dumps(config))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        self.stop()
+        raise SystemExit(f"docker-registry did not start on {self.host}; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # by PID: only the registry this script started
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def upload_requests(self) -> int:
+        """Blob-upload requests (POST/PATCH/PUT on ``/blobs/uploads``) in the access log so far."""
+        text = self.log_path.read_text(errors="replace")
+        return len(re.findall(r'"(?:POST|PATCH|PUT) /v2/\S+/blobs/uploads', text))
+
+    def blob_count(self) -> int:
+        return sum(1 for _ in (self.storage / "docker/registry/v2/blobs").rglob("data"))
+
+
+@contextmanager
+def registry(root: Path) -> Iterator[Registry]:
+    reg = Registry(root)
+    try:
+        yield reg
+    finally:
+        reg.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at "
+         "which but have an they you were her she there one all we their can has been if more "
+         "when will would who so no layer image registry container build push digest manifest "
+         "config python node function return import class def self value error const let var "
+         "async await promise string number object array true false null none yield lambda").split()
+
+
+def make_tree(root: Path) -> int:
+    """~200 MB: text files, random files and 2,000 small files. Deterministic; returns bytes."""
+    marker = root / ".complete"
+    if marker.exists():
+        return int(marker.read_text())
+    if root.exists():
+        shutil.rmtree(root)
+    rng = random.Random(7)
+    total = 0
+    text_dir = root / "text"
+    text_dir.mkdir(parents=True)
+    for i in range(45):  # 45 x 2 MiB of source-like text
+        lines = []
+        size = 0
+        while size < 2 * MiB:
+            line = " ".join(rng.choices(WORDS, k=rng.randint(3, 14))) + "\n"
+            lines.append(line)
+            size += len(line)
+        data = "".join(lines).encode()
+        (text_dir / f"file{i:03d}.txt").write_bytes(data)
+        total += len(data)
+    rand_dir = root / "random"
+    rand_dir.mkdir()
+    for i in range(10):  # 10 x 10 MiB incompressible
+        data = rng.randbytes(10 * MiB)
+        (rand_dir / f"blob{i:02d}.bin").write_bytes(data)
+        total += len(data)
+    for i in range(2000):  # 2,000 small files in 40 directories
+        d = root / "small" / f"d{i % 40:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        n = rng.randint(512, 8192)
+        if i % 2:
+            data = rng.randbytes(n)
+        else:
+            data = " ".join(rng.choices(WORDS, k=n // 5)).encode()
+        (d / f"f{i:04d}.dat").write_bytes(data)
+        total += len(data)
+    marker.write_text(str(total))
+    return total
+
+
+def make_big(root: Path, size: int) -> None:
+    target = root / "big.bin"
+    if target.exists() and target.stat().st_size == size:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(11)
+    with target.open("wb") as f:
+        for _ in range(size // (16 * MiB)):
+            f.write(rng.randbytes(16 * MiB))
+
+
+# --------------------------------------------------------------------------------------------
+# tools
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Tools:
+    python: str
+    cib: list[str]
+    node_modules: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def cib_env(self, cache: Path) -> dict[str, str]:
+        env = dict(self.env)
+        env["CIB_CACHE_DIR"] = str(cache)
+        return env
+
+
+SKOPEO = ["skopeo", "--insecure-policy", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false"]
+
+
+def ensure_node_library(workdir: Path) -> Path:
+    node_dir = workdir / "node"
+    module = node_dir / "node_modules" / "container-image-builder"
+    if not (module / "package.json").exists() or not (node_dir / "node_modules/cross-spawn").exists():
+        node_dir.mkdir(parents=True, exist_ok=True)
+        print(f"installing {NODE_PACKAGE} with npm into {node_dir}", flush=True)
+        if not (node_dir / "package.json").exists():
+            (node_dir / "package.json").write_text('{"name": "cib-bench-node", "private": true}\n')
+        subprocess.run(["npm", "install", NODE_PACKAGE, NODE_EXTRA, "--no-audit", "--no-fund", "--silent"],
+                       cwd=node_dir, check=True)
+    return node_dir / "node_modules"
+
+
+def cib_build(tools: Tools, base: str, target: str, src: Path, dest: str, cache: Path) -> Sample:
+    return measure([*tools.cib, "build", "--from", base, "--to", target, "--add", f"{src}:{dest}"],
+                   env=tools.cib_env(cache), label="cib build")
+
+
+# --------------------------------------------------------------------------------------------
+# scenarios
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    scenario: str
+    tool: str
+    samples: list[Sample]
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(s.wall for s in self.samples)
+
+    @property
+    def rss(self) -> float:
+        return statistics.median(s.rss_mb for s in self.samples)
+
+
+@dataclass
+class Check:
+    name: str
+    value: float
+    target: str
+    met: bool
+
+
+def push_base(tools: Tools, reg: Registry, base_dir: Path, cache: Path) -> str:
+    """A small Docker-flavoured base (the Node library reads only Docker schema 2) in ``reg``."""
+    layout = base_dir.parent / "base-layout"
+    if not (layout / "index.json").exists():
+        measure([*tools.cib, "build", "--from", "scratch", "--to", f"oci:{layout}:latest",
+                 "--add", f"{base_dir}:/etc"], env=tools.cib_env(cache), label="make base")
+    ref = f"{reg.host}/app:base"  # the target repository: the Node library never copies base blobs
+    measure([*SKOPEO, "--format", "v2s2", f"oci:{layout}:latest", f"docker://{ref}"], label="push base")
+    return ref
+
+
+def scenario_a(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
+               rows: list[Row], checks: list[Check]) -> None:
+    cib_s, node_s, umoci_s = [], [], []
+    base_layout = work / "a-base-layout"
+    for i in range(runs):
+        # cib
+        with registry(work / "a-reg") as reg:
+            cache = work / "a-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            cib_s.append(cib_build(tools, base, f"{reg.host}/app:latest", tree, "/data", cache))
+        # the original library
+        with registry(work / "a-reg") as reg:
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            env = dict(tools.env, NODE_PATH=str(tools.node_modules))
+            node_s.append(measure(["node", str(HERE / "node_driver.js"), base, f"{reg.host}/app:latest",
+                                   str(tree)], env=env, label="container-image-builder"))
+        # umoci raw add-layer + skopeo copy (the base layout is prepared outside the timing)
+        with registry(work / "a-reg") as reg:
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            shutil.rmtree(base_layout, ignore_errors=True)
+            measure([*SKOPEO, f"docker://{base}", f"oci:{base_layout}:latest"], label="prepare layout")
+            tar = work / "a-layer.tar"
+            script = (f"tar -C {tree} --transform 's,^\\.,data,' -cf {tar} . && "
+                      f"umoci raw add-layer --image {base_layout}:latest --tag new {tar} && "
+                      f"{' '.join(SKOPEO)} oci:{base_layout}:new docker://{reg.host}/app:latest")
+            umoci_s.append(measure(script, env=tools.env, label="umoci+skopeo"))
+            tar.unlink()
+        print(f"  (a) run {i + 1}: cib {cib_s[-1].wall:.2f}s, node {node_s[-1].wall:.2f}s, "
+              f"umoci+skopeo {umoci_s[-1].wall:.2f}s", flush=True)
+    rows += [Row("a build+push 200 MB", "cib", cib_s),
+             Row("a build+push 200 MB", "container-image-builder 3.2.0", node_s),
+             Row("a build+push 200 MB", "umoci add-layer + skopeo", umoci_s)]
+    cib, node, umoci = (statistics.median(s.wall for s in x) for x in (cib_s, node_s, umoci_s))
+    checks.append(Check("(a) node / cib", node / cib, ">= 10", node / cib >= 10))
+    checks.append(Check("(a) (umoci+skopeo) / cib", umoci / cib, ">= 1", umoci / cib >= 1))
+
+
+def make_four_layer_image(tools: Tools, reg: Registry, work: Path) -> str:
+    """A 4-layer image of 64 MiB random files (256 MiB of layers) in ``reg``."""
+    ref = None
+    rng = random.Random(3)
+    for n in range(4):
+        d = work / f"b-layer{n}"
+        if not (d / "blob.bin").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "blob.bin").write_bytes(rng.randbytes(64 * MiB))
+        to = f"{reg.host}/four:latest"
+        measure([*tools.cib, "build", "--from", ref or "scratch", "--to", to, "--add", f"{d}:/l{n}"],
+                env=tools.cib_env(work / "b-cache"), label="make 4-layer image")
+        ref = to
+    assert ref is not None
+    return ref
+
+
+def scenario_b(tools: Tools, work: Path, src: str, runs: int, rows: list[Row],
+               checks: list[Check]) -> None:
+    cib_s, sk_s = [], []
+    for i in range(runs):
+        with registry(work / "b-dst") as dst:
+            cib_s.append(measure([*tools.cib, "copy", f"{src}", f"{dst.host}/copy:latest"],
+                                 env=tools.cib_env(work / "b-cache"), label="cib copy"))
+        with registry(work / "b-dst") as dst:
+            sk_s.append(measure([*SKOPEO, f"docker://{src}", f"docker://{dst.host}/copy:latest"],
+                                label="skopeo copy"))
+        print(f"  (b) run {i + 1}: cib {cib_s[-1].wall:.2f}s, skopeo {sk_s[-1].wall:.2f}s", flush=True)
+    rows += [Row("b copy 4x64 MiB reg->reg", "cib copy", cib_s),
+             Row("b copy 4x64 MiB reg->reg", "skopeo copy", sk_s)]
+    ratio = statistics.median(s.wall for s in cib_s) / statistics.median(s.wall for s in sk_s)
+    checks.append(Check("(b) cib / skopeo", ratio, "<= 1.2", ratio <= 1.2))
+
+
+def scenario_c(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
+               rows: list[Row], checks: list[Check]) -> dict[str, object]:
+    first_s, again_s, uploads, new_blobs, ratios = [], [], [], [], []
+    for i in range(runs):
+        with registry(work / "c-reg") as reg:
+            cache = work / "c-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            target = f"{reg.host}/app:latest"
+            first_s.append(cib_build(tools, base, target, tree, "/data", cache))
+            before_uploads, before_blobs = reg.upload_requests(), reg.blob_count()
+            again_s.append(cib_build(tools, base, target, tree, "/data", cache))
+            uploads.append(reg.upload_requests() - before_uploads)
+            new_blobs.append(reg.blob_count() - before_blobs)
+            ratios.append(again_s[-1].wall / first_s[-1].wall)
+        print(f"  (c) run {i + 1}: first {first_s[-1].wall:.2f}s, rebuild {again_s[-1].wall:.2f}s, "
+              f"{uploads[-1]} upload requests", flush=True)
+    rows += [Row("c first build", "cib", first_s), Row("c rebuild, inputs unchanged", "cib", again_s)]
+    ratio = statistics.median(ratios)
+    checks.append(Check("(c) rebuild / first build", ratio, "<= 0.25", ratio <= 0.25))
+    checks.append(Check("(c) upload requests in rebuild (max)", max(uploads), "== 0", max(uploads) == 0))
+    return {"upload_requests": uploads, "new_blobs": new_blobs, "ratios": ratios}
+
+
+def scenario_d(tools: Tools, work: Path, src: str, runs: int, rows: list[Row],
+               checks: list[Check]) -> None:
+    cib_s, sk_s = [], []
+    layout = work / "d-layout"
+    for i in range(runs):
+        shutil.rmtree(layout, ignore_errors=True)
+        cib_s.append(measure([*tools.cib, "copy", src, f"oci:{layout}:latest"],
+                             env=tools.cib_env(work / "b-cache"), label="cib pull"))
+        shutil.rmtree(layout, ignore_errors=True)
+        sk_s.append(measure([*SKOPEO, f"docker://{src}", f"oci:{layout}:latest"], label="skopeo pull"))
+        print(f"  (d) run {i + 1}: cib {cib_s[-1].wall:.2f}s, skopeo {sk_s[-1].wall:.2f}s", flush=True)
+    shutil.rmtree(layout, ignore_errors=True)
+    rows += [Row("d pull 4x64 MiB -> oci:", "cib copy", cib_s),
+             Row("d pull 4x64 MiB -> oci:", "skopeo copy", sk_s)]
+    ratio = statistics.median(s.wall for s in cib_s) / statistics.median(s.wall for s in sk_s)
+    checks.append(Check("(d) cib / skopeo", ratio, "<= 1.2", ratio <= 1.2))
+
+
+def scenario_e(tools: Tools, work: Path, runs: int, size: int, rows: list[Row],
+               checks: list[Check]) -> None:
+    big = work / "e-big"
+    make_big(big, size)
+    samples = []
+    for i in range(runs):
+        with registry(work / "e-reg") as reg:
+            cache = work / "e-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            samples.append(cib_build(tools, "scratch", f"{reg.host}/big:latest", big, "/big", cache))
+        print(f"  (e) run {i + 1}: {samples[-1].wall:.2f}s, {samples[-1].rss_mb:.0f} MB", flush=True)
+    rows.append(Row(f"e build+push {size // MiB} MiB layer", "cib", samples))
+    peak = max(s.rss_mb for s in samples)
+    checks.append(Check("(e) peak RSS MB (max of runs)", peak, "< 100", peak < 100))
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+def machine() -> dict[str, object]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) // 1024} MiB"
+    except OSError:
+        pass
+
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+            return out.strip().splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory": mem, "python": platform.python_version(),
+            "kernel": platform.release(), "skopeo": version(["skopeo", "--version"]),
+            "umoci": version(["umoci", "--version"]), "node": version(["node", "--version"]),
+            "registry": version(["docker-registry", "--version"])}
+
+
+def table(rows: list[Row], checks: list[Check]) -> str:
+    out = [f"{'scenario':<30} {'tool':<32} {'median s':>9} {'runs (s)':<22} {'peak RSS MB':>11}"]
+    out.append("-" * len(out[0]))
+    for r in rows:
+        runs = " ".join(f"{s.wall:.2f}" for s in r.samples)
+        out.append(f"{r.scenario:<30} {r.tool:<32} {r.wall:>9.2f} {runs:<22} {r.rss:>11.0f}")
+    out.append("")
+    out.append(f"{'check':<40} {'value':>8}  {'target':<8} met")
+    out.append("-" * 64)
+    for c in checks:
+        out.append(f"{c.name:<40} {c.value:>8.2f}  {c.target:<8} {'yes' if c.met else 'NO'}")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median; default 3)")
+    parser.add_argument("--only", default="a,b,c,d,e", help="scenarios, comma separated (default all)")
+    parser.add_argument("--workdir", default="/tmp/cib-bench", help="inputs, registries, npm cache")
+    parser.add_argument("--big-mib", type=int, default=1024, help="layer size of scenario e (MiB)")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    for tool in ("docker-registry", "skopeo", "umoci", "node", "npm", "tar"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed; the benchmark needs it")
+    cib = Path(sys.executable).with_name("cib")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CIB_", "SOURCE_DATE_EPOCH"))}
+    tools = Tools(python=sys.executable, cib=[str(cib)], node_modules=Path(), env=env)
+    if "a" in only:
+        tools.node_modules = ensure_node_library(work)
+
+    print("preparing inputs", flush=True)
+    tree = work / "tree"
+    tree_bytes = make_tree(tree)
+    base_dir = work / "base-files"
+    base_dir.mkdir(exist_ok=True)
+    (base_dir / "os-release").write_text("NAME=bench-base\n")
+    time.sleep(1.5)  # let the inputs' timestamps age past the rebuild cache's safety margin
+
+    rows: list[Row] = []
+    checks: list[Check] = []
+    extra: dict[str, object] = {"tree_bytes": tree_bytes}
+    t0 = time.monotonic()
+    if "a" in only:
+        scenario_a(tools, work, tree, base_dir, args.runs, rows, checks)
+    if only & {"b", "d"}:
+        with registry(work / "b-src") as src_reg:
+            src = make_four_layer_image(tools, src_reg, work)
+            if "b" in only:
+                scenario_b(tools, work, src, args.runs, rows, checks)
+            if "d" in only:
+                scenario_d(tools, work, src, args.runs, rows, checks)
+    if "c" in only:
+        extra["c"] = scenario_c(tools, work, tree, base_dir, args.runs, rows, checks)
+    if "e" in only:
+        scenario_e(tools, work, args.runs, args.big_mib * MiB, rows, checks)
+
+    text = table(rows, checks)
+    info = machine()
+    print()
+    print(f"machine: {info['nproc']} CPUs, {info['cpu']}, {info['memory']}; python {info['python']}; "
+          f"tree {tree_bytes / 1e6:.0f} MB; {args.runs} runs each; {time.monotonic() - t0:.0f}s")
+    print(text)
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = results / f"{stamp}.json"
+    path.write_text(json.dumps({
+        "machine": info, "runs": args.runs, "extra": extra,
+        "rows": [{"scenario": r.scenario, "tool": r.tool, "median_wall_s": r.wall,
+                  "median_rss_mb": r.rss, "samples": [asdict(s) for s in r.samples]} for r in rows],
+        "checks": [asdict(c) for c in checks],
+    }, indent=2))
+    print(f"\nresults: {path}")
+    return 0 if all(c.met for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

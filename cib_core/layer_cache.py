@@ -1,0 +1,86 @@
+"""The rebuild cache: a layer whose inputs have not changed is not tarred, compressed or hashed
+again.
+
+A key is the sha256 of everything that decides a layer's bytes: the normalized tar headers in
+order (paths, modes, sizes, link targets, the layer time), the compressor and its level, the
+media type, and for each regular file the identity of the local file it is read from (device,
+inode, size, mtime and ctime in nanoseconds, as git's index keeps them). The value is the
+``LayerInfo`` the build produced. A hit is used only when the target already has the blob, so
+a wrong entry could at worst name a blob that exists; a key is never stored for a layer with
+a file changed within :data:`RACY_SECONDS` of the build (its next change might keep the same
+timestamps), nor for content that is not a plain local file (``CustomFile``, tarball members,
+plugin sources), which is always built.
+
+The cache lives in ``$CIB_CACHE_DIR/layers`` (default ``$XDG_CACHE_HOME/cib`` or
+``~/.cache/cib``); ``CIB_CACHE_DIR=""`` turns it off. Entries are a few hundred bytes each;
+failures to read or write it are logged at debug level and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from cib_core.layers import LayerInfo
+
+log = logging.getLogger(__name__)
+
+RACY_SECONDS = 2.0
+"""Files changed this recently are not trusted to show their next change in their timestamps."""
+
+
+def cache_dir() -> Path | None:
+    """Where entries live, or ``None`` when the cache is off."""
+    configured = os.environ.get("CIB_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) / "layers" if configured.strip() else None
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    root = Path(xdg) if xdg else Path.home() / ".cache"
+    return root / "cib" / "layers"
+
+
+def _entry(key: str) -> Path | None:
+    root = cache_dir()
+    return None if root is None else root / key[:2] / f"{key}.json"
+
+
+def load(key: str) -> LayerInfo | None:
+    """The cached ``LayerInfo`` for ``key``, or ``None``."""
+    path = _entry(key)
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text())
+        info = LayerInfo(digest=str(data["digest"]), diff_id=str(data["diff_id"]),
+                         size=int(data["size"]), media_type=str(data["media_type"]))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.debug("ignoring unreadable layer cache entry %s: %s", path, exc)
+        return None
+    log.debug("layer cache hit %s -> %s", key, info.digest)
+    return info
+
+
+def store(key: str, info: LayerInfo) -> None:
+    """Remember ``info`` under ``key`` (atomically; errors are only logged)."""
+    path = _entry(key)
+    if path is None:
+        return
+    payload = json.dumps({"digest": info.digest, "diff_id": info.diff_id, "size": info.size,
+                          "media_type": info.media_type}).encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        log.debug("cannot write the layer cache entry %s: %s", path, exc)
