@@ -35,7 +35,7 @@ from cib_core.errors import (
 )
 
 if TYPE_CHECKING:
-    from cib_core.models import Index, Manifest, Platform
+    from cib_core.models import Descriptor, Index, Manifest, Platform
     from cib_core.plugins import CibPluginManager
     from cib_core.reference import LocalReference, Reference
     from cib_core.registry import RegistryClient
@@ -453,7 +453,7 @@ def _select_image(store: BlobStore, doc: Manifest | Index, platform: str | None,
 
     if not isinstance(doc, Index):
         if platform not in (None, "all"):
-            cfg = _read_json_blob(store, doc.config.digest)
+            _raw, cfg = _read_config(store, doc.config, what)
             have = Platform(os=str(cfg.get("os", "")), architecture=str(cfg.get("architecture", "")),
                             variant=cfg.get("variant"))
             if not have.matches(Platform.parse(str(platform))):
@@ -485,20 +485,10 @@ def _platform_list(entries: Sequence[Any]) -> str:
     return ", ".join(str(d.platform) for d in entries if d.platform is not None) or "none"
 
 
-def _read_blob(store: BlobStore, digest: str) -> bytes:
-    with store.open_blob(digest) as stream:
-        return stream.read()
+def _read_config(store: BlobStore, descriptor: Descriptor, what: str) -> tuple[bytes, dict[str, Any]]:
+    from cib_core.stores import read_config
 
-
-def _read_json_blob(store: BlobStore, digest: str) -> dict[str, Any]:
-    raw = _read_blob(store, digest)
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise RegistryError(f"{store.name}: blob {digest} is not valid JSON") from exc
-    if not isinstance(value, dict):
-        raise RegistryError(f"{store.name}: blob {digest} is not a JSON object")
-    return value
+    return read_config(store, descriptor.digest, descriptor.size, what)
 
 
 def _load(spec: str) -> tuple[Reference | LocalReference, BlobStore, Manifest | Index]:
@@ -710,7 +700,7 @@ def config(ref: str, platform: str | None) -> None:
     """Print the config JSON of REF, exactly as stored."""
     _parsed, store, doc = _load(ref)
     image, _digest = _select_image(store, doc, platform, ref)
-    raw = _read_blob(store, image.config.digest)
+    raw, _cfg = _read_config(store, image.config, ref)
     out = _stdout_binary()
     out.write(raw)
     if not raw.endswith(b"\n") and sys.stdout.isatty():
@@ -738,7 +728,7 @@ def digest(ref: str) -> None:
 
 def _describe_image(store: BlobStore, manifest: Manifest, digest: str,
                     platform: Platform | None) -> dict[str, Any]:
-    cfg = _read_json_blob(store, manifest.config.digest)
+    _raw, cfg = _read_config(store, manifest.config, store.name)
     inner = cfg.get("config") if isinstance(cfg.get("config"), dict) else {}
     assert isinstance(inner, dict)
     layers: list[dict[str, Any]] = [

@@ -190,9 +190,16 @@ class BlobStream(io.RawIOBase):
     ``DigestMismatch`` before any byte past the verified point is handed out."""
 
     def __init__(self, resp: requests.Response, digest: str, what: str, *,
-                 size: int | None = None, progress: Progress | None = None) -> None:
+                 size: int | None = None, progress: Progress | None = None,
+                 reopen: Callable[[int], requests.Response] | None = None,
+                 resumes: int = 0) -> None:
         super().__init__()
         self._resp = resp
+        # after a broken body: ``reopen(offset)`` asks again from ``offset`` (Range), at most
+        # ``resumes`` times; the bytes already hashed are never hashed twice
+        self._reopen = reopen
+        self._resumes_left = resumes
+        self._skip = 0  # bytes to drop from a reopened answer that ignored the Range
         self.digest = digest
         self._what = what
         self._hash = _hasher(digest, what)
@@ -210,17 +217,50 @@ class BlobStream(io.RawIOBase):
         return True
 
     def _next_piece(self) -> bytes:
-        try:
-            piece = self._resp.raw.read(READ_SIZE, decode_content=True)
-        except Exception as exc:  # noqa: BLE001 - urllib3's many read errors
-            raise RegistryError(f"the download of {self._what} broke off after {self._read_total} "
-                                f"bytes: {type(exc).__name__}", temporary=True) from exc
+        while True:
+            try:
+                piece = self._resp.raw.read(READ_SIZE, decode_content=True)
+            except Exception as exc:  # noqa: BLE001 - urllib3's many read errors
+                if self._reopen is None or self._resumes_left <= 0:
+                    raise RegistryError(f"the download of {self._what} broke off after "
+                                        f"{self._read_total} bytes: {type(exc).__name__}",
+                                        temporary=True) from exc
+                self._resume(type(exc).__name__)
+                continue
+            if self._skip and piece:
+                dropped = min(self._skip, len(piece))
+                self._skip -= dropped
+                piece = piece[dropped:]
+                if not piece:
+                    continue
+            break
         if piece:
             self._read_total += len(piece)
             self._hash.update(piece)
             if self.size is not None and self._read_total > self.size:
                 self._fail(f"more than the {self.size} bytes announced")
         return bytes(piece)
+
+    def _resume(self, failure: str) -> None:
+        assert self._reopen is not None
+        self._resumes_left -= 1
+        self._resp.close()
+        offset = self._read_total
+        log.debug("the download of %s broke off after %d bytes (%s); asking again from there",
+                  self._what, offset, failure)
+        time.sleep(0.1)
+        resp = self._reopen(offset)
+        self._skip = 0
+        if resp.status_code == 206:
+            m = re.match(r"bytes (\d+)-", resp.headers.get("Content-Range", ""))
+            if m is None or int(m.group(1)) != offset:
+                resp.close()
+                raise RegistryError(f"the download of {self._what} broke off after {offset} bytes "
+                                    "and the registry answered the retry with another range",
+                                    status=206, temporary=True)
+        else:
+            self._skip = offset  # a whole answer: drop what was already read
+        self._resp = resp
 
     def _fail(self, actual: str) -> None:
         self._failed = DigestMismatch(self._what, self.digest, actual)
@@ -381,7 +421,7 @@ class RegistryClient:
         if status == 401 and any(c.error == "insufficient_scope" for c in challenges):
             return AuthorizationError(base + ": these credentials do not allow this action", **common)
         if status == 401:
-            hint = ("no credentials were found; pass auth or log in with `cib auth login`"
+            hint = (f"no credentials were found; pass auth or log in with `cib auth login {self.registry}`"
                     if self.credentials.anonymous else "the registry refused the credentials")
             return AuthenticationError(f"{base}: {hint}", **common)
         if status == 403 or "DENIED" in codes:
@@ -590,8 +630,15 @@ class RegistryClient:
         (a mismatch raises ``DigestMismatch`` before the last piece is handed out)."""
         what = f"blob {digest} from {self.name}"
         _hasher(digest, what)
-        resp = self._check(self._send("GET", self._path("blobs", digest)), (200,), f"blob {digest}")
-        reader = BlobStream(resp, digest, what, size=size, progress=progress or self.progress)
+        path = self._path("blobs", digest)
+        resp = self._check(self._send("GET", path), (200,), f"blob {digest}")
+
+        def reopen(offset: int) -> requests.Response:
+            return self._check(self._send("GET", path, headers={"Range": f"bytes={offset}-"}),
+                               (200, 206), f"blob {digest}")
+
+        reader = BlobStream(resp, digest, what, size=size, progress=progress or self.progress,
+                            reopen=reopen, resumes=max(1, self.transport.options.max_retries))
         if stream:
             return io.BufferedReader(reader, READ_SIZE)
         with reader:
@@ -690,15 +737,38 @@ class RegistryClient:
         if not force and self.blob_exists(digest):
             return UploadResult(200, digest, size)
         scope = self._scoped("push")
-        location, _ = self._start_upload(scope)
-        resp = self._send("PUT", _with_query(location, [("digest", digest)]), scope=scope,
-                          headers={"Content-Type": "application/octet-stream",
-                                   "Content-Length": str(size)}, data=data)
-        self._check(resp, (201, 204), f"upload of blob {digest}").close()
+        start = None if isinstance(data, (bytes, bytearray)) else data.tell()
+        attempt = 0
+        while True:
+            location, _ = self._start_upload(scope)
+            try:
+                resp = self._send("PUT", _with_query(location, [("digest", digest)]), scope=scope,
+                                  headers={"Content-Type": "application/octet-stream",
+                                           "Content-Length": str(size)}, data=data)
+                self._check(resp, (201, 204), f"upload of blob {digest}").close()
+                break
+            except (AuthenticationError, AuthorizationError):
+                raise
+            except RegistryError as exc:
+                # the answer may have been lost after the registry took the blob (its session is
+                # then gone, so a retry of the PUT fails): the blob being there is success
+                if self.blob_exists(digest):
+                    log.debug("upload of %s to %s failed (%s) but the blob arrived", digest,
+                              self.name, exc)
+                    resp = None
+                    break
+                if not (exc.temporary or isinstance(exc, NotFound)) or attempt >= UPLOAD_RESUME_ATTEMPTS:
+                    raise
+                attempt += 1
+                log.debug("upload of %s to %s failed (%s); new session, attempt %d", digest,
+                          self.name, exc, attempt + 1)
+                time.sleep(min(8.0, 0.2 * (2 ** attempt)))
+                if start is not None:
+                    data.seek(start)
         if progress is not None:
             progress(digest, size, size)
         log.debug("uploaded %s (%d bytes) to %s in one request", digest, size, self.name)
-        return UploadResult(resp.status_code, digest, size)
+        return UploadResult(resp.status_code if resp is not None else 201, digest, size)
 
     def _upload_status(self, location: str, scope: ScopedAuth) -> tuple[int, str]:
         """(bytes the registry confirms, the upload's current URL) from ``GET location``."""
@@ -794,9 +864,18 @@ class RegistryClient:
             self._cancel_upload(location, scope)
             raise
         finished = actual
-        resp = self._send("PUT", _with_query(location, [("digest", finished)]), scope=scope,
-                          headers={"Content-Length": "0"}, data=b"")
-        self._check(resp, (201, 204), f"finishing the upload of blob {actual}").close()
+        try:
+            resp = self._send("PUT", _with_query(location, [("digest", finished)]), scope=scope,
+                              headers={"Content-Length": "0"}, data=b"")
+            self._check(resp, (201, 204), f"finishing the upload of blob {actual}").close()
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except RegistryError as exc:
+            # a lost answer to the final PUT: retried, it finds the session closed
+            if not self.blob_exists(actual):
+                raise
+            log.debug("finishing the upload of %s failed (%s) but the blob arrived", actual, exc)
+            return UploadResult(201, actual, offset)
         log.debug("uploaded %s (%d bytes) to %s in chunks of %d", actual, offset, self.name, size)
         return UploadResult(resp.status_code, actual, offset)
 

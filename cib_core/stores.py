@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
-from cib_core.errors import ConfigurationError
+from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, "int | None"], None]
+
+COPY_ATTEMPTS = 3
+"""How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure."""
 
 
 def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
@@ -138,9 +141,10 @@ def open_store(
             return DockerArchiveStore.open(ref.path, ref.ref)
         raise ConfigurationError(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
+    from cib_core.credentials_chain import options_for_registry
     from cib_core.registry import RegistryClient
 
-    options = (auth or {}).get(ref.registry)
+    options = options_for_registry(ref.registry, auth)
     client = RegistryClient(
         ref.registry, ref.repository, options,
         insecure=ref.registry in set(insecure), pm=pm, pool=pool,
@@ -163,9 +167,50 @@ def transfer_blob(src: BlobStore, dst: BlobStore, digest: str, size: int | None,
             log.debug("mounted %s from %s into %s", digest, src.name, dst.name)
             return "mounted"
         log.debug("%s declined to mount %s from %s; copying", dst.name, digest, src.repository)
-    with src.open_blob(digest) as stream:
-        dst.put_blob(stream, digest=digest, size=size)
-    return "copied"
+    for attempt in range(COPY_ATTEMPTS):
+        try:
+            with src.open_blob(digest) as stream:
+                dst.put_blob(stream, digest=digest, size=size)
+            return "copied"
+        except RegistryError as exc:
+            # a streamed copy cannot rewind its source: after an upload the destination lost
+            # (or a download that broke off for good), start the blob over, a bounded number of times
+            if not exc.temporary or attempt + 1 >= COPY_ATTEMPTS:
+                raise
+            log.debug("copying %s from %s to %s failed (%s); starting it over", digest, src.name,
+                      dst.name, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+MAX_CONFIG_SIZE = 4 * 1024 * 1024
+"""distribution's limit for manifests, which cib holds configs to as well."""
+
+
+def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> tuple[bytes, dict[str, Any]]:
+    """An image config's exact bytes and parsed object, never reading more than 4 MiB.
+
+    ``size`` is the descriptor's (checked before anything is fetched); ``what`` names the image
+    in errors.
+    """
+    import json
+
+    from cib_core.errors import ManifestError
+
+    too_big = ManifestError(f"the config {digest} of {what} is larger than {MAX_CONFIG_SIZE} "
+                            "bytes; refusing to read it")
+    if size is not None and size > MAX_CONFIG_SIZE:
+        raise too_big
+    with store.open_blob(digest) as stream:
+        raw = stream.read(MAX_CONFIG_SIZE + 1)
+    if len(raw) > MAX_CONFIG_SIZE:
+        raise too_big
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise ManifestError(f"the config {digest} of {what} is not valid JSON") from exc
+    if not isinstance(config, dict):
+        raise ManifestError(f"the config {digest} of {what} is not a JSON object")
+    return raw, config
 
 
 def wants_oci_types(store: BlobStore) -> bool:

@@ -440,10 +440,11 @@ def check_reproducible(bed: Bed, ns: dict[str, Any], out: str) -> None:
     manifest, digest = oracle.manifest("team/repro", "1")
     assert digest == ns["first"].digest == ns["second"].digest
     cfg = oracle.config("team/repro", manifest)
-    when = datetime.datetime.fromtimestamp(int(os.environ["SOURCE_DATE_EPOCH"]), tz=datetime.timezone.utc)
+    epoch = 1700000000  # what the recipe sets SOURCE_DATE_EPOCH to (restored after it ran)
+    when = datetime.datetime.fromtimestamp(epoch, tz=datetime.timezone.utc)
     assert cfg["created"] == when.strftime("%Y-%m-%dT%H:%M:%SZ")
     members = oracle.members("team/repro", manifest["layers"][-1]["digest"])
-    assert {m.mtime for m in members.values()} == {int(os.environ["SOURCE_DATE_EPOCH"])}
+    assert {m.mtime for m in members.values()} == {epoch}
 
 
 def check_credentials_explicit(bed: Bed, ns: dict[str, Any], out: str) -> None:
@@ -495,7 +496,12 @@ def _run_recipe(recipe: Recipe, bed: Bed, capsys: pytest.CaptureFixture[str]) ->
     if recipe.language == "python":
         namespace: dict[str, Any] = {"__name__": f"guide_recipe_{recipe.name.replace('-', '_')}"}
         compiled = compile("\n" * (recipe.line - 1) + code, str(GUIDE), "exec")
-        exec(compiled, namespace)  # noqa: S102 - the recipe is this repository's own text
+        saved = dict(os.environ)  # recipes may set variables (SOURCE_DATE_EPOCH) for themselves
+        try:
+            exec(compiled, namespace)  # noqa: S102 - the recipe is this repository's own text
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
         return namespace, capsys.readouterr().out
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
