@@ -474,6 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         tools.node_modules = ensure_node_library(work)
 
     print("preparing inputs", flush=True)
+    # a pip-installed cib is byte-compiled at install; this editable tree may not be (for
+    # example under PYTHONDONTWRITEBYTECODE), and compiling on every run is not cib's cost
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "cib_core"),
+                    str(REPO / "cib_plugins")], check=True, stdout=subprocess.DEVNULL)
     tree = work / "tree"
     tree_bytes = make_tree(tree)
     base_dir = work / "base-files"

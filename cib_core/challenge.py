@@ -520,7 +520,7 @@ class ScopedAuth(requests.auth.AuthBase):
         if header is None or header == old:
             return r
         body = r.request.body
-        if body is not None and not isinstance(body, (bytes, str)):
+        if body is not None and not isinstance(body, (bytes, bytearray, str)):
             pos = getattr(r.request, _BODY_POS_ATTR, None)
             if pos is None:
                 return r  # a stream that cannot be replayed: let the caller see the 401

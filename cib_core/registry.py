@@ -131,52 +131,79 @@ def _read_capped(resp: requests.Response, cap: int) -> bytes:
         resp.close()
 
 
-def _chunks_of(blob: Any, size: int) -> Iterator[bytes]:
-    """The source cut into pieces of exactly ``size`` bytes (the last one shorter)."""
+def _chunks_of(blob: Any, size: int) -> Iterator[bytes | bytearray]:
+    """The source cut into pieces of exactly ``size`` bytes (the last one shorter).
+
+    Each piece from a file or an iterable is a fresh ``bytearray`` filled in place (no joins,
+    no slices of joins), so at most one chunk is being built while the caller sends the
+    previous one; the caller must drop its reference before asking for the next.
+    """
     if isinstance(blob, (bytes, bytearray, memoryview)):
         view = memoryview(blob)
         for i in range(0, len(view), size):
             yield bytes(view[i:i + size])
         return
     if hasattr(blob, "read"):
+        readinto = getattr(blob, "readinto", None)
         while True:
-            parts: list[bytes] = []
+            buf = bytearray(size)
             have = 0
-            while have < size:
-                piece = blob.read(size - have)
-                if not piece:
-                    break
-                parts.append(bytes(piece))
-                have += len(piece)
-            if not parts:
+            if readinto is not None:
+                with memoryview(buf) as out:
+                    while have < size:
+                        n = readinto(out[have:])
+                        if not n:
+                            break
+                        have += n
+            else:
+                while have < size:
+                    piece = blob.read(size - have)
+                    if not piece:
+                        break
+                    buf[have:have + len(piece)] = piece
+                    have += len(piece)
+            if not have:
                 return
-            yield b"".join(parts)
+            if have < size:
+                del buf[have:]
+            yield buf
+            del buf
             if have < size:
                 return
         return
-    pending: list[bytes] = []
+    buf = bytearray(size)
     have = 0
     for piece in blob:
         if not isinstance(piece, (bytes, bytearray, memoryview)):
             raise ConfigurationError(f"an upload's iterable must yield bytes, not {type(piece).__name__}")
         if not piece:
             continue
-        pending.append(bytes(piece))
-        have += len(piece)
-        if have >= size:
-            joined = b"".join(pending)
-            pending.clear()
-            view = memoryview(joined)
+        with memoryview(piece) as view:
             start = 0
-            while len(view) - start >= size:
-                yield bytes(view[start:start + size])
-                start += size
-            rest = bytes(view[start:])
-            del view, joined
-            pending = [rest] if rest else []
-            have = len(rest)
+            while len(view) - start >= size - have:
+                take = size - have
+                buf[have:] = view[start:start + take]
+                start += take
+                yield buf
+                del buf  # the caller's now: dropped before the next one is allocated
+                buf = bytearray(size)
+                have = 0
+            rest = len(view) - start
+            if rest:
+                buf[have:have + rest] = view[start:]
+                have += rest
     if have:
-        yield b"".join(pending)
+        del buf[have:]
+        yield buf
+
+
+def verified_digest(stream: Any) -> str | None:
+    """The digest ``stream`` checks by itself (a registry ``BlobStream``, also inside the
+    ``io.BufferedReader`` that ``blob(stream=True)`` returns), else None."""
+    found = getattr(stream, "verified_digest", None)
+    if found is None:
+        found = getattr(getattr(stream, "raw", None), "verified_digest", None)
+    return found if isinstance(found, str) else None
 
 
 class _UploadLost(RegistryError):
@@ -201,6 +228,9 @@ class BlobStream(io.RawIOBase):
         self._resumes_left = resumes
         self._skip = 0  # bytes to drop from a reopened answer that ignored the Range
         self.digest = digest
+        # what a consumer may rely on: no byte is handed out past a point that does not match
+        # this digest, so storing the stream under it needs no second hash
+        self.verified_digest = digest
         self._what = what
         self._hash = _hasher(digest, what)
         length = resp.headers.get("Content-Length")
@@ -721,8 +751,11 @@ class RegistryClient:
             return UploadResult(200, digest, size)
         source: Any = blob
         start = source.tell() if seekable else None
+        # a registry BlobStream of this very digest checks it itself: no second hash
+        verified = digest is not None and verified_digest(blob) == digest
         try:
-            return self._chunked(blob, content_length, digest, progress, chunk_size or self.chunk_size)
+            return self._chunked(blob, content_length, digest, progress, chunk_size or self.chunk_size,
+                                 verified=verified)
         except _UploadLost as exc:
             if start is None:
                 raise RegistryError(f"{exc}; the source is a stream that cannot be rewound, so "
@@ -785,7 +818,7 @@ class RegistryClient:
         location = urljoin(resp.url, resp.headers.get("Location") or location)
         return confirmed, location
 
-    def _patch(self, location: str, chunk: bytes, offset: int, scope: ScopedAuth) -> str:
+    def _patch(self, location: str, chunk: bytes | bytearray, offset: int, scope: ScopedAuth) -> str:
         """Send ``chunk`` (which starts at ``offset``) and return the next upload URL; on a
         dropped connection or a temporary error, ask the registry what arrived and resume."""
         start = 0
@@ -839,22 +872,32 @@ class RegistryClient:
                 return location
 
     def _chunked(self, blob: Any, content_length: int | None, digest: str | None,
-                 progress: Progress | None, chunk_size: int) -> UploadResult:
+                 progress: Progress | None, chunk_size: int, *,
+                 verified: bool = False) -> UploadResult:
+        """``verified``: the source itself checks ``digest`` (a ``BlobStream`` raises before it
+        hands out bytes that do not match), so the upload does not hash it again."""
         scope = self._scoped("push")
         location, min_chunk = self._start_upload(scope)
         size = max(chunk_size, min_chunk)
-        hasher = _hasher(digest, "a blob upload") if digest else hashlib.sha256()
+        hasher = None if verified and digest else (
+            _hasher(digest, "a blob upload") if digest else hashlib.sha256())
         algo = digest.split(":", 1)[0] if digest else "sha256"
         label = digest or ""
         offset = 0
         try:
-            for chunk in _chunks_of(blob, size):
-                hasher.update(chunk)
+            chunks = _chunks_of(blob, size)
+            while True:
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                if hasher is not None:
+                    hasher.update(chunk)
                 location = self._patch(location, chunk, offset, scope)
                 offset += len(chunk)
+                del chunk  # before the next one is built: one chunk in memory, not two
                 if progress is not None:
                     progress(label, offset, content_length)
-            actual = f"{algo}:{hasher.hexdigest()}"
+            actual = f"{algo}:{hasher.hexdigest()}" if hasher is not None else str(digest)
             if digest is not None and actual != digest:
                 raise DigestMismatch(f"blob upload to {self.name}", digest, actual)
             if content_length is not None and content_length != offset:
@@ -886,8 +929,7 @@ class RegistryClient:
         if not force and target.blob_exists(digest):
             return UploadResult(200, digest, size or 0)
         with self.blob(digest, stream=True, size=size) as reader:
-            pieces = iter(lambda: reader.read(READ_SIZE), b"")
-            return target.upload(pieces, content_length=size, digest=digest,
+            return target.upload(reader, content_length=size, digest=digest,
                                  force=True, progress=progress)
 
     # -- referrers ------------------------------------------------------------------------------
