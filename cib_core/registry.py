@@ -753,6 +753,8 @@ class RegistryClient:
         start = source.tell() if seekable else None
         # a registry BlobStream of this very digest checks it itself: no second hash
         verified = digest is not None and verified_digest(blob) == digest
+        if verified and digest is not None and start is None:
+            return self._streamed(blob, digest, content_length, progress)
         try:
             return self._chunked(blob, content_length, digest, progress, chunk_size or self.chunk_size,
                                  verified=verified)
@@ -802,6 +804,44 @@ class RegistryClient:
             progress(digest, size, size)
         log.debug("uploaded %s (%d bytes) to %s in one request", digest, size, self.name)
         return UploadResult(resp.status_code if resp is not None else 201, digest, size)
+
+    def _streamed(self, blob: Any, digest: str, size: int | None,
+                  progress: Progress | None) -> UploadResult:
+        """One PUT whose body is ``blob`` read as it arrives, for a registry stream that checks
+        its own digest: a registry-to-registry copy the way skopeo makes it, with no chunk
+        buffers and none of the registry's per-chunk bookkeeping. It cannot resume; a copy that
+        breaks off is a temporary error, and ``stores.transfer_blob`` starts it over."""
+        scope = self._scoped("push")
+        location, _ = self._start_upload(scope)
+        sent = 0
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            while True:
+                piece = blob.read(READ_SIZE)
+                if not piece:
+                    return
+                sent += len(piece)
+                if progress is not None:
+                    progress(digest, sent, size)
+                yield piece
+
+        try:
+            resp = self._send("PUT", _with_query(location, [("digest", digest)]), scope=scope,
+                              headers={"Content-Type": "application/octet-stream"}, data=body(),
+                              retry=False)
+            self._check(resp, (201, 204), f"upload of blob {digest}").close()
+        except (AuthenticationError, AuthorizationError, DigestMismatch):
+            raise
+        except RegistryError as exc:
+            if self.blob_exists(digest):  # the answer was lost after the registry took it
+                return UploadResult(201, digest, sent)
+            raise RegistryError(f"the streamed upload of {digest} to {self.name} broke off after "
+                                f"{sent} bytes: {exc}", status=exc.status, errors=exc.errors,
+                                registry=self.registry, repository=self.repository,
+                                temporary=True) from exc
+        log.debug("uploaded %s (%d bytes) to %s in one streamed request", digest, sent, self.name)
+        return UploadResult(resp.status_code, digest, sent)
 
     def _upload_status(self, location: str, scope: ScopedAuth) -> tuple[int, str]:
         """(bytes the registry confirms, the upload's current URL) from ``GET location``."""
