@@ -84,3 +84,15 @@ def test_docker_archive_round_trip_through_a_registry(base_image, registry, tmp_
 def test_index_into_docker_archive_asks_for_a_platform(multiarch_base_image, tmp_path):
     with pytest.raises(ConfigurationError, match="--platform"):
         copy_image(multiarch_base_image.ref, f"docker-archive:{tmp_path / 'x.tar'}:x/y:1")
+
+
+def test_cross_registry_copy_streams_each_blob_in_one_request(base_image, second_registry):
+    """A registry-to-registry copy sends each blob as one streamed PUT (as skopeo does), not
+    as chunked PATCHes that the registry must keep resumable state for."""
+    repo = "copy/streamed"
+    result = copy_image(base_image.ref, f"{second_registry.host}/{repo}:1")
+    assert result.blobs.get("copied") == len(base_image.layers) + 1
+    log = second_registry.log_path.read_text(errors="replace")
+    assert f'"PATCH /v2/{repo}/blobs/uploads/' not in log
+    puts = log.count(f'"PUT /v2/{repo}/blobs/uploads/')
+    assert puts == len(base_image.layers) + 1
