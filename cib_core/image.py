@@ -142,6 +142,7 @@ class Image:
         compression: str = "gzip",
         jobs: int = DEFAULT_JOBS,
         progress: Progress | None = None,
+        pool: TransportPool | None = None,
     ) -> None:
         self.base_ref = parse_image_spec(base)
         self.target_ref = parse_image_spec(target)
@@ -179,7 +180,8 @@ class Image:
         self._synced = False
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, bool], RegistryClient] = {}
-        self._pool: TransportPool | None = None  # one session, ping and token cache per registry
+        # one session, ping and token cache per registry; several Images may share one pool
+        self._pool: TransportPool | None = pool
         self._base_store: BlobStore | None = None
         self._target_store: BlobStore | None = None
 

@@ -34,8 +34,8 @@ def test_threads_saving_into_one_repository_share_tokens(token_registry: Registr
     ts.clear_requests()
 
     def save(i: int) -> tuple[str, str]:
-        image = Image(base.ref, f"{host}/concurrency/app:t{i}", auth=auth)
-        image._pool = pool  # every image shares one pool: one session and token cache
+        # every image shares one pool: one session and token cache
+        image = Image(base.ref, f"{host}/concurrency/app:t{i}", auth=auth, pool=pool)
         image.add_files({f"/thread-{i}.txt": CustomFile(f"written by thread {i}\n" * 500)})
         image.env = [f"THREAD={i}"]
         return f"t{i}", image.save().digest
