@@ -15,7 +15,6 @@ import platform as host_platform
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -978,19 +977,10 @@ def export(ref: str, out: str, platform: str | None) -> None:
         export_filesystem(layers, stdout)
         stdout.flush()
         return
-    directory = os.path.dirname(os.path.abspath(out))
-    fd, temp = tempfile.mkstemp(prefix=".cib-export-", suffix=".tar", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            export_filesystem(layers, handle)
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, out)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    from cib_core.atomic import replacing
+
+    with replacing(os.path.abspath(out), mode=0o666 & ~_umask(), fsync=False) as handle:
+        export_filesystem(layers, handle)
 
 
 def _opener(store: BlobStore, digest: str) -> Callable[[], BinaryIO]:

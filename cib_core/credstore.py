@@ -45,12 +45,12 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cib_core.atomic import replacing
 from cib_core.credentials import Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError
 
@@ -425,21 +425,8 @@ def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent="\t")
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path, mode=0o600) as out:
+        out.write((json.dumps(data, indent="\t") + "\n").encode("utf-8"))
 
 
 def store_credentials(registry: str, username: str, secret: str,

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
+from cib_core.atomic import replacing
 from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
 from cib_core.flatten import decompressed, sniff_compression
 from cib_core.oci_layout import (
@@ -497,19 +498,9 @@ class DockerArchiveStore:
         return size, f"sha256:{hasher.hexdigest()}"
 
     def _write_archive(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle, \
-                    tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                self._fill_archive(tar)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        with replacing(self.path, fsync=False) as handle, \
+                tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            self._fill_archive(tar)
 
     @staticmethod
     def _add(tar: tarfile.TarFile, name: str, data: bytes | IO[bytes] | None, size: int = 0) -> None:

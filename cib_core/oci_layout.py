@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
+from cib_core.atomic import replacing
 from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
 
 log = logging.getLogger(__name__)
@@ -150,20 +151,8 @@ def verified_reader(source: BinaryIO, digest: str, what: str, size: int | None =
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` through a temporary file in the same directory."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path) as handle:
+        handle.write(data)
 
 
 def guess_media_type(raw: bytes) -> str:
