@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import requests
 
 from cib_core import mediatypes
 from cib_core.challenge import (
+    RegistryAuth,
     ScopedAuth,
     merge_scopes,
     parse_www_authenticate,
@@ -390,12 +392,48 @@ class RegistryClient:
             transport = (pool.get(self.api_host, insecure=insecure) if pool is not None
                          else Transport(self.api_host, insecure=insecure, pm=pm, options=options))
         self.transport = transport
-        self.credentials: Credentials = resolve_credentials(registry, repository,
-                                                            options=auth, pm=pm)
-        self._registry_auth = transport.registry_auth(self.credentials)
+        self._auth_options = auth
+        self._pm = pm
+        self._credentials: Credentials | None = None
+        self._auth_state: RegistryAuth | None = None
+        self._auth_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"RegistryClient({self.registry!r}, {self.repository!r}, user={self.credentials.username!r})"
+        user = self._credentials.username if self._credentials is not None else None
+        return f"RegistryClient({self.registry!r}, {self.repository!r}, user={user!r})"
+
+    @property
+    def credentials(self) -> Credentials:
+        """The credentials this client uses: the explicit options, else the first credential
+        provider's answer, else anonymous."""
+        if self._credentials is None:
+            self._credentials = resolve_credentials(self.registry, self.repository,
+                                                    options=self._auth_options, pm=self._pm)
+        return self._credentials
+
+    @property
+    def _registry_auth(self) -> RegistryAuth:
+        """The registry's auth state for these credentials. Without explicit options, the
+        registry is pinged anonymously first: an open registry never needs the credential
+        providers (the keyring alone costs ~80 ms to ask), one that challenges gets them."""
+        state = self._auth_state
+        if state is not None:
+            return state
+        with self._auth_lock:
+            if self._auth_state is None:
+                if self._credentials is None and not self._auth_options:
+                    anonymous = self.transport.registry_auth(Credentials())
+                    challenges = anonymous.ping()
+                    if not challenges:
+                        self._credentials = Credentials()
+                        self._auth_state = anonymous
+                        return anonymous
+                    state = self.transport.registry_auth(self.credentials)
+                    state.learn(challenges)
+                else:
+                    state = self.transport.registry_auth(self.credentials)
+                self._auth_state = state
+            return self._auth_state
 
     @property
     def name(self) -> str:
