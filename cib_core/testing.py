@@ -608,10 +608,11 @@ class RegistryServer:
     token_server: TokenServer | None = field(default=None, repr=False)
     pid: int | None = None
     log_path: Path | None = None
+    tls: bool = False  # served over HTTPS with a certificate from ``run_registry(tls=...)``
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def auth(self) -> dict[str, str] | None:
@@ -632,7 +633,8 @@ class RegistryServer:
         return f"{self.host}/{repository}{sep}{tag}"
 
 
-def _registry_config(port: int, storage: Path, auth: Mapping[str, Any] | None) -> dict[str, Any]:
+def _registry_config(port: int, storage: Path, auth: Mapping[str, Any] | None,
+                     tls: tuple[Path, Path] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
@@ -648,11 +650,23 @@ def _registry_config(port: int, storage: Path, auth: Mapping[str, Any] | None) -
     }
     if auth:
         config["auth"] = dict(auth)
+    if tls is not None:
+        config["http"]["tls"] = {"certificate": str(tls[0]), "key": str(tls[1])}
     return config
 
 
-def _probe_v2(host: str, timeout: float = 2.0) -> int | None:
-    conn = http.client.HTTPConnection(host, timeout=timeout)
+def _probe_v2(host: str, timeout: float = 2.0, tls: bool = False) -> int | None:
+    conn: http.client.HTTPConnection
+    if tls:
+        import ssl
+
+        # only "is it up": the certificate is what the test under way is about
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(host, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(host, timeout=timeout)
     try:
         conn.request("GET", "/v2/")
         response = conn.getresponse()
@@ -694,11 +708,13 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = None,
                  password: str | None = None, token_server: TokenServer | None = None,
-                 startup_timeout: float = 30.0) -> Iterator[RegistryServer]:
+                 startup_timeout: float = 30.0,
+                 tls: tuple[Path, Path] | None = None) -> Iterator[RegistryServer]:
     """Start ``docker-registry serve`` on a free loopback port and stop it (by PID) on exit.
 
     ``mode`` is ``"open"``, ``"basic"`` (htpasswd with a bcrypt hash) or ``"token"`` (a
     :class:`TokenServer` is started unless one is given). Credentials are generated unless given.
+    ``tls`` is a (certificate, key) pair of PEM files: the registry then serves HTTPS only.
     """
     binary = require_tool("docker-registry")
     if mode not in ("open", "basic", "token"):
@@ -739,7 +755,7 @@ def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = N
             port = free_port()
             config_path = workdir / "config.yml"
             # JSON is YAML: no YAML library needed.
-            config_path.write_text(json.dumps(_registry_config(port, storage, auth), indent=2))
+            config_path.write_text(json.dumps(_registry_config(port, storage, auth, tls), indent=2))
             with log_path.open("ab") as log_file:
                 proc = subprocess.Popen([binary, "serve", str(config_path)], stdin=subprocess.DEVNULL,
                                         stdout=log_file, stderr=subprocess.STDOUT,
@@ -748,7 +764,7 @@ def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = N
             deadline = time.monotonic() + startup_timeout
             status = None
             while time.monotonic() < deadline and proc.poll() is None:
-                status = _probe_v2(host)
+                status = _probe_v2(host, tls=tls is not None)
                 if status is not None:
                     break
                 time.sleep(0.05)
@@ -765,7 +781,7 @@ def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = N
         log.debug("docker-registry (%s) on %s, pid %d", mode, host, proc.pid)
         yield RegistryServer(host=host, mode=mode, storage=storage, username=username,
                              password=password, token_server=token_server, pid=proc.pid,
-                             log_path=log_path)
+                             log_path=log_path, tls=tls is not None)
 
 
 # --------------------------------------------------------------------------------------------

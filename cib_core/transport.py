@@ -17,6 +17,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 import requests.adapters
+import urllib3
 
 from cib_core.challenge import RegistryAuth, TokenCache
 from cib_core.credentials import Credentials
@@ -164,6 +166,13 @@ class Transport:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.verify: bool | str = self._verify()
+        if insecure:
+            # The caller named this registry insecure: say so once, instead of urllib3's warning
+            # on every request (which would also break the CLI's one-line error contract).
+            host = (urllib3.util.parse_url(f"//{self.registry}").host or self.registry).strip("[]")
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning,
+                                    message=f".*host '{re.escape(host)}'")
+            log.info("registry %s is named insecure: TLS certificates are not checked", self.registry)
 
     def _adapter(self, pm: Any) -> requests.adapters.BaseAdapter:
         if pm is None:
