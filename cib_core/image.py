@@ -705,18 +705,11 @@ class Image:
                 tag_list = [tags]
         elif isinstance(self.target_ref, Reference):
             tag_list = [self.target_ref.tag or "latest"]
-        else:
-            tag_list = [self._local_target_tag()]
+        else:  # oci:PATH:TAG, or docker-archive:PATH:NAME:TAG
+            tag_list = [self.target_ref.ref or "latest"]
         if not tag_list:
             raise ConfigurationError("save() was given an empty list of tags")
         return tag_list
-
-    def _local_target_tag(self) -> str:
-        assert isinstance(self.target_ref, LocalReference)
-        ref = self.target_ref.ref
-        if self.target_ref.transport == "docker-archive":
-            return ref or "latest"
-        return ref or "latest"
 
     def _result_reference(self, digest: str) -> str:
         if isinstance(self.target_ref, Reference):
