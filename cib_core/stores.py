@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
@@ -29,6 +31,8 @@ Progress = Callable[[str, int, "int | None"], None]
 
 COPY_ATTEMPTS = 3
 """How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure."""
+COPY_BACKOFF = 1.0
+"""Seconds (times 0.5-1, doubling) ``transfer_blob`` waits before starting a copy over."""
 
 
 def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
@@ -177,8 +181,12 @@ def transfer_blob(src: BlobStore, dst: BlobStore, digest: str, size: int | None,
             # (or a download that broke off for good), start the blob over, a bounded number of times
             if not exc.temporary or attempt + 1 >= COPY_ATTEMPTS:
                 raise
-            log.debug("copying %s from %s to %s failed (%s); starting it over", digest, src.name,
-                      dst.name, exc)
+            # a streamed request is not retried by the transport (its body cannot be sent
+            # again), so back off here: a 429 or 503 burst gets time to pass
+            delay = random.uniform(0.5, 1.0) * COPY_BACKOFF * (2 ** attempt)  # noqa: S311
+            log.debug("copying %s from %s to %s failed (%s); starting it over in %.1fs", digest,
+                      src.name, dst.name, exc, delay)
+            time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
