@@ -845,27 +845,31 @@ class _Decompressor(Protocol):
     def end(self) -> None: ...
 
 
-class _GunzipMembers:
-    """Decompresses a gzip stream of one or more members (as gzip -d does)."""
+class _Frames:
+    """Decompresses a stream of one or more independent frames (gzip members, zstd frames),
+    as ``gzip -d`` and ``zstd -d`` do; ``end`` refuses a stream cut off inside a frame."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, kind: str, new: Callable[[], Any], *,
+                 padding_allowed: bool = False) -> None:
         self._name = name
-        self._lib: Any = _isal_zlib if _isal_zlib is not None else zlib
-        self._d: Any = self._lib.decompressobj(31)
+        self._kind = kind
+        self._new = new
+        self._padding_allowed = padding_allowed  # gzip tolerates trailing zero bytes
+        self._d: Any = new()
         self._between = False
 
     def feed(self, data: bytes) -> bytes:
         parts: list[bytes] = []
         while data:
             if self._between:
-                if not data.lstrip(b"\0"):
-                    return b"".join(parts)  # trailing zero padding, as gzip tolerates
-                self._d = self._lib.decompressobj(31)
+                if self._padding_allowed and not data.lstrip(b"\0"):
+                    return b"".join(parts)
+                self._d = self._new()
                 self._between = False
             try:
                 parts.append(self._d.decompress(data))
-            except Exception as exc:  # noqa: BLE001 - zlib.error / IsalError
-                raise LayerSourceError(self._name, f"is not valid gzip: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - zlib.error, IsalError, ZstdError
+                raise LayerSourceError(self._name, f"is not valid {self._kind}: {exc}") from None
             if self._d.eof:
                 data = self._d.unused_data
                 self._between = True
@@ -875,40 +879,18 @@ class _GunzipMembers:
 
     def end(self) -> None:
         if not self._between:
-            raise LayerSourceError(self._name, "gzip stream ends early (truncated file?)")
+            raise LayerSourceError(self._name, f"{self._kind} stream ends early (truncated file?)")
 
 
-class _Unzstd:
-    """Decompresses a zstd stream of one or more frames."""
+def _gunzip_members(name: str) -> _Frames:
+    lib: Any = _isal_zlib if _isal_zlib is not None else zlib
+    return _Frames(name, "gzip", lambda: lib.decompressobj(31), padding_allowed=True)
 
-    def __init__(self, name: str) -> None:
-        import zstandard
 
-        self._name = name
-        self._zstd: Any = zstandard
-        self._d: Any = zstandard.ZstdDecompressor().decompressobj()
-        self._between = False
+def _unzstd(name: str) -> _Frames:
+    import zstandard
 
-    def feed(self, data: bytes) -> bytes:
-        parts: list[bytes] = []
-        while data:
-            if self._between:
-                self._d = self._zstd.ZstdDecompressor().decompressobj()
-                self._between = False
-            try:
-                parts.append(self._d.decompress(data))
-            except self._zstd.ZstdError as exc:
-                raise LayerSourceError(self._name, f"is not valid zstd: {exc}") from None
-            if self._d.eof:
-                data = self._d.unused_data
-                self._between = True
-            else:
-                data = b""
-        return b"".join(parts)
-
-    def end(self) -> None:
-        if not self._between:
-            raise LayerSourceError(self._name, "zstd stream ends early (truncated file?)")
+    return _Frames(name, "zstd", lambda: zstandard.ZstdDecompressor().decompressobj())
 
 
 def sniff_compression(head: bytes) -> str:
@@ -973,15 +955,15 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
         given = sniff_compression(src.read(4))
         src.seek(0)
         if given == "zstd" and docker_flavour:
-            return _to_file(lambda sink: _recompress(src, name, _Unzstd(name), "gzip", level,
+            return _to_file(lambda sink: _recompress(src, name, _unzstd(name), "gzip", level,
                                                      True, sink), dir)
         if given == "none" and compression != "none":
             return _to_file(lambda sink: _recompress(src, name, None, compression, level,
                                                      docker_flavour, sink), dir)
         media_type = mediatypes.layer_media_type(docker_flavour, given)
         file_hash, tar_hash = hashlib.sha256(), hashlib.sha256()
-        decomp: _Decompressor | None = (_GunzipMembers(name) if given == "gzip"
-                                        else _Unzstd(name) if given == "zstd" else None)
+        decomp: _Decompressor | None = (_gunzip_members(name) if given == "gzip"
+                                        else _unzstd(name) if given == "zstd" else None)
         check = _TarCheck(name)
         size = 0
         while True:
