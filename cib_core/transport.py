@@ -72,8 +72,24 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+_URL_HEADERS = frozenset({"location", "content-location"})
+_LINK_TARGET = re.compile(r"<([^>]*)>")
+
+
 def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: ("***" if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+    """Headers fit for logs: credentials masked, and the URLs in ``Location`` and ``Link``
+    redacted like any URL (a redirect to blob storage carries a pre-signed signature)."""
+    out: dict[str, str] = {}
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower in SENSITIVE_HEADERS:
+            value = "***"
+        elif lower in _URL_HEADERS:
+            value = redact_url(value)
+        elif lower == "link":
+            value = _LINK_TARGET.sub(lambda m: f"<{redact_url(m.group(1))}>", value)
+        out[key] = value
+    return out
 
 
 # -- retries --------------------------------------------------------------------------------------

@@ -581,6 +581,43 @@ def test_redirect_to_storage_never_carries_authorization(
     assert len(storage.seen) == 1 and "authorization" not in storage.seen[0]
 
 
+def test_cli_redirect_to_storage_never_carries_authorization(
+        fake_registry: tuple[_Recorder, _Recorder], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through `cib -vv blob`, with the credentials from docker's config.json: the
+    bytes arrive, storage never sees Authorization, and -vv output shows no secret."""
+    from click.testing import CliRunner
+
+    from cib_core.cli import cli
+
+    reg, storage = fake_registry
+    data = os.urandom(1 << 20)
+    digest = _sha(data)
+    good = "Basic " + base64.b64encode(f"u:{SECRET}".encode()).decode()
+
+    def redirect(h: _Handler) -> None:
+        if h.headers.get("Authorization") != good:
+            h.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="fake"'})
+        else:
+            h.reply(307, b"", {"Location": f"http://{storage.host}/bucket/blob?X-Amz-Signature=sig"})
+
+    reg.routes[f"/v2/app/blobs/{digest}"] = redirect
+    storage.routes["/bucket/blob"] = lambda h: h.reply(200, data, ctype="application/octet-stream")
+    config = tmp_path / "docker"
+    config.mkdir()
+    (config / "config.json").write_text(json.dumps(
+        {"auths": {reg.host: {"auth": base64.b64encode(f"u:{SECRET}".encode()).decode()}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    result = CliRunner().invoke(cli, ["-vv", "blob", f"{reg.host}/app@{digest}"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout_bytes == data
+    assert storage.seen and all("authorization" not in s for s in storage.seen)
+    assert any(s.get("authorization") == good for s in reg.seen)
+    assert "307" in result.stderr and storage.host in result.stderr  # -vv shows the redirect
+    for secret in (SECRET, good, good.split()[1], "X-Amz-Signature=sig"):
+        assert secret not in result.stderr
+
+
 def test_bad_answers(fake_registry: tuple[_Recorder, _Recorder]) -> None:
     reg, _ = fake_registry
     good = "Basic " + base64.b64encode(f"u:{SECRET}".encode()).decode()

@@ -133,3 +133,18 @@ def test_options_for_registry_matches_hosts_and_docker_hub_aliases() -> None:
     assert options_for_registry("127.0.0.1:5000", opts) == {"token": "a"}
     assert options_for_registry("docker.io", opts) == {"token": "b"}
     assert options_for_registry("gcr.io", opts) is None
+
+
+def test_redaction_of_urls_in_headers() -> None:
+    headers = redact_headers({
+        "Location": "https://bucket.s3.example/blob?X-Amz-Signature=abc123&X-Amz-Expires=60",
+        "Content-Location": "https://user:pw@cdn.example/x?sig=zzz",
+        "Link": '</v2/_catalog?n=2&last=b&token=t0k>; rel="next"',
+        "Docker-Upload-UUID": "u-1",
+    })
+    text = repr(headers)
+    for secret in ("abc123", "pw@", "zzz", "t0k"):
+        assert secret not in text
+    assert headers["Location"].startswith("https://bucket.s3.example/blob?")
+    assert headers["Link"].startswith("</v2/_catalog?n=2&last=b&") and headers["Link"].endswith('rel="next"')
+    assert headers["Docker-Upload-UUID"] == "u-1"
