@@ -1168,7 +1168,8 @@ class FaultProxy:
                  kinds: Iterable[str] = DEFAULT_FAULT_KINDS, seed: int = 0,
                  slow_seconds: float = 0.5, paginate: int | None = None,
                  methods: Iterable[str] | None = None, path_pattern: str | None = None,
-                 max_faults: int | None = None, timeout: float = _HTTP_TIMEOUT) -> None:
+                 max_faults: int | None = None, timeout: float = _HTTP_TIMEOUT,
+                 add_headers: Mapping[str, Mapping[str, str]] | None = None) -> None:
         host = upstream.host if isinstance(upstream, RegistryServer) else upstream
         host = host.removeprefix("http://").rstrip("/")
         self.upstream_host = host
@@ -1193,6 +1194,10 @@ class FaultProxy:
         self._script: list[str] = []
         self._requests = 0
         self._pages = 0
+        # headers added to every answer to a method ({"POST": {"OCI-Chunk-Min-Length": "..."}}),
+        # for what no real registry here sends
+        self.add_headers = {m.upper(): dict(h) for m, h in (add_headers or {}).items()}
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # method, path, request headers
         self._server = _LoopbackServer(_ProxyHandler, self)
         self._thread = _ServerThread(self._server, "cib-fault-proxy")
 
@@ -1261,9 +1266,11 @@ class FaultProxy:
             self._pages = 0
 
     # -- used by the handler ------------------------------------------------------------------
-    def _choose(self, method: str, path: str) -> str | None:
+    def _choose(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> str | None:
         with self._lock:
             self._requests += 1
+            if len(self.seen) < 100_000:
+                self.seen.append((method, path, dict(headers or {})))
             if self.methods is not None and method not in self.methods:
                 return None
             if self.path_pattern is not None and not self.path_pattern.search(path):
@@ -1397,13 +1404,14 @@ class _ProxyHandler(_QuietHandler):
             if lower == "location" and value.startswith(upstream):
                 value = proxy.url + value[len(upstream):]
             out.append((name, value))
+        out.extend(proxy.add_headers.get(self.command, {}).items())
         return out
 
     def _handle(self) -> None:
         proxy = self._proxy()
         method = self.command
         path = self.path
-        kind = proxy._choose(method, path)
+        kind = proxy._choose(method, path, {k.lower(): v for k, v in self.headers.items()})
         try:
             if kind in _STATUS_CODES:
                 self._drain()

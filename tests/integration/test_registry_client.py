@@ -760,3 +760,19 @@ def test_unreachable_registry_is_a_temporary_error_after_bounded_retries() -> No
         RegistryClient("127.0.0.1:1", "x/y", pm=_pm(), transport=transport).manifest("latest")
     assert err.value.status is None and err.value.temporary
     assert len(sleeps) == 2 and all(0 <= s <= 0.02 for s in sleeps)
+
+
+def test_chunk_size_honours_oci_chunk_min_length(registry: RegistryServer) -> None:
+    """A registry that asks for chunks of at least N bytes (OCI-Chunk-Min-Length, added by the
+    proxy since distribution 2.8 does not send it) gets PATCHes of at least N, the last aside."""
+    minimum = 3 << 20
+    data = os.urandom(10 << 20)
+    with FaultProxy(registry, add_headers={"POST": {"OCI-Chunk-Min-Length": str(minimum)}}) as proxy:
+        client = RegistryClient(proxy.host, "chunks/min", pm=_pm(), chunk_size=1 << 20)
+        result = client.upload(iter([data[i:i + 65536] for i in range(0, len(data), 65536)]))
+        ranges = [h["content-range"] for m, _, h in proxy.seen if m == "PATCH"]
+    assert result.digest == _sha(data)
+    sizes = [int(end) - int(start) + 1 for start, end in (r.split("-") for r in ranges)]
+    assert sum(sizes) == len(data) and len(sizes) == 4
+    assert all(size >= minimum for size in sizes[:-1])
+    assert RegistryClient(registry.host, "chunks/min", pm=_pm()).blob(result.digest) == data
