@@ -16,6 +16,7 @@ import pytest
 
 import cib_core.testing
 from cib_core import plugins
+from cib_core.plugins import CibPluginManager
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,3 +48,16 @@ def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
     finally:
         plugins.set_plugin_manager(previous)
+
+
+@pytest.fixture
+def pm() -> CibPluginManager:
+    """A plugin manager holding only the builtin layer sources (local-dir, tarball,
+    custom-files), for layer tests; test modules needing other plugins define their own."""
+    from cib_plugins import custom_files, local_dir, tarball
+
+    manager = CibPluginManager(autoload=False)
+    manager.register(local_dir, name="local-dir")
+    manager.register(tarball, name="tarball")
+    manager.register(custom_files, name="custom-files")
+    return manager

@@ -14,19 +14,8 @@ import pytest
 
 from cib_core import mediatypes
 from cib_core.layers import BuiltLayer, CustomFile, build_layer
-from cib_core.plugins import CibPluginManager
-from cib_plugins import custom_files, local_dir, tarball
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pm() -> CibPluginManager:
-    pm = CibPluginManager(autoload=False)
-    pm.register(local_dir, name="local-dir")
-    pm.register(tarball, name="tarball")
-    pm.register(custom_files, name="custom-files")
-    return pm
 
 
 def write_blob(layout: Path, data: bytes) -> tuple[str, int]:

@@ -552,10 +552,9 @@ def fake_registry() -> Iterator[tuple[_Recorder, _Recorder]]:
         s.server_close()
 
 
-def test_redirect_to_storage_never_carries_authorization(
-        fake_registry: tuple[_Recorder, _Recorder]) -> None:
-    reg, storage = fake_registry
-    data = os.urandom(3 * (1 << 20))
+def _blob_behind_a_redirect(reg: _Recorder, storage: _Recorder, data: bytes) -> tuple[str, str]:
+    """Serve ``data`` as blob ``app@digest`` of ``reg``: Basic-authenticated GETs get a 307 to
+    ``storage`` (a pre-signed URL); returns (digest, the good Authorization value)."""
     digest = _sha(data)
     good = "Basic " + base64.b64encode(f"u:{SECRET}".encode()).decode()
 
@@ -567,6 +566,14 @@ def test_redirect_to_storage_never_carries_authorization(
 
     reg.routes[f"/v2/app/blobs/{digest}"] = redirect
     storage.routes["/bucket/blob"] = lambda h: h.reply(200, data, ctype="application/octet-stream")
+    return digest, good
+
+
+def test_redirect_to_storage_never_carries_authorization(
+        fake_registry: tuple[_Recorder, _Recorder]) -> None:
+    reg, storage = fake_registry
+    data = os.urandom(3 * (1 << 20))
+    digest, good = _blob_behind_a_redirect(reg, storage, data)
     client = RegistryClient(reg.host, "app", {"Username": "u", "Secret": SECRET}, pm=_pm())
     assert client.blob(digest) == data
     assert any(s.get("authorization") == good for s in reg.seen)
@@ -592,17 +599,7 @@ def test_cli_redirect_to_storage_never_carries_authorization(
 
     reg, storage = fake_registry
     data = os.urandom(1 << 20)
-    digest = _sha(data)
-    good = "Basic " + base64.b64encode(f"u:{SECRET}".encode()).decode()
-
-    def redirect(h: _Handler) -> None:
-        if h.headers.get("Authorization") != good:
-            h.reply(401, b"{}", {"WWW-Authenticate": 'Basic realm="fake"'})
-        else:
-            h.reply(307, b"", {"Location": f"http://{storage.host}/bucket/blob?X-Amz-Signature=sig"})
-
-    reg.routes[f"/v2/app/blobs/{digest}"] = redirect
-    storage.routes["/bucket/blob"] = lambda h: h.reply(200, data, ctype="application/octet-stream")
+    digest, good = _blob_behind_a_redirect(reg, storage, data)
     config = tmp_path / "docker"
     config.mkdir()
     (config / "config.json").write_text(json.dumps(

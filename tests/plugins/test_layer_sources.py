@@ -22,17 +22,7 @@ from hypothesis import strategies as st
 from cib_core.errors import LayerSourceError
 from cib_core.layers import BuiltLayer, CustomFile, LayerBuilder, build_layer, collect_entries
 from cib_core.plugin_api import LocalSource, TarballSource
-from cib_core.plugins import CibPluginManager
-from cib_plugins import custom_files, local_dir, tarball
-
-
-@pytest.fixture
-def pm() -> CibPluginManager:
-    pm = CibPluginManager(autoload=False)
-    pm.register(local_dir, name="local-dir")
-    pm.register(tarball, name="tarball")
-    pm.register(custom_files, name="custom-files")
-    return pm
+from cib_plugins import custom_files, local_dir
 
 
 def layer_members(layer: BuiltLayer) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:

@@ -30,17 +30,7 @@ from cib_core.layers import (
     write_layer,
 )
 from cib_core.plugin_api import LocalSource, dir_entry, file_entry, keep_fields, symlink_entry
-from cib_core.plugins import CibPluginManager, hookimpl
-from cib_plugins import custom_files, local_dir, tarball
-
-
-@pytest.fixture
-def pm() -> CibPluginManager:
-    pm = CibPluginManager(autoload=False)
-    pm.register(local_dir, name="local-dir")
-    pm.register(tarball, name="tarball")
-    pm.register(custom_files, name="custom-files")
-    return pm
+from cib_core.plugins import hookimpl
 
 
 def sha(data: bytes) -> str:
