@@ -11,7 +11,9 @@ it names is confirmed present in the target.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
+import io
 import logging
 import os
 import queue
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cib_core import mediatypes as mt
 from cib_core.credentials_chain import options_for_registry
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
-from cib_core.layers import LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
+from cib_core.layers import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
 from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest, sha256_digest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
@@ -178,6 +180,9 @@ class Image:
         self._index: dict[str, Any] | None = None  # the base index, when it had one and we keep it
         self._docker_flavour = False
         self._synced = False
+        # blobs this Image uploaded to, mounted into or found in its target: the check before a
+        # manifest goes up asks the registry only about the others
+        self._present: set[str] = set()
         self._lock = threading.Lock()
         self._clients: dict[tuple[str, str, bool], RegistryClient] = {}
         # one session, ping and token cache per registry; several Images may share one pool
@@ -387,6 +392,7 @@ class Image:
         if cached is not None and store.has_blob(cached.digest):
             # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
             info = cached
+            self._present.add(info.digest)
         elif isinstance(store, RegistryStore):
             def rebuild() -> LayerBuilder:
                 return prepare_layer(
@@ -396,11 +402,7 @@ class Image:
 
             info = self._stream_layer(builder, store, rebuild)
         else:
-            with builder.build() as built:
-                info = built.info
-                if not store.has_blob(info.digest):
-                    with built.open() as stream:
-                        store.put_blob(stream, digest=info.digest, size=info.size)
+            info = self._upload_built(builder, store)
         if key is not None and cached != info:
             layer_cache.store(key, info)
         created_by = "cib add_files " + " ".join(sorted(sources))
@@ -411,11 +413,11 @@ class Image:
 
     def _stream_layer(self, builder: LayerBuilder, store: RegistryStore,
                       rebuild: Callable[[], LayerBuilder]) -> LayerInfo:
-        """Write the layer straight into a chunked upload: tar, compression and upload run
-        side by side, with no temporary file and memory bounded by a few chunks. Should the
-        upload fail for a temporary reason (it cannot rewind a stream), list the sources again
-        (``rebuild``), build the layer into a temporary file and upload that, which can resume
-        and retry."""
+        """Write the layer straight into one streamed upload request: tar, compression and
+        upload run side by side, with no temporary file, memory bounded by a few pieces, and the
+        blob hashed once (by the upload). Should the upload fail for a temporary reason (a
+        stream cannot be rewound), list the sources again (``rebuild``), build the layer into a
+        temporary file and upload that, which can resume and retry."""
         pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         result: list[tuple[str, int]] = []
@@ -436,7 +438,7 @@ class Image:
         def upload() -> None:
             nonlocal ended
             try:
-                result.append(store.put_blob(produce()))
+                result.append(store.put_stream(produce()))
             except BaseException as exc:  # noqa: BLE001 - handed to the building thread
                 failure.append(exc)
                 # let the builder finish or fail fast; once the end marker was taken (the final
@@ -453,7 +455,8 @@ class Image:
         thread = threading.Thread(target=upload, name="cib-layer-upload", daemon=True)
         thread.start()
         try:
-            info = builder.write(sink)
+            # the upload hashes the blob as it sends it: no second sha256 of it here
+            info = builder.write(sink, digest=False)
         except BaseException:
             abort = True
             pieces.put(None)
@@ -472,17 +475,23 @@ class Image:
                 return self._upload_built(rebuild(), store)
             raise failure[0]
         digest, size = result[0]
-        if digest != info.digest or size != info.size:
+        if size != info.size:
             raise RegistryError(f"{store.name} stored the layer as {digest} ({size} bytes) but cib "
-                                f"built {info.digest} ({info.size} bytes)")
-        return info
+                                f"built {info.size} bytes")
+        self._present.add(digest)
+        return dataclasses.replace(info, digest=digest)
 
     def _upload_built(self, builder: LayerBuilder, store: BlobStore) -> LayerInfo:
         with builder.build() as built:
-            info = built.info
-            if not store.has_blob(info.digest):
-                with built.open() as stream:
-                    store.put_blob(stream, digest=info.digest, size=info.size)
+            return self._put_built(built, store)
+
+    def _put_built(self, built: BuiltLayer, store: BlobStore) -> LayerInfo:
+        """Upload a layer built into a file, unless the target has it already."""
+        info = built.info
+        if not store.has_blob(info.digest):
+            with built.open() as stream:
+                store.put_blob(stream, digest=info.digest, size=info.size)
+        self._present.add(info.digest)
         return info
 
     def add_tarball(self, path: str | os.PathLike[str]) -> LayerInfo:
@@ -494,11 +503,7 @@ class Image:
         self._load()
         with layer_from_tarball(path, compression=self._compression,
                                 docker_flavour=self._docker_flavour) as built:
-            info = built.info
-            store = self.target_store
-            if not store.has_blob(info.digest):
-                with built.open() as stream:
-                    store.put_blob(stream, digest=info.digest, size=info.size)
+            info = self._put_built(built, self.target_store)
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": f"cib add_tarball {os.path.basename(os.fspath(path))}",
@@ -583,6 +588,7 @@ class Image:
                                              docker_flavour=self._docker_flavour, force=ignore_exists)
             with counts_lock:
                 counts[how] = counts.get(how, 0) + 1
+                self._present.add(descriptor["digest"])
                 if descriptor is not wanted[digest]:
                     replaced[digest] = descriptor
 
@@ -605,6 +611,7 @@ class Image:
     def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool) -> None:
         digest = layer["digest"]
         if not force and target.has_blob(digest):
+            self._present.add(digest)
             return
         from cib_core.registry import fetch_url
 
@@ -613,6 +620,7 @@ class Image:
             try:
                 with fetch_url(url, digest) as stream:
                     target.put_blob(stream, digest=digest, size=layer.get("size"))
+                self._present.add(digest)
                 return
             except CibError as exc:
                 errors.append(f"{url}: {exc}")
@@ -720,8 +728,10 @@ class Image:
                     copy_remote_layers: bool) -> tuple[bytes, str]:
         config_raw = self._config_bytes(image)
         config_digest = sha256_digest(config_raw)
-        if not target.has_blob(config_digest):
-            target.put_blob([config_raw], digest=config_digest, size=len(config_raw))
+        if config_digest not in self._present and not target.has_blob(config_digest):
+            # a seekable body of known digest and size: one monolithic PUT into a registry
+            target.put_blob(io.BytesIO(config_raw), digest=config_digest, size=len(config_raw))
+        self._present.add(config_digest)
         manifest = image.data.manifest
         media_type = manifest.get("mediaType") or mt.manifest_media_type(self._docker_flavour)
         manifest["mediaType"] = media_type
@@ -758,7 +768,7 @@ class Image:
                 with lock:
                     missing.append(digest)
 
-        self._parallel(check, sorted(set(needed)))
+        self._parallel(check, sorted(set(needed) - self._present))
         if missing:
             raise RegistryError(
                 f"not pushing the manifest: {target.name} lacks {len(missing)} blob(s) it names "

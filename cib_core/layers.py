@@ -281,11 +281,13 @@ class _Pipeline:
 
     _DONE = b""
 
-    def __init__(self, compressor: _Compressor | None, sink: Sink) -> None:
+    def __init__(self, compressor: _Compressor | None, sink: Sink, *, digest: bool = True) -> None:
         self._compressor = compressor
         self._sink = sink
         self._uncompressed = hashlib.sha256()
-        self._compressed = hashlib.sha256() if compressor is not None else None
+        # ``digest=False``: the sink hashes what it is given (an upload does), so hashing the
+        # blob here too would only burn a core's time
+        self._compressed = hashlib.sha256() if compressor is not None and digest else None
         self.uncompressed_size = 0
         self.size = 0
         self._error: BaseException | None = None
@@ -338,7 +340,10 @@ class _Pipeline:
         if self._error is not None:
             raise self._error
         diff_id = _sha256(self._uncompressed)
-        digest = _sha256(self._compressed) if self._compressed is not None else diff_id
+        if self._compressed is not None:
+            digest = _sha256(self._compressed)
+        else:
+            digest = diff_id if self._compressor is None else ""  # uncompressed: one hash
         return diff_id, digest, self.size
 
     def abort(self) -> None:
@@ -608,20 +613,25 @@ class LayerBuilder:
         return [(infos[p], files[p], records[p].origin) for p in order]
 
     # -- writing ------------------------------------------------------------------------------
-    def write(self, sink: Sink) -> LayerInfo:
-        """Write the layer to ``sink`` (called with successive chunks of the blob)."""
+    def write(self, sink: Sink, *, digest: bool = True) -> LayerInfo:
+        """Write the layer to ``sink`` (called with successive chunks of the blob).
+
+        ``digest=False`` is for a sink that hashes the blob itself (an upload): the blob is
+        not hashed a second time here and the returned ``digest`` is empty, for the caller to
+        fill in from the sink."""
         plan = self._plan()
-        pipe = _Pipeline(_compressor(*self._compressor_args), sink)
+        pipe = _Pipeline(_compressor(*self._compressor_args), sink, digest=digest)
         try:
             _write_tar(plan, pipe)
-            diff_id, digest, size = pipe.finish()
+            diff_id, blob_digest, size = pipe.finish()
         finally:
             pipe.abort()
             for _, fileobj, _ in plan:
                 if fileobj is not None:
                     fileobj.close()
-        log.debug("layer %s (diff_id %s): %d entries, %d bytes", digest, diff_id, len(plan), size)
-        return LayerInfo(digest=digest, diff_id=diff_id, size=size, media_type=self.media_type)
+        log.debug("layer %s (diff_id %s): %d entries, %d bytes", blob_digest or "(hashed by the sink)",
+                  diff_id, len(plan), size)
+        return LayerInfo(digest=blob_digest, diff_id=diff_id, size=size, media_type=self.media_type)
 
     def fingerprint(self, racy_seconds: float = 2.0) -> str | None:
         """A key for the layer cache (see ``cib_core.layer_cache``), or ``None`` when the layer

@@ -881,6 +881,69 @@ class RegistryClient:
         log.debug("uploaded %s (%d bytes) to %s in one streamed request", digest, sent, self.name)
         return UploadResult(resp.status_code, digest, sent)
 
+    def upload_stream(self, pieces: Iterable[bytes], *,
+                      progress: Progress | None = None) -> UploadResult:
+        """Upload a blob whose digest is not known yet in one streamed ``PATCH`` (chunked
+        transfer encoding), hashed on the way, then the closing ``PUT``: the way docker, crane
+        and skopeo push a layer while it is being made. The registry takes the bytes as they
+        come, with no round trip per chunk and no per-chunk bookkeeping, but nothing can be
+        resumed: this is for a producer that can make the bytes again (a layer build), and a
+        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way."""
+        scope = self._scoped("push")
+        location, _ = self._start_upload(scope)
+        hasher = hashlib.sha256()
+        sent = 0
+
+        def body() -> Iterator[bytes | bytearray | memoryview]:
+            nonlocal sent
+            for piece in pieces:
+                if not isinstance(piece, (bytes, bytearray, memoryview)):
+                    raise ConfigurationError(f"an upload's iterable must yield bytes, not "
+                                             f"{type(piece).__name__}")
+                if not piece:
+                    continue  # an empty piece would end the chunked body early
+                hasher.update(piece)
+                sent += len(piece)
+                if progress is not None:
+                    progress("", sent, None)
+                yield piece
+
+        try:
+            resp = self._send("PATCH", location, scope=scope, data=body(), retry=False,
+                              headers={"Content-Type": "application/octet-stream"})
+            self._check(resp, (202, 204), "a streamed blob upload").close()
+        except BaseException as exc:
+            self._cancel_upload(location, scope)
+            if isinstance(exc, RegistryError) and not isinstance(
+                    exc, (AuthenticationError, AuthorizationError)):
+                raise RegistryError(f"the streamed upload to {self.name} broke off after {sent} "
+                                    f"bytes: {exc}", status=exc.status, errors=exc.errors,
+                                    registry=self.registry, repository=self.repository,
+                                    temporary=True) from exc
+            raise
+        location = urljoin(resp.url, resp.headers.get("Location") or location)
+        result = self._finish_upload(location, "sha256:" + hasher.hexdigest(), sent, scope)
+        log.debug("uploaded %s (%d bytes) to %s in one streamed PATCH", result.digest, sent,
+                  self.name)
+        return result
+
+    def _finish_upload(self, location: str, digest: str, size: int,
+                       scope: ScopedAuth) -> UploadResult:
+        """The closing ``PUT ?digest=`` of an upload session."""
+        try:
+            resp = self._send("PUT", _with_query(location, [("digest", digest)]), scope=scope,
+                              headers={"Content-Length": "0"}, data=b"")
+            self._check(resp, (201, 204), f"finishing the upload of blob {digest}").close()
+        except (AuthenticationError, AuthorizationError):
+            raise
+        except RegistryError as exc:
+            # a lost answer to the final PUT: retried, it finds the session closed
+            if not self.blob_exists(digest):
+                raise
+            log.debug("finishing the upload of %s failed (%s) but the blob arrived", digest, exc)
+            return UploadResult(201, digest, size)
+        return UploadResult(resp.status_code, digest, size)
+
     def _upload_status(self, location: str, scope: ScopedAuth) -> tuple[int, str]:
         """(bytes the registry confirms, the upload's current URL) from ``GET location``."""
         resp = self._check(self._send("GET", location, scope=scope), (200, 204),
@@ -984,21 +1047,9 @@ class RegistryClient:
         except BaseException:
             self._cancel_upload(location, scope)
             raise
-        finished = actual
-        try:
-            resp = self._send("PUT", _with_query(location, [("digest", finished)]), scope=scope,
-                              headers={"Content-Length": "0"}, data=b"")
-            self._check(resp, (201, 204), f"finishing the upload of blob {actual}").close()
-        except (AuthenticationError, AuthorizationError):
-            raise
-        except RegistryError as exc:
-            # a lost answer to the final PUT: retried, it finds the session closed
-            if not self.blob_exists(actual):
-                raise
-            log.debug("finishing the upload of %s failed (%s) but the blob arrived", actual, exc)
-            return UploadResult(201, actual, offset)
+        result = self._finish_upload(location, actual, offset, scope)
         log.debug("uploaded %s (%d bytes) to %s in chunks of %d", actual, offset, self.name, size)
-        return UploadResult(resp.status_code, actual, offset)
+        return result
 
     def copy_blob_to(self, target: RegistryClient, digest: str, size: int | None = None, *,
                      progress: Progress | None = None, force: bool = False) -> UploadResult:

@@ -66,7 +66,9 @@ class BlobStore(Protocol):
     def open_blob(self, digest: str) -> BinaryIO: ...
 
     def put_blob(self, data: BinaryIO | Iterable[bytes], digest: str | None = None,
-                 size: int | None = None) -> tuple[str, int]: ...
+                 size: int | None = None) -> tuple[str, int]:
+        """Store a blob unconditionally (callers ask ``has_blob`` first where it pays)."""
+        ...
 
     def get_manifest(self, ref: str) -> tuple[bytes, str, str]: ...
 
@@ -101,8 +103,15 @@ class RegistryStore:
 
     def put_blob(self, data: BinaryIO | Iterable[bytes], digest: str | None = None,
                  size: int | None = None) -> tuple[str, int]:
-        result = self.client.upload(data, content_length=size, digest=digest,
+        # force: every caller has asked has_blob already, so no second HEAD
+        result = self.client.upload(data, content_length=size, digest=digest, force=True,
                                     progress=self.progress)
+        return result.digest, result.size
+
+    def put_stream(self, pieces: Iterable[bytes]) -> tuple[str, int]:
+        """Upload a blob as it is produced, in one request that cannot resume (see
+        ``RegistryClient.upload_stream``); the producer must be able to start over."""
+        result = self.client.upload_stream(pieces, progress=self.progress)
         return result.digest, result.size
 
     def mount(self, digest: str, from_repository: str) -> bool:

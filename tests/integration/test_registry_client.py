@@ -29,6 +29,7 @@ from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
     CibError,
+    ConfigurationError,
     DigestMismatch,
     InvalidReference,
     NotFound,
@@ -279,6 +280,44 @@ def test_upload_whose_session_was_lost(registry: RegistryServer, tmp_path: Path,
     with pytest.raises(RegistryError, match="upload it again") as err:
         client.upload(iter([os.urandom(3 << 20)]))
     assert err.value.temporary
+
+
+def test_upload_stream_sends_one_patch(any_registry: RegistryServer,
+                                      fault_proxy: Callable[..., FaultProxy]) -> None:
+    """``upload_stream``: pieces of unknown digest in one chunked-encoded PATCH, then the PUT
+    with the digest hashed on the way; on every auth mode, through a recording proxy."""
+    proxy = fault_proxy(any_registry)
+    repo = _unique("stream/one")
+    client = _client(proxy, repo, auth=any_registry.auth)
+    pieces = [os.urandom(n) for n in (1, 0, 300_000, 2 << 20, 17)]
+    seen: list[int] = []
+    done = client.upload_stream(iter(pieces), progress=lambda _d, sent, _t: seen.append(sent))
+    data = b"".join(pieces)
+    assert (done.digest, done.size) == (_sha(data), len(data))
+    assert client.blob(done.digest) == data
+    assert seen[-1] == len(data) and seen == sorted(seen)
+    uploads = [(m, {k.lower(): v for k, v in h.items()}) for m, p, h in proxy.seen
+               if "/blobs/uploads/" in p]
+    assert [m for m, _ in uploads] == ["POST", "PATCH", "PUT"]
+    assert uploads[1][1].get("transfer-encoding") == "chunked"
+    assert "content-range" not in uploads[1][1]
+
+
+def test_upload_stream_that_breaks_off_is_temporary_and_cancelled(
+        registry: RegistryServer, fault_proxy: Callable[..., FaultProxy]) -> None:
+    """It cannot resume: a failed PATCH cancels the session (DELETE) and raises a temporary
+    error for the producer to start over; a piece that is not bytes is a clear error."""
+    proxy = fault_proxy(registry, methods=["PATCH"])
+    client = _client(proxy, _unique("stream/broken"))
+    proxy.inject_next("503")
+    with pytest.raises(RegistryError, match="streamed upload .* broke off") as err:
+        client.upload_stream(iter([os.urandom(1 << 20)]))
+    assert err.value.temporary
+    methods = [m for m, p, _ in proxy.seen if "/blobs/uploads/" in p]
+    assert methods == ["POST", "PATCH", "DELETE"]
+    with pytest.raises(ConfigurationError, match="must yield bytes, not str"):
+        client.upload_stream(iter(["text"]))  # type: ignore[list-item]
+    assert [m for m, p, _ in proxy.seen if "/blobs/uploads/" in p][3:] == ["POST", "PATCH", "DELETE"]
 
 
 @pytest.mark.slow

@@ -185,6 +185,25 @@ def test_write_layer_streams_to_a_sink(pm, tmp_path):
         assert layer.info == info
 
 
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_sink_that_hashes_the_blob_gets_the_same_bytes(compression, tmp_path):
+    """``write(sink, digest=False)`` leaves the blob's digest to the sink (an upload hashes what
+    it sends): same bytes, diff_id and size; the digest empty unless uncompressed, where it
+    is the diff_id at no cost."""
+    payload = os.urandom(3 << 20) + b"text " * 300_000
+    results = []
+    for digest in (True, False):
+        b = LayerBuilder(compression=compression, mtime=0)
+        info, f = file_entry("data/blob", len(payload), io.BytesIO(payload), 0o644)
+        b.add(info, f)
+        chunks: list[bytes] = []
+        results.append((b.write(chunks.append, digest=digest), b"".join(chunks)))
+    (full, blob), (lean, same) = results
+    assert same == blob and full.digest == sha(blob)
+    assert (lean.diff_id, lean.size, lean.media_type) == (full.diff_id, full.size, full.media_type)
+    assert lean.digest == (full.digest if compression == "none" else "")
+
+
 def test_sink_failure_propagates_and_leaves_no_thread_blocked(pm, tmp_path):
     (tmp_path / "big").write_bytes(os.urandom(5 << 20))
 
