@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import queue
+import re
 import stat
 import struct
 import tarfile
@@ -39,7 +40,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, Protocol, cast
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol, cast
 
 from cib_core import mediatypes
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
@@ -434,8 +435,20 @@ def normalize_target(target: str) -> str:
     return "/" + "/".join(parts)
 
 
+# a relative path with no empty, "." or ".." segment: joined as it is
+_CLEAN_RELATIVE = re.compile(r"(?!\.\.?(?:/|\Z))[^/]+(?:/(?!\.\.?(?:/|\Z))[^/]+)*\Z")
+
+
 def _join(base: str, name: str, what: object) -> str:
-    """``name`` (relative, as a source yields it) under ``base`` (``""`` is the root)."""
+    """``name`` (relative, as a source yields it) under ``base`` (``""`` or a path from
+    ``normalize_target``)."""
+    if _CLEAN_RELATIVE.match(name):  # the usual entry: one match instead of a split and scan
+        head = base.strip("/")
+        return f"{head}/{name}" if head else name
+    return _join_parts(base, name, what)
+
+
+def _join_parts(base: str, name: str, what: object) -> str:
     parts = [p for p in base.split("/") if p]
     for part in name.split("/"):
         if part in ("", "."):
@@ -447,8 +460,44 @@ def _join(base: str, name: str, what: object) -> str:
     return "/".join(parts)
 
 
-def _sort_key(path: str) -> tuple[bytes, ...]:
-    return tuple(os.fsencode(p) for p in path.split("/"))
+def _sort_key(path: str) -> list[bytes]:
+    return os.fsencode(path).split(b"/")  # "/" is b"/" in every filesystem encoding
+
+
+_USTAR_LIMIT = 8 ** 11  # sizes and times that fit the 12-byte octal fields
+_ID_LIMIT = 8 ** 7  # uids and gids that fit the 8-byte fields
+_DEVICE_TYPES = (tarfile.CHRTYPE, tarfile.BLKTYPE)
+
+
+def _tar_header(info: tarfile.TarInfo) -> bytes:
+    """``info.tobuf(PAX_FORMAT, "utf-8", "surrogateescape")``, byte for byte.
+
+    The common entry (an ASCII name and link of at most 100 bytes, no PAX records, no owner
+    names, no device numbers, numbers that fit their octal fields) needs no PAX header, and
+    its ustar block is built here about four times faster than tarfile does it, which counts
+    for trees of tens of thousands of files (a node_modules). Anything else goes to tarfile.
+    The unit tests hold the two equal.
+    """
+    name, link = info.name, info.linkname
+    if info.type == tarfile.DIRTYPE and not name.endswith("/"):
+        name += "/"
+    size, mtime, uid, gid = info.size, info.mtime, info.uid, info.gid
+    if (info.pax_headers or info.uname or info.gname or info.type in _DEVICE_TYPES
+            or len(name) > 100 or len(link) > 100 or not name.isascii() or not link.isascii()
+            or type(size) is not int or type(mtime) is not int or type(uid) is not int
+            or type(gid) is not int or type(info.mode) is not int
+            or not (0 <= size < _USTAR_LIMIT and 0 <= mtime < _USTAR_LIMIT
+                    and 0 <= uid < _ID_LIMIT and 0 <= gid < _ID_LIMIT)):
+        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    raw_name, raw_link = name.encode("ascii"), link.encode("ascii")
+    block = b"".join((
+        raw_name, bytes(100 - len(raw_name)),
+        b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (info.mode & 0o7777, uid, gid, size, mtime),
+        b"        ",  # the checksum field counts as spaces
+        info.type, raw_link, bytes(100 - len(raw_link)), tarfile.POSIX_MAGIC,
+        bytes(32 + 32 + 8 + 8 + 155 + 12),  # uname, gname, devmajor, devminor, prefix, padding
+    ))
+    return b"%s%06o\0%s" % (block[:148], sum(block), block[155:])
 
 
 _REGULAR = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
@@ -479,6 +528,13 @@ def source_date_epoch() -> int:
     return value
 
 
+class _Planned(NamedTuple):
+    info: tarfile.TarInfo
+    fileobj: Readable | None
+    origin: str
+    header: bytes  # the entry's tar header block(s), PAX ones included
+
+
 class LayerBuilder:
     """Collects entries, then writes one deterministic layer.
 
@@ -496,6 +552,7 @@ class LayerBuilder:
         self.media_type = media_type or mediatypes.layer_media_type(docker_flavour, compression)
         self.mtime = source_date_epoch() if mtime is None else int(mtime)
         self._records: dict[str, _Record] = {}
+        self._planned: list[_Planned] | None = None  # until the next add
 
     # -- collecting ---------------------------------------------------------------------------
     def add(self, info: tarfile.TarInfo, fileobj: Readable | None = None, *,
@@ -530,6 +587,7 @@ class LayerBuilder:
         if old is not None and old.fileobj is not None and old.fileobj is not fileobj:
             old.fileobj.close()
         self._records[path] = _Record(info, fileobj, origin)
+        self._planned = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -554,7 +612,15 @@ class LayerBuilder:
                            if k.startswith(_KEPT_PAX_PREFIXES)}
         return out
 
-    def _plan(self) -> list[tuple[tarfile.TarInfo, Readable | None, str]]:
+    def _plan(self) -> list[_Planned]:
+        """The layer's entries in order, normalized, with their tar headers; computed once
+        (the rebuild cache's fingerprint and the write share it) until the next add."""
+        if self._planned is None:
+            self._planned = [_Planned(info, fileobj, origin, _tar_header(info))
+                             for info, fileobj, origin in self._entries()]
+        return self._planned
+
+    def _entries(self) -> list[tuple[tarfile.TarInfo, Readable | None, str]]:
         records = self._records
         # Parent directories, and paths that are both a file and a parent.
         for path in list(records):
@@ -626,9 +692,9 @@ class LayerBuilder:
             diff_id, blob_digest, size = pipe.finish()
         finally:
             pipe.abort()
-            for _, fileobj, _ in plan:
-                if fileobj is not None:
-                    fileobj.close()
+            for entry in plan:
+                if entry.fileobj is not None:
+                    entry.fileobj.close()
         log.debug("layer %s (diff_id %s): %d entries, %d bytes", blob_digest or "(hashed by the sink)",
                   diff_id, len(plan), size)
         return LayerInfo(digest=blob_digest, diff_id=diff_id, size=size, media_type=self.media_type)
@@ -641,16 +707,18 @@ class LayerBuilder:
         h = hashlib.sha256(b"cib-layer-cache-1\0")
         h.update(repr((self._compressor_args, self.media_type,
                        "isal" if _isal_zlib is not None else "zlib")).encode())
-        for info, fileobj, _ in self._plan():
-            h.update(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        for info, fileobj, _, header in self._plan():
+            h.update(header)
             if info.type != tarfile.REGTYPE or not info.size:
                 continue
             if type(fileobj) is not LazyFile or fileobj.closed:
                 return None
-            try:
-                st = os.stat(fileobj.name)
-            except OSError:
-                return None
+            st = fileobj.stat_result  # from the listing, a moment ago
+            if st is None:
+                try:
+                    st = os.stat(fileobj.name)
+                except OSError:
+                    return None
             if (st.st_size != info.size or not stat.S_ISREG(st.st_mode)
                     or max(st.st_mtime_ns, st.st_ctime_ns) >= limit):
                 return None
@@ -663,11 +731,10 @@ class LayerBuilder:
         return _to_file(self.write, dir)
 
 
-def _write_tar(plan: list[tuple[tarfile.TarInfo, Readable | None, str]], pipe: _Pipeline) -> None:
+def _write_tar(plan: list[_Planned], pipe: _Pipeline) -> None:
     buf = bytearray()
     total = 0
-    for info, fileobj, origin in plan:
-        header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    for info, fileobj, origin, header in plan:
         buf += header
         total += len(header)
         if info.type == tarfile.REGTYPE and info.size:

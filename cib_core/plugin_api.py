@@ -105,13 +105,15 @@ class TarballSource:
 class LazyFile:
     """A read-only binary file that opens ``path`` on its first ``read``.
 
-    Open failures raise ``LayerSourceError`` naming the path.
+    Open failures raise ``LayerSourceError`` naming the path. ``stat_result``, the file's
+    ``os.stat`` when it was listed, spares the rebuild cache a second ``stat`` of it.
     """
 
-    __slots__ = ("_file", "closed", "name")
+    __slots__ = ("_file", "closed", "name", "stat_result")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], stat_result: os.stat_result | None = None) -> None:
         self.name = os.fspath(path)
+        self.stat_result = stat_result
         self._file: IO[bytes] | None = None
         self.closed = False
 

@@ -83,7 +83,7 @@ def _entries(src: LocalSource) -> Iterator[Entry]:
     root = os.fsdecode(os.fspath(src.path))
     st = _stat_source(root)
     if stat.S_ISREG(st.st_mode):
-        yield file_entry("", st.st_size, LazyFile(root), st.st_mode)
+        yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
         return
     if not stat.S_ISDIR(st.st_mode):
         _refuse_special(root, st.st_mode)
@@ -189,7 +189,7 @@ def _walk(root: str, spec: _Ignores | None, follow: bool,
                         yield info, None
                         continue
                     seen_inodes[ident] = rel
-                yield file_entry(rel, st.st_size, LazyFile(path), st.st_mode)
+                yield file_entry(rel, st.st_size, LazyFile(path, st), st.st_mode)
             elif stat.S_ISLNK(st.st_mode):
                 try:
                     yield symlink_entry(rel, os.readlink(path))

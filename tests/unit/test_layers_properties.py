@@ -156,3 +156,84 @@ def test_build_layer_round_trips_through_umoci(tree: dict[str, tuple[str, object
             got = {k: (kind, data, mode if kind == "l" else tree.get(k, (kind, data, mode))[2])
                    for k, (kind, data, mode) in got.items()}
         assert got == tree
+
+
+# -- the fast tar header equals tarfile's, on both sides of every limit ------------------------
+_header_name = st.one_of(
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=130),
+    st.text(min_size=1, max_size=40).filter(lambda s: "\0" not in s),  # non-ASCII, surrogates
+    st.sampled_from(["a" * 99, "a" * 100, "a" * 101, "d/" * 50, "x/" * 49 + "y"]))
+
+
+@st.composite
+def tar_infos(draw: st.DrawFn) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(draw(_header_name))
+    info.type = draw(st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE,
+                                      tarfile.LNKTYPE, tarfile.FIFOTYPE, tarfile.CHRTYPE,
+                                      tarfile.BLKTYPE]))
+    info.mode = draw(st.integers(0, 0o7777))
+    info.uid = draw(st.one_of(st.integers(0, 70_000), st.sampled_from([8**7 - 1, 8**7, 2**32])))
+    info.gid = draw(st.one_of(st.integers(0, 70_000), st.sampled_from([8**7 - 1, 8**7])))
+    info.size = draw(st.one_of(st.integers(0, 1 << 40), st.sampled_from([8**11 - 1, 8**11, 1 << 40])))
+    info.mtime = draw(st.one_of(st.integers(-10, 8**11 + 10), st.floats(0, 2e9, allow_nan=False)))
+    info.uname = info.gname = draw(st.sampled_from(["", "", "root", "ü"]))
+    if info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+        info.linkname = draw(_header_name)
+    if info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        info.devmajor, info.devminor = draw(st.integers(0, 255)), draw(st.integers(0, 255))
+    if draw(st.integers(0, 9)) == 0:
+        info.pax_headers = {"SCHILY.xattr.user.k": draw(st.text(max_size=8))}
+    return info
+
+
+@settings(max_examples=2000, deadline=None)
+@given(tar_infos())
+def test_fast_tar_header_is_tarfiles_byte_for_byte(info: tarfile.TarInfo) -> None:
+    from cib_core.layers import _tar_header
+
+    try:
+        expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    except ValueError as exc:  # what tarfile refuses, the fast path must refuse too
+        with pytest.raises(type(exc)):
+            _tar_header(info)
+        return
+    assert _tar_header(info) == expected
+
+
+def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The property above would pass with every entry sent to tarfile; these, what a source
+    tree is made of, must not be."""
+    from cib_core.layers import _tar_header
+
+    entries = []
+    for name, kind, link in [("app/main.py", tarfile.REGTYPE, ""), ("app", tarfile.DIRTYPE, ""),
+                             ("app/lib/", tarfile.DIRTYPE, ""), ("bin/sh", tarfile.SYMTYPE, "busybox"),
+                             ("a" * 100, tarfile.REGTYPE, ""), ("l", tarfile.LNKTYPE, "a" * 100),
+                             ("fifo", tarfile.FIFOTYPE, "")]:
+        info = tarfile.TarInfo(name)
+        info.type, info.linkname, info.mode, info.size = kind, link, 0o4755, 12345
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 8**11 - 1, 8**7 - 1, 1000, "", ""
+        entries.append((info, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")))
+
+    def refuse(*_: object, **__: object) -> bytes:
+        raise AssertionError("went to tarfile")
+
+    monkeypatch.setattr(tarfile.TarInfo, "tobuf", refuse)
+    for info, expected in entries:
+        assert _tar_header(info) == expected, info.name
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["", "/", "/app", "/app/lib"]),
+       st.text(alphabet="a./é", max_size=12))
+def test_fast_path_join_agrees_with_the_segment_by_segment_one(base: str, name: str) -> None:
+    from cib_core.errors import LayerSourceError
+    from cib_core.layers import _join, _join_parts
+
+    try:
+        expected = _join_parts(base, name, "src")
+    except LayerSourceError:
+        with pytest.raises(LayerSourceError, match="'..'"):
+            _join(base, name, "src")
+        return
+    assert _join(base, name, "src") == expected
