@@ -262,7 +262,7 @@ class Check:
     name: str
     value: float
     target: str
-    met: bool
+    met: bool | None  # None: a figure for context, not a target
 
 
 def push_base(tools: Tools, reg: Registry, base_dir: Path, cache: Path) -> str:
@@ -276,10 +276,32 @@ def push_base(tools: Tools, reg: Registry, base_dir: Path, cache: Path) -> str:
     return ref
 
 
+def finished_layer(tools: Tools, work: Path, tree: Path) -> tuple[Path, str]:
+    """The layer scenario (a) pushes, as a finished blob file, and its digest."""
+    layout = work / "a-floor-layout"
+    shutil.rmtree(layout, ignore_errors=True)
+    measure([*tools.cib, "build", "--from", "scratch", "--to", f"oci:{layout}:latest",
+             "--add", f"{tree}:/data"], env=tools.cib_env(work / "a-floor-cache"), label="floor layer")
+    blob = max((layout / "blobs" / "sha256").iterdir(), key=lambda p: p.stat().st_size)
+    return blob, f"sha256:{blob.name}"
+
+
+def curl_push(blob: Path, digest: str, host: str) -> str:
+    """A shell script in which curl pushes ``blob`` as one streamed PATCH and the closing PUT:
+    what the registry alone needs to take the layer, with no build and next to no client."""
+    location = "tr -d '\\r' | sed -n 's/^[Ll]ocation: //p'"
+    return (f"set -e; loc=$(curl -sSf -D - -o /dev/null -X POST http://{host}/v2/floor/blobs/uploads/ "
+            f"| {location}); "
+            f"loc=$(curl -sSf -D - -o /dev/null -X PATCH -H 'Content-Type: application/octet-stream' "
+            f"-T {blob} \"$loc\" | {location}); "
+            f"curl -sSf -o /dev/null -X PUT \"$loc&digest={digest}\"")
+
+
 def scenario_a(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
                rows: list[Row], checks: list[Check]) -> None:
-    cib_s, node_s, umoci_s = [], [], []
+    cib_s, node_s, umoci_s, floor_s = [], [], [], []
     base_layout = work / "a-base-layout"
+    blob, digest = finished_layer(tools, work, tree)
     for i in range(runs):
         # cib
         with registry(work / "a-reg") as reg:
@@ -304,14 +326,22 @@ def scenario_a(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
                       f"{' '.join(SKOPEO)} oci:{base_layout}:new docker://{reg.host}/app:latest")
             umoci_s.append(measure(script, env=tools.env, label="umoci+skopeo"))
             tar.unlink()
+        # the floor: the registry taking the finished blob from curl
+        with registry(work / "a-reg") as reg:
+            floor_s.append(measure(curl_push(blob, digest, reg.host), label="curl push"))
+            if reg.blob_count() != 1:
+                raise SystemExit(f"curl's push of {digest} did not arrive; see {reg.log_path}")
         print(f"  (a) run {i + 1}: cib {cib_s[-1].wall:.2f}s, node {node_s[-1].wall:.2f}s, "
-              f"umoci+skopeo {umoci_s[-1].wall:.2f}s", flush=True)
+              f"umoci+skopeo {umoci_s[-1].wall:.2f}s, curl push {floor_s[-1].wall:.2f}s", flush=True)
     rows += [Row("a build+push 200 MB", "cib", cib_s),
              Row("a build+push 200 MB", "container-image-builder 3.2.0", node_s),
-             Row("a build+push 200 MB", "umoci add-layer + skopeo", umoci_s)]
-    cib, node, umoci = (statistics.median(s.wall for s in x) for x in (cib_s, node_s, umoci_s))
+             Row("a build+push 200 MB", "umoci add-layer + skopeo", umoci_s),
+             Row("a push of the finished layer", "curl (registry floor)", floor_s)]
+    cib, node, umoci, floor = (statistics.median(s.wall for s in x)
+                               for x in (cib_s, node_s, umoci_s, floor_s))
     checks.append(Check("(a) node / cib", node / cib, ">= 10", node / cib >= 10))
     checks.append(Check("(a) (umoci+skopeo) / cib", umoci / cib, ">= 1", umoci / cib >= 1))
+    checks.append(Check("(a) node / curl floor (the most possible)", node / floor, "(info)", None))
 
 
 def make_four_layer_image(tools: Tools, reg: Registry, work: Path) -> str:
@@ -449,7 +479,8 @@ def table(rows: list[Row], checks: list[Check]) -> str:
     out.append(f"{'check':<40} {'value':>8}  {'target':<8} met")
     out.append("-" * 64)
     for c in checks:
-        out.append(f"{c.name:<40} {c.value:>8.2f}  {c.target:<8} {'yes' if c.met else 'NO'}")
+        met = "-" if c.met is None else "yes" if c.met else "NO"
+        out.append(f"{c.name:<40} {c.value:>8.2f}  {c.target:<8} {met}")
     return "\n".join(out)
 
 
@@ -464,7 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = set(args.only.split(","))
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    for tool in ("docker-registry", "skopeo", "umoci", "node", "npm", "tar"):
+    for tool in ("docker-registry", "skopeo", "umoci", "node", "npm", "tar", "curl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed; the benchmark needs it")
     cib = Path(sys.executable).with_name("cib")
@@ -520,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checks": [asdict(c) for c in checks],
     }, indent=2))
     print(f"\nresults: {path}")
-    return 0 if all(c.met for c in checks) else 1
+    return 0 if all(c.met for c in checks if c.met is not None) else 1
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ source and a directory (or a parent directory) in another is an error.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import hashlib
 import importlib
 import io
@@ -506,6 +508,21 @@ _OTHER_TYPES = frozenset({tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tar
 _KEPT_PAX_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Listing and planning a tree allocate several objects per file and free almost none,
+    so the cyclic garbage collector would walk the growing heap again and again for nothing
+    (a quarter of the planning time of 20,000 files). Paused meanwhile, it goes on after."""
+    if not gc.isenabled():  # paused by the caller, or by another thread listing: theirs
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 @dataclass
 class _Record:
     info: tarfile.TarInfo
@@ -616,8 +633,9 @@ class LayerBuilder:
         """The layer's entries in order, normalized, with their tar headers; computed once
         (the rebuild cache's fingerprint and the write share it) until the next add."""
         if self._planned is None:
-            self._planned = [_Planned(info, fileobj, origin, _tar_header(info))
-                             for info, fileobj, origin in self._entries()]
+            with _gc_paused():
+                self._planned = [_Planned(info, fileobj, origin, _tar_header(info))
+                                 for info, fileobj, origin in self._entries()]
         return self._planned
 
     def _entries(self) -> list[tuple[tarfile.TarInfo, Readable | None, str]]:
@@ -880,9 +898,11 @@ def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, com
                  follow_symlinks: bool, level: int | None, mtime: int | None) -> LayerBuilder:
     builder = LayerBuilder(compression=compression, level=level, docker_flavour=docker_flavour,
                            mtime=mtime)
-    for info, fileobj in collect_entries(pm, sources, ignores=ignores, ignore_files=ignore_files,
-                                         follow_symlinks=follow_symlinks):
-        builder.add(info, fileobj)
+    with _gc_paused():
+        for info, fileobj in collect_entries(pm, sources, ignores=ignores,
+                                             ignore_files=ignore_files,
+                                             follow_symlinks=follow_symlinks):
+            builder.add(info, fileobj)
     return builder
 
 

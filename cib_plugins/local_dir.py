@@ -34,8 +34,6 @@ import stat
 import tarfile
 from collections.abc import Iterator
 
-import pathspec
-
 import cib_core
 from cib_core import LayerSourceError
 from cib_core.plugin_api import Entry, LazyFile, LocalSource, dir_entry, file_entry, symlink_entry
@@ -103,6 +101,8 @@ class _Ignores:
     """
 
     def __init__(self, lines: list[str]) -> None:
+        import pathspec  # only a source with ignore patterns pays for importing it
+
         self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
         self.has_negation = any(p.include is False for p in self._spec.patterns)
 
