@@ -10,6 +10,7 @@ it names is confirmed present in the target.
 
 from __future__ import annotations
 
+import concurrent.futures
 import copy
 import dataclasses
 import datetime
@@ -115,6 +116,21 @@ def merge_env(base: Iterable[str], changes: Iterable[str]) -> list[str]:
             positions[name] = len(merged)
             merged.append(entry)
     return merged
+
+
+def _in_background(fn: Callable[[], Any], name: str) -> concurrent.futures.Future[Any]:
+    """Run ``fn`` in a thread of its own; its result or exception comes from ``result()``."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
 
 
 def _scratch_config(platform: Platform | None) -> dict[str, Any]:
@@ -378,14 +394,27 @@ class Image:
             sources = {target_dir or "/": files}
         if not sources:
             raise ConfigurationError("add_files was given no files")
-        self._load()
+        # the first layer: read the base (a few round trips) while the sources are listed
+        loading = None if self._images is not None or self._is_scratch else _in_background(
+            self._load, "cib-read-base")
         mtime = None if self._created == "now" else int(source_date().timestamp())
         from cib_core import layer_cache
 
-        builder = prepare_layer(
-            self._plugin_manager, sources, ignores=tuple(ignores), ignore_files=tuple(ignore_files),
-            follow_symlinks=follow_symlinks, compression=self._compression,
-            docker_flavour=self._docker_flavour, mtime=mtime)
+        try:
+            builder = prepare_layer(
+                self._plugin_manager, sources, ignores=tuple(ignores),
+                ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
+                compression=self._compression, mtime=mtime)
+        except BaseException:
+            if loading is not None:
+                loading.result()  # a base that cannot be read is reported first, as ever
+            raise
+        if loading is not None:
+            loading.result()
+        else:
+            self._load()
+        # the layer's media type follows the base's flavour, known now
+        builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
         store = self.target_store
         key = builder.fingerprint(layer_cache.RACY_SECONDS)
         cached = layer_cache.load(key) if key is not None else None

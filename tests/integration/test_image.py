@@ -403,3 +403,21 @@ def test_foreign_layers_follow_copy_remote_layers(registry, base_image, blob_ser
     assert client.blob_exists(digest) is copy_remote
     last = result.manifest["layers"][-1]
     assert last["mediaType"] == mt.DOCKER_FOREIGN_LAYER_GZIP and last["urls"] == urls
+
+
+def test_base_is_read_while_sources_are_listed_and_its_errors_come_first(registry, base_image,
+                                                                         tmp_path):
+    """The first add_files reads the base in the background while it lists the sources: a
+    base that does not exist is still the error reported, even when a source is bad too; a
+    good base with a bad source gives the source's error; the base's flavour still decides
+    the layer's media type (a Docker base refuses zstd layers)."""
+    missing_source = str(tmp_path / "nowhere")
+    image = Image(f"{registry.host}/no/such-base:1", f"{registry.host}/x/bg:1")
+    with pytest.raises(NotFound, match="no/such-base"):
+        image.add_files({"/x": missing_source})
+    image = Image(base_image.ref, f"{registry.host}/x/bg:1")
+    with pytest.raises(LayerSourceError, match="nowhere"):
+        image.add_files({"/x": missing_source})
+    image = Image(base_image.ref, f"{registry.host}/x/bg:1", compression="zstd")
+    with pytest.raises(ConfigurationError, match="Docker schema 2 image .* only carries gzip"):
+        image.add_files({"/a": CustomFile("a")})
