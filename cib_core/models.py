@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, ClassVar, TypeAlias, TypeGuard, TypeVar
 
 from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError, ManifestError, NotFound
@@ -262,37 +262,36 @@ def _check_schema_version(data: Mapping[str, Any], what: str) -> None:
         raise ManifestError(f"{what} has schemaVersion {version!r}; cib reads schema version 2 only")
 
 
+_DocumentT = TypeVar("_DocumentT", bound="_Document")
+
+
 @dataclass(frozen=True, eq=False)
-class Manifest:
-    """An image manifest (OCI or Docker schema 2), with its exact bytes."""
+class _Document:
+    """What manifests and indexes share: exact bytes, media type, parsed data and digest;
+    equal when bytes and media type are."""
+
+    _kind: ClassVar[str]  # for messages: "manifest", "index"
+    _noun: ClassVar[str]  # "an image manifest", "an index"
 
     raw: bytes
     media_type: str
     data: dict[str, Any] = field(repr=False)
     digest: str = field(init=False)
-    config: Descriptor = field(init=False, repr=False)
-    layers: tuple[Descriptor, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        digest = sha256_digest(self.raw)
-        object.__setattr__(self, "digest", digest)
-        what = f"manifest {digest}"
-        _check_schema_version(self.data, what)
-        object.__setattr__(self, "config", Descriptor.from_dict(self.data.get("config"),  # type: ignore[arg-type]
-                                                                where=f"{what} config"))
-        object.__setattr__(self, "layers", _descriptor_list(self.data, "layers", what))
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, media_type: str | None = None) -> Manifest:
-        doc = parse_manifest(raw, media_type)
-        if not isinstance(doc, Manifest):
-            raise ManifestError(f"{doc.digest} is an index ({doc.media_type}), not an image manifest")
-        return doc
+        object.__setattr__(self, "digest", sha256_digest(self.raw))
+        _check_schema_version(self.data, self._what)
 
     @property
-    def subject(self) -> Descriptor | None:
-        subject = self.data.get("subject")
-        return Descriptor.from_dict(subject, where=f"manifest {self.digest} subject") if subject else None
+    def _what(self) -> str:
+        return f"{self._kind} {self.digest}"
+
+    @classmethod
+    def from_bytes(cls: type[_DocumentT], raw: bytes, media_type: str | None = None) -> _DocumentT:
+        doc = parse_manifest(raw, media_type)
+        if not isinstance(doc, cls):
+            raise ManifestError(f"{doc.digest} is {doc._noun} ({doc.media_type}), not {cls._noun}")
+        return doc
 
     @property
     def annotations(self) -> Mapping[str, str]:
@@ -300,40 +299,48 @@ class Manifest:
         return value if isinstance(value, Mapping) else {}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Manifest) and (self.raw, self.media_type) == (other.raw, other.media_type)
+        return isinstance(other, type(self)) and (self.raw, self.media_type) == (
+            other.raw, other.media_type)
 
     def __hash__(self) -> int:
         return hash((self.raw, self.media_type))
 
 
 @dataclass(frozen=True, eq=False)
-class Index:
+class Manifest(_Document):
+    """An image manifest (OCI or Docker schema 2), with its exact bytes."""
+
+    _kind = "manifest"
+    _noun = "an image manifest"
+
+    config: Descriptor = field(init=False, repr=False)
+    layers: tuple[Descriptor, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        what = self._what
+        object.__setattr__(self, "config", Descriptor.from_dict(self.data.get("config"),  # type: ignore[arg-type]
+                                                                where=f"{what} config"))
+        object.__setattr__(self, "layers", _descriptor_list(self.data, "layers", what))
+
+    @property
+    def subject(self) -> Descriptor | None:
+        subject = self.data.get("subject")
+        return Descriptor.from_dict(subject, where=f"{self._what} subject") if subject else None
+
+
+@dataclass(frozen=True, eq=False)
+class Index(_Document):
     """An OCI image index or Docker manifest list, with its exact bytes."""
 
-    raw: bytes
-    media_type: str
-    data: dict[str, Any] = field(repr=False)
-    digest: str = field(init=False)
+    _kind = "index"
+    _noun = "an index"
+
     manifests: tuple[Descriptor, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        digest = sha256_digest(self.raw)
-        object.__setattr__(self, "digest", digest)
-        what = f"index {digest}"
-        _check_schema_version(self.data, what)
-        object.__setattr__(self, "manifests", _descriptor_list(self.data, "manifests", what))
-
-    @classmethod
-    def from_bytes(cls, raw: bytes, media_type: str | None = None) -> Index:
-        doc = parse_manifest(raw, media_type)
-        if not isinstance(doc, Index):
-            raise ManifestError(f"{doc.digest} is an image manifest ({doc.media_type}), not an index")
-        return doc
-
-    @property
-    def annotations(self) -> Mapping[str, str]:
-        value = self.data.get("annotations")
-        return value if isinstance(value, Mapping) else {}
+        super().__post_init__()
+        object.__setattr__(self, "manifests", _descriptor_list(self.data, "manifests", self._what))
 
     def platforms(self) -> list[Platform]:
         """The platforms of the entries that name one, in index order."""
@@ -358,11 +365,6 @@ class Index:
                            f"it has: {available}")
         return found[0]
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Index) and (self.raw, self.media_type) == (other.raw, other.media_type)
-
-    def __hash__(self) -> int:
-        return hash((self.raw, self.media_type))
 
 
 def _sniff(data: Mapping[str, Any]) -> str | None:
