@@ -282,8 +282,6 @@ class _Pipeline:
     the tar writer (reading files, hashing the tar) and the compressor run side by side.
     """
 
-    _DONE = b""
-
     def __init__(self, compressor: _Compressor | None, sink: Sink, *, digest: bool = True) -> None:
         self._compressor = compressor
         self._sink = sink
@@ -296,8 +294,9 @@ class _Pipeline:
         self._error: BaseException | None = None
         self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=6)
         self._thread = threading.Thread(target=self._run, name="cib-layer-compress", daemon=True)
-        self._thread.start()
         self._finished = False
+        self._aborted = False
+        self._thread.start()
 
     def write(self, chunk: bytes | bytearray) -> None:
         """Queue ``chunk``; the caller must not change it afterwards."""
@@ -332,8 +331,6 @@ class _Pipeline:
                 self._emit(self._compressor.flush())
             except BaseException as exc:  # noqa: BLE001
                 self._error = exc
-
-    _aborted = False
 
     def finish(self) -> tuple[str, str, int]:
         """Flush; return ``(diff_id, digest, size)``."""

@@ -72,6 +72,17 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object; ``ManifestError`` naming ``what`` if it is not one."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ManifestError(f"{what} is not valid JSON") from exc
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{what} is not a JSON object")
+    return doc
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 

@@ -45,6 +45,7 @@ from cib_core.errors import (
     RegistryError,
     RegistryErrorDetail,
 )
+from cib_core.models import json_object
 from cib_core.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
 
 log = logging.getLogger(__name__)
@@ -562,13 +563,7 @@ class RegistryClient:
     def manifest(self, ref: str) -> dict[str, Any]:
         """A manifest or index as a dict (Docker schema 2, OCI manifest, OCI index, manifest list)."""
         raw, media_type, _ = self.manifest_raw(ref)
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise ManifestError(f"manifest {ref} in {self.name} is not valid JSON") from exc
-        if not isinstance(doc, dict):
-            raise ManifestError(f"manifest {ref} in {self.name} is not a JSON object")
-        return doc
+        return json_object(raw, f"manifest {ref} in {self.name}")
 
     def manifest_exists(self, ref: str) -> bool:
         self._check_ref(ref)

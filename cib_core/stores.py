@@ -209,9 +209,8 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
     ``size`` is the descriptor's (checked before anything is fetched); ``what`` names the image
     in errors.
     """
-    import json
-
     from cib_core.errors import ManifestError
+    from cib_core.models import json_object
 
     too_big = ManifestError(f"the config {digest} of {what} is larger than {MAX_CONFIG_SIZE} "
                             "bytes; refusing to read it")
@@ -221,13 +220,7 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
         raw = stream.read(MAX_CONFIG_SIZE + 1)
     if len(raw) > MAX_CONFIG_SIZE:
         raise too_big
-    try:
-        config = json.loads(raw)
-    except ValueError as exc:
-        raise ManifestError(f"the config {digest} of {what} is not valid JSON") from exc
-    if not isinstance(config, dict):
-        raise ManifestError(f"the config {digest} of {what} is not a JSON object")
-    return raw, config
+    return raw, json_object(raw, f"the config {digest} of {what}")
 
 
 def wants_oci_types(store: BlobStore) -> bool:

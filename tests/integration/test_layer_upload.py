@@ -14,7 +14,6 @@ import hashlib
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
@@ -113,7 +112,7 @@ def test_broken_streamed_patch_builds_the_layer_again_into_a_file(
     rootfs = _unpacked(registry, repo, tmp_path)
     assert (rootfs / "payload" / "random.bin").read_bytes() == (payload / "random.bin").read_bytes()
 
-    undisturbed: Any = Image(f"{registry.host}/{base_image.repository}:{base_image.tag}",
+    undisturbed = Image(f"{registry.host}/{base_image.repository}:{base_image.tag}",
                              f"{registry.host}/{repo}-clean:1")
     assert undisturbed.add_files({"/payload": str(payload)}) == info
     assert undisturbed.save().digest == result.digest
