@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cib_core.credentials import Credentials
+from cib_core.authn.credentials import Credentials
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -29,11 +29,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from cib_core.authn.resolve import auth
     from cib_core.copy import CopyResult, copy_image
-    from cib_core.credentials_chain import auth
     from cib_core.image import Image, ImageData, SaveResult
-    from cib_core.layers import CustomFile, LayerInfo
-    from cib_core.registry import RegistryClient, UploadResult
+    from cib_core.layers.build import CustomFile, LayerInfo
+    from cib_core.remote.client import RegistryClient, UploadResult
 
 # The heavy parts (requests, the builder) load on first use so `import cib_core` stays cheap
 # for plugins that only need `hookimpl` and `Credentials`.
@@ -41,11 +41,11 @@ _LAZY = {
     "Image": "cib_core.image",
     "ImageData": "cib_core.image",
     "SaveResult": "cib_core.image",
-    "RegistryClient": "cib_core.registry",
-    "UploadResult": "cib_core.registry",
-    "CustomFile": "cib_core.layers",
-    "LayerInfo": "cib_core.layers",
-    "auth": "cib_core.credentials_chain",
+    "RegistryClient": "cib_core.remote.client",
+    "UploadResult": "cib_core.remote.client",
+    "CustomFile": "cib_core.layers.build",
+    "LayerInfo": "cib_core.layers.build",
+    "auth": "cib_core.authn.resolve",
     "copy_image": "cib_core.copy",
     "CopyResult": "cib_core.copy",
 }

@@ -186,7 +186,7 @@ def copy_image(
     for ref, role in ((src_ref, "source"), (dst_ref, "destination")):
         if isinstance(ref, LocalReference) and ref.transport == "scratch":
             raise ConfigurationError(f"scratch cannot be a copy {role}: it has no manifest")
-    from cib_core.transport import TransportPool
+    from cib_core.remote.transport import TransportPool
 
     pool = TransportPool(pm=pm, insecure=insecure)
     src_store = open_store(src_ref, write=False, auth=auth, insecure=insecure, pm=pm,

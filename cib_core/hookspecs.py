@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import click
     import requests.adapters
 
-    from cib_core.credentials import Credentials
+    from cib_core.authn.credentials import Credentials
 
 hookspec = pluggy.HookspecMarker("cib")
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
-from cib_core.credentials_chain import options_for_registry
+from cib_core.authn.resolve import options_for_registry
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
-from cib_core.layers import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
+from cib_core.layers.build import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
 from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest, sha256_digest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
@@ -43,8 +43,8 @@ from cib_core.stores import (
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
-    from cib_core.registry import RegistryClient
-    from cib_core.transport import TransportPool
+    from cib_core.remote.client import RegistryClient
+    from cib_core.remote.transport import TransportPool
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +224,10 @@ class Image:
         key = (ref.registry, ref.repository, write)
         with self._lock:
             if key not in self._clients:
-                from cib_core.registry import RegistryClient
+                from cib_core.remote.client import RegistryClient
 
                 if self._pool is None:
-                    from cib_core.transport import TransportPool
+                    from cib_core.remote.transport import TransportPool
 
                     self._pool = TransportPool(pm=self._plugin_manager, insecure=self._insecure)
                 self._clients[key] = RegistryClient(
@@ -398,7 +398,7 @@ class Image:
         loading = None if self._images is not None or self._is_scratch else _in_background(
             self._load, "cib-read-base")
         mtime = None if self._created == "now" else int(source_date().timestamp())
-        from cib_core import layer_cache
+        import cib_core.layers.cache as layer_cache
 
         try:
             builder = prepare_layer(
@@ -642,7 +642,7 @@ class Image:
         if not force and target.has_blob(digest):
             self._present.add(digest)
             return
-        from cib_core.registry import fetch_url
+        from cib_core.remote.client import fetch_url
 
         errors = []
         for url in layer.get("urls", []):

@@ -21,7 +21,7 @@ A layer source turns one source the user named into entries ``(TarInfo, fileobj)
 How options reach the builtin sources
 -------------------------------------
 The hook is ``cib_layer_source(source, target)``; it has no room for options. The core
-(``cib_core.layers.collect_entries``) therefore wraps a local path -- an ``os.PathLike``, or a
+(``cib_core.layers.build.collect_entries``) therefore wraps a local path -- an ``os.PathLike``, or a
 string naming an existing path -- in a :class:`LocalSource` carrying the ``add_files`` options
 (``ignores``, ``ignore_files``, ``follow_symlinks``); the builtin *local-dir* plugin claims
 ``LocalSource`` objects, and also bare existing paths (with default options) when another
@@ -35,7 +35,7 @@ Tarballs
 To unpack a tarball's members under a target, name it explicitly: a :class:`TarballSource`
 object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); the builtin
 *tarball* plugin claims only those. A tarball added "as it is", as a layer of its own, is
-``cib_core.layers.layer_from_tarball``.
+``cib_core.layers.build.layer_from_tarball``.
 """
 
 from __future__ import annotations

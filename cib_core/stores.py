@@ -22,8 +22,8 @@ from cib_core.reference import LocalReference, Reference, parse_image_spec
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
-    from cib_core.registry import RegistryClient
-    from cib_core.transport import TransportPool
+    from cib_core.remote.client import RegistryClient
+    from cib_core.remote.transport import TransportPool
 
 log = logging.getLogger(__name__)
 
@@ -141,12 +141,12 @@ def open_store(
     ref = parse_image_spec(spec) if isinstance(spec, str) else spec
     if isinstance(ref, LocalReference):
         if ref.transport == "oci":
-            from cib_core.oci_layout import OCILayoutStore
+            from cib_core.formats.oci_layout import OCILayoutStore
 
             assert ref.path is not None
             return OCILayoutStore(ref.path, create=write)
         if ref.transport == "docker-archive":
-            from cib_core.docker_archive import DockerArchiveStore
+            from cib_core.formats.docker_archive import DockerArchiveStore
 
             assert ref.path is not None
             if write:
@@ -154,8 +154,8 @@ def open_store(
             return DockerArchiveStore.open(ref.path, ref.ref)
         raise ConfigurationError(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
-    from cib_core.credentials_chain import options_for_registry
-    from cib_core.registry import RegistryClient
+    from cib_core.authn.resolve import options_for_registry
+    from cib_core.remote.client import RegistryClient
 
     options = options_for_registry(ref.registry, auth)
     client = RegistryClient(
@@ -225,7 +225,7 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
 
 def wants_oci_types(store: BlobStore) -> bool:
     """OCI layouts take OCI media types only (skopeo and umoci ignore Docker ones there)."""
-    from cib_core.oci_layout import OCILayoutStore
+    from cib_core.formats.oci_layout import OCILayoutStore
 
     return isinstance(store, OCILayoutStore)
 
@@ -253,7 +253,7 @@ def transfer_layer(src: BlobStore, dst: BlobStore, descriptor: dict[str, Any], *
     """
     digest = descriptor["digest"]
     if descriptor.get("mediaType") == mt.DOCKER_LAYER and isinstance(dst, RegistryStore):
-        from cib_core.layers import compress_layer
+        from cib_core.layers.build import compress_layer
 
         with src.open_blob(digest) as stream, \
                 compress_layer(stream, f"{src.name}@{digest}", docker_flavour=docker_flavour) as built:

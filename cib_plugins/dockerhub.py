@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 
-from cib_core import Credentials, credstore, hookimpl
+from cib_core import Credentials, hookimpl
+from cib_core.authn import credstore
 
 log = logging.getLogger(__name__)
 

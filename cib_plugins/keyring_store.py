@@ -7,7 +7,8 @@ nothing is stored or no keyring backend works (logged at debug level); never rai
 
 from __future__ import annotations
 
-from cib_core import Credentials, credstore, hookimpl
+from cib_core import Credentials, hookimpl
+from cib_core.authn import credstore
 
 
 @hookimpl

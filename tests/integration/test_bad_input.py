@@ -39,7 +39,7 @@ from cib_core.errors import (
     ManifestError,
     RegistryError,
 )
-from cib_core.registry import RegistryClient
+from cib_core.remote.client import RegistryClient
 from cib_core.testing import skopeo_inspect
 
 pytestmark = pytest.mark.integration

@@ -27,8 +27,8 @@ import keyring.errors
 import pytest
 from click.testing import CliRunner, Result
 
-from cib_core import credstore
-from cib_core.cli import cli, host_platform_name, parse_add, parse_command, prescan_plugin_options, redact
+from cib_core.authn import credstore
+from cib_core.cli.app import cli, host_platform_name, parse_add, parse_command, prescan_plugin_options, redact
 from cib_core.testing import skopeo_inspect, umoci_unpack
 
 pytestmark = pytest.mark.integration

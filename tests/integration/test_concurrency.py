@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cib_core import CustomFile, Image
+from cib_core.remote.transport import TransportPool
 from cib_core.testing import RegistryServer, push_base_image, skopeo_inspect
-from cib_core.transport import TransportPool
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

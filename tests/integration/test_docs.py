@@ -570,7 +570,7 @@ def test_cli_doc_covers_every_api_command():
 def _real_commands() -> Iterator[tuple[str, Any]]:
     import click
 
-    from cib_core.cli import cli
+    from cib_core.cli.app import cli
 
     for name, command in cli.commands.items():
         if isinstance(command, click.Group):

@@ -12,7 +12,7 @@ import pytest
 from cib_core import CustomFile, Image, NotFound
 from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError, LayerSourceError
-from cib_core.registry import RegistryClient
+from cib_core.remote.client import RegistryClient
 from cib_core.testing import skopeo_inspect, umoci_unpack
 
 pytestmark = pytest.mark.integration

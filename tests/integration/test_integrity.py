@@ -27,7 +27,7 @@ from cib_core import CustomFile, Image
 from cib_core import mediatypes as mt
 from cib_core.copy import copy_image
 from cib_core.errors import DigestMismatch, ManifestError, RegistryError
-from cib_core.registry import MAX_MANIFEST_SIZE, RegistryClient
+from cib_core.remote.client import MAX_MANIFEST_SIZE, RegistryClient
 from cib_core.testing import PushedImage, RegistryServer, make_layer, push_image
 
 pytestmark = pytest.mark.integration

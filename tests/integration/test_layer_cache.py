@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cib_core import CustomFile, Image, layer_cache
-from cib_core.registry import RegistryClient
+import cib_core.layers.cache as layer_cache
+from cib_core import CustomFile, Image
+from cib_core.remote.client import RegistryClient
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def test_unchanged_inputs_reuse_the_layer_without_uploading(registry, base_image
     def no_building(*args, **kwargs):
         raise AssertionError("the layer was built again")
 
-    from cib_core.layers import LayerBuilder
+    from cib_core.layers.build import LayerBuilder
 
     monkeypatch.setattr(LayerBuilder, "write", no_building)
     _, second = _build(base_image.ref, f"{registry.host}/{repo}:2", src)

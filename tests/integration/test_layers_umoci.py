@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cib_core import mediatypes
-from cib_core.layers import BuiltLayer, CustomFile, build_layer
+from cib_core.layers.build import BuiltLayer, CustomFile, build_layer
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import pytest
 
 from cib_core import Credentials, CustomFile, Image, hookimpl
 from cib_core.plugins import create_plugin_manager
-from cib_core.registry import RegistryClient
+from cib_core.remote.client import RegistryClient
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from cib_core import mediatypes as mt
-from cib_core.docker_archive import DockerArchiveStore, layer_is_compressed
-from cib_core.flatten import export_filesystem
-from cib_core.oci_layout import OCILayoutStore
+from cib_core.formats.docker_archive import DockerArchiveStore, layer_is_compressed
+from cib_core.formats.flatten import export_filesystem
+from cib_core.formats.oci_layout import OCILayoutStore
 
 pytestmark = pytest.mark.integration
 

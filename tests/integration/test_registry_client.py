@@ -22,9 +22,9 @@ import requests
 
 import cib_plugins.http_transport
 from cib_core import mediatypes as mt
-from cib_core.challenge import IDENTITY_TOKEN_USER
-from cib_core.credentials import Credentials
-from cib_core.credentials_chain import auth as resolve_auth
+from cib_core.authn.challenge import IDENTITY_TOKEN_USER
+from cib_core.authn.credentials import Credentials
+from cib_core.authn.resolve import auth as resolve_auth
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -36,7 +36,8 @@ from cib_core.errors import (
     RegistryError,
 )
 from cib_core.plugins import CibPluginManager, hookimpl
-from cib_core.registry import RegistryClient
+from cib_core.remote.client import RegistryClient
+from cib_core.remote.transport import TransportOptions, TransportPool
 from cib_core.testing import (
     FaultProxy,
     RegistryServer,
@@ -45,7 +46,6 @@ from cib_core.testing import (
     push_image,
     skopeo_inspect,
 )
-from cib_core.transport import TransportOptions, TransportPool
 
 pytestmark = pytest.mark.integration
 
@@ -327,7 +327,7 @@ def test_large_generator_upload_keeps_memory_bounded(registry: RegistryServer, t
         "import hashlib, json, os, sys\n"
         "import cib_plugins.http_transport as ht\n"
         "from cib_core.plugins import CibPluginManager\n"
-        "from cib_core.registry import RegistryClient\n"
+        "from cib_core.remote.client import RegistryClient\n"
         "def status(key):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key + ':'):\n"
@@ -634,7 +634,7 @@ def test_cli_redirect_to_storage_never_carries_authorization(
     bytes arrive, storage never sees Authorization, and -vv output shows no secret."""
     from click.testing import CliRunner
 
-    from cib_core.cli import cli
+    from cib_core.cli.app import cli
 
     reg, storage = fake_registry
     data = os.urandom(1 << 20)
@@ -706,8 +706,8 @@ def test_scheme_rules(fake_registry: tuple[_Recorder, _Recorder], monkeypatch: p
                       tmp_path: Path) -> None:
     """Loopback is plain HTTP; a host named insecure tries HTTPS (unverified) and falls back to
     HTTP; any other host is HTTPS with verification, honouring SSL_CERT_FILE."""
-    import cib_core.transport as transport_module
-    from cib_core.transport import Transport
+    import cib_core.remote.transport as transport_module
+    from cib_core.remote.transport import Transport
 
     reg, _ = fake_registry
     assert Transport(reg.host, pm=_pm()).base_url == f"http://{reg.host}"
@@ -788,7 +788,7 @@ def test_no_secret_in_messages_or_debug_logs(basic_registry: RegistryServer, tok
 
 def test_unreachable_registry_is_a_temporary_error_after_bounded_retries() -> None:
     sleeps: list[float] = []
-    from cib_core.transport import Transport
+    from cib_core.remote.transport import Transport
 
     transport = Transport("127.0.0.1:1", pm=_pm(), options=TransportOptions(max_retries=2, backoff_base=0.01),
                           sleep=sleeps.append)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cib_core.transport as transport_module
+import cib_core.remote.transport as transport_module
 from cib_core import RegistryError
-from cib_core.cli import cli
-from cib_core.registry import RegistryClient
+from cib_core.cli.app import cli
+from cib_core.remote.client import RegistryClient
 from cib_core.testing import run_registry
 
 pytestmark = pytest.mark.integration

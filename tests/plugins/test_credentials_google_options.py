@@ -11,7 +11,7 @@ import pytest
 from credentials_support import TokenServer, make_cred_env, rsa_key_pem, write_service_account
 
 from cib_core import AuthenticationError, Credentials, auth
-from cib_core.credentials_chain import options_for_registry
+from cib_core.authn.resolve import options_for_registry
 
 ACCESS_TOKEN = "ya29.options-token"
 

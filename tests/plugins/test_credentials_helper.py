@@ -9,7 +9,8 @@ import time
 import pytest
 from credentials_support import all_log_text, make_cred_env
 
-from cib_core import AuthenticationError, Credentials, credstore
+from cib_core import AuthenticationError, Credentials
+from cib_core.authn import credstore
 from cib_core.errors import ConfigurationError
 from cib_plugins import credential_helper
 
@@ -99,7 +100,7 @@ def test_identity_token_is_username_token_marker(cred_env, caplog):
 
 
 def test_helper_missing_from_path_is_none_with_debug_log(cred_env, caplog):
-    caplog.set_level(logging.DEBUG, logger="cib_core.credstore")
+    caplog.set_level(logging.DEBUG, logger="cib_core.authn.credstore")
     cred_env.write_docker_config({"credsStore": "cib-not-installed"})
 
     assert ask("127.0.0.1:5000") is None

@@ -9,7 +9,8 @@ import keyring.backends.fail
 import pytest
 from credentials_support import DictKeyring, all_log_text, make_cred_env
 
-from cib_core import Credentials, credstore
+from cib_core import Credentials
+from cib_core.authn import credstore
 from cib_core.errors import ConfigurationError
 from cib_plugins import keyring_store
 
@@ -58,7 +59,7 @@ def test_delete(cred_env):
 
 def test_no_backend_is_none_with_a_debug_log(cred_env, caplog):
     keyring.set_keyring(keyring.backends.fail.Keyring())
-    caplog.set_level(logging.DEBUG, logger="cib_core.credstore")
+    caplog.set_level(logging.DEBUG, logger="cib_core.authn.credstore")
     assert ask("quay.io") is None
     records = [r for r in caplog.records if "keyring" in r.getMessage()]
     assert records and all(r.levelno == logging.DEBUG for r in records)

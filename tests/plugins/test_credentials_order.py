@@ -16,7 +16,8 @@ from credentials_support import (
     write_service_account,
 )
 
-from cib_core import Credentials, credstore, hookimpl
+from cib_core import Credentials, hookimpl
+from cib_core.authn import credstore
 from cib_core.plugins import BUILTIN_PLUGINS, CibPluginManager
 
 CREDENTIAL_PLUGINS = ("credential-helper", "docker-config", "dockerhub", "gcr", "keyring")

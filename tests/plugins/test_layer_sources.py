@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cib_core.errors import LayerSourceError
-from cib_core.layers import BuiltLayer, CustomFile, LayerBuilder, build_layer, collect_entries
+from cib_core.layers.build import BuiltLayer, CustomFile, LayerBuilder, build_layer, collect_entries
 from cib_core.plugin_api import LocalSource, TarballSource
 from cib_plugins import custom_files, local_dir
 

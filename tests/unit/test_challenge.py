@@ -6,16 +6,16 @@ import email.utils
 
 import pytest
 
-from cib_core.challenge import (
+from cib_core.authn.challenge import (
     Challenge,
     TokenCache,
     merge_scopes,
     parse_www_authenticate,
     repository_scope,
 )
-from cib_core.credentials import Credentials
-from cib_core.credentials_chain import credentials_from_options, options_for_registry
-from cib_core.transport import parse_retry_after, redact_headers, redact_url
+from cib_core.authn.credentials import Credentials
+from cib_core.authn.resolve import credentials_from_options, options_for_registry
+from cib_core.remote.transport import parse_retry_after, redact_headers, redact_url
 
 CASES = [
     ('Basic realm="Registry Realm"', [Challenge("basic", {"realm": "Registry Realm"})]),

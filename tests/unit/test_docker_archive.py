@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from cib_core import mediatypes as mt
-from cib_core.docker_archive import (
+from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
+from cib_core.formats.docker_archive import (
     DOCKER_LAYER,
     DockerArchiveStore,
     layer_is_compressed,
     normalize_repo_tag,
 )
-from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
 
 
 def sha(data: bytes) -> str:

@@ -11,7 +11,7 @@ import pytest
 import zstandard
 
 from cib_core.errors import LayerSourceError
-from cib_core.flatten import export_filesystem
+from cib_core.formats.flatten import export_filesystem
 
 Entry = tuple[str, str, object]   # name, kind ("f", "d", "l" symlink, "h" hard link), data/target
 

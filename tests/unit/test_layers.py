@@ -17,7 +17,7 @@ import zstandard
 
 from cib_core import mediatypes
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
-from cib_core.layers import (
+from cib_core.layers.build import (
     GZIP_HEADER,
     BuiltLayer,
     CustomFile,
@@ -543,7 +543,7 @@ def test_building_from_a_300mb_file_keeps_memory_bounded(tmp_path):
     script = textwrap.dedent(f"""
         import resource, sys
         from cib_core.plugins import CibPluginManager
-        from cib_core.layers import build_layer
+        from cib_core.layers.build import build_layer
         from cib_plugins import local_dir
         pm = CibPluginManager(autoload=False)
         pm.register(local_dir, name="local-dir")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cib_core import Image
-from cib_core.layers import build_layer
+from cib_core.layers.build import build_layer
 from cib_core.plugins import get_plugin_manager
 from cib_core.testing import umoci_unpack
 
@@ -189,7 +189,7 @@ def tar_infos(draw: st.DrawFn) -> tarfile.TarInfo:
 @settings(max_examples=2000, deadline=None)
 @given(tar_infos())
 def test_fast_tar_header_is_tarfiles_byte_for_byte(info: tarfile.TarInfo) -> None:
-    from cib_core.layers import _tar_header
+    from cib_core.layers.build import _tar_header
 
     try:
         expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -203,7 +203,7 @@ def test_fast_tar_header_is_tarfiles_byte_for_byte(info: tarfile.TarInfo) -> Non
 def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The property above would pass with every entry sent to tarfile; these, what a source
     tree is made of, must not be."""
-    from cib_core.layers import _tar_header
+    from cib_core.layers.build import _tar_header
 
     entries = []
     for name, kind, link in [("app/main.py", tarfile.REGTYPE, ""), ("app", tarfile.DIRTYPE, ""),
@@ -228,7 +228,7 @@ def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
        st.text(alphabet="a./é", max_size=12))
 def test_fast_path_join_agrees_with_the_segment_by_segment_one(base: str, name: str) -> None:
     from cib_core.errors import LayerSourceError
-    from cib_core.layers import _join, _join_parts
+    from cib_core.layers.build import _join, _join_parts
 
     try:
         expected = _join_parts(base, name, "src")

@@ -11,7 +11,7 @@ import pytest
 
 from cib_core import mediatypes as mt
 from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
-from cib_core.oci_layout import OCILayoutStore, verified_reader
+from cib_core.formats.oci_layout import OCILayoutStore, verified_reader
 
 
 def sha(data: bytes) -> str:

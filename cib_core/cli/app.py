@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from cib_core.models import Descriptor, Index, Manifest, Platform
     from cib_core.plugins import CibPluginManager
     from cib_core.reference import LocalReference, Reference
-    from cib_core.registry import RegistryClient
+    from cib_core.remote.client import RegistryClient
     from cib_core.stores import BlobStore
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class _CliLogHandler(logging.Handler):
     def filter(self, record: logging.LogRecord) -> bool:
         if self.verbosity == 1 and record.levelno < logging.INFO:
             # -v: one line per HTTP exchange (method, URL, status, time), not the headers.
-            return record.name == "cib_core.transport" and str(record.msg).startswith("<--")
+            return record.name == "cib_core.remote.transport" and str(record.msg).startswith("<--")
         return True
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -121,7 +121,7 @@ class _CliLogHandler(logging.Handler):
 @contextmanager
 def _logging(verbosity: int, quiet: bool, secrets: _Secrets) -> Iterator[None]:
     root = logging.getLogger()
-    transport_logger = logging.getLogger("cib_core.transport")
+    transport_logger = logging.getLogger("cib_core.remote.transport")
     quiet_loggers = [logging.getLogger(n) for n in ("urllib3", "keyring")]
     saved = (root.level, transport_logger.level, [lg.level for lg in quiet_loggers])
     handler = _CliLogHandler(verbosity, secrets)
@@ -404,7 +404,7 @@ def _registry_ref(text: str, what: str) -> Reference:
 
 
 def _client(ref: Reference) -> RegistryClient:
-    from cib_core.registry import RegistryClient
+    from cib_core.remote.client import RegistryClient
 
     state = _state()
     return RegistryClient(ref.registry, ref.repository, None,
@@ -412,7 +412,7 @@ def _client(ref: Reference) -> RegistryClient:
 
 
 def _progress(verb: str) -> Any:
-    from cib_core.progress import ProgressRenderer
+    from cib_core.cli.progress import ProgressRenderer
 
     state = _state()
     return ProgressRenderer(verb, quiet=state.quiet)
@@ -757,7 +757,7 @@ def _describe_image(store: BlobStore, manifest: Manifest, digest: str,
 
 
 def _print_image(info: dict[str, Any]) -> None:
-    from cib_core.progress import format_size
+    from cib_core.cli.progress import format_size
 
     def row(name: str, value: object) -> None:
         click.echo(f"  {name:<11} {value}")
@@ -850,7 +850,7 @@ def ls_(repo: str, as_json: bool) -> None:
     if isinstance(local, LocalReference):
         if local.ref:
             raise InvalidReference(repo, "name the layout without a tag: oci:PATH")
-        from cib_core.oci_layout import OCILayoutStore
+        from cib_core.formats.oci_layout import OCILayoutStore
 
         assert local.path is not None
         if not os.path.isdir(local.path):
@@ -964,7 +964,7 @@ Examples:
               help="For a multi-platform image: which one (default: the only one, else this machine's).")
 def export(ref: str, out: str, platform: str | None) -> None:
     """Write REF's flattened filesystem (whiteouts applied) as a tarball to OUT, or - for stdout."""
-    from cib_core.flatten import export_filesystem
+    from cib_core.formats.flatten import export_filesystem
 
     if out == "-" and sys.stdout.isatty():
         raise click.UsageError("refusing to write a tarball to a terminal; redirect stdout or "
@@ -977,7 +977,7 @@ def export(ref: str, out: str, platform: str | None) -> None:
         export_filesystem(layers, stdout)
         stdout.flush()
         return
-    from cib_core.atomic import replacing
+    from cib_core.fileio import replacing
 
     with replacing(os.path.abspath(out), mode=0o666 & ~_umask(), fsync=False) as handle:
         export_filesystem(layers, handle)
@@ -1015,7 +1015,7 @@ def verify_login(registry: str, username: str, secret: str, *, insecure: bool,
     Returns ``"bearer"``, ``"basic"`` or ``"none"`` (the registry asks for no credentials).
     Raises ``AuthenticationError`` when the registry or its token server refuses them.
     """
-    from cib_core.registry import RegistryClient
+    from cib_core.remote.client import RegistryClient
 
     client = RegistryClient(registry, PROBE_REPOSITORY,
                             {"Username": username, "Secret": secret}, insecure=insecure, pm=pm)
@@ -1060,7 +1060,7 @@ The credentials are checked against the registry first; nothing is stored when i
                    "system keyring (read by cib).")
 def login(registry: str, username: str, password_stdin: bool, store: str) -> None:
     """Check credentials for REGISTRY and store them."""
-    from cib_core import credstore
+    from cib_core.authn import credstore
 
     state = _state()
     host = _parse_registry_host(registry)
@@ -1094,7 +1094,7 @@ Examples:
 @click.argument("registry", metavar="REGISTRY")
 def logout(registry: str) -> None:
     """Remove stored credentials for REGISTRY (config.json and the keyring)."""
-    from cib_core import credstore
+    from cib_core.authn import credstore
 
     state = _state()
     host = _parse_registry_host(registry)

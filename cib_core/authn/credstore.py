@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cib_core.atomic import replacing
-from cib_core.credentials import Credentials
+from cib_core.authn.credentials import Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError
+from cib_core.fileio import replacing
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.atomic import replacing
 from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
-from cib_core.flatten import decompressed, sniff_compression
-from cib_core.oci_layout import (
+from cib_core.fileio import replacing
+from cib_core.formats.flatten import decompressed, sniff_compression
+from cib_core.formats.oci_layout import (
     CHUNK,
     CONTAINERD_NAME,
     REF_NAME,

@@ -7,7 +7,7 @@ expire. The ``Authorization`` header is only ever set on requests to the registr
 a redirect to blob storage never carries it.
 
 This module knows nothing of sessions or retries; it sends through a :class:`Requester`
-(``cib_core.transport.Transport`` is one).
+(``cib_core.remote.transport.Transport`` is one).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import requests
 import requests.auth
 
-from cib_core.credentials import Credentials
+from cib_core.authn.credentials import Credentials
 from cib_core.errors import AuthenticationError, AuthorizationError, RegistryError
 
 log = logging.getLogger(__name__)

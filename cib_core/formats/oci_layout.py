@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.atomic import replacing
 from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
+from cib_core.fileio import replacing
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import requests
 import requests.adapters
 import urllib3
 
-from cib_core.challenge import RegistryAuth, TokenCache
-from cib_core.credentials import Credentials
+from cib_core.authn.challenge import RegistryAuth, TokenCache
+from cib_core.authn.credentials import Credentials
 from cib_core.errors import PluginError, RegistryError
 from cib_core.reference import is_loopback_host
 

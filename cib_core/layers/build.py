@@ -715,7 +715,7 @@ class LayerBuilder:
         return LayerInfo(digest=blob_digest, diff_id=diff_id, size=size, media_type=self.media_type)
 
     def fingerprint(self, racy_seconds: float = 2.0) -> str | None:
-        """A key for the layer cache (see ``cib_core.layer_cache``), or ``None`` when the layer
+        """A key for the layer cache (see ``cib_core.layers.cache``), or ``None`` when the layer
         cannot be cached: some content is not a plain local file, or a file changed within
         ``racy_seconds``. Cheap: one ``stat`` per file, nothing read."""
         limit = time.time_ns() - int(racy_seconds * 1e9)

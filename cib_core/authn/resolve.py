@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from cib_core.credentials import Credentials
+from cib_core.authn.credentials import Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError, PluginError
 
 log = logging.getLogger(__name__)

@@ -25,15 +25,15 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 import requests
 
 from cib_core import mediatypes
-from cib_core.challenge import (
+from cib_core.authn.challenge import (
     RegistryAuth,
     ScopedAuth,
     merge_scopes,
     parse_www_authenticate,
     repository_scope,
 )
-from cib_core.credentials import Credentials
-from cib_core.credentials_chain import resolve_credentials
+from cib_core.authn.credentials import Credentials
+from cib_core.authn.resolve import resolve_credentials
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -46,7 +46,7 @@ from cib_core.errors import (
     RegistryErrorDetail,
 )
 from cib_core.models import json_object
-from cib_core.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
+from cib_core.remote.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
 
 log = logging.getLogger(__name__)
 

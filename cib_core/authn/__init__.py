@@ -1,0 +1,1 @@
+"""Credentials, registry challenges and tokens, and the stores credentials are kept in."""

@@ -1,0 +1,1 @@
+"""Local image formats: OCI image layouts, docker-archive tarballs, and flattened export."""

@@ -1,0 +1,1 @@
+"""Layers: deterministic tar, compression and hashing in one pass, and the rebuild cache."""

@@ -1,0 +1,1 @@
+"""Talking to registries: the HTTP transport and the distribution API client."""
