@@ -28,7 +28,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cib_core.authn import credstore
-from cib_core.cli.app import cli, host_platform_name, parse_add, parse_command, prescan_plugin_options, redact
+from cib_core.cli.app import cli, prescan_plugin_options
+from cib_core.cli.build import parse_add, parse_command
+from cib_core.cli.common import host_platform_name, redact
 from cib_core.testing import skopeo_inspect, umoci_unpack
 
 pytestmark = pytest.mark.integration

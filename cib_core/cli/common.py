@@ -1,0 +1,339 @@
+"""What every cib command shares: its state, one-line errors, and how it opens and reads images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform as host_platform
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+
+import click
+
+from cib_core import mediatypes as mt
+from cib_core.errors import (
+    AuthenticationError,
+    AuthorizationError,
+    CibError,
+    ConfigurationError,
+    InvalidReference,
+    NotFound,
+    RegistryError,
+)
+
+if TYPE_CHECKING:
+    from cib_core.models import Descriptor, Index, Manifest
+    from cib_core.plugins import CibPluginManager
+    from cib_core.reference import LocalReference, Reference
+    from cib_core.remote.client import RegistryClient
+    from cib_core.stores import BlobStore
+
+
+log = logging.getLogger(__name__)
+
+PROG = "cib"
+CHUNK = 1 << 16
+PM_KEY = "cib.plugin_manager"
+PLUGIN_COMMANDS_KEY = "cib.plugin_commands"
+HIDDEN_COMMANDS_KEY = "cib.hidden_plugin_commands"
+LOGIN_KEY = "cib.login"
+PLUGIN_OPTION_NAMES = ("-p", "--plugin")
+VALUE_OPTIONS = frozenset({"--insecure-registry", *PLUGIN_OPTION_NAMES})
+PROBE_REPOSITORY = "library/cib-probe"
+"""The repository name of clients that only talk to the registry as a whole (the catalog, the
+login check): a ``RegistryClient`` is per repository, but nothing is read from this one."""
+
+
+# ---------------------------------------------------------------------------------------------
+# secrets and logging
+# ---------------------------------------------------------------------------------------------
+
+_REDACTIONS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"(?i)\b((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:(basic|bearer)\s+)?[^'\",}\s]+"),
+     lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + "***"),
+    (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
+    (re.compile(r"(?i)(['\"](?:password|secret|token|access_token|refresh_token|identitytoken|"
+                r"registrytoken|auth)['\"]\s*:\s*['\"])[^'\"]*"), r"\1***"),
+    (re.compile(r"(?i)\b((?:password|secret|access_token|refresh_token|token)=)[^&\s'\"]+"), r"\1***"),
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1***@"),
+)
+
+
+def redact(text: str, secrets: Sequence[str] = ()) -> str:
+    """Remove anything that looks like a credential from a diagnostic line."""
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class Secrets:
+    """Literal secrets this run knows (a password read for ``auth login``), redacted everywhere."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+
+    def add(self, value: str) -> None:
+        if value:
+            self.values.append(value)
+
+
+class CliLogHandler(logging.Handler):
+    """Writes records to the current ``sys.stderr`` (click's runner swaps it), redacted."""
+
+    def __init__(self, verbosity: int, secrets: Secrets) -> None:
+        super().__init__(logging.DEBUG)
+        self.verbosity = verbosity
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.verbosity == 1 and record.levelno < logging.INFO:
+            # -v: one line per HTTP exchange (method, URL, status, time), not the headers.
+            return record.name == "cib_core.remote.transport" and str(record.msg).startswith("<--")
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            if record.exc_info and self.verbosity >= 2:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            if record.levelno >= logging.WARNING:
+                line = f"{PROG}: {record.levelname.lower()}: {message}"
+            else:
+                line = f"{PROG}: [{record.name}] {message}"
+            click.echo(redact(line, self.secrets.values), err=True)
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------------------------
+
+def error_hint(exc: CibError, *, login: bool = False) -> str:
+    if isinstance(exc, AuthenticationError) and login:
+        return "nothing was stored"
+    if isinstance(exc, AuthenticationError):
+        if "cib auth login" in str(exc):  # the library already said what to do
+            return ""
+        where = f" {exc.registry}" if exc.registry else " REGISTRY"
+        return f"check the credentials (cib auth login{where})"
+    if isinstance(exc, AuthorizationError):
+        return "the credentials are valid but lack access; check the repository name and permissions"
+    if isinstance(exc, InvalidReference):
+        return ""
+    if isinstance(exc, RegistryError) and exc.status is None and exc.temporary:
+        from cib_core.reference import is_loopback_host
+
+        hint = "check the host name and that the registry is running"
+        if exc.registry and not is_loopback_host(exc.registry):
+            hint += f"; for a registry without TLS pass --insecure-registry {exc.registry}"
+        return hint
+    return ""
+
+
+def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = False) -> str:
+    """The one line a ``CibError`` becomes: ``cib: error: <message>; <hint>``."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    hint = error_hint(exc, login=login)
+    if hint and hint not in message:
+        message = f"{message}; {hint}"
+    return redact(f"{PROG}: error: {message}", secrets)
+
+
+def fail(exc: CibError, ctx: click.Context | None = None) -> NoReturn:
+    secrets = cli_state(ctx).secrets.values if ctx is not None and isinstance(ctx.obj, CliState) else []
+    login = bool(ctx is not None and ctx.meta.get(LOGIN_KEY))
+    click.echo(error_line(exc, secrets, login=login), err=True)
+    raise click.exceptions.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the group and its state
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class CliState:
+    pm: CibPluginManager
+    insecure: tuple[str, ...] = ()
+    verbose: int = 0
+    quiet: bool = False
+    secrets: Secrets = field(default_factory=Secrets)
+
+
+def cli_state(ctx: click.Context | None = None) -> CliState:
+    ctx = ctx or click.get_current_context()
+    state = ctx.find_object(CliState)
+    if state is None:  # pragma: no cover - the group callback always sets it
+        raise click.UsageError("cib's global options were not processed")
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# shared helpers
+# ---------------------------------------------------------------------------------------------
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False))
+
+
+def stdout_binary() -> BinaryIO:
+    sys.stdout.flush()
+    return sys.stdout.buffer
+
+
+def open_image_store(spec: str | Reference | LocalReference, *, write: bool = False,
+                progress: Callable[[str, int, int | None], None] | None = None) -> BlobStore:
+    from cib_core.stores import open_store
+
+    state = cli_state()
+    return open_store(spec, write=write, insecure=state.insecure, pm=state.pm, progress=progress)
+
+
+def parse_spec(text: str) -> Reference | LocalReference:
+    from cib_core.reference import parse_image_spec
+
+    return parse_image_spec(text)
+
+
+def identifier_of(ref: Reference | LocalReference) -> str:
+    from cib_core.reference import Reference
+
+    if isinstance(ref, Reference):
+        return ref.identifier
+    return ref.ref or ""
+
+
+def registry_ref(text: str, what: str) -> Reference:
+    from cib_core.reference import Reference
+
+    ref = parse_spec(text)
+    if not isinstance(ref, Reference):
+        raise ConfigurationError(f"{what} works on registry references, not {text!r}")
+    return ref
+
+
+def registry_client(ref: Reference) -> RegistryClient:
+    from cib_core.remote.client import RegistryClient
+
+    state = cli_state()
+    return RegistryClient(ref.registry, ref.repository, None,
+                          insecure=ref.registry in state.insecure, pm=state.pm)
+
+
+def progress_renderer(verb: str) -> Any:
+    from cib_core.cli.progress import ProgressRenderer
+
+    state = cli_state()
+    return ProgressRenderer(verb, quiet=state.quiet)
+
+
+def scratch_check(ref: Reference | LocalReference, text: str) -> None:
+    from cib_core.reference import LocalReference
+
+    if isinstance(ref, LocalReference) and ref.transport == "scratch":
+        raise ConfigurationError(f"{text!r} is the empty base; it has no manifest or config")
+
+
+def host_platform_name() -> str:
+    """``linux/<arch>`` of this machine, in OCI's names."""
+    machine = host_platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+            "armv7l": "arm/v7", "armv6l": "arm/v6", "i386": "386", "i686": "386",
+            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
+    return f"linux/{arch}"
+
+
+def is_attestation(desc: Any) -> bool:
+    annotations = getattr(desc, "annotations", None) or {}
+    return annotations.get("vnd.docker.reference.type") == "attestation-manifest"
+
+
+def image_entries(index: Index) -> list[Any]:
+    return [d for d in index.manifests
+            if d.media_type in mt.IMAGE_MANIFESTS and not is_attestation(d)]
+
+
+def select_image(store: BlobStore, doc: Manifest | Index, platform: str | None,
+                  what: str) -> tuple[Manifest, str]:
+    """The image manifest to read (and its digest): ``doc`` itself, or the index entry for
+    ``platform`` (default: the only image, else this machine's platform)."""
+    from cib_core.models import Index, Manifest, Platform, parse_manifest
+
+    if not isinstance(doc, Index):
+        if platform not in (None, "all"):
+            _raw, cfg = read_image_config(store, doc.config, what)
+            have = Platform(os=str(cfg.get("os", "")), architecture=str(cfg.get("architecture", "")),
+                            variant=cfg.get("variant"))
+            if not have.matches(Platform.parse(str(platform))):
+                raise NotFound(f"{what} is a single {have} image, not {platform}")
+        return doc, doc.digest
+    entries = image_entries(doc)
+    chosen = None
+    if platform not in (None, "all"):
+        wanted = Platform.parse(str(platform))
+        chosen = next((d for d in entries if d.platform is not None and d.platform.matches(wanted)), None)
+        if chosen is None:
+            raise NotFound(f"{what} has no {platform} image; it has: {platform_list(entries)}")
+    elif len(entries) == 1:
+        chosen = entries[0]
+    else:
+        wanted = Platform.parse(host_platform_name())
+        chosen = next((d for d in entries if d.platform is not None and d.platform.matches(wanted)), None)
+        if chosen is None:
+            raise ConfigurationError(f"{what} is a multi-platform index; pick one with --platform "
+                                     f"(it has: {platform_list(entries)})")
+    raw, media_type, digest = store.get_manifest(chosen.digest)
+    manifest = parse_manifest(raw, media_type)
+    if not isinstance(manifest, Manifest):
+        raise NotFound(f"{chosen.digest} in {what} is not an image manifest")
+    return manifest, digest
+
+
+def platform_list(entries: Sequence[Any]) -> str:
+    return ", ".join(str(d.platform) for d in entries if d.platform is not None) or "none"
+
+
+def read_image_config(store: BlobStore, descriptor: Descriptor, what: str) -> tuple[bytes, dict[str, Any]]:
+    from cib_core.stores import read_config
+
+    return read_config(store, descriptor.digest, descriptor.size, what)
+
+
+def load_image(spec: str) -> tuple[Reference | LocalReference, BlobStore, Manifest | Index]:
+    from cib_core.models import parse_manifest
+
+    ref = parse_spec(spec)
+    scratch_check(ref, spec)
+    store = open_image_store(ref)
+    raw, media_type, _digest = store.get_manifest(identifier_of(ref))
+    return ref, store, parse_manifest(raw, media_type)
+
+
+def parse_registry_host(text: str) -> str:
+    from cib_core.reference import parse_reference
+
+    host = text.strip()
+    for scheme in ("https://", "http://"):
+        if host.lower().startswith(scheme):
+            host = host[len(scheme):]
+    host = host.rstrip("/")
+    if host.endswith("/v1") or host.endswith("/v2"):
+        host = host[:-3]
+    if not host or "/" in host or "@" in host:
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io")
+    ref = parse_reference(f"{host}/x") if ("." in host or ":" in host or host == "localhost") \
+        else None
+    if ref is None or ref.registry.lower() != host.lower():
+        if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+            return "docker.io"
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io "
+                                     "(a host has a '.' or ':' or is localhost)")
+    return ref.registry
+
+
