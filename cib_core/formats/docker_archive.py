@@ -12,11 +12,15 @@ file first.
 Writing stores blobs as they come in a temporary OCI layout next to the target and, at
 ``close()``, writes the tarball docker save would: ``manifest.json``, ``repositories``,
 ``<config hex>.json`` and each layer **uncompressed** as ``<diff_id hex>/layer.tar``, decompressed
-on the fly and checked against the config's ``rootfs.diff_ids``.
+on the fly and checked against the config's ``rootfs.diff_ids``. The tarball itself is written
+under a temporary name and renamed when complete; a write that fails (a read-only or full file
+system, a path that cannot exist) raises ``LocalWriteError`` naming the archive, removes what was
+written, and leaves no archive behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -26,15 +30,16 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
-from cib_core.fileio import replacing
+from cib_core.errors import ConfigurationError, DigestMismatch, LocalWriteError, ManifestError, NotFound
+from cib_core.fileio import replacing, writing_to
 from cib_core.formats.flatten import decompressed, sniff_compression
 from cib_core.formats.oci_layout import (
     CHUNK,
@@ -48,6 +53,8 @@ from cib_core.formats.oci_layout import (
 )
 
 log = logging.getLogger(__name__)
+
+WHAT = "the docker-archive"
 
 # Docker's media type for an uncompressed layer; not for registries, only for what an archive holds.
 DOCKER_LAYER = mt.DOCKER_LAYER
@@ -422,18 +429,59 @@ class DockerArchiveStore:
     # writing
     # =====================================================================================
     def _init_writer(self) -> None:
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise NotFound(f"{self.name}: the directory {parent} does not exist; create it first")
-        self._tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.cib-", dir=parent)
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
-        self._layout = OCILayoutStore(self._tmpdir, create=True)
+        if self.path.is_dir():
+            raise LocalWriteError(self.path, "it is a directory",
+                                  "name the archive file, for example DIR/image.tar", what=WHAT)
+        # the first failure to write, after which the archive is given up; and how many
+        # writes (from several threads) are under way, so the blobs go once the last one ends
+        self._failure: LocalWriteError | None = None
+        self._active = 0
+        self._state = threading.Lock()
         # manifest digest -> NAME:TAG list, in the order images were put
         self._written: dict[str, list[str]] = {}
+        with writing_to(self.path, WHAT):
+            self._tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.cib-", dir=self.path.parent)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+        with self._writing():
+            self._layout = OCILayoutStore(self._tmpdir, create=True)
+
+    def _named(self, failure: LocalWriteError) -> LocalWriteError:
+        """``failure`` as a failure to write this archive (the user never named its blobs)."""
+        return LocalWriteError(self.path, failure.reason, failure.hint, what=WHAT, errno=failure.errno)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failure to write the blobs kept for the archive is a failure to write the archive:
+        named so, and, once no other write is under way, what was kept is removed (it would
+        only hold the disk space) and no further write is taken."""
+        with self._state:
+            if self._failure is not None:
+                raise self._named(self._failure)
+            self._active += 1
+        try:
+            yield
+        except LocalWriteError as exc:
+            failure = exc if exc.path == str(self.path) else self._named(exc)
+            with self._state:
+                if self._failure is None:
+                    self._failure = failure
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            with self._state:
+                self._active -= 1
+                give_up = self._failure is not None and self._active == 0 and not self._closed
+                if give_up:
+                    self._closed = True
+            if give_up:
+                self._cleanup()
 
     def _writer_only(self) -> None:
         if not self.writing:
             raise ConfigurationError(f"{self.name} was opened for reading; it cannot be written to")
+        if self._failure is not None:
+            raise self._named(self._failure)
         if self._closed:
             raise ConfigurationError(f"{self.name} is already written and closed")
 
@@ -462,7 +510,8 @@ class DockerArchiveStore:
             check_digest(str(doc["config"]["digest"]), f"{self.name} manifest config")
         except (ValueError, KeyError, TypeError) as exc:
             raise ManifestError(f"{self.name}: the manifest has no config descriptor ({exc})") from exc
-        digest = self._layout.put_manifest(raw, media_type, None)
+        with self._writing():
+            digest = self._layout.put_manifest(raw, media_type, None)
         repo_tag = self._repo_tag(tag)
         tags = self._written.setdefault(digest, [])
         if repo_tag is not None:
@@ -498,7 +547,7 @@ class DockerArchiveStore:
         return size, f"sha256:{hasher.hexdigest()}"
 
     def _write_archive(self) -> None:
-        with replacing(self.path, fsync=False) as handle, \
+        with replacing(self.path, fsync=False, what=WHAT) as handle, \
                 tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             self._fill_archive(tar)
 
@@ -601,7 +650,8 @@ class DockerArchiveStore:
     def put_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None = None,
                  size: int | None = None) -> tuple[str, int]:
         self._writer_only()
-        return self._layout.put_blob(data, digest, size)
+        with self._writing():
+            return self._layout.put_blob(data, digest, size)
 
     def get_manifest(self, ref: str | None) -> tuple[bytes, str, str]:
         ref = ref or self.default_ref or ""

@@ -3,7 +3,9 @@
 Tags are the ``org.opencontainers.image.ref.name`` annotations of ``index.json``'s entries, so one
 layout holds several tagged images (as skopeo and umoci write them). Blobs are written to a temporary
 file and renamed into place, ``index.json`` is replaced atomically, and every blob read back is
-checked against its digest as it streams.
+checked against its digest as it streams. A tag is added only after the blobs it needs are in
+place, so a write that fails (a read-only or full file system) never leaves a tagged image that
+is incomplete; it raises ``LocalWriteError`` naming the layout.
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
-from cib_core.fileio import replacing
+from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
+from cib_core.fileio import AtomicFile, writing_to
 
 log = logging.getLogger(__name__)
 
+WHAT = "the OCI image layout"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 LAYOUT_VERSION = "1.0.0"
@@ -149,10 +151,13 @@ def verified_reader(source: BinaryIO, digest: str, what: str, size: int | None =
     return io.BufferedReader(_VerifyingRaw(source, digest, what, size), buffer_size=CHUNK)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` through a temporary file in the same directory."""
-    with replacing(path) as handle:
-        handle.write(data)
+def write_atomically(path: Path, data: bytes, *, target: Path | None = None, what: str = WHAT) -> None:
+    """Replace ``path`` with ``data`` through a temporary file in the same directory; a failure
+    is a ``LocalWriteError`` naming ``target`` (default: the directory, the layout)."""
+    with AtomicFile(path.parent, target=path.parent if target is None else target, what=what,
+                    prefix=f".{path.name}.") as out:
+        out.write(data)
+        out.commit(path)
 
 
 def guess_media_type(raw: bytes) -> str:
@@ -184,8 +189,10 @@ class OCILayoutStore:
                     f"{self.name}: no OCI image layout there (needs oci-layout and index.json); "
                     "check the path, or write an image to it first")
             if self.path.exists() and not self.path.is_dir():
-                raise NotFound(f"{self.name}: exists and is not a directory; pick another path")
-            self.path.mkdir(parents=True, exist_ok=True)
+                raise LocalWriteError(self.path, "it exists and is not a directory",
+                                      "pick another path for the layout", what=WHAT)
+            with writing_to(self.path, WHAT):
+                self.path.mkdir(parents=True, exist_ok=True)
             if not layout_file.is_file():
                 write_atomically(layout_file, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
             if not index_file.is_file():
@@ -199,7 +206,8 @@ class OCILayoutStore:
             raise ManifestError(
                 f"{self.name}: unsupported imageLayoutVersion {version!r} (cib reads 1.x)")
         if create:
-            (self.path / "blobs").mkdir(exist_ok=True)
+            with writing_to(self.path, WHAT):
+                (self.path / "blobs").mkdir(exist_ok=True)
 
     def __repr__(self) -> str:
         return f"OCILayoutStore({str(self.path)!r})"
@@ -237,37 +245,28 @@ class OCILayoutStore:
                     raise DigestMismatch(f"size of blob {digest} in {self.name}", str(size), str(known))
                 return digest, known
         blobs = self.path / "blobs"
-        blobs.mkdir(exist_ok=True)
+        with writing_to(self.path, WHAT):
+            blobs.mkdir(exist_ok=True)
         # a registry download checks its digest itself (it raises before handing out bytes
         # past a mismatch): hashing it again here would only cost time
         trusted = digest is not None and _verified_digest(data) == digest
         hasher = None if trusted else new_hasher(digest)
         count = 0
-        fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".cib-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for block in iter_chunks(data, 1 << 20):
-                    if hasher is not None:
-                        hasher.update(block)
-                    count += len(block)
-                    handle.write(block)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with AtomicFile(blobs, target=self.path, what=WHAT) as out:
+            for block in iter_chunks(data, 1 << 20):
+                if hasher is not None:
+                    hasher.update(block)
+                count += len(block)
+                out.write(block)
             actual = f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else str(digest)
             if digest is not None and actual != digest:
                 raise DigestMismatch(f"blob written to {self.name}", digest, actual)
             if size is not None and count != size:
                 raise DigestMismatch(f"size of blob {actual} written to {self.name}", str(size), str(count))
             final = self.blob_path(actual)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+            with writing_to(self.path, WHAT):
+                final.parent.mkdir(parents=True, exist_ok=True)
+            out.commit(final)
         log.debug("wrote blob %s (%d bytes) to %s", actual, count, self.name)
         return actual, count
 
