@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.digest import sha256_digest
 from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.models import (
     Descriptor,
@@ -22,7 +23,6 @@ from cib_core.models import (
     Platform,
     canonical_json,
     parse_manifest,
-    sha256_digest,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (

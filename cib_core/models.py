@@ -17,7 +17,6 @@ import base64
 import binascii
 import copy
 import datetime
-import hashlib
 import json
 import logging
 import re
@@ -26,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, TypeGuard, TypeVar
 
 from cib_core import mediatypes as mt
+from cib_core.digest import ALGORITHMS, GRAMMAR, sha256_digest
 from cib_core.errors import ConfigurationError, ManifestError, NotFound
-from cib_core.reference import DIGEST_HEX_LENGTHS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ __all__ = [
     "config_platform",
     "diff_ids",
     "parse_manifest",
-    "sha256_digest",
     "validate_config",
     "validate_descriptor",
     "validate_index",
@@ -52,7 +50,6 @@ JSONDocument: TypeAlias = "bytes | bytearray | str | Mapping[str, Any]"
 
 _MEDIA_TYPE_RE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _LOWER_HEX_RE = re.compile(r"[a-f0-9]+")
 # As in the Go validator (RE2 without flags): a value may not contain a newline.
 _ENV_RE = re.compile(r"[^=]+=.*")
@@ -60,11 +57,6 @@ _URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})")
 _INT64_MAX = 2**63 - 1
-
-
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -215,7 +207,7 @@ class Descriptor:
         media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
         if not isinstance(media_type, str) or not media_type:
             raise ManifestError(f"{where} has no mediaType string")
-        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        if not isinstance(digest, str) or not GRAMMAR.fullmatch(digest):
             raise ManifestError(f"{where} has no valid digest (got {digest!r})")
         if not _is_int(size) or size < 0:
             raise ManifestError(f"{where} {digest} has no valid size (got {size!r})")
@@ -532,12 +524,12 @@ class _Checker:
     def digest(self, value: object, where: str) -> None:
         if not isinstance(value, str):
             raise self.fail(where, f"must be a string, not {_json_type(value)}")
-        if not _DIGEST_RE.fullmatch(value):
+        if not GRAMMAR.fullmatch(value):
             raise self.fail(where, f"{value!r} is not of the form algorithm:encoded")
         # Algorithms cib can verify have a fixed length; others pass on grammar alone, as in
         # the OCI validator, which ignores unsupported algorithms.
         algorithm, _, encoded = value.partition(":")
-        length = DIGEST_HEX_LENGTHS.get(algorithm)
+        length = ALGORITHMS.get(algorithm)
         if length is not None and (len(encoded) != length or not _LOWER_HEX_RE.fullmatch(encoded)):
             raise self.fail(where, f"{value!r} is not {algorithm}: followed by {length} lowercase hex digits")
 

@@ -34,6 +34,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from cib_core.digest import ALGORITHMS, GRAMMAR
 from cib_core.errors import ConfigurationError, InvalidReference
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ _TAG_RE = re.compile(_TAG, re.ASCII)
 _DIGEST_RE = re.compile(_DIGEST, re.ASCII)
 _IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}")
 # go-digest's grammar for a whole digest: algorithm components and an encoded part.
-_GO_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 # Digest algorithms cib can verify, with the length of their hex encoding.
-DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 # The name an OCI layout gives an image (org.opencontainers.image.ref.name).
 _OCI_REF_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _OCI_REF_RE = re.compile(_OCI_REF_COMPONENT + r"(?:/" + _OCI_REF_COMPONENT + r")*")
@@ -114,9 +113,9 @@ def validate_digest(digest: str, *, source: str | None = None) -> None:
     algorithm, sep, encoded = digest.partition(":")
     if not sep or not algorithm or not encoded:
         raise _fail(text, ERR_DIGEST_FORMAT, "a digest looks like sha256:<64 hex digits>")
-    expected = DIGEST_HEX_LENGTHS.get(algorithm)
+    expected = ALGORITHMS.get(algorithm)
     if expected is None:
-        if not _GO_DIGEST_RE.fullmatch(digest):
+        if not GRAMMAR.fullmatch(digest):
             raise _fail(text, ERR_DIGEST_FORMAT, "a digest looks like sha256:<64 hex digits>")
         raise _fail(text, ERR_DIGEST_UNSUPPORTED, "cib verifies sha256 and sha512 digests")
     if len(encoded) != expected:

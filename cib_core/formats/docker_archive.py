@@ -21,7 +21,6 @@ written, and leaves no archive behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
+from cib_core.digest import is_digest, new_hasher, sha256_digest
 from cib_core.errors import ConfigurationError, DigestMismatch, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import replacing, writing_to
 from cib_core.formats.flatten import decompressed, sniff_compression
@@ -48,7 +48,6 @@ from cib_core.formats.oci_layout import (
     OCILayoutStore,
     check_digest,
     guess_media_type,
-    new_hasher,
     verified_reader,
 )
 
@@ -59,7 +58,6 @@ WHAT = "the docker-archive"
 # Docker's media type for an uncompressed layer; not for registries, only for what an archive holds.
 DOCKER_LAYER = mt.DOCKER_LAYER
 
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 _BLOB_PATH_RE = re.compile(r"^blobs/(sha256|sha512)/([a-f0-9]{64,128})$")
 
 
@@ -275,7 +273,7 @@ class DockerArchiveStore:
         return self._resolve(name).size
 
     def _hash_member(self, name: str) -> str:
-        hasher = new_hasher(None)
+        hasher = new_hasher()
         with self._open_member(name) as stream:
             for block in iter(lambda: stream.read(CHUNK), b""):
                 hasher.update(block)
@@ -299,7 +297,7 @@ class DockerArchiveStore:
                 or not isinstance(entry.get("Layers"), list):
             raise ManifestError(f"{self.name}: manifest.json entry {position} lacks Config or Layers")
         config_raw = self._read_member(entry["Config"])
-        config_digest = f"sha256:{hashlib.sha256(config_raw).hexdigest()}"
+        config_digest = sha256_digest(config_raw)
         self._blobs.setdefault(config_digest, self._clean(entry["Config"]))
         try:
             config = json.loads(config_raw)
@@ -315,7 +313,7 @@ class DockerArchiveStore:
             match = _BLOB_PATH_RE.match(member)
             if match:
                 digest = f"{match.group(1)}:{match.group(2)}"
-            elif compression is None and i < len(diff_ids) and _DIGEST_RE.match(str(diff_ids[i])):
+            elif compression is None and i < len(diff_ids) and is_digest(str(diff_ids[i])):
                 digest = str(diff_ids[i])   # an uncompressed layer's digest is its diff_id; checked on read
             else:
                 digest = self._hash_member(member)
@@ -340,7 +338,7 @@ class DockerArchiveStore:
         raw = _canonical(manifest)
         repo_tags = [str(t) for t in (entry.get("RepoTags") or [])]
         return _ArchiveImage(position, repo_tags, config_digest, raw,
-                             f"sha256:{hashlib.sha256(raw).hexdigest()}", str(manifest["mediaType"]),
+                             sha256_digest(raw), str(manifest["mediaType"]),
                              [self._clean(str(n)) for n in entry["Layers"]])
 
     def repo_tags(self) -> list[str]:
@@ -356,7 +354,7 @@ class DockerArchiveStore:
 
     def _read_get_manifest(self, ref: str) -> tuple[bytes, str, str]:
         images = self._load_images()
-        if _DIGEST_RE.match(ref):
+        if is_digest(ref):
             for image in images:
                 if image.digest == ref:
                     return image.raw, image.media_type, ref
@@ -522,7 +520,7 @@ class DockerArchiveStore:
         return digest
 
     def _write_get_manifest(self, ref: str) -> tuple[bytes, str, str]:
-        if _DIGEST_RE.match(ref):
+        if is_digest(ref):
             return self._layout.get_manifest(ref)
         if not ref:
             if len(self._written) == 1:
@@ -536,7 +534,7 @@ class DockerArchiveStore:
 
     def _layer_uncompressed(self, digest: str) -> tuple[int, str]:
         """Size and sha256 of a stored layer blob once decompressed."""
-        hasher = new_hasher(None)
+        hasher = new_hasher()
         size = 0
         with self._layout.open_blob(digest) as blob:
             plain, _ = decompressed(blob)

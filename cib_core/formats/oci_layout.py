@@ -10,7 +10,6 @@ is incomplete; it raises ``LocalWriteError`` naming the layout.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
+from cib_core.digest import is_digest, new_hasher
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import AtomicFile, writing_to
 
@@ -33,7 +33,6 @@ CONTAINERD_NAME = "io.containerd.image.name"
 LAYOUT_VERSION = "1.0.0"
 CHUNK = 1 << 16
 
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 # The OCI image-layout grammar for ref.name values (a tag, or a fuller name).
 _REF_NAME_RE = re.compile(
     r"^[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*$")
@@ -41,16 +40,10 @@ _REF_NAME_RE = re.compile(
 
 def check_digest(digest: str, where: str) -> str:
     """Return ``digest`` if it is a sha256/sha512 digest; it becomes a path, so nothing else passes."""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not is_digest(digest):
         raise ManifestError(
             f"{where}: {digest!r} is not a digest of the form sha256:<64 lowercase hex>")
     return digest
-
-
-def new_hasher(digest: str | None) -> Any:
-    """A hashlib object for the algorithm of ``digest`` (sha256 when none is given)."""
-    algorithm = digest.split(":", 1)[0] if digest else "sha256"
-    return hashlib.new(algorithm)
 
 
 def iter_chunks(data: BinaryIO | Iterable[bytes] | bytes, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -339,7 +332,7 @@ class OCILayoutStore:
     # -- manifests -----------------------------------------------------------------------
     def get_manifest(self, ref: str | None) -> tuple[bytes, str, str]:
         ref = ref or ""
-        if _DIGEST_RE.match(ref):
+        if is_digest(ref):
             entry: dict[str, Any] | None = next(
                 (e for e in self.read_index()["manifests"]
                  if isinstance(e, dict) and e.get("digest") == ref), None)
@@ -381,7 +374,7 @@ class OCILayoutStore:
         try:
             config_desc = json.loads(raw).get("config") or {}
             digest = config_desc.get("digest", "")
-            if not _DIGEST_RE.match(digest) or not self.has_blob(digest):
+            if not is_digest(digest) or not self.has_blob(digest):
                 return None
             config = json.loads(self._read_blob_bytes(digest))
         except (ValueError, AttributeError, ManifestError, DigestMismatch):

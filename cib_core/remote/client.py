@@ -34,6 +34,7 @@ from cib_core.authn.challenge import (
 )
 from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
+from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -62,8 +63,6 @@ UPLOAD_RESUME_ATTEMPTS = 5
 
 NOT_FOUND_CODES = frozenset({"BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_UNKNOWN",
                              "BLOB_UPLOAD_UNKNOWN", "TAG_UNKNOWN"})
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_HASHES = {"sha256": 64, "sha512": 128}
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
 
 
@@ -78,18 +77,17 @@ class UploadResult:
     body: bytes = b""
 
 
-def _hasher(digest: str, what: str) -> hashlib._Hash:
-    algo, _, hexpart = digest.partition(":")
-    if algo not in _HASHES:
-        raise InvalidReference(digest, f"unsupported digest algorithm {algo!r} for {what}; "
-                                       "use sha256 or sha512")
-    if len(hexpart) != _HASHES[algo] or not re.fullmatch(r"[0-9a-f]+", hexpart):
-        raise InvalidReference(digest, f"not a valid {algo} digest for {what}")
-    return hashlib.new(algo)
+def _hasher(digest: str, what: str) -> Any:
+    """A hasher for ``digest``, which must be one cib can verify (``InvalidReference`` if not)."""
+    trouble = problem(digest)
+    if trouble is not None:
+        raise InvalidReference(digest, f"{trouble}, for {what}")
+    return new_hasher(digest)
 
 
 def is_digest(ref: str) -> bool:
-    return ":" in ref and bool(_DIGEST_RE.match(ref))
+    """True when ``ref`` (a tag or a digest) has the digest grammar: tags have no colon."""
+    return GRAMMAR.fullmatch(ref) is not None
 
 
 def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -544,7 +542,7 @@ class RegistryClient:
         header_digest = resp.headers.get("Docker-Content-Digest")
         algo = ref.split(":", 1)[0] if is_digest(ref) else (
             header_digest.split(":", 1)[0] if header_digest and header_digest.split(":", 1)[0]
-            in _HASHES else "sha256")
+            in ALGORITHMS else "sha256")
         digest = f"{algo}:{hashlib.new(algo, raw).hexdigest()}"
         if is_digest(ref) and digest != ref:
             raise DigestMismatch(f"manifest {ref} from {self.name}", ref, digest)
