@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
 from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
 from cib_core.layers.build import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
-from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest
+from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,

@@ -17,7 +17,6 @@ import base64
 import binascii
 import copy
 import datetime
-import json
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from typing import Any, ClassVar, TypeAlias, TypeGuard, TypeVar
 
 from cib_core import mediatypes as mt
 from cib_core.digest import ALGORITHMS, GRAMMAR, sha256_digest
+from cib_core.documents import declared_or_implied_type, loads
 from cib_core.errors import ConfigurationError, ManifestError, NotFound
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ __all__ = [
     "Index",
     "Manifest",
     "Platform",
-    "canonical_json",
     "config_platform",
     "diff_ids",
     "parse_manifest",
@@ -57,33 +56,6 @@ _URI_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _RFC3339_RE = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(Z|[+-]\d{2}:\d{2})")
 _INT64_MAX = 2**63 - 1
-
-
-def canonical_json(obj: Any) -> bytes:
-    """How cib serializes documents it builds: compact, UTF-8, keys in the order given."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """``raw`` parsed as a JSON object; ``ManifestError`` naming ``what`` if it is not one."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ManifestError(f"{what} is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{what} is not a JSON object")
-    return doc
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(raw: bytes | bytearray | str) -> Any:
-    # JSON documents are UTF-8 without a byte order mark (Go's decoder, and so registries, agree);
-    # json.loads on bytes would also take UTF-16/32 and skip a BOM.
-    text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-    return json.loads(text, parse_constant=_reject_constant)
 
 
 # --- platforms -----------------------------------------------------------------------------------
@@ -370,14 +342,6 @@ class Index(_Document):
 
 
 
-def _sniff(data: Mapping[str, Any]) -> str | None:
-    if "manifests" in data:
-        return mt.OCI_INDEX
-    if "config" in data and "layers" in data:
-        return mt.OCI_MANIFEST
-    return None
-
-
 def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Index:
     """Parse manifest or index bytes. The media type is the document's ``mediaType``, else
     ``media_type`` (a Content-Type header; parameters are ignored), else sniffed from the fields.
@@ -385,7 +349,7 @@ def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Inde
     raw = bytes(raw)
     digest = sha256_digest(raw)
     try:
-        data = _loads(raw)
+        data = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest {digest} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -406,7 +370,7 @@ def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Inde
     elif header in mt.ALL_MANIFESTS:
         kind = header
     else:
-        sniffed = _sniff(data)
+        sniffed = declared_or_implied_type(data)
         if sniffed is None:
             raise ManifestError(f"{digest} is neither an image manifest nor an index "
                                 f"(no mediaType, no 'manifests', no 'config' and 'layers')")
@@ -466,7 +430,7 @@ class _Checker:
         data: Any = doc
         if isinstance(doc, (bytes, bytearray, str)):
             try:
-                data = _loads(doc)
+                data = loads(doc)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ManifestError(f"{self.what} is not valid JSON: {exc}") from None
         if not isinstance(data, Mapping):

@@ -209,8 +209,8 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
     ``size`` is the descriptor's (checked before anything is fetched); ``what`` names the image
     in errors.
     """
+    from cib_core.documents import json_object
     from cib_core.errors import ManifestError
-    from cib_core.models import json_object
 
     too_big = ManifestError(f"the config {digest} of {what} is larger than {MAX_CONFIG_SIZE} "
                             "bytes; refusing to read it")

@@ -38,6 +38,7 @@ from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
 from cib_core.digest import is_digest, new_hasher, sha256_digest
+from cib_core.documents import canonical_json, manifest_media_type
 from cib_core.errors import ConfigurationError, DigestMismatch, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import replacing, writing_to
 from cib_core.formats.flatten import decompressed, sniff_compression
@@ -47,7 +48,6 @@ from cib_core.formats.oci_layout import (
     REF_NAME,
     OCILayoutStore,
     check_digest,
-    guess_media_type,
     verified_reader,
 )
 
@@ -105,9 +105,6 @@ def _split_repo_tag(repo_tag: str) -> tuple[str, str]:
         return repo_tag[:colon], repo_tag[colon + 1:]
     return repo_tag, "latest"
 
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class _Region(io.RawIOBase):
@@ -335,7 +332,7 @@ class DockerArchiveStore:
             "layers": [{"mediaType": d["mediaType"], "digest": d["digest"], "size": d["size"]}
                        for d in layers],
         }
-        raw = _canonical(manifest)
+        raw = canonical_json(manifest)
         repo_tags = [str(t) for t in (entry.get("RepoTags") or [])]
         return _ArchiveImage(position, repo_tags, config_digest, raw,
                              sha256_digest(raw), str(manifest["mediaType"]),
@@ -360,7 +357,7 @@ class DockerArchiveStore:
                     return image.raw, image.media_type, ref
             if ref in self._blobs:
                 raw = self._read_blob(ref)
-                return raw, guess_media_type(raw), ref
+                return raw, manifest_media_type(raw), ref
             raise NotFound(f"{self.name}: no manifest {ref} in the archive")
         found = self._from_oci_index(ref, images)
         if found is not None:
@@ -417,7 +414,7 @@ class DockerArchiveStore:
         if digest not in self._blobs:
             return None
         raw = self._read_blob(digest)
-        return raw, str(chosen.get("mediaType") or guess_media_type(raw)), digest
+        return raw, str(chosen.get("mediaType") or manifest_media_type(raw)), digest
 
     def _read_blob(self, digest: str) -> bytes:
         with self.open_blob(digest) as stream:
@@ -615,8 +612,8 @@ class DockerArchiveStore:
                 repo, tag = _split_repo_tag(repo_tag)
                 if layer_paths:
                     repositories.setdefault(repo, {})[tag] = layer_paths[-1].split("/", 1)[0]
-        self._add(tar, "manifest.json", _canonical(entries))
-        self._add(tar, "repositories", _canonical(repositories))
+        self._add(tar, "manifest.json", canonical_json(entries))
+        self._add(tar, "repositories", canonical_json(repositories))
 
     def discard(self) -> None:
         """Forget what was written; no archive is created."""

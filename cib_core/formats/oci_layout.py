@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
 from cib_core.digest import is_digest, new_hasher
+from cib_core.documents import manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import AtomicFile, writing_to
 
@@ -151,20 +152,6 @@ def write_atomically(path: Path, data: bytes, *, target: Path | None = None, wha
                     prefix=f".{path.name}.") as out:
         out.write(data)
         out.commit(path)
-
-
-def guess_media_type(raw: bytes) -> str:
-    """The media type a manifest document declares, or the OCI type its shape implies."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ManifestError(f"not a JSON manifest: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ManifestError("a manifest must be a JSON object")
-    declared = doc.get("mediaType")
-    if isinstance(declared, str) and declared:
-        return declared
-    return mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST
 
 
 class OCILayoutStore:
@@ -339,13 +326,13 @@ class OCILayoutStore:
             if not self.has_blob(ref):
                 raise NotFound(f"{self.name}: manifest {ref} is not in the layout")
             raw = self._read_blob_bytes(ref)
-            media_type = (entry or {}).get("mediaType") or guess_media_type(raw)
+            media_type = (entry or {}).get("mediaType") or manifest_media_type(raw)
             return raw, str(media_type), ref
         entry = self._find_entry(ref)
         digest = check_digest(entry.get("digest", ""), f"{self.name} index.json")
         size = entry.get("size")
         raw = self._read_blob_bytes(digest, size if isinstance(size, int) else None)
-        media_type = entry.get("mediaType") or guess_media_type(raw)
+        media_type = entry.get("mediaType") or manifest_media_type(raw)
         return raw, str(media_type), digest
 
     def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:

@@ -34,7 +34,8 @@ from cib_core.authn.challenge import (
 )
 from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
-from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem
+from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem, sha256_digest
+from cib_core.documents import canonical_json, json_object, manifest_media_type
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -46,7 +47,6 @@ from cib_core.errors import (
     RegistryError,
     RegistryErrorDetail,
 )
-from cib_core.models import json_object
 from cib_core.remote.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,6 @@ def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
 
 def _media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip()
-
-
-def _guess_media_type(doc: Mapping[str, Any]) -> str:
-    mt = doc.get("mediaType")
-    if isinstance(mt, str) and mt:
-        return mt
-    if "manifests" in doc:
-        return mediatypes.OCI_INDEX
-    config = doc.get("config")
-    if isinstance(config, Mapping) and config.get("mediaType") == mediatypes.DOCKER_CONFIG:
-        return mediatypes.DOCKER_MANIFEST
-    if doc.get("schemaVersion") == 1:
-        return mediatypes.DOCKER_SCHEMA1_SIGNED if "signatures" in doc else mediatypes.DOCKER_SCHEMA1
-    return mediatypes.OCI_MANIFEST
 
 
 def _read_capped(resp: requests.Response, cap: int) -> bytes:
@@ -551,11 +537,9 @@ class RegistryClient:
         media_type = _media_type(resp.headers.get("Content-Type"))
         if media_type not in mediatypes.ALL_MANIFESTS:
             try:
-                doc = json.loads(raw)
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict):
-                media_type = _guess_media_type(doc)
+                media_type = manifest_media_type(raw)
+            except ManifestError:
+                pass  # not JSON: the caller's parse says so, naming the manifest
         return raw, media_type, digest
 
     def manifest(self, ref: str) -> dict[str, Any]:
@@ -590,16 +574,10 @@ class RegistryClient:
         if isinstance(manifest, (bytes, bytearray)):
             raw = bytes(manifest)
         else:
-            raw = json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode()
+            raw = canonical_json(manifest)
         if media_type is None:
-            try:
-                doc = json.loads(raw)
-            except ValueError as exc:
-                raise ManifestError("the manifest to upload is not valid JSON") from exc
-            if not isinstance(doc, dict):
-                raise ManifestError("the manifest to upload is not a JSON object")
-            media_type = _guess_media_type(doc)
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+            media_type = manifest_media_type(raw, "the manifest to upload")
+        digest = sha256_digest(raw)
         ref = self._check_ref(tag) if tag else digest
         resp = self._send("PUT", self._path("manifests", ref), scope=self._scoped("push"),
                           headers={"Content-Type": media_type}, data=raw)
