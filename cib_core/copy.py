@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, RegistryError
@@ -27,7 +28,6 @@ from cib_core.models import (
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
-    Progress,
     manifest_to_oci,
     open_store,
     run_parallel,

@@ -27,11 +27,19 @@ from typing import TYPE_CHECKING, Any
 from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
+from cib_core.callbacks import Progress
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
 from cib_core.image_config import ConfigAttribute
-from cib_core.layers.build import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
+from cib_core.layers.build import (
+    BuiltLayer,
+    LayerBuilder,
+    LayerInfo,
+    layer_from_tarball,
+    prepare_layer,
+    source_date_epoch,
+)
 from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.seed_forms import (
@@ -41,7 +49,6 @@ from cib_core.seed_forms import (
 )
 from cib_core.stores import (
     BlobStore,
-    Progress,
     RegistryStore,
     manifest_to_oci,
     open_store,
@@ -97,15 +104,7 @@ class _PlatformImage:
 
 def source_date() -> datetime.datetime:
     """The reproducible build time: ``SOURCE_DATE_EPOCH`` when set, else the Unix epoch."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    seconds = 0
-    if raw:
-        try:
-            seconds = int(raw)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"SOURCE_DATE_EPOCH={raw!r} is not an integer number of seconds") from exc
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(source_date_epoch(), tz=datetime.timezone.utc)
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
@@ -368,8 +367,7 @@ class Image:
             if desc.media_type not in mt.IMAGE_MANIFESTS:
                 log.debug("skipping %s entry %s in the base index", desc.media_type, desc.digest)
                 continue
-            annotations = desc.annotations or {}
-            if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+            if desc.is_attestation:
                 log.info("dropping attestation manifest %s of the base: it describes the base, "
                          "not the new image", desc.digest)
                 continue

@@ -18,6 +18,7 @@ import binascii
 import copy
 import datetime
 import logging
+import platform as python_platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,15 +62,15 @@ _INT64_MAX = 2**63 - 1
 # --- platforms -----------------------------------------------------------------------------------
 def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
     arch, variant = arch.lower(), variant.lower()
-    if arch in ("i386", "386"):
+    if arch in ("i386", "i686", "386"):
         return "386", ""
     if arch in ("x86_64", "x86-64", "amd64"):
         return "amd64", "" if variant == "v1" else variant
     if arch in ("aarch64", "arm64"):
         return "arm64", "v8" if variant in ("", "8", "v8", "v8.0") else variant
-    if arch == "armhf":
+    if arch in ("armhf", "armv7l"):
         return "arm", "v7"
-    if arch == "armel":
+    if arch in ("armel", "armv6l"):
         return "arm", "v6"
     if arch == "arm":
         if variant in ("", "7"):
@@ -154,6 +155,11 @@ class Platform:
     def __str__(self) -> str:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
 
+    @classmethod
+    def host(cls) -> Platform:
+        """This machine's platform, in OCI's names (``linux/amd64``, ``linux/arm64/v8``)."""
+        return cls("linux", python_platform.machine() or "amd64").normalized()
+
 
 # --- descriptors ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -171,6 +177,11 @@ class Descriptor:
     # The object this descriptor was parsed from, returned by to_dict so round trips are exact.
     _source: Mapping[str, Any] | None = field(default=None, init=False, compare=False, hash=False,
                                                repr=False)
+
+    @property
+    def is_attestation(self) -> bool:
+        """A BuildKit attestation manifest in an index (it describes an image; it is none)."""
+        return (self.annotations or {}).get("vnd.docker.reference.type") == "attestation-manifest"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "descriptor") -> Descriptor:
@@ -316,6 +327,11 @@ class Index(_Document):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "manifests", _descriptor_list(self.data, "manifests", self._what))
+
+    def images(self) -> list[Descriptor]:
+        """The entries that are image manifests, attestation manifests left out."""
+        return [d for d in self.manifests
+                if d.media_type in mt.IMAGE_MANIFESTS and not d.is_attestation]
 
     def platforms(self) -> list[Platform]:
         """The platforms of the entries that name one, in index order."""

@@ -58,6 +58,9 @@ __all__ = [
 DEFAULT_REGISTRY = "docker.io"
 LEGACY_DEFAULT_REGISTRY = "index.docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
+DOCKER_HUB_HOSTS = frozenset({DEFAULT_REGISTRY, LEGACY_DEFAULT_REGISTRY, DOCKER_HUB_API_HOST,
+                              "registry.hub.docker.com"})
+"""Every name Docker Hub answers to; cib writes it as ``docker.io``."""
 OFFICIAL_REPO_PREFIX = "library/"
 NAME_TOTAL_LENGTH_MAX = 255
 
@@ -458,3 +461,31 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def is_docker_hub(host: str) -> bool:
+    """True for every name of Docker Hub (``docker.io``, ``index.docker.io``, ...), any case."""
+    return host.lower() in DOCKER_HUB_HOSTS
+
+
+def parse_registry_host(text: str) -> str:
+    """A registry host as the user wrote it for ``cib catalog`` or ``cib auth login``
+    (``localhost:5000``, ``https://ghcr.io/``, ``index.docker.io/v1/``), normalized as in
+    references (Docker Hub is ``docker.io``). ``InvalidReference`` when it is not a host."""
+    host = text.strip()
+    for scheme in ("https://", "http://"):
+        if host.lower().startswith(scheme):
+            host = host[len(scheme):]
+    host = host.rstrip("/")
+    if host.endswith("/v1") or host.endswith("/v2"):
+        host = host[:-3]
+    if not host or "/" in host or "@" in host:
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io")
+    if is_docker_hub(host):
+        return DEFAULT_REGISTRY
+    ref = parse_reference(f"{host}/x") if ("." in host or ":" in host or host == "localhost") \
+        else None
+    if ref is None or ref.registry.lower() != host.lower():
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io "
+                                     "(a host has a '.' or ':' or is localhost)")
+    return ref.registry

@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
 from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, "int | None"], None]
 
 COPY_ATTEMPTS = 3
 """How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure."""

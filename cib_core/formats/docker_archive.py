@@ -50,6 +50,7 @@ from cib_core.formats.oci_layout import (
     check_digest,
     verified_reader,
 )
+from cib_core.reference import DEFAULT_REGISTRY, is_docker_hub
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,8 @@ def normalize_repo_tag(text: str) -> str:
     first, sep, rest = name.partition("/")
     if not sep or not ("." in first or ":" in first or first == "localhost"):
         first, rest = "docker.io", name
-    if first == "index.docker.io":
-        first = "docker.io"
+    if is_docker_hub(first):
+        first = DEFAULT_REGISTRY
     if first == "docker.io" and "/" not in rest:
         rest = f"library/{rest}"
     return f"{first}/{rest}:{tag}"

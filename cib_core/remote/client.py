@@ -34,6 +34,7 @@ from cib_core.authn.challenge import (
 )
 from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
+from cib_core.callbacks import Progress
 from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem, sha256_digest
 from cib_core.documents import canonical_json, json_object, manifest_media_type
 from cib_core.errors import (
@@ -47,11 +48,11 @@ from cib_core.errors import (
     RegistryError,
     RegistryErrorDetail,
 )
+from cib_core.reference import DOCKER_HUB_API_HOST, is_docker_hub
 from cib_core.remote.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, "int | None"], None]
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
@@ -63,7 +64,6 @@ UPLOAD_RESUME_ATTEMPTS = 5
 
 NOT_FOUND_CODES = frozenset({"BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_UNKNOWN",
                              "BLOB_UPLOAD_UNKNOWN", "TAG_UNKNOWN"})
-DOCKER_HUB_API_HOST = "registry-1.docker.io"
 
 
 @dataclass(frozen=True)
@@ -370,7 +370,7 @@ class RegistryClient:
                                      f"got {registry!r} and {repository!r}")
         self.registry = registry
         self.repository = repository
-        self.api_host = DOCKER_HUB_API_HOST if registry in ("docker.io", "index.docker.io") else registry
+        self.api_host = DOCKER_HUB_API_HOST if is_docker_hub(registry) else registry
         self.chunk_size = chunk_size
         self.progress = progress
         if transport is None:
