@@ -7,8 +7,7 @@ import logging
 import pytest
 from credentials_support import all_log_text, b64, make_cred_env
 
-from cib_core import Credentials
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore
 from cib_plugins import dockerhub
 
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")

@@ -9,8 +9,7 @@ import time
 import pytest
 from credentials_support import all_log_text, make_cred_env
 
-from cib_core import AuthenticationError, Credentials
-from cib_core.authn import credstore
+from cib_core import AuthenticationError, Credentials, credstore
 from cib_core.errors import ConfigurationError
 from cib_plugins import credential_helper
 

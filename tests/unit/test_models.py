@@ -24,6 +24,8 @@ from cib_core.models import (
     config_platform,
     diff_ids,
     parse_manifest,
+)
+from cib_core.validate import (
     validate_config,
     validate_descriptor,
     validate_index,
