@@ -64,7 +64,8 @@ def error_line(*args: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def read_only_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, PushedImage]]:
+def read_only_registry(
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, PushedImage]]:
     """A base pushed into a writable registry, then the same storage served read-only."""
     workdir = tmp_path_factory.mktemp("registry-read-only")
     with run_registry(workdir) as writable:
