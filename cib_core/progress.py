@@ -1,28 +1,81 @@
 """Transfer progress: the callback the library reports through, and the CLI's renderer.
 
 The library never draws anything. Whatever moves blobs (``RegistryClient.upload``, the
-stores, ``Image``, ``copy_image``) takes an optional ``progress`` callable and calls it as
-``progress(digest, done, total)``: ``done`` is the number of bytes of ``digest`` moved so far
-(it only grows, except when an upload restarts), ``total`` the blob's size when known. Calls
+registry and local stores, ``Image``, ``copy_image``) takes an optional ``progress`` callable
+and calls it as ``progress(digest, done, total)``: ``done`` is the number of bytes of the blob
+moved so far (it only grows, except when an upload restarts), ``total`` the blob's size when
+known. ``digest`` names the blob; a new layer streamed while it is made has no digest yet and
+is named by a label instead (``new layer /app``), which never contains a digest's ``:``. Calls
 come from several threads at once, because several blobs move at once.
 
-:class:`ProgressRenderer` is the command line's callback: on a terminal it draws one tqdm bar
-per blob and a total bar with transfer rates; elsewhere it stays silent during the transfer
-and prints one summary line at the end (``pushed 3 blobs, 205.1 MB in 1.8 s``).
+A callback that also has a ``step(label, done, total)`` method is told about work that moves
+no blob but takes time, such as writing a docker-archive tarball from the blobs at the end.
+
+:class:`ProgressRenderer` is the command line's callback: on a terminal it draws one labelled
+tqdm bar per blob or step and a total bar with transfer rates; it prints one summary line at
+the end (``pushed 3 blobs, 205.1 MB in 1.8 s``), and elsewhere only that line.
 """
 
 from __future__ import annotations
 
+import io
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 Progress = Callable[[str, int, "int | None"], None]
 """``progress(digest, done, total)``: bytes of ``digest`` moved so far, and its size if known."""
 
 _UNITS = ("B", "kB", "MB", "GB", "TB")
+_DIGEST = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:([a-fA-F0-9]{12,})")
+LABEL_WIDTH = 24
+"""Bars are labelled with at most this many characters."""
+
+
+def label_for(name: str) -> str:
+    """A bar's label: the short digest of a blob (its first 12 hex digits), else the label
+    itself, cut to ``LABEL_WIDTH`` characters."""
+    found = _DIGEST.fullmatch(name)
+    if found is not None:
+        return found.group(1)[:12]
+    return name if len(name) <= LABEL_WIDTH else name[:LABEL_WIDTH - 3] + "..."
+
+
+def report_step(progress: object, label: str, done: int, total: int | None) -> None:
+    """Tell ``progress`` about work that moves no blob, if it has a ``step`` method."""
+    step = getattr(progress, "step", None)
+    if callable(step):
+        step(label, done, total)
+
+
+class ProgressReader(io.RawIOBase):
+    """A binary stream read through, calling ``report(bytes read so far)`` as it goes."""
+
+    def __init__(self, source: BinaryIO, report: Callable[[int], None]) -> None:
+        super().__init__()
+        self._source = source
+        self._report = report
+        self.done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        readinto = getattr(self._source, "readinto", None)
+        if readinto is not None:
+            n = int(readinto(view) or 0)
+        else:
+            data = self._source.read(len(view))
+            n = len(data)
+            view[:n] = data
+        if n:
+            self.done += n
+            self._report(self.done)
+        return n
 
 
 def format_size(size: float) -> str:
@@ -85,6 +138,7 @@ class ProgressRenderer:
         self._done: dict[str, int] = {}
         self._totals: dict[str, int | None] = {}
         self._blob_bars: dict[str, Any] = {}
+        self._step_bars: dict[str, Any] = {}
         self._total_bar: Any = None
         self._closed = False
         self._summary: TransferSummary | None = None
@@ -105,14 +159,12 @@ class ProgressRenderer:
         from tqdm import tqdm
 
         if self._total_bar is None:
-            self._total_bar = tqdm(total=None, desc="total", unit="B", unit_scale=True,
-                                   file=self.stream, position=0, leave=True,
+            self._total_bar = tqdm(total=None, desc=f"{'total':<{LABEL_WIDTH}}", unit="B",
+                                   unit_scale=True, file=self.stream, position=0, leave=True,
                                    dynamic_ncols=True, mininterval=0.2)
         bar = self._blob_bars.get(digest)
         if bar is None:
-            short = digest.split(":", 1)[-1][:12]
-            bar = tqdm(total=total, desc=short, unit="B", unit_scale=True, file=self.stream,
-                       leave=False, dynamic_ncols=True, mininterval=0.2)
+            bar = self._bar(digest, total)
             self._blob_bars[digest] = bar
         elif total is not None and bar.total != total:
             bar.total = total
@@ -130,6 +182,29 @@ class ProgressRenderer:
             bar.close()
             del self._blob_bars[digest]
 
+    def _bar(self, name: str, total: int | None) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"{label_for(name):<{LABEL_WIDTH}}", unit="B",
+                    unit_scale=True, file=self.stream, leave=False, dynamic_ncols=True,
+                    mininterval=0.2)
+
+    def step(self, label: str, done: int, total: int | None) -> None:
+        """Work that moves no blob (writing a docker-archive): a bar of its own on a terminal,
+        not counted in the summary."""
+        with self._lock:
+            if self._closed or not self.bars:
+                return
+            bar = self._step_bars.get(label)
+            if bar is None:
+                bar = self._step_bars[label] = self._bar(label, total)
+            elif total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+            if total is not None and done >= total:
+                bar.close()
+                del self._step_bars[label]
+
     # -- the end -----------------------------------------------------------------------------
     def summary(self) -> TransferSummary:
         with self._lock:
@@ -145,9 +220,10 @@ class ProgressRenderer:
                 assert self._summary is not None
                 return self._summary
             self._closed = True
-            for bar in self._blob_bars.values():
+            for bar in [*self._blob_bars.values(), *self._step_bars.values()]:
                 bar.close()
             self._blob_bars.clear()
+            self._step_bars.clear()
             if self._total_bar is not None:
                 self._total_bar.close()
                 self._total_bar = None
