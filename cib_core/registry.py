@@ -919,14 +919,16 @@ class RegistryClient:
         log.debug("uploaded %s (%d bytes) to %s in one streamed request", digest, sent, self.name)
         return UploadResult(resp.status_code, digest, sent)
 
-    def upload_stream(self, pieces: Iterable[bytes], *,
-                      progress: Progress | None = None) -> UploadResult:
+    def upload_stream(self, pieces: Iterable[bytes], *, progress: Progress | None = None,
+                      label: str = "new blob") -> UploadResult:
         """Upload a blob whose digest is not known yet in one streamed ``PATCH`` (chunked
         transfer encoding), hashed on the way, then the closing ``PUT``: the way docker, crane
         and skopeo push a layer while it is being made. The registry takes the bytes as they
         come, with no round trip per chunk and no per-chunk bookkeeping, but nothing can be
         resumed: this is for a producer that can make the bytes again (a layer build), and a
-        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way."""
+        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way.
+        ``label`` names the blob to ``progress`` while its digest is not known."""
+        progress = progress or self.progress
         scope = self._scoped("push")
         location, _ = self._start_upload(scope)
         hasher = hashlib.sha256()
@@ -943,7 +945,7 @@ class RegistryClient:
                 hasher.update(piece)
                 sent += len(piece)
                 if progress is not None:
-                    progress("", sent, None)
+                    progress(label, sent, None)
                 yield piece
 
         try:
@@ -961,6 +963,8 @@ class RegistryClient:
             raise
         location = urljoin(resp.url, resp.headers.get("Location") or location)
         result = self._finish_upload(location, "sha256:" + hasher.hexdigest(), sent, scope)
+        if progress is not None:
+            progress(label, sent, sent)  # the size is known now: the bar can finish
         log.debug("uploaded %s (%d bytes) to %s in one streamed PATCH", result.digest, sent,
                   self.name)
         return result
@@ -1061,7 +1065,7 @@ class RegistryClient:
         hasher = None if verified and digest else (
             _hasher(digest, "a blob upload") if digest else hashlib.sha256())
         algo = digest.split(":", 1)[0] if digest else "sha256"
-        label = digest or ""
+        label = digest or "new blob"
         offset = 0
         try:
             chunks = _chunks_of(blob, size)
@@ -1086,6 +1090,8 @@ class RegistryClient:
             self._cancel_upload(location, scope)
             raise
         result = self._finish_upload(location, actual, offset, scope)
+        if progress is not None and content_length is None:
+            progress(label, offset, offset)  # the size is known now: the bar can finish
         log.debug("uploaded %s (%d bytes) to %s in chunks of %d", actual, offset, self.name, size)
         return result
 
