@@ -218,6 +218,16 @@ def test_a_refused_connection_with_a_port_is_not_an_insecure_registry_matter(rem
     assert line.endswith("check the host name and that the registry is running")
 
 
+def test_a_refused_https_connection_on_the_default_port_offers_insecure_registry(remote_rules):
+    import socket
+
+    with socket.socket() as probe:  # the premise: nothing serves 127.0.0.1:443
+        assert probe.connect_ex(("127.0.0.1", 443)) != 0
+    line = error_line("ls", "127.0.0.1/app")
+    assert "cannot reach registry 127.0.0.1 (GET https://127.0.0.1/v2/)" in line
+    assert line.endswith("for a registry serving plain HTTP, pass --insecure-registry 127.0.0.1")
+
+
 _TLS_FAILING_PLUGIN = '''
     import ssl
 
