@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "cib"
 AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
-DISTRIBUTION = "cib"
+DISTRIBUTION = "cib-core"
 
 hookimpl = pluggy.HookimplMarker("cib")
 
