@@ -359,7 +359,9 @@ class OCILayoutStore:
     def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
         if tag is not None and not _REF_NAME_RE.match(tag):
             raise InvalidReference(f"{self.name}:{tag}", "a layout tag is letters, digits and . _ - : @ + /")
-        digest, size = self.put_blob(raw)
+        # the manifest may be there already (another tag of it): naming its digest skips the write
+        digest, size = self.put_blob(raw, digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+                                     size=len(raw))
         if tag is None:
             return digest
         entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size,
