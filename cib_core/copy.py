@@ -330,8 +330,8 @@ def copy_all_tags(
     progress: Progress | None = None,
 ) -> list[CopyResult]:
     """Copy every tag of the registry repository ``src`` to the same tag in ``dst`` (a registry
-    repository or an OCI layout, named without a tag), one ``CopyResult`` per tag in the
-    source's order. ``platform`` applies to each tag as in ``copy_image``; every tag is read
+    repository or an OCI layout, named without a tag), one ``CopyResult`` per tag, in order of
+    the tags' names. ``platform`` applies to each tag as in ``copy_image``; every tag is read
     and checked before the first write."""
     src_ref, dst_ref = _open_pair(src, dst)
     if not isinstance(src_ref, Reference):
@@ -353,7 +353,7 @@ def copy_all_tags(
     src_store = open_store(src_ref, write=False, auth=auth, insecure=insecure, pm=pm,
                            progress=progress, pool=pool)
     assert isinstance(src_store, RegistryStore)
-    tags = src_store.client.tags()
+    tags = sorted(set(src_store.client.tags()))
     if not tags:
         raise NotFound(f"{src_ref.name} has no tags; there is nothing to copy")
     plans = []
