@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
-from cib_core.errors import ConfigurationError, NotFound, RegistryError
+from cib_core.errors import ConfigurationError, ManifestError, NotFound, RegistryError
 from cib_core.models import (
     Descriptor,
     Index,
@@ -230,7 +230,11 @@ def select_platforms(store: BlobStore, raw: bytes, media_type: str, wanted: list
     doc = parse_manifest(raw, media_type)
     if isinstance(doc, Manifest):
         _config_raw, config = read_config(store, doc.config.digest, doc.config.size, what)
-        have = config_platform(config)
+        try:
+            have = config_platform(config)
+        except ManifestError:
+            raise ManifestError(f"{what} names no platform in its config (no 'os' and "
+                                "'architecture'); copy it without --platform") from None
         lacking = [str(w) for w in wanted if not have.matches(w)]
         if lacking:
             raise NotFound(f"{what} is a single {have} image; it has no {', '.join(lacking)} image")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cib_core.copy import select_platforms, wanted_platforms
-from cib_core.errors import ConfigurationError, NotFound
+from cib_core.errors import ConfigurationError, ManifestError, NotFound
 from cib_core.formats.oci_layout import OCILayoutStore
 from cib_core.models import Platform, canonical_json, sha256_digest
 
@@ -99,3 +99,15 @@ def test_a_single_image_is_checked_against_its_config(layout):
     assert kept == (raw, media_type)
     with pytest.raises(NotFound, match="one is a single linux/amd64 image; it has no linux/arm64 image"):
         select_platforms(store, raw, media_type, wanted_platforms("linux/amd64,linux/arm64"), "one")
+
+
+def test_an_artifact_has_no_platform_to_pick(tmp_path):
+    store = OCILayoutStore(tmp_path / "artifact", create=True)
+    store.put_blob(b"{}")
+    manifest = canonical_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                               "artifactType": "application/vnd.example.sbom",
+                               "config": {"mediaType": "application/vnd.oci.empty.v1+json",
+                                          "digest": sha256_digest(b"{}"), "size": 2},
+                               "layers": []})
+    with pytest.raises(ManifestError, match="sbom-ref names no platform in its config"):
+        select_platforms(store, manifest, OCI_MANIFEST, wanted_platforms("linux/amd64"), "sbom-ref")
