@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, ManifestError, NotFound, RegistryError
 from cib_core.models import (
     Descriptor,
     Index,
     Manifest,
     Platform,
-    canonical_json,
     config_platform,
     parse_manifest,
-    sha256_digest,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
-    Progress,
     RegistryStore,
     manifest_to_oci,
     open_store,
@@ -208,12 +208,11 @@ def wanted_platforms(platform: str | Sequence[str] | None) -> list[Platform] | N
     return parsed
 
 
-def _references(entry: Descriptor) -> str | None:
-    """The image an attestation entry of a BuildKit index is about, else None."""
-    annotations = entry.annotations or {}
-    if annotations.get("vnd.docker.reference.type") != "attestation-manifest":
+def _attests(entry: Descriptor) -> str | None:
+    """The digest of the image an attestation entry of a BuildKit index is about, else None."""
+    if not entry.is_attestation:
         return None
-    return annotations.get("vnd.docker.reference.digest")
+    return (entry.annotations or {}).get("vnd.docker.reference.digest")
 
 
 def select_platforms(store: BlobStore, raw: bytes, media_type: str, wanted: list[Platform] | None,
@@ -242,20 +241,20 @@ def select_platforms(store: BlobStore, raw: bytes, media_type: str, wanted: list
     chosen: list[Descriptor] = []
     missing: list[str] = []
     for platform in wanted:
-        found = [d for d in doc.select_all(platform) if _references(d) is None]
+        found = [d for d in doc.select_all(platform) if not d.is_attestation]
         if not found:
             missing.append(str(platform))
         elif found[0] not in chosen:
             chosen.append(found[0])
     if missing:
         listed = ", ".join(str(d.platform) for d in doc.manifests
-                           if d.platform is not None and _references(d) is None) or "none"
+                           if d.platform is not None and not d.is_attestation) or "none"
         raise NotFound(f"{what} has no {', '.join(missing)} image; it has: {listed}")
     if len(wanted) == 1:
         child_raw, child_type, _ = store.get_manifest(chosen[0].digest)
         return child_raw, child_type
     kept_digests = {d.digest for d in chosen}
-    kept = [d for d in doc.manifests if d in chosen or _references(d) in kept_digests]
+    kept = [d for d in doc.manifests if d in chosen or _attests(d) in kept_digests]
     if len(kept) == len(doc.manifests):
         return raw, media_type
     data = copy.deepcopy(doc.data)

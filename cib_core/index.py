@@ -19,19 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
 from cib_core.copy import copy_tree
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, ManifestError
-from cib_core.models import (
-    Descriptor,
-    Index,
-    Platform,
-    canonical_json,
-    config_platform,
-    parse_manifest,
-    sha256_digest,
-)
+from cib_core.models import Index, Platform, config_platform, parse_manifest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
-from cib_core.stores import BlobStore, Progress, open_store, read_config, wants_oci_types
+from cib_core.stores import BlobStore, open_store, read_config, wants_oci_types
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -81,11 +76,6 @@ def _platform_key(platform: Platform) -> tuple[str, str, str, str]:
     """What makes two platforms the same slot of an index (``arm64`` is ``arm64/v8``)."""
     norm = platform.normalized()
     return norm.os, norm.architecture, norm.variant or "", norm.os_version or ""
-
-
-def _is_attestation(entry: Descriptor) -> bool:
-    annotations = entry.annotations or {}
-    return annotations.get("vnd.docker.reference.type") == "attestation-manifest"
 
 
 class _Stores:
@@ -262,13 +252,13 @@ def append_to_index(
                 f"{index} is a single image, not an index; make one with "
                 f"cib index create TARGET {index} SRC...")
         taken = {_platform_key(d.platform): d.digest for d in existing.manifests
-                 if d.platform is not None and not _is_attestation(d)}
+                 if d.platform is not None and not d.is_attestation}
         read = [_read_source(spec, stores) for spec in sources]
         _check_duplicates(read, taken, index)
         dst = stores.open(index_ref, write=True)
         counts: dict[str, int] = {}
         copied = _copy_sources(read, dst, jobs, counts)
-        kept_types = [d.media_type for d in existing.manifests if not _is_attestation(d)]
+        kept_types = [d.media_type for d in existing.manifests if not d.is_attestation]
         new_type = existing.media_type
         if existing.media_type == mt.DOCKER_MANIFEST_LIST:
             new_type = _index_media_type([*kept_types, *(e["mediaType"] for _s, e in copied)], dst)

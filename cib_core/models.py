@@ -17,17 +17,17 @@ import base64
 import binascii
 import copy
 import datetime
-import hashlib
-import json
 import logging
+import platform as python_platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias, TypeGuard, TypeVar
 
 from cib_core import mediatypes as mt
+from cib_core.digest import ALGORITHMS, GRAMMAR, sha256_digest
+from cib_core.documents import declared_or_implied_type, loads
 from cib_core.errors import ConfigurationError, ManifestError, NotFound
-from cib_core.reference import DIGEST_HEX_LENGTHS
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,9 @@ __all__ = [
     "Index",
     "Manifest",
     "Platform",
-    "canonical_json",
     "config_platform",
     "diff_ids",
     "parse_manifest",
-    "sha256_digest",
     "validate_config",
     "validate_descriptor",
     "validate_index",
@@ -52,7 +50,6 @@ JSONDocument: TypeAlias = "bytes | bytearray | str | Mapping[str, Any]"
 
 _MEDIA_TYPE_RE = re.compile(
     r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
-_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 _LOWER_HEX_RE = re.compile(r"[a-f0-9]+")
 # As in the Go validator (RE2 without flags): a value may not contain a newline.
 _ENV_RE = re.compile(r"[^=]+=.*")
@@ -62,50 +59,18 @@ _RFC3339_RE = re.compile(
 _INT64_MAX = 2**63 - 1
 
 
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<hex>`` of ``data``."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(obj: Any) -> bytes:
-    """How cib serializes documents it builds: compact, UTF-8, keys in the order given."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
-
-
-def json_object(raw: bytes, what: str) -> dict[str, Any]:
-    """``raw`` parsed as a JSON object; ``ManifestError`` naming ``what`` if it is not one."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ManifestError(f"{what} is not valid JSON") from exc
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{what} is not a JSON object")
-    return doc
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _loads(raw: bytes | bytearray | str) -> Any:
-    # JSON documents are UTF-8 without a byte order mark (Go's decoder, and so registries, agree);
-    # json.loads on bytes would also take UTF-16/32 and skip a BOM.
-    text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-    return json.loads(text, parse_constant=_reject_constant)
-
-
 # --- platforms -----------------------------------------------------------------------------------
 def _normalize_arch(arch: str, variant: str) -> tuple[str, str]:
     arch, variant = arch.lower(), variant.lower()
-    if arch in ("i386", "386"):
+    if arch in ("i386", "i686", "386"):
         return "386", ""
     if arch in ("x86_64", "x86-64", "amd64"):
         return "amd64", "" if variant == "v1" else variant
     if arch in ("aarch64", "arm64"):
         return "arm64", "v8" if variant in ("", "8", "v8", "v8.0") else variant
-    if arch == "armhf":
+    if arch in ("armhf", "armv7l"):
         return "arm", "v7"
-    if arch == "armel":
+    if arch in ("armel", "armv6l"):
         return "arm", "v6"
     if arch == "arm":
         if variant in ("", "7"):
@@ -190,6 +155,11 @@ class Platform:
     def __str__(self) -> str:
         return f"{self.os}/{self.architecture}" + (f"/{self.variant}" if self.variant else "")
 
+    @classmethod
+    def host(cls) -> Platform:
+        """This machine's platform, in OCI's names (``linux/amd64``, ``linux/arm64/v8``)."""
+        return cls("linux", python_platform.machine() or "amd64").normalized()
+
 
 # --- descriptors ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -208,6 +178,11 @@ class Descriptor:
     _source: Mapping[str, Any] | None = field(default=None, init=False, compare=False, hash=False,
                                                repr=False)
 
+    @property
+    def is_attestation(self) -> bool:
+        """A BuildKit attestation manifest in an index (it describes an image; it is none)."""
+        return (self.annotations or {}).get("vnd.docker.reference.type") == "attestation-manifest"
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "descriptor") -> Descriptor:
         if not isinstance(data, Mapping):
@@ -215,7 +190,7 @@ class Descriptor:
         media_type, digest, size = data.get("mediaType"), data.get("digest"), data.get("size")
         if not isinstance(media_type, str) or not media_type:
             raise ManifestError(f"{where} has no mediaType string")
-        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        if not isinstance(digest, str) or not GRAMMAR.fullmatch(digest):
             raise ManifestError(f"{where} has no valid digest (got {digest!r})")
         if not _is_int(size) or size < 0:
             raise ManifestError(f"{where} {digest} has no valid size (got {size!r})")
@@ -353,6 +328,11 @@ class Index(_Document):
         super().__post_init__()
         object.__setattr__(self, "manifests", _descriptor_list(self.data, "manifests", self._what))
 
+    def images(self) -> list[Descriptor]:
+        """The entries that are image manifests, attestation manifests left out."""
+        return [d for d in self.manifests
+                if d.media_type in mt.IMAGE_MANIFESTS and not d.is_attestation]
+
     def platforms(self) -> list[Platform]:
         """The platforms of the entries that name one, in index order."""
         return [d.platform for d in self.manifests if d.platform is not None]
@@ -378,14 +358,6 @@ class Index(_Document):
 
 
 
-def _sniff(data: Mapping[str, Any]) -> str | None:
-    if "manifests" in data:
-        return mt.OCI_INDEX
-    if "config" in data and "layers" in data:
-        return mt.OCI_MANIFEST
-    return None
-
-
 def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Index:
     """Parse manifest or index bytes. The media type is the document's ``mediaType``, else
     ``media_type`` (a Content-Type header; parameters are ignored), else sniffed from the fields.
@@ -393,7 +365,7 @@ def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Inde
     raw = bytes(raw)
     digest = sha256_digest(raw)
     try:
-        data = _loads(raw)
+        data = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest {digest} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -414,7 +386,7 @@ def parse_manifest(raw: bytes, media_type: str | None = None) -> Manifest | Inde
     elif header in mt.ALL_MANIFESTS:
         kind = header
     else:
-        sniffed = _sniff(data)
+        sniffed = declared_or_implied_type(data)
         if sniffed is None:
             raise ManifestError(f"{digest} is neither an image manifest nor an index "
                                 f"(no mediaType, no 'manifests', no 'config' and 'layers')")
@@ -474,7 +446,7 @@ class _Checker:
         data: Any = doc
         if isinstance(doc, (bytes, bytearray, str)):
             try:
-                data = _loads(doc)
+                data = loads(doc)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ManifestError(f"{self.what} is not valid JSON: {exc}") from None
         if not isinstance(data, Mapping):
@@ -532,12 +504,12 @@ class _Checker:
     def digest(self, value: object, where: str) -> None:
         if not isinstance(value, str):
             raise self.fail(where, f"must be a string, not {_json_type(value)}")
-        if not _DIGEST_RE.fullmatch(value):
+        if not GRAMMAR.fullmatch(value):
             raise self.fail(where, f"{value!r} is not of the form algorithm:encoded")
         # Algorithms cib can verify have a fixed length; others pass on grammar alone, as in
         # the OCI validator, which ignores unsupported algorithms.
         algorithm, _, encoded = value.partition(":")
-        length = DIGEST_HEX_LENGTHS.get(algorithm)
+        length = ALGORITHMS.get(algorithm)
         if length is not None and (len(encoded) != length or not _LOWER_HEX_RE.fullmatch(encoded)):
             raise self.fail(where, f"{value!r} is not {algorithm}: followed by {length} lowercase hex digits")
 

@@ -63,7 +63,7 @@ def test_identity_token_from_docker_login(cred_env):
         "auth": b64("hubuser:"), "identitytoken": "hub-refresh-token"}}})
     creds = ask("docker.io")
     assert creds == Credentials(username="<token>", secret="hub-refresh-token")
-    assert credstore.is_identity_token(creds)
+    assert creds.is_identity_token
 
 
 def test_auth_json_namespaced_keys(cred_env):

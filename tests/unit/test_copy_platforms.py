@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from cib_core.copy import select_platforms, wanted_platforms
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, ManifestError, NotFound
 from cib_core.formats.oci_layout import OCILayoutStore
-from cib_core.models import Platform, canonical_json, sha256_digest
+from cib_core.models import Platform
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
