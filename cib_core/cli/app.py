@@ -221,6 +221,9 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 def _add_commands() -> None:
     from cib_core.cli import auth, build, copy, export, inspect, plugins, registry
+    from cib_core.cli import completion as completion_cli
+    from cib_core.cli import index as index_cli
+    from cib_core.cli import tag as tag_cli
 
     for command in (
         build.build,
@@ -236,6 +239,9 @@ def _add_commands() -> None:
         export.export,
         auth.auth,
         plugins.plugins,
+        tag_cli.tag,
+        index_cli.index,
+        completion_cli.completion,
     ):
         cli.add_command(command)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.digest import is_digest, new_hasher
+from cib_core.digest import is_digest, new_hasher, sha256_digest
 from cib_core.documents import manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import AtomicFile, writing_to
@@ -361,7 +361,9 @@ class OCILayoutStore:
     def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
         if tag is not None and not _REF_NAME_RE.match(tag):
             raise InvalidReference(f"{self.name}:{tag}", "a layout tag is letters, digits and . _ - : @ + /")
-        digest, size = self._write_blob(raw, None, None, None)
+        # the manifest may be there already (another tag of it): naming its digest skips the
+        # write; manifests are not reported to ``progress``, as registries do not report them
+        digest, size = self._write_blob(raw, sha256_digest(raw), len(raw), None)
         if tag is None:
             return digest
         entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size,

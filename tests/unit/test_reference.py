@@ -249,7 +249,19 @@ OWN_CASES: list[tuple[str, tuple[str | None, ...] | str]] = [
     ("docker-archive:/tmp/a.tar:App", "docker-archive name: repository name must be lowercase"),
     ("docker-archive:", "docker-archive: needs a path"),
     ("scratch:latest", ("docker.io", "library/scratch", "latest", None)),
-    ("oci-archive:/tmp/x.tar", "invalid reference format"),
+    # skopeo's spellings: docker:// is a registry reference; transports cib cannot read are
+    # refused with a hint instead of being read as Docker Hub repositories
+    ("docker://localhost:5000/team/app:v1", ("localhost:5000", "team/app", "v1", None)),
+    ("docker://alpine", ("docker.io", "library/alpine", None, None)),
+    (f"docker://gcr.io/p/img@{SHA}", ("gcr.io", "p/img", None, SHA)),
+    ("docker://oci:x", ("docker.io", "library/oci", "x", None)),
+    ("docker://", "repository name must have at least one component"),
+    ("docker://team/App", "repository name must be lowercase"),
+    ("docker-daemon:alpine", "cib does not read from a Docker daemon"),
+    ("docker-daemon:alpine:latest", "cib does not read from a Docker daemon"),
+    ("containers-storage:localhost/app:1", "cib does not read podman's or buildah's"),
+    ("oci-archive:/tmp/x.tar", "cib reads OCI layouts as directories"),
+    ("oci-archive:x.tar", "cib reads OCI layouts as directories"),
 ]
 
 
@@ -268,6 +280,7 @@ def test_own_cases(text: str, expected: tuple[str | None, ...] | str) -> None:
         return
     assert isinstance(result, Reference)
     assert (result.registry, result.repository, result.tag, result.digest) == expected
+    assert parse_reference(text) == result
     # Normalization is idempotent: the full string parses to the same reference.
     assert parse_reference(str(result)) == result
 
