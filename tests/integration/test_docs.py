@@ -69,8 +69,10 @@ API_MD = ROOT / "tests" / "data" / "API.md"
 LINKED_DOCS = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
 # The CLI table of API.md, written out: test_api_table_matches_this_list keeps the two equal.
-API_CLI_COMMANDS = ("build", "copy", "manifest", "config", "digest", "inspect", "ls", "catalog",
-                    "blob", "delete", "export", "auth login", "auth logout", "plugins")
+API_CLI_COMMANDS = ("build", "copy", "tag", "index create", "index append", "rebase", "flatten",
+                    "validate", "attach", "referrers", "cache ls", "cache prune", "completion",
+                    "manifest", "config", "digest", "inspect", "ls", "catalog", "blob", "delete",
+                    "export", "auth login", "auth logout", "plugins")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +541,9 @@ def api_cli_commands(text: str) -> list[str]:
         if not line.startswith("| `cib "):
             continue
         first_cell = line.split(" | ", 1)[0]
-        for m in re.finditer(r"cib ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", first_cell):
+        # a second word is a subcommand (`cib auth login`), unless it is one of a choice of
+        # arguments (`cib completion bash|zsh|fish`)
+        for m in re.finditer(r"cib ([a-z][a-z-]*(?: [a-z][a-z-]*(?![a-z-]|\\?\|))?)", first_cell):
             if m.group(1) not in found:
                 found.append(m.group(1))
     return found
