@@ -244,7 +244,7 @@ def add_referrers(store: BlobStore, subject: str, referrers: Sequence[Referrer],
         have = {e.get("digest") for e in current}
         missing = [d for digest, d in wanted.items() if digest not in have]
         if missing:
-            store.put_manifest(canonical_json(referrers_index([*current, *missing])), mt.OCI_INDEX, tag)
+            _write_list(store, tag, current, missing)
             slowest = max(slowest, clock() - started)
             log.debug("wrote %s in %s with %d new of %d entries", tag, store.name, len(missing),
                       len(current) + len(missing))
@@ -260,6 +260,35 @@ def add_referrers(store: BlobStore, subject: str, referrers: Sequence[Referrer],
         f"could not keep the referrers list {tag} in {store.name} up to date: other writers "
         f"replaced it {attempts} times; the artifacts themselves are there, so run the same "
         "command again to add them to the list", temporary=True)
+
+
+def _write_list(store: BlobStore, tag: str, current: list[dict[str, Any]],
+                new: list[dict[str, Any]]) -> None:
+    """Write the list; entries whose manifests were deleted are dropped when the registry
+    refuses the list for naming them (distribution checks that an index's manifests exist,
+    so one deleted artifact would otherwise block every later write)."""
+    try:
+        store.put_manifest(canonical_json(referrers_index([*current, *new])), mt.OCI_INDEX, tag)
+        return
+    except RegistryError as exc:
+        if "MANIFEST_BLOB_UNKNOWN" not in exc.codes:
+            raise
+        kept = [e for e in current if _manifest_exists(store, str(e.get("digest", "")))]
+        if len(kept) == len(current):
+            raise
+        log.info("dropping %d entries of %s in %s whose manifests are gone",
+                 len(current) - len(kept), tag, store.name)
+    store.put_manifest(canonical_json(referrers_index([*kept, *new])), mt.OCI_INDEX, tag)
+
+
+def _manifest_exists(store: BlobStore, digest: str) -> bool:
+    if isinstance(store, RegistryStore):
+        return store.client.manifest_exists(digest)
+    try:
+        store.get_manifest(digest)
+    except NotFound:
+        return False
+    return True
 
 
 def _watch(store: BlobStore, subject: str, digests: set[str], window: float,
