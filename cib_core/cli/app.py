@@ -220,7 +220,7 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import attach, auth, build, copy, export, inspect, plugins, registry
+    from cib_core.cli import attach, auth, build, cache, copy, export, inspect, plugins, registry
 
     for command in (
         build.build,
@@ -238,6 +238,7 @@ def _add_commands() -> None:
         plugins.plugins,
         attach.attach,
         attach.referrers,
+        cache.cache,
     ):
         cli.add_command(command)
 
