@@ -220,7 +220,7 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import auth, build, copy, export, inspect, plugins, registry
+    from cib_core.cli import attach, auth, build, cache, copy, export, inspect, plugins, registry
     from cib_core.cli import completion as completion_cli
     from cib_core.cli import index as index_cli
     from cib_core.cli import tag as tag_cli
@@ -242,6 +242,9 @@ def _add_commands() -> None:
         tag_cli.tag,
         index_cli.index,
         completion_cli.completion,
+        attach.attach,
+        attach.referrers,
+        cache.cache,
     ):
         cli.add_command(command)
 

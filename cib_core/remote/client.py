@@ -70,12 +70,15 @@ _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 @dataclass(frozen=True)
 class UploadResult:
     """What an upload did: the HTTP ``status`` of the request that finished it, the
-    ``digest`` now present, its ``size``, and (for manifests) the registry's answer ``body``."""
+    ``digest`` now present, its ``size``, and (for manifests) the registry's answer ``body``
+    and its ``OCI-Subject`` header: the subject digest a registry with the referrers API
+    indexed the manifest under (``None``: the client must keep the fallback tag itself)."""
 
     status: int
     digest: str
     size: int = 0
     body: bytes = b""
+    subject: str | None = None
 
 
 def _hasher(digest: str, what: str) -> Any:
@@ -94,6 +97,16 @@ def is_digest(ref: str) -> bool:
 def _manifest_subject(ref: str) -> str:
     """How a message names a manifest reference: ``tag 'v1'`` or ``manifest sha256:...``."""
     return f"manifest {ref}" if is_digest(ref) else f"tag {ref!r}"
+
+
+def referrers_tag(digest: str) -> str:
+    """The distribution spec's referrers tag for ``digest``: the algorithm cut to 32
+    characters, ``-``, the encoded part cut to 64, anything a tag cannot hold turned into ``-``
+    (``sha256:ab..`` -> ``sha256-ab..``)."""
+    algorithm, sep, encoded = digest.partition(":")
+    if not sep or not algorithm or not encoded:
+        raise InvalidReference(digest, "not a digest (expected algorithm:hex)")
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{algorithm[:32]}-{encoded[:64]}")
 
 
 def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -628,7 +641,8 @@ class RegistryClient:
         if answered and answered.startswith("sha256:") and answered != digest:
             raise DigestMismatch(f"manifest pushed to {self.name}", digest, answered)
         log.debug("pushed manifest %s to %s as %s", digest, self.name, ref)
-        return UploadResult(resp.status_code, digest, len(raw), body)
+        subject = resp.headers.get("OCI-Subject") or None
+        return UploadResult(resp.status_code, digest, len(raw), body, subject)
 
     def delete_manifest(self, ref: str) -> None:
         """Delete a manifest (a tag is resolved to its digest first; registries delete by digest)."""
@@ -1097,9 +1111,8 @@ class RegistryClient:
             index = self._read_json(resp, MAX_MANIFEST_SIZE, f"referrers of {digest}")
         elif resp.status_code in (200, 404, 405, 400):
             resp.close()
-            fallback_tag = digest.replace(":", "-", 1)
             try:
-                index = self.manifest(fallback_tag)
+                index = self.manifest(referrers_tag(digest))
             except NotFound:
                 index = None
         else:
@@ -1134,4 +1147,4 @@ def fetch_url(url: str, digest: str, *, size: int | None = None, insecure: bool 
     return io.BufferedReader(BlobStream(resp, digest, what, size=size, progress=progress), READ_SIZE)
 
 
-__all__ = ["BlobStream", "RegistryClient", "UploadResult", "fetch_url", "is_digest"]
+__all__ = ["BlobStream", "RegistryClient", "UploadResult", "fetch_url", "is_digest", "referrers_tag"]
