@@ -55,10 +55,6 @@ def new_hasher(digest: str | None = None) -> Any:
     return hashlib.new(algorithm)
 
 
-def of(hashed: Any) -> str:
-    """``algorithm:hex`` of a finished hashlib object."""
-    return f"{hashed.name}:{hashed.hexdigest()}"
-
 
 def sha256_digest(data: bytes) -> str:
     """The sha256 digest of ``data``."""

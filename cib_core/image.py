@@ -170,12 +170,27 @@ def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]
 
 
 class Image:
-    """An image being built from ``base`` to be saved at ``target``.
+    """An image being built: a base, new layers and config changes, saved to a target.
 
-    The config attributes (``cmd``, ``env``, ...) check every value assigned to them, and
-    assigning any other public name is an ``AttributeError`` (the npm library's ``image.Cmd``
-    would otherwise be kept and ignored). A subclass declares attributes of its own with
-    class-level annotations.
+    ``base`` is a registry reference (``python:3.12-slim``, ``localhost:5000/app@sha256:...``),
+    ``oci:PATH[:TAG]``, ``docker-archive:PATH[:NAME:TAG]`` or ``scratch``; ``target`` is a
+    registry reference with an optional tag, ``oci:PATH[:TAG]`` or ``docker-archive:PATH``. The
+    base is read lazily, when the first layer is added or the config is asked for; a
+    multi-platform base gives a multi-platform image, each new layer added to every platform
+    unless ``platform`` picks one.
+
+    Keyword options: ``auth`` maps registry hosts to credentials (``{"Username", "Secret"}`` or
+    ``{"token"}``; without it the credential plugins are asked); ``insecure`` names hosts that
+    may be reached over plain HTTP or unverified TLS (``True``: the base's and the target's);
+    ``created="now"`` stamps the current time instead of ``SOURCE_DATE_EPOCH`` or the epoch;
+    ``progress`` is called as blobs move (``cib_core.callbacks.Progress``); ``pm`` is the
+    plugin manager to use; ``pool`` shares registry sessions and tokens between images.
+
+    Typical use: ``add_files`` (each call one layer, uploaded at once), set the config
+    attributes, then ``save``. The config attributes (``cmd``, ``env``, ...) check every value
+    assigned to them, and assigning any other public name is an ``AttributeError`` (the npm
+    library's ``image.Cmd`` would otherwise be kept and ignored). A subclass declares
+    attributes of its own with class-level annotations.
     """
 
     base_ref: Reference | LocalReference
@@ -796,8 +811,16 @@ class Image:
         ignore_exists: bool = False,
     ) -> SaveResult:
         """Write the image to the target and tag it with each of ``tags`` (default: the
-        target's own tag, else ``latest``). ``cmd`` and ``working_dir`` set those attributes
-        first; ``env`` entries are added to ``image.env``."""
+        target's own tag, else ``latest``); returns a ``SaveResult`` (``digest``,
+        ``reference``, ``tags``, ``manifest``, ``media_type``).
+
+        ``cmd`` and ``working_dir`` set those attributes first; ``env`` entries are added to
+        ``image.env``. Unless ``sync`` ran already, every blob of the base the target lacks is
+        mounted or copied first (``copy_remote_layers`` and ``ignore_exists`` as for ``sync``).
+        Then, per platform, the config goes up, then the manifest, each only after every blob it
+        names is confirmed in the target; for a multi-platform build the index goes last and
+        carries the tags. Nothing is tagged when a step fails.
+        """
         if cmd is not None:
             self.cmd = image_config.check("cmd", cmd, "save(cmd=...)")
         if env is not None:

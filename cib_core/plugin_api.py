@@ -121,7 +121,7 @@ class LazyFile:
             if self.closed:
                 raise ValueError(f"read from closed LazyFile {self.name!r}")
             try:
-                self._file = open(self.name, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+                self._file = open(self.name, "rb", buffering=0)
             except OSError as exc:
                 raise LayerSourceError(self.name, f"cannot be read: {exc.strerror or exc}") from exc
         return self._file
@@ -221,7 +221,7 @@ def keep_fields(info: tarfile.TarInfo, *fields: str) -> tarfile.TarInfo:
                 pass
         kept.pax_headers = dict(info.pax_headers)
         info = kept
-    assert isinstance(info, _KeptTarInfo)  # noqa: S101 - narrows the type
+    assert isinstance(info, _KeptTarInfo)
     info._cib_keep = info._cib_keep | frozenset(fields)
     return info
 

@@ -44,7 +44,7 @@ def cib_layer_source(source: object, target: str) -> Iterator[Entry] | None:
 
 def _open_plain(path: str) -> IO[bytes]:
     try:
-        src = open(path, "rb")  # noqa: SIM115 - kept open by the slices, closed when dropped
+        src = open(path, "rb")
     except OSError as exc:
         raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
     head = src.read(4)
@@ -57,7 +57,7 @@ def _open_plain(path: str) -> IO[bytes]:
 
 
 def _unpack(src: IO[bytes], path: str, kind: str) -> IO[bytes]:
-    out = tempfile.TemporaryFile(prefix="cib-tarball-")  # noqa: SIM115 - returned
+    out = tempfile.TemporaryFile(prefix="cib-tarball-")
     try:
         with src:
             if kind == "gzip":
@@ -95,7 +95,7 @@ def _member_name(path: str, name: str) -> str:
 def _entries(path: str) -> Iterator[Entry]:
     data = _open_plain(path)
     try:
-        archive = tarfile.open(fileobj=data, mode="r:", encoding="utf-8",  # noqa: SIM115
+        archive = tarfile.open(fileobj=data, mode="r:", encoding="utf-8",
                                errors="surrogateescape")
     except tarfile.TarError as exc:
         data.close()

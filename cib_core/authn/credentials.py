@@ -38,5 +38,3 @@ class Credentials:
         """True when ``secret`` is an OAuth2 identity (refresh) token, not a password."""
         return self.username == IDENTITY_TOKEN_USER and bool(self.secret)
 
-
-ANONYMOUS = Credentials()

@@ -142,7 +142,7 @@ class CustomFile:
             self._stream = stream
             self.size = end - self._start
         else:
-            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)  # noqa: SIM115
+            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
             size = 0
             while True:
                 chunk = stream.read(CHUNK)
@@ -163,7 +163,7 @@ class CustomFile:
         """
         if self._bytes is not None:
             return io.BytesIO(self._bytes)
-        assert self._stream is not None  # noqa: S101
+        assert self._stream is not None
         return _StreamReader(self._stream, self._start, self.size)
 
     def __repr__(self) -> str:
@@ -379,7 +379,7 @@ class BuiltLayer:
 
     def open(self) -> BinaryIO:
         """The blob's bytes, from the start."""
-        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+        return open(self.path, "rb")
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -753,7 +753,7 @@ def _write_tar(plan: list[_Planned], pipe: _Pipeline) -> None:
         buf += header
         total += len(header)
         if info.type == tarfile.REGTYPE and info.size:
-            assert fileobj is not None  # noqa: S101 - checked in _put
+            assert fileobj is not None
             name = getattr(fileobj, "name", None) or origin
             remaining = info.size
             while remaining:
@@ -1008,7 +1008,7 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
     """
     name = os.fspath(path)
     try:
-        src = open(name, "rb")  # noqa: SIM115 - closed below
+        src = open(name, "rb")
     except OSError as exc:
         raise LayerSourceError(name, f"cannot be read: {exc.strerror or exc}") from exc
     with src:

@@ -256,7 +256,7 @@ class BlobStream(io.RawIOBase):
         while True:
             try:
                 piece = self._resp.raw.read(READ_SIZE, decode_content=True)
-            except Exception as exc:  # noqa: BLE001 - urllib3's many read errors
+            except Exception as exc:
                 if self._reopen is None or self._resumes_left <= 0:
                     raise RegistryError(f"the download of {self._what} broke off after "
                                         f"{self._read_total} bytes: {type(exc).__name__}",

@@ -242,7 +242,7 @@ class Transport:
             pm = get_plugin_manager()
         try:
             adapter = pm.hook.cib_transport(registry=self.registry)
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure, named
+        except Exception as exc:
             raise PluginError("cib_transport", f"failed for registry {self.registry}: "
                               f"{type(exc).__name__}: {exc}") from exc
         if adapter is None:
