@@ -30,6 +30,7 @@ from cib_core.stores import (
     Progress,
     manifest_to_oci,
     open_store,
+    ready_for_threads,
     run_parallel,
     transfer_blob,
     transfer_layer,
@@ -85,6 +86,7 @@ class _Copier:
         self._done: set[str] = set()
 
     def _run(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        ready_for_threads(self.src, self.dst)
         run_parallel(fn, items, self.jobs)
 
     def blobs(self, descriptors: Iterable[tuple[str, int | None]]) -> None:

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import email.utils
 import logging
+
+# requests imports netrc on the first request of a session that trusts the environment and
+# sends no credentials of its own; that request may come from a worker thread, and no import
+# may happen there (one racing another thread's can fail or deadlock)
+import netrc  # noqa: F401
 import os
 import random
 import re
