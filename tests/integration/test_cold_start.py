@@ -188,10 +188,16 @@ def flows():
     image = Image(bed["base"], bed["token"] + "/audit/provider:1")
     image.add_files({"/app": "./src"}, ignores=["*.pyc"])
     image.save()
-    # an index base: its platforms read several at a time
-    image = Image(bed["multiarch"], bed["open"] + "/audit/multi:1")
+    # an index base: its platforms read several at a time, with the command line's progress
+    # bars drawn from the threads that move the blobs
+    import io
+    from cib_core.progress import ProgressRenderer
+
+    bars = ProgressRenderer(stream=io.StringIO(), bars=True)
+    image = Image(bed["multiarch"], bed["open"] + "/audit/multi:1", progress=bars)
     image.add_files({"/etc/motd": CustomFile("hi\n")})
     image.save()
+    bars.close()
     # local formats both ways, and docker-archive layers compressed on their way to a registry
     copy_image(bed["base"], "oci:layout:1")
     copy_image("oci:layout:1", "docker-archive:image.tar:audit/archive:1")
