@@ -47,12 +47,11 @@ def readme_library_example() -> str:
     return match.group(1)
 
 
-def _script(base: PushedImage, registry: RegistryServer, repository: str) -> str:
+def _script(base: PushedImage, target: str) -> str:
     code = readme_library_example()
-    for old, new in (("python:3.12-slim", base.ref),
-                     ("registry.example.com/team/app", f"{registry.host}/{repository}")):
-        assert f'"{old}' in code, f"the README example no longer names {old}"
-        code = code.replace(f'"{old}', f'"{new}')
+    for old, new in (("python:3.12-slim", base.ref), ("registry.example.com/team/app:1.4", target)):
+        assert f'"{old}"' in code, f"the README example no longer names {old}"
+        code = code.replace(f'"{old}"', f'"{new}"')
     return code
 
 
@@ -88,14 +87,14 @@ def _members(blob: bytes) -> dict[str, bytes | None]:
         return out
 
 
-def _read_back(registry: RegistryServer, repository: str) -> tuple[str, dict[str, Any], dict[str, Any],
-                                                                  bytes]:
-    """(digest, manifest, config, top layer blob) of ``repository:1.4``, by plain HTTP."""
+def _read_back(registry: RegistryServer, repository: str, tag: str,
+               ) -> tuple[str, dict[str, Any], dict[str, Any], bytes]:
+    """(digest, manifest, config, top layer blob) of ``repository:tag``, by plain HTTP."""
     session = requests.Session()
     session.trust_env = False
     base = f"{registry.url}/v2/{repository}"
-    resp = session.get(f"{base}/manifests/1.4", headers={"Accept": _ACCEPT}, timeout=30)
-    assert resp.status_code == 200, f"{repository}:1.4 was not pushed: HTTP {resp.status_code}"
+    resp = session.get(f"{base}/manifests/{tag}", headers={"Accept": _ACCEPT}, timeout=30)
+    assert resp.status_code == 200, f"{repository}:{tag} was not pushed: HTTP {resp.status_code}"
     manifest = resp.json()
     digest = "sha256:" + hashlib.sha256(resp.content).hexdigest()
 
@@ -119,8 +118,10 @@ def test_readme_library_example_in_20_fresh_interpreters(registry, base_image, t
 
     def run(i: int) -> subprocess.CompletedProcess[str]:
         script = work / f"build_{i}.py"
-        script.write_text(_script(base_image, registry, f"cold/app{i}"))
-        return subprocess.run([sys.executable, str(script)], cwd=work, env=env,
+        script.write_text(_script(base_image, registry.ref("cold/app", f"run{i}")))
+        # a rebuild cache of its own: every run builds and streams its layer, as a first one does
+        return subprocess.run([sys.executable, str(script)], cwd=work,
+                              env={**env, "CIB_CACHE_DIR": str(tmp_path / f"cache-{i}")},
                               capture_output=True, text=True, timeout=300)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=AT_ONCE) as pool:
@@ -131,9 +132,8 @@ def test_readme_library_example_in_20_fresh_interpreters(registry, base_image, t
         f"run {failed[0][0]}, exit {failed[0][1].returncode}\n{failed[0][1].stderr[-3000:]}")
     base_layers = [layer["digest"] for layer in base_image.layers]
     for i, proc in enumerate(done):
-        repository = f"cold/app{i}"
-        digest, manifest, config, top = _read_back(registry, repository)
-        assert proc.stdout.strip() == f"{registry.host}/{repository}@{digest}", proc.stdout
+        digest, manifest, config, top = _read_back(registry, "cold/app", f"run{i}")
+        assert proc.stdout.strip() == f"{registry.host}/cold/app@{digest}", proc.stdout
         assert [layer["digest"] for layer in manifest["layers"][:-1]] == base_layers
         assert config["config"]["Cmd"] == ["python", "-m", "app"]
         assert config["config"]["WorkingDir"] == "/app"
@@ -174,18 +174,18 @@ def flows():
     from cib_core.copy import copy_image
 
     # a registry base read while the sources are listed, a layer streamed up, blobs mounted
-    image = Image(bed["base"], bed["open"] + "/audit/readme:1")
+    image = Image(bed["base"], bed["open"] + "/audit/flows:readme")
     image.add_files({"/app": "./src", "/app/VERSION": CustomFile("1\n")},
                     ignore_files=[".dockerignore"])
     image.save()
     # explicit credentials (no ping: the first request comes from a thread), another registry
     # (blobs streamed between registries)
-    image = Image(bed["base"], bed["basic"] + "/audit/explicit:1",
+    image = Image(bed["base"], bed["basic"] + "/audit/flows:explicit",
                   auth={bed["basic"]: {"Username": bed["user"], "Secret": bed["password"]}})
     image.add_files({"/app": "./src"})
     image.save()
     # credentials from a provider plugin (docker's config.json) for a token registry
-    image = Image(bed["base"], bed["token"] + "/audit/provider:1")
+    image = Image(bed["base"], bed["token"] + "/audit/flows:provider")
     image.add_files({"/app": "./src"}, ignores=["*.pyc"])
     image.save()
     # an index base: its platforms read several at a time, with the command line's progress
@@ -194,14 +194,14 @@ def flows():
     from cib_core.progress import ProgressRenderer
 
     bars = ProgressRenderer(stream=io.StringIO(), bars=True)
-    image = Image(bed["multiarch"], bed["open"] + "/audit/multi:1", progress=bars)
+    image = Image(bed["multiarch"], bed["open"] + "/audit/flows:multi", progress=bars)
     image.add_files({"/etc/motd": CustomFile("hi\n")})
     image.save()
     bars.close()
     # local formats both ways, and docker-archive layers compressed on their way to a registry
     copy_image(bed["base"], "oci:layout:1")
     copy_image("oci:layout:1", "docker-archive:image.tar:audit/archive:1")
-    copy_image("docker-archive:image.tar", bed["open"] + "/audit/from-archive:1")
+    copy_image("docker-archive:image.tar", bed["open"] + "/audit/flows:from-archive")
     image = Image("docker-archive:image.tar", "oci:built:1")
     image.add_files({"/app": "./src"})
     image.save()
@@ -264,8 +264,7 @@ def test_threads_cib_starts_import_nothing(in_thread, registry, basic_registry, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
     # the flows did what they say (so an empty list is not an empty run)
-    for server, repository in ((registry, "audit/readme"), (registry, "audit/multi"),
-                               (registry, "audit/from-archive"), (basic_registry, "audit/explicit"),
-                               (token_registry, "audit/provider")):
-        assert skopeo_inspect(server.ref(repository, "1"), creds=server.creds_arg())["Digest"]
+    for server, tag in ((registry, "readme"), (registry, "multi"), (registry, "from-archive"),
+                        (basic_registry, "explicit"), (token_registry, "provider")):
+        assert skopeo_inspect(server.ref("audit/flows", tag), creds=server.creds_arg())["Digest"]
     assert (work / "built" / "index.json").is_file() and (work / "scratch.tar").is_file()

@@ -93,11 +93,11 @@ image.add_files({"/app": "./src", "/etc/motd": CustomFile("hi\n")})
 image.cmd = ["/app/run"]
 image.save()
 
-image = Image("scratch", bed["registry"] + "/state/scratch:1")
+image = Image("scratch", bed["registry"] + "/state/app:scratch")
 image.add_files({"/app": "./src"})
 image.save()
 
-image = Image(bed["base"], bed["registry"] + "/state/app:1", insecure=[bed["registry"]])
+image = Image(bed["base"], bed["registry"] + "/state/app:insecure", insecure=[bed["registry"]])
 image.add_files({"/app": "./src"}, ignores=["*.pyc"], ignore_files=[".dockerignore"])
 image.env = ["MODE=test"]
 image.save()
@@ -123,8 +123,8 @@ def test_a_build_changes_no_process_wide_state(registry, base_image, tmp_path: P
     assert report["after"] == report["before"]
     # the state was taken around real builds
     assert report["before"]["gc"][0] is True
-    assert skopeo_inspect(registry.ref("state/app", "1"))["Env"][-1] == "MODE=test"
-    assert skopeo_inspect(registry.ref("state/scratch", "1"))["Layers"]
+    assert skopeo_inspect(registry.ref("state/app", "insecure"))["Env"][-1] == "MODE=test"
+    assert skopeo_inspect(registry.ref("state/app", "scratch"))["Layers"]
     assert skopeo_inspect(f"oci:{work / 'layout'}:1")["Layers"]
 
 
