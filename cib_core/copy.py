@@ -33,6 +33,7 @@ from cib_core.stores import (
     manifest_to_oci,
     open_store,
     read_config,
+    ready_for_threads,
     run_parallel,
     transfer_blob,
     transfer_layer,
@@ -88,6 +89,7 @@ class _Copier:
         self._done: set[str] = set()
 
     def _run(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        ready_for_threads(self.src, self.dst)
         run_parallel(fn, items, self.jobs)
 
     def blobs(self, descriptors: Iterable[tuple[str, int | None]]) -> None:

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cib_core import image_config
 from cib_core import mediatypes as mt
@@ -41,7 +42,10 @@ from cib_core.layers.build import (
     source_date_epoch,
 )
 from cib_core.models import Index, Manifest, Platform, parse_manifest
+from cib_core.plugins import get_plugin_manager
 from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.remote.client import RegistryClient, fetch_url
+from cib_core.remote.transport import TransportPool
 from cib_core.seed_forms import (
     check_mapping_order,
     refuse_options_object,
@@ -54,6 +58,7 @@ from cib_core.stores import (
     manifest_to_oci,
     open_store,
     read_config,
+    ready_for_threads,
     run_parallel,
     transfer_layer,
     wants_oci_types,
@@ -61,8 +66,6 @@ from cib_core.stores import (
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
-    from cib_core.remote.client import RegistryClient
-    from cib_core.remote.transport import TransportPool
 
 log = logging.getLogger(__name__)
 
@@ -294,8 +297,6 @@ class Image:
     @property
     def _plugin_manager(self) -> CibPluginManager:
         if self._pm is None:
-            from cib_core.plugins import get_plugin_manager
-
             self._pm = get_plugin_manager()
         return self._pm
 
@@ -308,11 +309,7 @@ class Image:
         key = (ref.registry, ref.repository, write)
         with self._lock:
             if key not in self._clients:
-                from cib_core.remote.client import RegistryClient
-
                 if self._pool is None:
-                    from cib_core.remote.transport import TransportPool
-
                     self._pool = TransportPool(pm=self._plugin_manager, insecure=self._insecure)
                 self._clients[key] = RegistryClient(
                     ref.registry, ref.repository, options_for_registry(ref.registry, self._auth),
@@ -480,8 +477,12 @@ class Image:
         if not sources:
             raise ConfigurationError("add_files was given no files")
         # the first layer: read the base (a few round trips) while the sources are listed
-        loading = None if self._images is not None or self._is_scratch else _in_background(
-            self._load, "cib-read-base")
+        loading = None
+        if self._images is None and not self._is_scratch:
+            # the reading thread only sends requests: the store is opened and its credentials
+            # settled here (plugins and credential providers may import modules)
+            ready_for_threads(self.base_store)
+            loading = _in_background(self._load, "cib-read-base")
         mtime = None if self._created == "now" else int(source_date().timestamp())
         import cib_core.layers.cache as layer_cache
 
@@ -605,6 +606,7 @@ class Image:
             pieces.put(data)
 
         abort = False
+        ready_for_threads(store)
         thread = threading.Thread(target=upload, name="cib-layer-upload", daemon=True)
         thread.start()
         try:
@@ -732,6 +734,7 @@ class Image:
                     wanted[d] = layer
         store = self.base_store
         target = self.target_store
+        ready_for_threads(store, target)
         counts: dict[str, int] = {}
         replaced: dict[str, dict[str, Any]] = {}
         counts_lock = threading.Lock()
@@ -755,24 +758,38 @@ class Image:
                     layers[i] = dict(replaced[layer["digest"]])
                     image.base_blobs[layers[i]["digest"]] = layers[i]["size"]
         if copy_remote_layers and foreign:
-            self._parallel(lambda d: self._copy_foreign(foreign[d], target, ignore_exists),
-                           sorted(foreign))
+            pool = self._foreign_transports(foreign.values())
+            try:
+                self._parallel(lambda d: self._copy_foreign(foreign[d], target, ignore_exists, pool),
+                               sorted(foreign))
+            finally:
+                pool.close()
         log.info("synced %s to %s: %s", self._describe_base(), target.name,
                  ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
         self.sync_counts = counts
         self._synced = True
 
-    def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool) -> None:
+    def _foreign_transports(self, layers: Iterable[dict[str, Any]]) -> TransportPool:
+        """The transports of every host the layers' ``urls`` name, made in this thread (the
+        transport plugins are asked here, not in the copying threads)."""
+        pool = TransportPool(pm=self._plugin_manager)
+        for layer in layers:
+            for url in layer.get("urls", []):
+                host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+                if host:
+                    pool.get(host)
+        return pool
+
+    def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool,
+                      pool: TransportPool) -> None:
         digest = layer["digest"]
         if not force and target.has_blob(digest):
             self._present.add(digest)
             return
-        from cib_core.remote.client import fetch_url
-
         errors = []
         for url in layer.get("urls", []):
             try:
-                with fetch_url(url, digest) as stream:
+                with fetch_url(url, digest, pool=pool) as stream:
                     target.put_blob(stream, digest=digest, size=layer.get("size"))
                 self._present.add(digest)
                 return
@@ -923,6 +940,7 @@ class Image:
                 with lock:
                     missing.append(digest)
 
+        ready_for_threads(target)
         self._parallel(check, sorted(set(needed) - self._present))
         if missing:
             raise RegistryError(

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
 from cib_core.callbacks import Progress
-from cib_core.errors import ConfigurationError, RegistryError
+from cib_core.documents import json_object
+from cib_core.errors import ConfigurationError, ManifestError, RegistryError
+from cib_core.layers.build import compress_layer
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 
 if TYPE_CHECKING:
@@ -37,7 +39,11 @@ COPY_BACKOFF = 1.0
 
 def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
     """Call ``fn`` on every item, ``jobs`` at a time; the first failure cancels what has not
-    started and is raised once the running calls end."""
+    started and is raised once the running calls end.
+
+    ``fn`` runs in worker threads, which must find every module they use imported and never
+    call a plugin: open the stores it uses and pass them to ``ready_for_threads`` first.
+    """
     todo = list(items)
     if len(todo) <= 1 or jobs <= 1:
         for item in todo:
@@ -136,6 +142,17 @@ class RegistryStore:
         pass
 
 
+def ready_for_threads(*stores: BlobStore | None) -> None:
+    """Do in the calling thread what the first request of a store would otherwise do in
+    whichever worker thread sends it: a registry store's client settles its credentials (an
+    anonymous ping, then the credential providers if the registry asks for credentials).
+    A credential provider may import modules when it is first asked, and an import racing
+    one in another thread can fail (a partially initialized module) or deadlock."""
+    for store in stores:
+        if isinstance(store, RegistryStore):
+            store.client.authenticate()
+
+
 def open_store(
     spec: str | Reference | LocalReference,
     *,
@@ -148,7 +165,7 @@ def open_store(
 ) -> BlobStore:
     """A store for a reference string or parsed reference. ``scratch`` has no store.
 
-    ``progress`` is called as blobs are written into the store (``cib_core.progress``)."""
+    ``progress`` is called as blobs are written into the store (``cib_core.cli.bars``)."""
     ref = parse_image_spec(spec) if isinstance(spec, str) else spec
     if isinstance(ref, LocalReference):
         if ref.transport == "oci":
@@ -220,9 +237,6 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
     ``size`` is the descriptor's (checked before anything is fetched); ``what`` names the image
     in errors.
     """
-    from cib_core.documents import json_object
-    from cib_core.errors import ManifestError
-
     too_big = ManifestError(f"the config {digest} of {what} is larger than {MAX_CONFIG_SIZE} "
                             "bytes; refusing to read it")
     if size is not None and size > MAX_CONFIG_SIZE:
@@ -264,8 +278,6 @@ def transfer_layer(src: BlobStore, dst: BlobStore, descriptor: dict[str, Any], *
     """
     digest = descriptor["digest"]
     if descriptor.get("mediaType") == mt.DOCKER_LAYER and isinstance(dst, RegistryStore):
-        from cib_core.layers.build import compress_layer
-
         with src.open_blob(digest) as stream, \
                 compress_layer(stream, f"{src.name}@{digest}", docker_flavour=docker_flavour) as built:
             info = built.info

@@ -72,6 +72,12 @@ class ProgressRenderer:
             isatty = getattr(self.stream, "isatty", None)
             bars = bool(isatty and isatty())
         self.bars = bars and not quiet
+        if self.bars:
+            # the callback draws from the threads that move blobs, and no import may happen
+            # there: tqdm, and what its first bar imports to make its write lock, load here
+            from tqdm import tqdm
+
+            tqdm.get_lock()
         self._clock = clock
         self._started = clock()
         self._lock = threading.Lock()

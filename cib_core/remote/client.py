@@ -439,6 +439,13 @@ class RegistryClient:
                 self._auth_state = state
             return self._auth_state
 
+    def authenticate(self) -> Credentials:
+        """Settle now which credentials this client uses (the first request does otherwise):
+        the explicit options, or, after an anonymous ping, the credential providers' answer if
+        the registry asks for credentials. Call it before sharing the client with threads, so
+        the providers (which may import modules when first asked) run in the calling thread."""
+        return self._registry_auth.credentials
+
     @property
     def name(self) -> str:
         return f"{self.registry}/{self.repository}"
@@ -1127,20 +1134,24 @@ class RegistryClient:
 
 
 def fetch_url(url: str, digest: str, *, size: int | None = None, insecure: bool = False,
-              pm: Any = None, progress: Progress | None = None) -> BinaryIO:
+              pm: Any = None, progress: Progress | None = None,
+              pool: TransportPool | None = None) -> BinaryIO:
     """Download a blob from a plain URL (a non-distributable layer's ``urls``), anonymously,
-    verified against ``digest`` like ``RegistryClient.blob``. Use it as a context manager."""
+    verified against ``digest`` like ``RegistryClient.blob``. Use it as a context manager.
+    ``pool`` gives the URL host's transport (its session is shared and stays open)."""
     what = f"blob {digest} from {redact_url(url)}"
     _hasher(digest, what)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigurationError(f"{redact_url(url)} is not an http(s) URL; cannot fetch {digest}")
     host = parts.netloc.rsplit("@", 1)[-1]
-    transport = Transport(host, insecure=insecure, pm=pm)
+    transport = (pool.get(host, insecure=insecure) if pool is not None
+                 else Transport(host, insecure=insecure, pm=pm))
     resp = transport.request("GET", url, stream=True)
     if resp.status_code != 200:
         resp.close()
-        transport.close()
+        if pool is None:
+            transport.close()
         err = NotFound if resp.status_code == 404 else RegistryError
         raise err(f"{what}: HTTP {resp.status_code}", status=resp.status_code, registry=host,
                   temporary=resp.status_code in RETRY_STATUSES)

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import email.utils
 import logging
+
+# requests imports netrc on the first request of a session that trusts the environment and
+# sends no credentials of its own; that request may come from a worker thread, and no import
+# may happen there (one racing another thread's can fail or deadlock)
+import netrc  # noqa: F401
 import os
 import random
 import re
@@ -19,7 +24,6 @@ import socket
 import ssl
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -203,6 +207,38 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(last).__name__}: {text}" if text else type(last).__name__
 
 
+class _UnverifiedHTTPSPool(urllib3.HTTPSConnectionPool):
+    """HTTPS connections as urllib3 makes them, without its ``InsecureRequestWarning`` for a
+    connection whose certificate is not checked.
+
+    cib makes such connections only to hosts its caller named insecure, and logs that once.
+    Silencing the warning any other way takes the process-wide warnings filters (or
+    ``warnings.catch_warnings``, which swaps them for every thread at once): those belong to
+    the program that embeds cib. A pool class is local to the pool manager that uses it.
+    """
+
+    def _validate_conn(self, conn: Any) -> None:
+        # urllib3's HTTPS pool connects here (so that TLS fails before the request is sent)
+        # and then warns when the connection is unverified; this does the first only
+        urllib3.HTTPConnectionPool._validate_conn(self, conn)
+        if conn.sock is None:
+            conn.connect()
+
+
+def _quiet_unverified_https(adapter: requests.adapters.BaseAdapter) -> None:
+    """Make ``adapter``'s direct HTTPS connections use :class:`_UnverifiedHTTPSPool`.
+
+    Only a ``requests`` ``HTTPAdapter`` (the builtin transport's, or a plugin's subclass) has
+    urllib3 pool managers to set this on; other adapters make their own connections. Through
+    a proxy requests makes pool managers of its own on the way, and urllib3 still warns
+    there (once per host under Python's default warning filters).
+    """
+    if isinstance(adapter, requests.adapters.HTTPAdapter):
+        manager = adapter.poolmanager
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme,
+                                          "https": _UnverifiedHTTPSPool}
+
+
 class Transport:
     """The HTTP session of one registry host. Safe to share between threads and clients.
 
@@ -229,11 +265,10 @@ class Transport:
         self.session.mount("http://", adapter)
         self.verify: bool | str = self._verify()
         if insecure:
-            # The caller named this registry insecure: say so once, instead of urllib3's warning
-            # on every request (which would also break the CLI's one-line error contract).
-            host = (urllib3.util.parse_url(f"//{self.registry}").host or self.registry).strip("[]")
-            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning,
-                                    message=f".*host '{re.escape(host)}'")
+            # The caller named this registry insecure: say so once here, and keep urllib3 from
+            # warning about it on every connection (which would also break the CLI's one-line
+            # error contract).
+            _quiet_unverified_https(adapter)
             log.info("registry %s is named insecure: TLS certificates are not checked", self.registry)
 
     def _adapter(self, pm: Any) -> requests.adapters.BaseAdapter:

@@ -310,6 +310,9 @@ class TokenServer:
         self.tokens_issued = 0  # every JWT signed, whatever clear_requests() dropped
         self._issued_lock = threading.Lock()
         self._key_pem, self.cert_pem, self._cert_der = self._make_key_and_cert()
+        # the request threads sign tokens with PyJWT (``issue``): imported here, in the
+        # caller's thread, so that no import happens in them
+        import jwt  # noqa: F401
         self._server = _LoopbackServer(_TokenHandler, self)
         self._thread = _ServerThread(self._server, "cib-token-server")
 
