@@ -220,7 +220,7 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import auth, build, copy, export, inspect, plugins, registry
+    from cib_core.cli import auth, build, copy, export, inspect, plugins, rebase, registry
 
     for command in (
         build.build,
@@ -236,6 +236,7 @@ def _add_commands() -> None:
         export.export,
         auth.auth,
         plugins.plugins,
+        rebase.rebase,
     ):
         cli.add_command(command)
 
