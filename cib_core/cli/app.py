@@ -220,7 +220,7 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import auth, build, copy, export, inspect, plugins, rebase, registry
+    from cib_core.cli import auth, build, copy, export, flatten, inspect, plugins, rebase, registry
 
     for command in (
         build.build,
@@ -237,6 +237,7 @@ def _add_commands() -> None:
         auth.auth,
         plugins.plugins,
         rebase.rebase,
+        flatten.flatten,
     ):
         cli.add_command(command)
 
