@@ -220,7 +220,7 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import auth, build, copy, export, flatten, inspect, plugins, rebase, registry
+    from cib_core.cli import auth, build, copy, export, flatten, inspect, plugins, rebase, registry, validate
 
     for command in (
         build.build,
@@ -238,6 +238,7 @@ def _add_commands() -> None:
         plugins.plugins,
         rebase.rebase,
         flatten.flatten,
+        validate.validate,
     ):
         cli.add_command(command)
 
