@@ -37,6 +37,7 @@ from cib_core.models import (
     validate_config,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.rewrite import is_attestation
 from cib_core.stores import MAX_CONFIG_SIZE, BlobStore, open_store
 
 if TYPE_CHECKING:
@@ -253,10 +254,8 @@ class _Walk:
             if isinstance(doc, Index):
                 self.index(doc)
             elif isinstance(doc, Manifest):
-                attestation = (entry.annotations or {}).get("vnd.docker.reference.type") \
-                    == "attestation-manifest"
                 self.image(doc, str(platform) if platform is not None else f"entry {i + 1}",
-                           platform=platform, artifact=attestation)
+                           platform=platform, artifact=is_attestation(entry))
 
     def image(self, manifest: Manifest, label: str, *, platform: Platform | None = None,
               artifact: bool = False) -> None:

@@ -288,3 +288,22 @@ def test_rebase_onto_the_same_base_changes_nothing(registry, base_image, app_dir
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == f"{registry.host}/{repo}@{before}"
     assert "cib: warning: rebasing" in result.stderr and "changed nothing" in result.stderr
+
+
+def test_rebase_into_another_registry_streams_every_blob(registry, second_registry, app_dir):
+    repo = unique("rebase/cross")
+    old = push_base_image(registry, unique("rebase/base-a"), "1", flavour="docker")
+    new = push_second_base(registry, unique("rebase/base-b"), "2", old)
+    app = build_app(registry, old.ref, app_dir, repo)
+    result = run("rebase", app, "--old-base", old.ref, "--new-base", new.ref,
+                 "--to", f"{second_registry.host}/{repo}:b", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    # three layers of the new base and one of the image copied, the new config uploaded
+    assert out["blobs"] == {"copied": 4, "uploaded": 1}
+    target = f"{second_registry.host}/{repo}:b"
+    assert [d["digest"] for d in inspect_raw(second_registry, target)["layers"]][:3] == [
+        d["digest"] for d in new.layers]
+    check = run("validate", target)
+    assert check.exit_code == 0, check.stdout
+    assert check.stdout.startswith(f"{target}: valid (linux/amd64): 1 manifest, 1 config, 4 layers")
