@@ -45,7 +45,8 @@ def unique(prefix: str) -> str:
 def push_layered_image(server, repo: str, *, oci: bool = False):
     """The test bed's busybox base and three layers on it that overwrite, delete (whiteouts)
     and hide (an opaque directory) what lower layers wrote."""
-    base = push_base_image(server, unique("flatten/base"), "1", flavour="oci" if oci else "docker")
+    base = push_base_image(server, "flatten/base-oci" if oci else "flatten/base", "1",
+                           flavour="oci" if oci else "docker")
     base_layers = [base.blobs[d["digest"]] for d in base.layers]
     app = make_layer(
         {"app/keep.txt": "kept\n", "app/gone.txt": "deleted above\n", "app/run.sh":

@@ -68,8 +68,8 @@ def test_rebase_swaps_the_base_in_every_auth_mode(any_registry, app_dir, tmp_pat
     server = any_registry
     login(server)
     repo = unique("rebase/app")
-    old = push_base_image(server, unique("rebase/base-a"), "1", flavour="docker")
-    new = push_second_base(server, unique("rebase/base-b"), "2", old)
+    old = push_base_image(server, "rebase/base-a", "1", flavour="docker")
+    new = push_second_base(server, "rebase/base-b", "2", old)
     app = build_app(server, old.ref, app_dir, repo)
     app_manifest = inspect_raw(server, app)
     app_config = inspect_config(server, app)
@@ -112,8 +112,8 @@ def test_rebase_swaps_the_base_in_every_auth_mode(any_registry, app_dir, tmp_pat
 
 def test_rebase_defaults_to_the_source_tag_and_json(registry, app_dir):
     repo = unique("rebase/default")
-    old = push_base_image(registry, unique("rebase/base-a"), "1", flavour="oci")
-    new = push_second_base(registry, unique("rebase/base-b"), "2", old)
+    old = push_base_image(registry, "rebase/base-a-oci", "1", flavour="oci")
+    new = push_second_base(registry, "rebase/base-b", "2", old)
     app = build_app(registry, old.ref, app_dir, repo)
     before = tag_digest(registry, repo, "1")
     result = run("rebase", app, "--old-base", old.ref, "--new-base", new.ref, "--json")
@@ -143,7 +143,7 @@ def test_rebase_defaults_to_the_source_tag_and_json(registry, app_dir):
 
 def test_rebase_every_platform_of_an_index(registry, multiarch_base_image, app_dir):
     repo = unique("rebase/multi")
-    new = push_second_multiarch_base(registry, unique("rebase/multi-b"), "1", multiarch_base_image)
+    new = push_second_multiarch_base(registry, "rebase/multi-b", "1", multiarch_base_image)
     app = build_app(registry, multiarch_base_image.ref, app_dir, repo, "--platform", "all")
     result = run("rebase", app, "--old-base", multiarch_base_image.ref, "--new-base", new.ref,
                  "--to", f"{registry.host}/{repo}:rebased", "--json")
@@ -170,8 +170,8 @@ def test_rebase_every_platform_of_an_index(registry, multiarch_base_image, app_d
 
 def test_rebase_into_an_oci_layout_runs_under_runc(registry, app_dir, tmp_path):
     repo = unique("rebase/to-layout")
-    old = push_base_image(registry, unique("rebase/base-a"), "1", flavour="docker")
-    new = push_second_base(registry, unique("rebase/base-b"), "2", old)
+    old = push_base_image(registry, "rebase/base-a", "1", flavour="docker")
+    new = push_second_base(registry, "rebase/base-b", "2", old)
     app = build_app(registry, old.ref, app_dir, repo)
     layout = tmp_path / "layout"
     result = run("rebase", app, "--old-base", old.ref, "--new-base", new.ref, "--to", f"oci:{layout}:b")
@@ -187,8 +187,8 @@ def test_library_rebase_with_auth_options(basic_registry, app_dir):
     server = basic_registry
     login(server)  # for the build; the library call below passes its own auth
     repo = unique("rebase/library")
-    old = push_base_image(server, unique("rebase/base-a"), "1", flavour="docker")
-    new = push_second_base(server, unique("rebase/base-b"), "2", old)
+    old = push_base_image(server, "rebase/base-a", "1", flavour="docker")
+    new = push_second_base(server, "rebase/base-b", "2", old)
     app = build_app(server, old.ref, app_dir, repo)
     result = rebase_image(app, old.ref, new.ref, to=f"{server.host}/{repo}:lib",
                           auth={server.host: server.auth})
@@ -199,9 +199,9 @@ def test_library_rebase_with_auth_options(basic_registry, app_dir):
 def test_wrong_old_base_is_one_line_and_writes_nothing(registry, base_image, app_dir):
     repo = unique("rebase/wrong")
     app = build_app(registry, base_image.ref, app_dir, repo)
-    unrelated = push_base_image(registry, unique("rebase/other"), "1", flavour="multiarch")
+    unrelated = push_base_image(registry, "rebase/other", "1", flavour="multiarch")
     other = unrelated.platforms["linux/amd64"]
-    new = push_second_base(registry, unique("rebase/base-b"), "2", base_image)
+    new = push_second_base(registry, "rebase/base-b", "2", base_image)
     before = tag_digest(registry, repo, "1")
     target = unique("rebase/never")
     result = run("rebase", app, "--old-base", f"{registry.host}/{other.repository}@{other.digest}",
@@ -292,8 +292,8 @@ def test_rebase_onto_the_same_base_changes_nothing(registry, base_image, app_dir
 
 def test_rebase_into_another_registry_streams_every_blob(registry, second_registry, app_dir):
     repo = unique("rebase/cross")
-    old = push_base_image(registry, unique("rebase/base-a"), "1", flavour="docker")
-    new = push_second_base(registry, unique("rebase/base-b"), "2", old)
+    old = push_base_image(registry, "rebase/base-a", "1", flavour="docker")
+    new = push_second_base(registry, "rebase/base-b", "2", old)
     app = build_app(registry, old.ref, app_dir, repo)
     result = run("rebase", app, "--old-base", old.ref, "--new-base", new.ref,
                  "--to", f"{second_registry.host}/{repo}:b", "--json")
