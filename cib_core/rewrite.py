@@ -319,8 +319,8 @@ class _Writer:
                 self._count("uploaded")
                 return
             source = image.sources.get(digest)
-            if source is None:
-                raise RegistryError(f"no source for layer {digest}")  # pragma: no cover - a bug
+            if source is None:  # pragma: no cover - every caller names a source for each layer
+                raise AssertionError(f"no source for layer {digest}")
             descriptor, how = transfer_layer(source, self.dst, layer, docker_flavour=docker_flavour)
             with self._lock:
                 self._done[digest] = descriptor

@@ -52,7 +52,7 @@ def corrupt(path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_valid_images_pass_with_a_summary(any_registry, multiarch_base_image, base_image):
+def test_valid_images_pass_with_a_summary(any_registry, multiarch_base_image):
     server = any_registry
     login(server)
     layers = random_layers(2)
