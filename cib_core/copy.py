@@ -14,20 +14,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.models import (
     Descriptor,
     Index,
     Manifest,
     Platform,
-    canonical_json,
     parse_manifest,
-    sha256_digest,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
-    Progress,
     manifest_to_oci,
     open_store,
     run_parallel,

@@ -96,6 +96,23 @@ class LayerSourceError(CibError):
         super().__init__(f"{path}: {reason}")
 
 
+class LocalWriteError(CibError):
+    """A local target (an OCI layout, a docker-archive, an exported tarball, a file cib
+    writes) cannot be written; names the path, the reason in plain words and what to do.
+
+    ``errno`` is the operating system's error number when one caused it, else None.
+    """
+
+    def __init__(self, path: object, reason: str, hint: str = "", *, what: str = "",
+                 errno: int | None = None) -> None:
+        self.path = str(path)
+        self.reason = reason
+        self.hint = hint
+        self.errno = errno
+        subject = f"{what} {path}" if what else str(path)
+        super().__init__(f"cannot write {subject}: {reason}" + (f"; {hint}" if hint else ""))
+
+
 class ManifestError(CibError, ValueError):
     """A manifest, index or config document that is malformed or of an unsupported type."""
 

@@ -8,13 +8,17 @@ Hooks marked *firstresult* stop at the first implementation that returns somethi
 than ``None``: returning ``None`` means "not mine" and lets the next plugin answer. Plugins
 installed from other distributions are asked before cib's builtins, so a corporate plugin can
 take over a registry that a builtin would otherwise serve.
+
+Every hook is called through pluggy with keyword arguments, so an implementation may take
+fewer arguments than its spec offers (``def cib_layer_source(source): ...``) and one written
+for an older spec keeps working when a spec gains an argument.
 """
 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, BinaryIO
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pluggy
 
@@ -23,18 +27,25 @@ if TYPE_CHECKING:
     import requests.adapters
 
     from cib_core.authn.credentials import Credentials
+    from cib_core.plugin_api import LayerOptions
 
 hookspec = pluggy.HookspecMarker("cib")
 
 
 @hookspec(firstresult=True)
-def cib_credentials(registry: str, repository: str | None) -> Credentials | None:
+def cib_credentials(
+    registry: str, repository: str | None, options: Mapping[str, Any]
+) -> Credentials | None:
     """Return credentials for ``registry`` (a host as written in references: ``docker.io``,
     ``gcr.io``, ``127.0.0.1:5101``), or ``None`` when this plugin does not serve it.
 
-    *firstresult*: the first non-``None`` answer wins. Explicit options given to ``Image``,
-    ``RegistryClient`` or ``auth()`` come before every plugin. Must not raise for registries
-    the plugin does not serve.
+    ``options`` is the caller's auth mapping for this registry (the value of
+    ``Image(auth={registry: {...}})``; empty when there is none): a plugin reads its own keys
+    there, as the gcr plugin reads google-auth's key file. ``Username``/``Secret`` and
+    ``token`` options are answered by cib before any plugin is asked.
+
+    *firstresult*: the first non-``None`` answer wins. Must not raise for registries the
+    plugin does not serve.
     """
 
 
@@ -50,7 +61,7 @@ def cib_transport(registry: str) -> requests.adapters.BaseAdapter | None:
 
 @hookspec(firstresult=True)
 def cib_layer_source(
-    source: object, target: str
+    source: object, target: str, options: LayerOptions
 ) -> Iterable[tuple[tarfile.TarInfo, BinaryIO | None]] | None:
     """Turn one source the user named into layer entries, or return ``None``: not mine.
 
@@ -61,6 +72,10 @@ def cib_layer_source(
     ``None`` for anything but regular files. cib sorts the entries, resets ownership and
     times, and adds missing parent directories. Raise ``LayerSourceError`` naming the path
     for a source that is yours but cannot be read.
+
+    ``options`` (a ``cib_core.plugin_api.LayerOptions``) carries ``add_files``' and the
+    command line's options to every source alike: ``ignores``, ``ignore_files``,
+    ``follow_symlinks`` and ``platform`` (``None``, or the one platform the layer is for).
 
     *firstresult*. Plugins claim their own objects, or strings with their own prefix
     (``"acme:…"``).

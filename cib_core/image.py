@@ -14,6 +14,7 @@ import concurrent.futures
 import copy
 import dataclasses
 import datetime
+import inspect
 import io
 import logging
 import os
@@ -23,15 +24,31 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
+from cib_core.callbacks import Progress
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
-from cib_core.layers.build import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
-from cib_core.models import Index, Manifest, Platform, canonical_json, parse_manifest, sha256_digest
+from cib_core.image_config import ConfigAttribute
+from cib_core.layers.build import (
+    BuiltLayer,
+    LayerBuilder,
+    LayerInfo,
+    layer_from_tarball,
+    prepare_layer,
+    source_date_epoch,
+)
+from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.seed_forms import (
+    check_mapping_order,
+    refuse_options_object,
+    unknown_attribute,
+)
 from cib_core.stores import (
     BlobStore,
-    Progress,
     RegistryStore,
     manifest_to_oci,
     open_store,
@@ -87,35 +104,11 @@ class _PlatformImage:
 
 def source_date() -> datetime.datetime:
     """The reproducible build time: ``SOURCE_DATE_EPOCH`` when set, else the Unix epoch."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    seconds = 0
-    if raw:
-        try:
-            seconds = int(raw)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"SOURCE_DATE_EPOCH={raw!r} is not an integer number of seconds") from exc
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(source_date_epoch(), tz=datetime.timezone.utc)
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def merge_env(base: Iterable[str], changes: Iterable[str]) -> list[str]:
-    """Merge ``NAME=value`` entries over ``base`` by name: replace in place, append new names."""
-    merged = list(base)
-    positions = {entry.split("=", 1)[0]: i for i, entry in enumerate(merged)}
-    for entry in changes:
-        if "=" not in entry or entry.startswith("="):
-            raise ConfigurationError(f"environment entry {entry!r} is not of the form NAME=value")
-        name = entry.split("=", 1)[0]
-        if name in positions:
-            merged[positions[name]] = entry
-        else:
-            positions[name] = len(merged)
-            merged.append(entry)
-    return merged
 
 
 def _in_background(fn: Callable[[], Any], name: str) -> concurrent.futures.Future[Any]:
@@ -133,6 +126,17 @@ def _in_background(fn: Callable[[], Any], name: str) -> concurrent.futures.Futur
     return future
 
 
+def _public_names(cls: type) -> dict[str, bool]:
+    """The public names of ``cls`` (methods, properties, config attributes and the
+    attributes declared by annotation), each mapped to whether it is a method."""
+    names = {name: inspect.isfunction(getattr(cls, name, None))
+             for name in dir(cls) if not name.startswith("_")}
+    for klass in cls.__mro__:
+        for name in inspect.get_annotations(klass):
+            names.setdefault(name, False)
+    return names
+
+
 def _scratch_config(platform: Platform | None) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "architecture": platform.architecture if platform else "amd64",
@@ -144,9 +148,50 @@ def _scratch_config(platform: Platform | None) -> dict[str, Any]:
     return cfg
 
 
-class Image:
-    """An image being built from ``base`` to be saved at ``target``. See API.md."""
+def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]) -> tuple[str, ...]:
+    """The hosts ``Image(insecure=...)`` names: ``True`` means those of the base and target."""
+    if insecure is True:
+        return tuple(dict.fromkeys(ref.registry for ref in refs if isinstance(ref, Reference)))
+    if insecure is False or insecure is None:
+        return ()
+    if isinstance(insecure, str):
+        return (insecure,)
+    if not isinstance(insecure, Iterable) or isinstance(insecure, (bytes, Mapping)):
+        raise ConfigurationError(
+            f"insecure={insecure!r}: use True (the base's and the target's hosts) or a list "
+            'of registry hosts like ["registry.internal:5000"]')
+    hosts = tuple(insecure)
+    for host in hosts:
+        if not isinstance(host, str):
+            raise ConfigurationError(f"insecure names {host!r}; every host must be a str "
+                                     'like "registry.internal:5000"')
+    return hosts
 
+
+class Image:
+    """An image being built from ``base`` to be saved at ``target``.
+
+    The config attributes (``cmd``, ``env``, ...) check every value assigned to them, and
+    assigning any other public name is an ``AttributeError`` (the npm library's ``image.Cmd``
+    would otherwise be kept and ignored). A subclass declares attributes of its own with
+    class-level annotations.
+    """
+
+    base_ref: Reference | LocalReference
+    target_ref: Reference | LocalReference
+    sync_counts: dict[str, int]
+
+    working_dir = ConfigAttribute(image_config.check_working_dir)
+    cmd = ConfigAttribute(image_config.check_command)
+    entrypoint = ConfigAttribute(image_config.check_command)
+    user = ConfigAttribute(image_config.check_user)
+    env = ConfigAttribute(image_config.check_env)
+    labels = ConfigAttribute(image_config.check_labels)
+    exposed_ports = ConfigAttribute(image_config.check_ports)
+    volumes = ConfigAttribute(image_config.check_volumes)
+    annotations = ConfigAttribute(image_config.check_annotations)
+
+    @refuse_options_object(1, "Image")
     def __init__(
         self,
         base: str,
@@ -154,7 +199,7 @@ class Image:
         *,
         auth: Mapping[str, Mapping[str, str]] | None = None,
         platform: str | None = None,
-        insecure: Iterable[str] = (),
+        insecure: bool | Iterable[str] = (),
         created: str | None = None,
         pm: CibPluginManager | None = None,
         compression: str = "gzip",
@@ -162,6 +207,12 @@ class Image:
         progress: Progress | None = None,
         pool: TransportPool | None = None,
     ) -> None:
+        for what, spec in (("base", base), ("target", target)):
+            if not isinstance(spec, str):
+                raise ConfigurationError(
+                    f"Image's {what} must be a str naming an image (a registry reference, "
+                    f"oci:PATH[:TAG], docker-archive:PATH{'' if what == 'target' else ' or scratch'}"
+                    f"), not {type(spec).__name__}")
         self.base_ref = parse_image_spec(base)
         self.target_ref = parse_image_spec(target)
         if isinstance(self.target_ref, LocalReference) and self.target_ref.transport == "scratch":
@@ -176,7 +227,7 @@ class Image:
         if compression not in ("gzip", "zstd", "none"):
             raise ConfigurationError(f"compression={compression!r}: use gzip, zstd or none")
         self._auth = auth
-        self._insecure = tuple(insecure)
+        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref))
         self._platform = Platform.parse(platform) if platform and platform != "all" else None
         self._created = created
         self._pm = pm
@@ -184,13 +235,16 @@ class Image:
         self._jobs = max(1, jobs)
         self._progress = progress
 
-        self.working_dir: str | None = None
-        self.cmd: list[str] | None = None
-        self.entrypoint: list[str] | None = None
-        self.user: str | None = None
-        self.env: list[str] = []
-        self.labels: dict[str, str] = {}
-        self.exposed_ports: list[str] = []
+        self.working_dir = None
+        self.cmd = None
+        self.entrypoint = None
+        self.user = None
+        self.env = []
+        self.labels = {}
+        self.exposed_ports = []
+        self.volumes = []
+        self.annotations = {}
+        self.sync_counts = {}
 
         self._images: list[_PlatformImage] | None = None
         self._index: dict[str, Any] | None = None  # the base index, when it had one and we keep it
@@ -205,6 +259,20 @@ class Image:
         self._pool: TransportPool | None = pool
         self._base_store: BlobStore | None = None
         self._target_store: BlobStore | None = None
+
+    if not TYPE_CHECKING:  # for mypy, attribute names stay checked statically
+        def __setattr__(self, name: str, value: object) -> None:
+            known = _public_names(type(self))
+            if name.startswith("_") or name in known:
+                object.__setattr__(self, name, value)
+            else:
+                raise unknown_attribute(self, name, known, setting=True)
+
+        def __getattr__(self, name: str) -> object:
+            # only called for a name that normal lookup did not find
+            if name.startswith("__"):
+                raise AttributeError(name)
+            raise unknown_attribute(self, name, _public_names(type(self)), setting=False)
 
     # -- where things live ---------------------------------------------------------------
     @property
@@ -299,8 +367,7 @@ class Image:
             if desc.media_type not in mt.IMAGE_MANIFESTS:
                 log.debug("skipping %s entry %s in the base index", desc.media_type, desc.digest)
                 continue
-            annotations = desc.annotations or {}
-            if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+            if desc.is_attestation:
                 log.info("dropping attestation manifest %s of the base: it describes the base, "
                          "not the new image", desc.digest)
                 continue
@@ -375,6 +442,7 @@ class Image:
         self._load()
         return self._docker_flavour
 
+    @refuse_options_object(1, "image.add_files")
     def add_files(
         self,
         files: Mapping[str, object] | str | os.PathLike[str],
@@ -384,14 +452,15 @@ class Image:
         ignore_files: Iterable[str] = (),
         follow_symlinks: bool = True,
     ) -> LayerInfo:
-        """Put local directories, files and ``CustomFile``s into one new layer (see API.md)."""
-        if isinstance(files, Mapping):
-            if target_dir is not None:
-                raise ConfigurationError(
-                    "add_files takes either a mapping {target: source} or (local_dir, target_dir)")
-            sources = {str(k): v for k, v in files.items()}
-        else:
-            sources = {target_dir or "/": files}
+        """Put local directories, files and ``CustomFile``s into one new layer.
+
+        ``files`` maps a path in the image to its source (``{"/app": "./src"}``); the forms
+        ``add_files(local_dir, target_dir)`` and ``add_files(local_dir)`` (target ``/``) work
+        too. Returns the new layer, already uploaded to (or written into) the target.
+        """
+        sources = self._sources(files, target_dir)
+        ignores = self._patterns("ignores", ignores)
+        ignore_files = self._patterns("ignore_files", ignore_files)
         if not sources:
             raise ConfigurationError("add_files was given no files")
         # the first layer: read the base (a few round trips) while the sources are listed
@@ -439,6 +508,42 @@ class Image:
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": created_by, "comment": "cib"})
         return info
+
+    @staticmethod
+    def _sources(files: object, target_dir: object) -> dict[str, object]:
+        """add_files' sources as ``{image_path: source}``, whichever form they came in."""
+        if isinstance(files, Mapping):
+            if target_dir is not None:
+                raise ConfigurationError(
+                    "add_files takes either a mapping {image_path: source} or "
+                    f"(local_dir, target_dir), not both: write add_files({{{target_dir!r}: ...}})")
+            check_mapping_order(files, positional=False)
+            return {os.fsdecode(k) if isinstance(k, os.PathLike) else str(k): v
+                    for k, v in files.items()}
+        if not isinstance(files, (str, os.PathLike)):
+            raise ConfigurationError(
+                "add_files takes a mapping {image_path: source} (like {\"/app\": \"./src\"}) or "
+                f"a local directory, not {type(files).__name__}")
+        if target_dir is not None and not isinstance(target_dir, (str, os.PathLike)):
+            raise ConfigurationError(
+                f"add_files' target_dir must be a path in the image like \"/app\", not "
+                f"{type(target_dir).__name__}")
+        target = os.fsdecode(target_dir) if target_dir else "/"
+        check_mapping_order({target: files}, positional=True)
+        return {target: files}
+
+    @staticmethod
+    def _patterns(name: str, value: Iterable[str]) -> tuple[str, ...]:
+        """``ignores`` or ``ignore_files`` as a tuple; a single ``str`` is an error, not characters."""
+        if isinstance(value, str):
+            raise ConfigurationError(f"add_files' {name} must be a list of strings, not a str: "
+                                     f"write {name}=[{value!r}]")
+        patterns = tuple(value)
+        for pattern in patterns:
+            if not isinstance(pattern, str):
+                raise ConfigurationError(f"add_files' {name} holds {pattern!r}; every item "
+                                         "must be a str")
+        return patterns
 
     def _stream_layer(self, builder: LayerBuilder, store: RegistryStore,
                       rebuild: Callable[[], LayerBuilder]) -> LayerInfo:
@@ -593,6 +698,7 @@ class Image:
         return _rfc3339(source_date())
 
     # -- sync and save -------------------------------------------------------------------
+    @refuse_options_object(0, "image.sync")
     def sync(self, *, copy_remote_layers: bool = True, ignore_exists: bool = False) -> None:
         """Copy every base blob the target lacks: mount within one registry, stream otherwise."""
         images = self._load()
@@ -657,40 +763,24 @@ class Image:
                             f"urls ({'; '.join(errors) or 'none given'}); pass "
                             "copy_remote_layers=False to leave it as a reference")
 
-    def _final_config(self, image: _PlatformImage) -> dict[str, Any]:
+    def _config_values(self) -> dict[str, Any]:
+        """Every config attribute, checked again: lists and dicts may have changed in place."""
+        return {name: image_config.check(name, getattr(self, name))
+                for name in image_config.CONFIG_ATTRIBUTES}
+
+    def _final_config(self, image: _PlatformImage, values: Mapping[str, Any]) -> dict[str, Any]:
         config = image.data.config
-        inner = config.get("config")
-        if not isinstance(inner, dict):
-            inner = config["config"] = {}
-        if self.working_dir is not None:
-            inner["WorkingDir"] = self.working_dir
-        if self.entrypoint is not None:
-            inner["Entrypoint"] = list(self.entrypoint)
-        if self.cmd is not None:
-            inner["Cmd"] = list(self.cmd)
-        if self.user is not None:
-            inner["User"] = self.user
-        if self.env:
-            inner["Env"] = merge_env(inner.get("Env") or [], self.env)
-        if self.labels:
-            labels = dict(inner.get("Labels") or {})
-            labels.update(self.labels)
-            inner["Labels"] = labels
-        if self.exposed_ports:
-            ports = dict(inner.get("ExposedPorts") or {})
-            for port in self.exposed_ports:
-                key = port if "/" in port else f"{port}/tcp"
-                ports[key] = {}
-            inner["ExposedPorts"] = ports
+        image_config.apply_config(config, values)
         config["created"] = self._created_time()
         return config
 
-    def _config_bytes(self, image: _PlatformImage) -> bytes:
-        config = self._final_config(image)
+    def _config_bytes(self, image: _PlatformImage, values: Mapping[str, Any]) -> bytes:
+        config = self._final_config(image, values)
         if image.base_config_raw is not None and config == image.base_config:
             return image.base_config_raw
         return canonical_json(config)
 
+    @refuse_options_object(0, "image.save")
     def save(
         self,
         tags: Iterable[str] | None = None,
@@ -701,13 +791,17 @@ class Image:
         copy_remote_layers: bool = True,
         ignore_exists: bool = False,
     ) -> SaveResult:
-        """Write the image to the target and tag it; see API.md."""
+        """Write the image to the target and tag it with each of ``tags`` (default: the
+        target's own tag, else ``latest``). ``cmd`` and ``working_dir`` set those attributes
+        first; ``env`` entries are added to ``image.env``."""
         if cmd is not None:
-            self.cmd = list(cmd)
+            self.cmd = image_config.check("cmd", cmd, "save(cmd=...)")
         if env is not None:
-            self.env = list(self.env) + list(env)
+            self.env = list(self.env) + image_config.check("env", env, "save(env=...)")
         if working_dir is not None:
-            self.working_dir = working_dir
+            self.working_dir = image_config.check("working_dir", working_dir,
+                                                  "save(working_dir=...)")
+        values = self._config_values()
         tag_list = self._tags(tags)
         images = self._load()
         if not self._synced:
@@ -717,14 +811,14 @@ class Image:
         single = self._index is None
         for image in images:
             raw, media_type = self._push_image(image, target, None if not single else tag_list,
-                                               copy_remote_layers)
+                                               copy_remote_layers, values)
             pushed.append((image, raw, media_type))
         if single:
             image, raw, media_type = pushed[0]
             digest = sha256_digest(raw)
             manifest = image.data.manifest
         else:
-            raw, media_type = self._index_bytes(pushed)
+            raw, media_type = self._index_bytes(pushed, values["annotations"])
             digest = sha256_digest(raw)
             for tag in tag_list:
                 target.put_manifest(raw, media_type, tag)
@@ -746,6 +840,10 @@ class Image:
             tag_list = [self.target_ref.ref or "latest"]
         if not tag_list:
             raise ConfigurationError("save() was given an empty list of tags")
+        for tag in tag_list:
+            if not isinstance(tag, str):
+                raise ConfigurationError(
+                    f'save() was given the tag {tag!r}; every tag must be a str like "v1"')
         return tag_list
 
     def _result_reference(self, digest: str) -> str:
@@ -754,8 +852,8 @@ class Image:
         return f"{self.target_ref.transport}:{self.target_ref.path}@{digest}"
 
     def _push_image(self, image: _PlatformImage, target: BlobStore, tags: list[str] | None,
-                    copy_remote_layers: bool) -> tuple[bytes, str]:
-        config_raw = self._config_bytes(image)
+                    copy_remote_layers: bool, values: Mapping[str, Any]) -> tuple[bytes, str]:
+        config_raw = self._config_bytes(image, values)
         config_digest = sha256_digest(config_raw)
         if config_digest not in self._present and not target.has_blob(config_digest):
             # a seekable body of known digest and size: one monolithic PUT into a registry
@@ -769,6 +867,7 @@ class Image:
         cfg_desc.update({"mediaType": cfg_desc.get("mediaType") or mt.config_media_type(
             self._docker_flavour), "digest": config_digest, "size": len(config_raw)})
         manifest["config"] = cfg_desc
+        image_config.apply_annotations(manifest, values["annotations"])
         self._confirm_blobs(image, target, copy_remote_layers)
         if wants_oci_types(target):
             manifest = manifest_to_oci(manifest)
@@ -803,9 +902,11 @@ class Image:
                 f"not pushing the manifest: {target.name} lacks {len(missing)} blob(s) it names "
                 f"({', '.join(sorted(missing))}); was a layer added without being uploaded?")
 
-    def _index_bytes(self, pushed: list[tuple[_PlatformImage, bytes, str]]) -> tuple[bytes, str]:
+    def _index_bytes(self, pushed: list[tuple[_PlatformImage, bytes, str]],
+                     annotations: Mapping[str, str]) -> tuple[bytes, str]:
         assert self._index is not None
         index = self._index
+        image_config.apply_annotations(index, annotations)
         media_type = index.get("mediaType") or mt.index_media_type(self._docker_flavour)
         entries = []
         for image, raw, manifest_type in pushed:

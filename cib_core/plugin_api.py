@@ -18,16 +18,14 @@ A layer source turns one source the user named into entries ``(TarInfo, fileobj)
 * When two entries (from one source or from several in one layer) have the same path, the
   one listed last wins.
 
-How options reach the builtin sources
--------------------------------------
-The hook is ``cib_layer_source(source, target)``; it has no room for options. The core
-(``cib_core.layers.build.collect_entries``) therefore wraps a local path -- an ``os.PathLike``, or a
-string naming an existing path -- in a :class:`LocalSource` carrying the ``add_files`` options
-(``ignores``, ``ignore_files``, ``follow_symlinks``); the builtin *local-dir* plugin claims
-``LocalSource`` objects, and also bare existing paths (with default options) when another
-caller asks the hook directly. A string that is not an existing path is passed on unchanged,
-so a plugin can claim its own prefix (``"acme:…"``); when nobody claims it the core raises
-``LayerSourceError`` naming it. An existing path always means that path.
+Options
+-------
+Every source of one ``add_files`` call (or one ``cib build``) gets the same
+:class:`LayerOptions`: the ignore patterns and files, whether to follow symlinks, and the
+platform the layer is for. A plugin uses the ones that make sense for its sources. The
+builtin *local-dir* plugin claims ``os.PathLike`` objects and strings naming an existing path,
+and is asked before every other layer source, so an existing path always means that path and
+a plugin's prefix (``"acme:…"``) never shadows a file.
 
 Tarballs
 --------
@@ -52,9 +50,9 @@ __all__ = [
     "KEEP_ATTRIBUTE",
     "Entry",
     "FileSlice",
-    "LazyFile",
+    "LayerOptions",
     "LayerSourceError",
-    "LocalSource",
+    "LazyFile",
     "Readable",
     "TarballSource",
     "dir_entry",
@@ -79,20 +77,21 @@ Entry = tuple[tarfile.TarInfo, "Readable | None"]
 
 
 @dataclass(frozen=True)
-class LocalSource:
-    """A local file or directory with the ``add_files`` options that apply to it.
+class LayerOptions:
+    """The options of one new layer, given to every ``cib_layer_source`` call for it.
 
-    ``ignores`` are gitignore-style patterns relative to the directory; ``ignore_files`` names
-    files at the directory's root (like ``.dockerignore``) whose lines are read as more
-    patterns, before ``ignores`` (so an explicit pattern has the last word, as later lines do
-    in a gitignore file). ``follow_symlinks`` replaces symlinks found inside by what they
-    point to; the source path itself is always resolved.
+    ``ignores`` are gitignore-style patterns relative to each local directory;
+    ``ignore_files`` names files at a directory's root (like ``.dockerignore``) whose lines are
+    read as more patterns, before ``ignores`` (so an explicit pattern has the last word, as
+    later lines do in a gitignore file). ``follow_symlinks`` replaces symlinks found inside a
+    directory by what they point to; a source path itself is always resolved. ``platform`` is
+    ``None`` for a layer of every platform, or the one platform (``"linux/arm64"``) it is for.
     """
 
-    path: str | os.PathLike[str]
     ignores: tuple[str, ...] = ()
     ignore_files: tuple[str, ...] = ()
     follow_symlinks: bool = True
+    platform: str | None = None
 
 
 @dataclass(frozen=True)

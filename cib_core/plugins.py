@@ -1,50 +1,40 @@
 """The plugin host: which plugins load, in which order, and how failures are named.
 
-Builtin plugins are named by short name and module path here only (as strings; the core
-never imports ``cib_plugins`` directly). Third-party plugins come from the ``cib``
-entry-point group. The first plugin in ``BUILTIN_PLUGINS`` is asked first among the
-builtins; every third-party plugin is asked before any builtin.
+Every plugin, cib's own builtins included, comes from the ``cib`` entry-point group: the
+entry points of the core distribution (``cib-core``) are the builtins, so ``pyproject.toml``
+is their one list. Third-party plugins are asked before the builtins; among the builtins
+the order is the alphabetical order of their entry-point names, which puts the credential
+providers in the order docs/guide.md gives (credential-helper, docker-config, dockerhub, gcr,
+keyring). A plugin that fails (not with a ``CibError`` of its own) becomes a ``PluginError``
+naming the plugin, for every hook, however the hook is called.
 """
 
 from __future__ import annotations
 
-import importlib
+import functools
 import importlib.metadata
 import logging
 import os
+import tarfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from cib_core import hookspecs
-from cib_core.errors import PluginError
+from cib_core.authn.credentials import Credentials
+from cib_core.errors import CibError, PluginError
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "cib"
 AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
 DISTRIBUTION = "cib"
+BUILTIN_MODULE_PREFIX = "cib_plugins."
 
 hookimpl = pluggy.HookimplMarker("cib")
-
-# Asked in this order (first wins for firstresult hooks). The credential order is documented
-# in docs/guide.md: explicit options (not a plugin), third-party plugins, then these.
-BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("credential-helper", "cib_plugins.credential_helper"),
-    ("docker-config", "cib_plugins.docker_config"),
-    ("dockerhub", "cib_plugins.dockerhub"),
-    ("gcr", "cib_plugins.gcr"),
-    ("keyring", "cib_plugins.keyring_store"),
-    ("custom-files", "cib_plugins.custom_files"),
-    ("tarball", "cib_plugins.tarball"),
-    ("local-dir", "cib_plugins.local_dir"),
-    ("http-transport", "cib_plugins.http_transport"),
-)
-
 
 @dataclass(frozen=True)
 class PluginInfo:
@@ -63,6 +53,60 @@ def _own_version() -> str:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None)
+    if name is not None:
+        return str(name).lower().replace("_", "-") == DISTRIBUTION
+    return ep.value.startswith(BUILTIN_MODULE_PREFIX)
+
+
+def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` (one plugin's implementation of a hook) with its failures named.
+
+    A ``CibError`` is the plugin's own, clear answer and passes as it is; anything else is a
+    bug in that plugin and becomes ``PluginError(plugin_name, ...)``. Layer entries are listed
+    lazily, so a failure while iterating them is named the same way. Messages carry only the
+    exception's type and text, never the arguments' values (they may hold secrets).
+    """
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            result = function(*args, **kwargs)
+        except CibError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
+            # a credential provider's exception text may quote what it read: name only its type
+            detail = "" if hook_name == "cib_credentials" else f": {exc}"
+            raise PluginError(plugin_name, f"{hook_name} failed: {type(exc).__name__}{detail}") from exc
+        if result is None:
+            return None
+        if hook_name == "cib_layer_source":
+            return _named_entries(plugin_name, result)
+        if hook_name == "cib_credentials" and not isinstance(result, Credentials):
+            raise PluginError(plugin_name, f"cib_credentials returned {type(result).__name__}, "
+                              "not Credentials")
+        return result
+
+    return call
+
+
+def _named_entries(plugin_name: str, entries: Iterable[Any]) -> Iterator[Any]:
+    try:
+        for item in entries:
+            if (not isinstance(item, tuple) or len(item) != 2
+                    or not isinstance(item[0], tarfile.TarInfo)):
+                raise PluginError(plugin_name, f"cib_layer_source yielded {type(item).__name__}, "
+                                  "not a (TarInfo, fileobj) pair")
+            yield item
+    except CibError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
+        raise PluginError(plugin_name, f"cib_layer_source failed while listing entries: "
+                          f"{type(exc).__name__}: {exc}") from exc
 
 
 class CibPluginManager(pluggy.PluginManager):
@@ -85,23 +129,28 @@ class CibPluginManager(pluggy.PluginManager):
             self.set_blocked(name)
 
     # -- loading ---------------------------------------------------------------------------
-    def load_builtins(self) -> None:
-        # pluggy calls the most recently registered implementation first, so register the
-        # builtins in reverse to make BUILTIN_PLUGINS' order the call order.
-        version = _own_version()
-        for name, module_path in reversed(BUILTIN_PLUGINS):
-            if self.is_blocked(name) or self.has_plugin(name):
-                continue
-            module = self._import(name, module_path)
-            self.register(module, name=name)
-            self._versions[name] = version
-            self._builtin_names.add(name)
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        """Register ``plugin`` with every hook implementation guarded (see ``_guarded``)."""
+        registered = super().register(plugin, name)
+        if registered is not None:
+            for caller in self.get_hookcallers(plugin) or []:
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.hookwrapper or impl.wrapper):
+                        # pluggy types it Final; it is a plain slot it calls with the
+                        # arguments the implementation names, which the guard passes on
+                        impl.function = _guarded(  # type: ignore[misc]
+                            registered, caller.name, impl.function)
+        return registered
 
-    def load_entry_points(self) -> None:
-        builtin_modules = {path for _, path in BUILTIN_PLUGINS}
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
-                         key=lambda e: e.name):
-            if ep.value in builtin_modules or self.is_blocked(ep.name) or self.has_plugin(ep.name):
+    def _entry_points(self, builtin: bool) -> list[importlib.metadata.EntryPoint]:
+        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        return sorted((ep for ep in found if _is_builtin(ep) == builtin), key=lambda e: e.name)
+
+    def _load(self, eps: Sequence[importlib.metadata.EntryPoint], builtin: bool) -> None:
+        # pluggy calls the most recently registered implementation first: register in reverse
+        # so that the sorted order is the call order.
+        for ep in reversed(eps):
+            if self.is_blocked(ep.name) or self.has_plugin(ep.name):
                 continue
             try:
                 plugin = ep.load()
@@ -111,24 +160,30 @@ class CibPluginManager(pluggy.PluginManager):
             self.register(plugin, name=ep.name)
             dist = getattr(ep, "dist", None)
             self._versions[ep.name] = getattr(dist, "version", None) or "unknown"
+            if builtin:
+                self._builtin_names.add(ep.name)
+
+    def load_builtins(self) -> None:
+        """The core distribution's own plugins (asked after every other plugin)."""
+        self._load(self._entry_points(builtin=True), builtin=True)
+
+    def load_entry_points(self) -> None:
+        """Every other distribution's plugins (asked before the builtins)."""
+        self._load(self._entry_points(builtin=False), builtin=False)
 
     def load_all(self) -> None:
         self.load_builtins()
         if self.autoload:
             self.load_entry_points()
 
+    def builtin_names(self) -> list[str]:
+        """The builtin plugins loaded, in the order they are asked."""
+        return [name for name, _ in reversed(self.list_name_plugin()) if name in self._builtin_names]
+
     def register_plugin(self, plugin: object, name: str, version: str = "inline") -> None:
         """Register an in-process plugin object (tests, embedding programs)."""
         self.register(plugin, name=name)
         self._versions[name] = version
-
-    @staticmethod
-    def _import(name: str, module_path: str) -> ModuleType:
-        try:
-            return importlib.import_module(module_path)
-        except Exception as exc:  # noqa: BLE001
-            raise PluginError(name, f"failed to import {module_path}: "
-                              f"{type(exc).__name__}: {exc}") from exc
 
     # -- introspection ---------------------------------------------------------------------
     def plugin_infos(self) -> list[PluginInfo]:

@@ -13,7 +13,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from cib_core.models import Descriptor, Index, canonical_json
+from cib_core.callbacks import Progress
+from cib_core.documents import canonical_json
+from cib_core.models import Descriptor, Index
 from cib_core.mutate import (
     BASE_DIGEST_ANNOTATION,
     BASE_NAME_ANNOTATION,
@@ -31,7 +33,6 @@ from cib_core.rewrite import (
     resolve_target,
     write_images,
 )
-from cib_core.stores import Progress
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager

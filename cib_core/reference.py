@@ -34,6 +34,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from cib_core.digest import ALGORITHMS, GRAMMAR
 from cib_core.errors import ConfigurationError, InvalidReference
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ __all__ = [
 DEFAULT_REGISTRY = "docker.io"
 LEGACY_DEFAULT_REGISTRY = "index.docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
+DOCKER_HUB_HOSTS = frozenset({DEFAULT_REGISTRY, LEGACY_DEFAULT_REGISTRY, DOCKER_HUB_API_HOST,
+                              "registry.hub.docker.com"})
+"""Every name Docker Hub answers to; cib writes it as ``docker.io``."""
 OFFICIAL_REPO_PREFIX = "library/"
 NAME_TOTAL_LENGTH_MAX = 255
 
@@ -93,9 +97,7 @@ _TAG_RE = re.compile(_TAG, re.ASCII)
 _DIGEST_RE = re.compile(_DIGEST, re.ASCII)
 _IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}")
 # go-digest's grammar for a whole digest: algorithm components and an encoded part.
-_GO_DIGEST_RE = re.compile(r"[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+")
 # Digest algorithms cib can verify, with the length of their hex encoding.
-DIGEST_HEX_LENGTHS = {"sha256": 64, "sha512": 128}
 # The name an OCI layout gives an image (org.opencontainers.image.ref.name).
 _OCI_REF_COMPONENT = r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*"
 _OCI_REF_RE = re.compile(_OCI_REF_COMPONENT + r"(?:/" + _OCI_REF_COMPONENT + r")*")
@@ -114,9 +116,9 @@ def validate_digest(digest: str, *, source: str | None = None) -> None:
     algorithm, sep, encoded = digest.partition(":")
     if not sep or not algorithm or not encoded:
         raise _fail(text, ERR_DIGEST_FORMAT, "a digest looks like sha256:<64 hex digits>")
-    expected = DIGEST_HEX_LENGTHS.get(algorithm)
+    expected = ALGORITHMS.get(algorithm)
     if expected is None:
-        if not _GO_DIGEST_RE.fullmatch(digest):
+        if not GRAMMAR.fullmatch(digest):
             raise _fail(text, ERR_DIGEST_FORMAT, "a digest looks like sha256:<64 hex digits>")
         raise _fail(text, ERR_DIGEST_UNSUPPORTED, "cib verifies sha256 and sha512 digests")
     if len(encoded) != expected:
@@ -459,3 +461,31 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def is_docker_hub(host: str) -> bool:
+    """True for every name of Docker Hub (``docker.io``, ``index.docker.io``, ...), any case."""
+    return host.lower() in DOCKER_HUB_HOSTS
+
+
+def parse_registry_host(text: str) -> str:
+    """A registry host as the user wrote it for ``cib catalog`` or ``cib auth login``
+    (``localhost:5000``, ``https://ghcr.io/``, ``index.docker.io/v1/``), normalized as in
+    references (Docker Hub is ``docker.io``). ``InvalidReference`` when it is not a host."""
+    host = text.strip()
+    for scheme in ("https://", "http://"):
+        if host.lower().startswith(scheme):
+            host = host[len(scheme):]
+    host = host.rstrip("/")
+    if host.endswith("/v1") or host.endswith("/v2"):
+        host = host[:-3]
+    if not host or "/" in host or "@" in host:
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io")
+    if is_docker_hub(host):
+        return DEFAULT_REGISTRY
+    ref = parse_reference(f"{host}/x") if ("." in host or ":" in host or host == "localhost") \
+        else None
+    if ref is None or ref.registry.lower() != host.lower():
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io "
+                                     "(a host has a '.' or ':' or is localhost)")
+    return ref.registry

@@ -19,21 +19,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, ManifestError, NotFound, RegistryError
 from cib_core.models import (
     Descriptor,
     Index,
     Manifest,
     Platform,
-    canonical_json,
     config_platform,
     parse_manifest,
-    sha256_digest,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
-    Progress,
     manifest_to_oci,
     open_store,
     read_config,
@@ -48,14 +48,6 @@ if TYPE_CHECKING:
     from cib_core.remote.transport import TransportPool
 
 log = logging.getLogger(__name__)
-
-ATTESTATION_ANNOTATION = "vnd.docker.reference.type"
-
-
-def is_attestation(entry: Descriptor) -> bool:
-    """A BuildKit attestation entry of an index (provenance, SBOM): it describes one image
-    digest, so it cannot follow that image through an edit."""
-    return (entry.annotations or {}).get(ATTESTATION_ANNOTATION) == "attestation-manifest"
 
 
 @dataclass(frozen=True)
@@ -158,12 +150,12 @@ class ImageSource:
         return child
 
     def entries(self) -> tuple[list[Descriptor], list[Descriptor]]:
-        """An index's image entries, and the entries that cannot follow an edit (attestations
-        of one image digest); ``ConfigurationError`` for other kinds of entries."""
+        """An index's image entries, and the entries that cannot follow an edit (attestations,
+        which describe one image digest); ``ConfigurationError`` for other kinds of entries."""
         assert isinstance(self.doc, Index)
         images, dropped = [], []
         for entry in self.doc.manifests:
-            if is_attestation(entry):
+            if entry.is_attestation:
                 dropped.append(entry)
             elif entry.media_type in mt.IMAGE_MANIFESTS:
                 images.append(entry)
@@ -200,7 +192,7 @@ class ImageSource:
         if platform is None:
             raise ConfigurationError(f"{role} {self.spec} is a multi-platform index and the image's "
                                      "config names no platform to pick from it")
-        candidates = [d for d in self.doc.select_all(platform) if not is_attestation(d)]
+        candidates = [d for d in self.doc.select_all(platform) if not d.is_attestation]
         if not candidates:
             available = ", ".join(str(p) for p in self.doc.platforms()) or "none"
             raise NotFound(f"{role} {self.spec} has no {platform} image (it has: {available})")

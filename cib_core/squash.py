@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, BinaryIO
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError
-from cib_core.models import Descriptor, Index, canonical_json
+from cib_core.models import Descriptor, Index
 from cib_core.mutate import flatten_config, flatten_manifest
 from cib_core.rewrite import (
     ImageSource,
@@ -26,7 +28,7 @@ from cib_core.rewrite import (
     resolve_target,
     write_images,
 )
-from cib_core.stores import BlobStore, Progress
+from cib_core.stores import BlobStore
 
 if TYPE_CHECKING:
     from cib_core.layers.build import BuiltLayer

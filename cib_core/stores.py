@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
 from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, "int | None"], None]
 
 COPY_ATTEMPTS = 3
 """How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure."""
@@ -209,8 +209,8 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
     ``size`` is the descriptor's (checked before anything is fetched); ``what`` names the image
     in errors.
     """
+    from cib_core.documents import json_object
     from cib_core.errors import ManifestError
-    from cib_core.models import json_object
 
     too_big = ManifestError(f"the config {digest} of {what} is larger than {MAX_CONFIG_SIZE} "
                             "bytes; refusing to read it")

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from cib_core import mediatypes as mt
+from cib_core.digest import sha256_digest
+from cib_core.documents import json_object
 from cib_core.errors import CibError, DigestMismatch, ManifestError, NotFound
 from cib_core.models import (
     Descriptor,
@@ -31,14 +33,11 @@ from cib_core.models import (
     Platform,
     config_platform,
     diff_ids,
-    json_object,
     parse_manifest,
-    sha256_digest,
-    validate_config,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
-from cib_core.rewrite import is_attestation
 from cib_core.stores import MAX_CONFIG_SIZE, BlobStore, open_store
+from cib_core.validate import validate_config
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -255,7 +254,7 @@ class _Walk:
                 self.index(doc)
             elif isinstance(doc, Manifest):
                 self.image(doc, str(platform) if platform is not None else f"entry {i + 1}",
-                           platform=platform, artifact=is_attestation(entry))
+                           platform=platform, artifact=entry.is_attestation)
 
     def image(self, manifest: Manifest, label: str, *, platform: Platform | None = None,
               artifact: bool = False) -> None:

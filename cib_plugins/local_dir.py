@@ -1,9 +1,9 @@
 """Builtin layer source *local-dir*: local directories and files.
 
-Claims ``cib_core.plugin_api.LocalSource`` objects (the core wraps local paths in them with
-the ``add_files`` options) and bare ``os.PathLike`` objects or strings naming an existing
-path (default options). A string that is not an existing path is not ours: the core then
-reports that no source claims it.
+Claims ``os.PathLike`` objects and strings naming an existing path, and reads the layer's
+``LayerOptions`` (ignores, ignore files, whether to follow symlinks). It is asked before every
+other layer source (``tryfirst``), so an existing path always means that path. A string that
+is not an existing path is not ours: the core then reports that no source claims it.
 
 * A directory's contents go under the target (the target directory itself gets mode 0755,
   not the source directory's mode, so building from a private temporary directory does not
@@ -36,19 +36,15 @@ from collections.abc import Iterator
 
 import cib_core
 from cib_core import LayerSourceError
-from cib_core.plugin_api import Entry, LazyFile, LocalSource, dir_entry, file_entry, symlink_entry
+from cib_core.plugin_api import Entry, LayerOptions, LazyFile, dir_entry, file_entry, symlink_entry
 
 
-@cib_core.hookimpl
-def cib_layer_source(source: object, target: str) -> Iterator[Entry] | None:
-    if isinstance(source, LocalSource):
-        local = source
-    elif isinstance(source, os.PathLike) or (isinstance(source, str) and source
-                                             and os.path.lexists(source)):
-        local = LocalSource(os.fsdecode(os.fspath(source)))
-    else:
+@cib_core.hookimpl(tryfirst=True)
+def cib_layer_source(source: object, options: LayerOptions) -> Iterator[Entry] | None:
+    if not (isinstance(source, os.PathLike)
+            or (isinstance(source, str) and source and os.path.lexists(source))):
         return None
-    return _entries(local)
+    return _entries(os.fsdecode(os.fspath(source)), options)
 
 
 def _stat_source(path: str) -> os.stat_result:
@@ -77,17 +73,16 @@ def _refuse_special(path: str, mode: int) -> None:
     raise LayerSourceError(path, f"has an unsupported file type ({stat.filemode(mode)})")
 
 
-def _entries(src: LocalSource) -> Iterator[Entry]:
-    root = os.fsdecode(os.fspath(src.path))
+def _entries(root: str, options: LayerOptions) -> Iterator[Entry]:
     st = _stat_source(root)
     if stat.S_ISREG(st.st_mode):
         yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
         return
     if not stat.S_ISDIR(st.st_mode):
         _refuse_special(root, st.st_mode)
-    spec = _ignore_spec(root, src)
+    spec = _ignore_spec(root, options)
     yield dir_entry("", 0o755)
-    yield from _walk(root, spec, src.follow_symlinks, (st.st_dev, st.st_ino))
+    yield from _walk(root, spec, options.follow_symlinks, (st.st_dev, st.st_ino))
 
 
 class _Ignores:
@@ -110,9 +105,9 @@ class _Ignores:
         return bool(self._spec.match_file(rel + "/" if is_dir else rel))
 
 
-def _ignore_spec(root: str, src: LocalSource) -> _Ignores | None:
+def _ignore_spec(root: str, options: LayerOptions) -> _Ignores | None:
     lines: list[str] = []
-    for name in src.ignore_files:
+    for name in options.ignore_files:
         path = os.path.join(root, name)
         try:
             with open(path, encoding="utf-8", errors="surrogateescape") as f:
@@ -121,7 +116,7 @@ def _ignore_spec(root: str, src: LocalSource) -> _Ignores | None:
             continue
         except OSError as exc:
             raise LayerSourceError(path, f"ignore file cannot be read: {exc.strerror or exc}") from None
-    lines.extend(src.ignores)
+    lines.extend(options.ignores)
     if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
         return None
     try:

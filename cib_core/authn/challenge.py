@@ -25,13 +25,11 @@ from urllib.parse import urlsplit
 import requests
 import requests.auth
 
-from cib_core.authn.credentials import Credentials
+from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
 from cib_core.errors import AuthenticationError, AuthorizationError, RegistryError
 
 log = logging.getLogger(__name__)
 
-IDENTITY_TOKEN_USER = "<token>"
-"""docker's convention: a username of ``<token>`` means the secret is an identity (refresh) token."""
 
 DEFAULT_TOKEN_LIFETIME = 60
 CLIENT_ID = "cib"

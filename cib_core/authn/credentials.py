@@ -1,8 +1,11 @@
-"""Credentials as value objects, and the resolution chain that finds them for a registry."""
+"""Credentials as value objects."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+IDENTITY_TOKEN_USER = "<token>"
+"""docker's convention: a username of ``<token>`` means the secret is an identity (refresh) token."""
 
 
 def _mask(value: str | None) -> str:
@@ -29,6 +32,11 @@ class Credentials:
     @property
     def anonymous(self) -> bool:
         return self.username is None and self.secret is None and self.token is None
+
+    @property
+    def is_identity_token(self) -> bool:
+        """True when ``secret`` is an OAuth2 identity (refresh) token, not a password."""
+        return self.username == IDENTITY_TOKEN_USER and bool(self.secret)
 
 
 ANONYMOUS = Credentials()

@@ -8,21 +8,18 @@ first answer wins. Nothing answering means anonymous access.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from cib_core.authn.credentials import Credentials
-from cib_core.errors import AuthenticationError, ConfigurationError, PluginError
+from cib_core.errors import ConfigurationError, PluginError
+from cib_core.reference import DOCKER_HUB_HOSTS, is_docker_hub
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("pull", "push", "push,pull", "pull,push")
 
-# Docker Hub answers to several names; options may use any of them.
-_DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io",
-                       "https://index.docker.io/v1/", "registry.hub.docker.com")
 
 
 def _norm_host(key: str) -> str:
@@ -36,9 +33,7 @@ def _norm_host(key: str) -> str:
 
 def _host_keys(registry: str) -> list[str]:
     host = _norm_host(registry)
-    if host in {_norm_host(a) for a in _DOCKER_HUB_ALIASES}:
-        return [_norm_host(a) for a in _DOCKER_HUB_ALIASES]
-    return [host]
+    return sorted(DOCKER_HUB_HOSTS) if is_docker_hub(host) else [host]
 
 
 def _get(opts: Mapping[str, Any], *names: str) -> Any:
@@ -60,8 +55,6 @@ def credentials_from_options(opts: Mapping[str, Any] | Credentials | None) -> Cr
         raise ConfigurationError(
             f"registry auth options must be a mapping like {{'Username': ..., 'Secret': ...}} "
             f"or {{'token': ...}}, not {type(opts).__name__}")
-    if any(str(k).lower() in _GOOGLE_KEYS for k in opts):
-        return _google_credentials(opts)
     token = _get(opts, "token", "Token")
     username = _get(opts, "Username")
     secret = _get(opts, "Secret", "Password")
@@ -72,69 +65,6 @@ def credentials_from_options(opts: Mapping[str, Any] | Credentials | None) -> Cr
         return Credentials(username=None if username is None else str(username),
                            secret=None if secret is None else str(secret))
     return None
-
-
-# Options for google-auth, as the seed passed ``auth["gcr.io"]`` to google-auth-library.
-_GOOGLE_KEYS = {"keyfilename", "keyfile", "credentials_file", "credentials", "credentials_info",
-                "scopes"}
-_GOOGLE_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-
-
-def _google_credentials(opts: Mapping[str, Any]) -> Credentials:
-    """An access token from google-auth options: a key file (``keyFilename``, ``keyfile`` or
-    ``credentials_file``), a key as a dict (``credentials_info``), a google-auth credentials
-    object (``credentials``), ``scopes``; only ``scopes`` means application default credentials."""
-    import google.auth
-    import google.auth.exceptions
-    import google.auth.transport.requests
-
-    lowered = {str(k).lower(): v for k, v in opts.items()}
-    scopes = list(lowered.get("scopes") or _GOOGLE_SCOPES)
-    path = lowered.get("keyfilename") or lowered.get("keyfile") or lowered.get("credentials_file")
-    info = lowered.get("credentials_info")
-    given = lowered.get("credentials")
-    if isinstance(given, Mapping):
-        info, given = given, None
-    try:
-        if path:
-            try:
-                with open(str(path), encoding="utf-8") as handle:
-                    info = json.load(handle)
-            except (OSError, ValueError) as exc:
-                raise AuthenticationError(f"cannot read the Google key file {path}: "
-                                          f"{getattr(exc, 'strerror', None) or exc}") from None
-        if info is not None:
-            google_creds = _google_from_info(dict(info), scopes, str(path or "credentials_info"))
-        elif given is not None:
-            google_creds = given
-        else:
-            google_creds, _ = google.auth.default(scopes=scopes)
-        google_creds.refresh(google.auth.transport.requests.Request())
-    except google.auth.exceptions.GoogleAuthError as exc:
-        source = f"the key file {path}" if path else "the google-auth options"
-        raise AuthenticationError(
-            f"could not get a Google access token from {source} ({type(exc).__name__}); check "
-            "the service account key or run gcloud auth application-default login") from None
-    token = getattr(google_creds, "token", None)
-    if not token:
-        raise AuthenticationError("the google-auth options gave no access token")
-    return Credentials(username="oauth2accesstoken", secret=str(token))
-
-
-def _google_from_info(info: dict[str, Any], scopes: list[str], source: str) -> Any:
-    kind = info.get("type")
-    if kind == "service_account":
-        from google.oauth2 import service_account
-
-        return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
-            info, scopes=scopes)
-    if kind == "authorized_user":
-        from google.oauth2 import credentials as user_credentials
-
-        return user_credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
-            info, scopes=scopes)
-    raise AuthenticationError(f"{source} is a Google key of type {kind!r}; cib takes "
-                              "service_account or authorized_user keys")
 
 
 def options_for_registry(registry: str, options: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
@@ -151,8 +81,9 @@ def options_for_registry(registry: str, options: Mapping[str, Any] | None) -> Ma
 def resolve_credentials(registry: str, repository: str | None = None, *,
                         options: Mapping[str, Any] | Credentials | None = None,
                         pm: Any = None) -> Credentials:
-    """Credentials for (registry, repository): ``options`` is one registry's own options
-    (``{"Username", "Secret"}`` or ``{"token"}``), which win; then the plugins; else anonymous."""
+    """Credentials for (registry, repository): ``options`` is one registry's own options;
+    ``{"Username", "Secret"}`` or ``{"token"}`` there win, otherwise the plugins are asked
+    (with the options, so a plugin can read keys of its own); else anonymous."""
     explicit = credentials_from_options(options)
     if explicit is not None:
         log.debug("credentials for %s from explicit options", registry)
@@ -160,18 +91,17 @@ def resolve_credentials(registry: str, repository: str | None = None, *,
     if pm is None:
         from cib_core.plugins import get_plugin_manager
         pm = get_plugin_manager()
+    plugin_options = dict(options) if isinstance(options, Mapping) else {}
     try:
-        found = pm.hook.cib_credentials(registry=registry, repository=repository)
-    except PluginError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - name the hook, never the secret-bearing repr
-        raise PluginError("cib_credentials", f"a credential provider failed for registry "
-                          f"{registry}: {type(exc).__name__}") from exc
+        found = pm.hook.cib_credentials(registry=registry, repository=repository,
+                                        options=plugin_options)
+    except PluginError as exc:
+        raise PluginError(exc.plugin, f"{exc.reason} (registry {registry})") from exc
     if found is None:
         log.debug("no credentials for %s; anonymous", registry)
         return Credentials()
-    if not isinstance(found, Credentials):
-        raise PluginError("cib_credentials", f"returned {type(found).__name__} for registry "
+    if not isinstance(found, Credentials):  # only a hook wrapper can slip past the guard
+        raise PluginError("cib_credentials", f"answered {type(found).__name__} for registry "
                           f"{registry}, not Credentials")
     log.debug("credentials for %s from a plugin (user %r)", registry, found.username)
     return found

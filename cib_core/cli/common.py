@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform as host_platform
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 
-from cib_core import mediatypes as mt
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -227,7 +225,7 @@ def registry_client(ref: Reference) -> RegistryClient:
 
 
 def progress_renderer(verb: str) -> Any:
-    from cib_core.cli.progress import ProgressRenderer
+    from cib_core.cli.bars import ProgressRenderer
 
     state = cli_state()
     return ProgressRenderer(verb, quiet=state.quiet)
@@ -241,22 +239,10 @@ def scratch_check(ref: Reference | LocalReference, text: str) -> None:
 
 
 def host_platform_name() -> str:
-    """``linux/<arch>`` of this machine, in OCI's names."""
-    machine = host_platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-            "armv7l": "arm/v7", "armv6l": "arm/v6", "i386": "386", "i686": "386",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
-    return f"linux/{arch}"
+    """This machine's platform, ``linux/<arch>`` in OCI's names."""
+    from cib_core.models import Platform
 
-
-def is_attestation(desc: Any) -> bool:
-    annotations = getattr(desc, "annotations", None) or {}
-    return annotations.get("vnd.docker.reference.type") == "attestation-manifest"
-
-
-def image_entries(index: Index) -> list[Any]:
-    return [d for d in index.manifests
-            if d.media_type in mt.IMAGE_MANIFESTS and not is_attestation(d)]
+    return str(Platform.host())
 
 
 def select_image(store: BlobStore, doc: Manifest | Index, platform: str | None,
@@ -273,7 +259,7 @@ def select_image(store: BlobStore, doc: Manifest | Index, platform: str | None,
             if not have.matches(Platform.parse(str(platform))):
                 raise NotFound(f"{what} is a single {have} image, not {platform}")
         return doc, doc.digest
-    entries = image_entries(doc)
+    entries = doc.images()
     chosen = None
     if platform not in (None, "all"):
         wanted = Platform.parse(str(platform))
@@ -313,27 +299,3 @@ def load_image(spec: str) -> tuple[Reference | LocalReference, BlobStore, Manife
     store = open_image_store(ref)
     raw, media_type, _digest = store.get_manifest(identifier_of(ref))
     return ref, store, parse_manifest(raw, media_type)
-
-
-def parse_registry_host(text: str) -> str:
-    from cib_core.reference import parse_reference
-
-    host = text.strip()
-    for scheme in ("https://", "http://"):
-        if host.lower().startswith(scheme):
-            host = host[len(scheme):]
-    host = host.rstrip("/")
-    if host.endswith("/v1") or host.endswith("/v2"):
-        host = host[:-3]
-    if not host or "/" in host or "@" in host:
-        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io")
-    ref = parse_reference(f"{host}/x") if ("." in host or ":" in host or host == "localhost") \
-        else None
-    if ref is None or ref.registry.lower() != host.lower():
-        if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-            return "docker.io"
-        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io "
-                                     "(a host has a '.' or ':' or is localhost)")
-    return ref.registry
-
-

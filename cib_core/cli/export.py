@@ -45,10 +45,7 @@ def export(ref: str, out: str, platform: str | None) -> None:
         export_filesystem(layers, stdout)
         stdout.flush()
         return
-    from cib_core.fileio import replacing
-
-    with replacing(os.path.abspath(out), mode=0o666 & ~_umask(), fsync=False) as handle:
-        export_filesystem(layers, handle)
+    export_filesystem(layers, out, mode=0o666 & ~_umask())
 
 
 def _opener(store: BlobStore, digest: str) -> Callable[[], BinaryIO]:

@@ -11,7 +11,6 @@ from cib_core.cli.common import (
     CHUNK,
     PROBE_REPOSITORY,
     echo_json,
-    parse_registry_host,
     parse_spec,
     registry_client,
     registry_ref,
@@ -21,6 +20,7 @@ from cib_core.errors import (
     InvalidReference,
     NotFound,
 )
+from cib_core.reference import parse_registry_host
 
 log = logging.getLogger(__name__)
 

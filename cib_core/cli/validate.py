@@ -23,7 +23,7 @@ def validate(ref: str, as_json: bool) -> None:
     each fault on stdout, one a line, and exits 1 when there is any; prints a short summary
     and exits 0 when there is none.
     """
-    from cib_core.cli.progress import format_size
+    from cib_core.cli.bars import format_size
     from cib_core.verify import check_image
 
     state = cli_state()

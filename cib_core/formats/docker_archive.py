@@ -12,12 +12,15 @@ file first.
 Writing stores blobs as they come in a temporary OCI layout next to the target and, at
 ``close()``, writes the tarball docker save would: ``manifest.json``, ``repositories``,
 ``<config hex>.json`` and each layer **uncompressed** as ``<diff_id hex>/layer.tar``, decompressed
-on the fly and checked against the config's ``rootfs.diff_ids``.
+on the fly and checked against the config's ``rootfs.diff_ids``. The tarball itself is written
+under a temporary name and renamed when complete; a write that fails (a read-only or full file
+system, a path that cannot exist) raises ``LocalWriteError`` naming the archive, removes what was
+written, and leaves no archive behind.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import io
 import json
 import logging
@@ -26,15 +29,18 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
-from cib_core.fileio import replacing
+from cib_core.digest import is_digest, new_hasher, sha256_digest
+from cib_core.documents import canonical_json, manifest_media_type
+from cib_core.errors import ConfigurationError, DigestMismatch, LocalWriteError, ManifestError, NotFound
+from cib_core.fileio import replacing, writing_to
 from cib_core.formats.flatten import decompressed, sniff_compression
 from cib_core.formats.oci_layout import (
     CHUNK,
@@ -42,17 +48,17 @@ from cib_core.formats.oci_layout import (
     REF_NAME,
     OCILayoutStore,
     check_digest,
-    guess_media_type,
-    new_hasher,
     verified_reader,
 )
+from cib_core.reference import DEFAULT_REGISTRY, is_docker_hub
 
 log = logging.getLogger(__name__)
+
+WHAT = "the docker-archive"
 
 # Docker's media type for an uncompressed layer; not for registries, only for what an archive holds.
 DOCKER_LAYER = mt.DOCKER_LAYER
 
-_DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 _BLOB_PATH_RE = re.compile(r"^blobs/(sha256|sha512)/([a-f0-9]{64,128})$")
 
 
@@ -86,8 +92,8 @@ def normalize_repo_tag(text: str) -> str:
     first, sep, rest = name.partition("/")
     if not sep or not ("." in first or ":" in first or first == "localhost"):
         first, rest = "docker.io", name
-    if first == "index.docker.io":
-        first = "docker.io"
+    if is_docker_hub(first):
+        first = DEFAULT_REGISTRY
     if first == "docker.io" and "/" not in rest:
         rest = f"library/{rest}"
     return f"{first}/{rest}:{tag}"
@@ -100,9 +106,6 @@ def _split_repo_tag(repo_tag: str) -> tuple[str, str]:
         return repo_tag[:colon], repo_tag[colon + 1:]
     return repo_tag, "latest"
 
-
-def _canonical(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 class _Region(io.RawIOBase):
@@ -268,7 +271,7 @@ class DockerArchiveStore:
         return self._resolve(name).size
 
     def _hash_member(self, name: str) -> str:
-        hasher = new_hasher(None)
+        hasher = new_hasher()
         with self._open_member(name) as stream:
             for block in iter(lambda: stream.read(CHUNK), b""):
                 hasher.update(block)
@@ -292,7 +295,7 @@ class DockerArchiveStore:
                 or not isinstance(entry.get("Layers"), list):
             raise ManifestError(f"{self.name}: manifest.json entry {position} lacks Config or Layers")
         config_raw = self._read_member(entry["Config"])
-        config_digest = f"sha256:{hashlib.sha256(config_raw).hexdigest()}"
+        config_digest = sha256_digest(config_raw)
         self._blobs.setdefault(config_digest, self._clean(entry["Config"]))
         try:
             config = json.loads(config_raw)
@@ -308,7 +311,7 @@ class DockerArchiveStore:
             match = _BLOB_PATH_RE.match(member)
             if match:
                 digest = f"{match.group(1)}:{match.group(2)}"
-            elif compression is None and i < len(diff_ids) and _DIGEST_RE.match(str(diff_ids[i])):
+            elif compression is None and i < len(diff_ids) and is_digest(str(diff_ids[i])):
                 digest = str(diff_ids[i])   # an uncompressed layer's digest is its diff_id; checked on read
             else:
                 digest = self._hash_member(member)
@@ -330,10 +333,10 @@ class DockerArchiveStore:
             "layers": [{"mediaType": d["mediaType"], "digest": d["digest"], "size": d["size"]}
                        for d in layers],
         }
-        raw = _canonical(manifest)
+        raw = canonical_json(manifest)
         repo_tags = [str(t) for t in (entry.get("RepoTags") or [])]
         return _ArchiveImage(position, repo_tags, config_digest, raw,
-                             f"sha256:{hashlib.sha256(raw).hexdigest()}", str(manifest["mediaType"]),
+                             sha256_digest(raw), str(manifest["mediaType"]),
                              [self._clean(str(n)) for n in entry["Layers"]])
 
     def repo_tags(self) -> list[str]:
@@ -349,13 +352,13 @@ class DockerArchiveStore:
 
     def _read_get_manifest(self, ref: str) -> tuple[bytes, str, str]:
         images = self._load_images()
-        if _DIGEST_RE.match(ref):
+        if is_digest(ref):
             for image in images:
                 if image.digest == ref:
                     return image.raw, image.media_type, ref
             if ref in self._blobs:
                 raw = self._read_blob(ref)
-                return raw, guess_media_type(raw), ref
+                return raw, manifest_media_type(raw), ref
             raise NotFound(f"{self.name}: no manifest {ref} in the archive")
         found = self._from_oci_index(ref, images)
         if found is not None:
@@ -412,7 +415,7 @@ class DockerArchiveStore:
         if digest not in self._blobs:
             return None
         raw = self._read_blob(digest)
-        return raw, str(chosen.get("mediaType") or guess_media_type(raw)), digest
+        return raw, str(chosen.get("mediaType") or manifest_media_type(raw)), digest
 
     def _read_blob(self, digest: str) -> bytes:
         with self.open_blob(digest) as stream:
@@ -422,18 +425,59 @@ class DockerArchiveStore:
     # writing
     # =====================================================================================
     def _init_writer(self) -> None:
-        parent = self.path.parent
-        if not parent.is_dir():
-            raise NotFound(f"{self.name}: the directory {parent} does not exist; create it first")
-        self._tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.cib-", dir=parent)
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
-        self._layout = OCILayoutStore(self._tmpdir, create=True)
+        if self.path.is_dir():
+            raise LocalWriteError(self.path, "it is a directory",
+                                  "name the archive file, for example DIR/image.tar", what=WHAT)
+        # the first failure to write, after which the archive is given up; and how many
+        # writes (from several threads) are under way, so the blobs go once the last one ends
+        self._failure: LocalWriteError | None = None
+        self._active = 0
+        self._state = threading.Lock()
         # manifest digest -> NAME:TAG list, in the order images were put
         self._written: dict[str, list[str]] = {}
+        with writing_to(self.path, WHAT):
+            self._tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.cib-", dir=self.path.parent)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+        with self._writing():
+            self._layout = OCILayoutStore(self._tmpdir, create=True)
+
+    def _named(self, failure: LocalWriteError) -> LocalWriteError:
+        """``failure`` as a failure to write this archive (the user never named its blobs)."""
+        return LocalWriteError(self.path, failure.reason, failure.hint, what=WHAT, errno=failure.errno)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failure to write the blobs kept for the archive is a failure to write the archive:
+        named so, and, once no other write is under way, what was kept is removed (it would
+        only hold the disk space) and no further write is taken."""
+        with self._state:
+            if self._failure is not None:
+                raise self._named(self._failure)
+            self._active += 1
+        try:
+            yield
+        except LocalWriteError as exc:
+            failure = exc if exc.path == str(self.path) else self._named(exc)
+            with self._state:
+                if self._failure is None:
+                    self._failure = failure
+            if failure is exc:
+                raise
+            raise failure from exc
+        finally:
+            with self._state:
+                self._active -= 1
+                give_up = self._failure is not None and self._active == 0 and not self._closed
+                if give_up:
+                    self._closed = True
+            if give_up:
+                self._cleanup()
 
     def _writer_only(self) -> None:
         if not self.writing:
             raise ConfigurationError(f"{self.name} was opened for reading; it cannot be written to")
+        if self._failure is not None:
+            raise self._named(self._failure)
         if self._closed:
             raise ConfigurationError(f"{self.name} is already written and closed")
 
@@ -462,7 +506,8 @@ class DockerArchiveStore:
             check_digest(str(doc["config"]["digest"]), f"{self.name} manifest config")
         except (ValueError, KeyError, TypeError) as exc:
             raise ManifestError(f"{self.name}: the manifest has no config descriptor ({exc})") from exc
-        digest = self._layout.put_manifest(raw, media_type, None)
+        with self._writing():
+            digest = self._layout.put_manifest(raw, media_type, None)
         repo_tag = self._repo_tag(tag)
         tags = self._written.setdefault(digest, [])
         if repo_tag is not None:
@@ -473,7 +518,7 @@ class DockerArchiveStore:
         return digest
 
     def _write_get_manifest(self, ref: str) -> tuple[bytes, str, str]:
-        if _DIGEST_RE.match(ref):
+        if is_digest(ref):
             return self._layout.get_manifest(ref)
         if not ref:
             if len(self._written) == 1:
@@ -487,7 +532,7 @@ class DockerArchiveStore:
 
     def _layer_uncompressed(self, digest: str) -> tuple[int, str]:
         """Size and sha256 of a stored layer blob once decompressed."""
-        hasher = new_hasher(None)
+        hasher = new_hasher()
         size = 0
         with self._layout.open_blob(digest) as blob:
             plain, _ = decompressed(blob)
@@ -498,7 +543,7 @@ class DockerArchiveStore:
         return size, f"sha256:{hasher.hexdigest()}"
 
     def _write_archive(self) -> None:
-        with replacing(self.path, fsync=False) as handle, \
+        with replacing(self.path, fsync=False, what=WHAT) as handle, \
                 tarfile.open(fileobj=handle, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             self._fill_archive(tar)
 
@@ -568,8 +613,8 @@ class DockerArchiveStore:
                 repo, tag = _split_repo_tag(repo_tag)
                 if layer_paths:
                     repositories.setdefault(repo, {})[tag] = layer_paths[-1].split("/", 1)[0]
-        self._add(tar, "manifest.json", _canonical(entries))
-        self._add(tar, "repositories", _canonical(repositories))
+        self._add(tar, "manifest.json", canonical_json(entries))
+        self._add(tar, "repositories", canonical_json(repositories))
 
     def discard(self) -> None:
         """Forget what was written; no archive is created."""
@@ -601,7 +646,8 @@ class DockerArchiveStore:
     def put_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None = None,
                  size: int | None = None) -> tuple[str, int]:
         self._writer_only()
-        return self._layout.put_blob(data, digest, size)
+        with self._writing():
+            return self._layout.put_blob(data, digest, size)
 
     def get_manifest(self, ref: str | None) -> tuple[bytes, str, str]:
         ref = ref or self.default_ref or ""

@@ -8,6 +8,10 @@ file contents never sit in memory, only the set of paths seen.
 Entry names that are absolute or contain ``..`` are refused, as are hard links whose target
 does; a non-directory never gets children in the output, so extracting the result never
 writes through a symlink.
+
+Written to a file path, the tarball goes to a temporary name and is renamed only when complete:
+a failed export (an escaping entry, a read-only or full file system) leaves no file behind. A
+failure to write the output is a ``LocalWriteError`` naming it.
 """
 
 from __future__ import annotations
@@ -18,11 +22,13 @@ import gzip
 import io
 import logging
 import lzma
+import os
 import tarfile
 from collections.abc import Callable, Iterable
 from typing import IO, Any, BinaryIO, cast
 
 from cib_core.errors import LayerSourceError
+from cib_core.fileio import GuardedWriter, replacing
 
 log = logging.getLogger(__name__)
 
@@ -283,15 +289,32 @@ class _Flattener:
                         ", ".join(link.name for link in links), target)
 
 
-def export_filesystem(layers: Iterable[LayerInput], out: BinaryIO) -> None:
+EXPORT_WHAT = "the exported filesystem"
+
+
+def export_filesystem(layers: Iterable[LayerInput], out: BinaryIO | str | os.PathLike[str],
+                      *, mode: int = 0o644) -> None:
     """Write the merged filesystem of ``layers`` (bottom layer first, as in a manifest) to ``out``.
 
     Each layer is a readable binary stream, gzip/zstd-compressed or plain (sniffed), or a
     callable that opens one; callables are opened one at a time, top layer first, so only one
-    layer stream is open at once. ``out`` may be unseekable (stdout). Raises
-    ``LayerSourceError`` for an entry that would escape the root.
+    layer stream is open at once. ``out`` is a writable binary stream (it may be unseekable,
+    like stdout) or a file path: the file (permissions ``mode``) appears only once the tarball
+    is complete, and an existing one is replaced then. Raises ``LayerSourceError`` for an entry
+    that would escape the root, ``LocalWriteError`` naming ``out`` when it cannot be written.
     """
-    sources = list(layers)
+    if isinstance(out, (str, os.PathLike)):
+        with replacing(os.path.abspath(out), mode=mode, fsync=False, what=EXPORT_WHAT) as handle:
+            _export(list(layers), handle)
+        return
+    name = getattr(out, "name", None)
+    target = "standard output" if name == "<stdout>" else name if isinstance(name, str) else "the output"
+    writer = GuardedWriter(out, target)
+    _export(list(layers), cast(BinaryIO, writer))
+    writer.flush()
+
+
+def _export(sources: list[LayerInput], out: BinaryIO) -> None:
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         flattener = _Flattener(tar)
         for number in range(len(sources), 0, -1):

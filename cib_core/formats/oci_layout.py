@@ -3,35 +3,37 @@
 Tags are the ``org.opencontainers.image.ref.name`` annotations of ``index.json``'s entries, so one
 layout holds several tagged images (as skopeo and umoci write them). Blobs are written to a temporary
 file and renamed into place, ``index.json`` is replaced atomically, and every blob read back is
-checked against its digest as it streams.
+checked against its digest as it streams. A tag is added only after the blobs it needs are in
+place, so a write that fails (a read-only or full file system) never leaves a tagged image that
+is incomplete; it raises ``LocalWriteError`` naming the layout.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
-from cib_core.fileio import replacing
+from cib_core.digest import is_digest, new_hasher
+from cib_core.documents import manifest_media_type
+from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
+from cib_core.fileio import AtomicFile, writing_to
 
 log = logging.getLogger(__name__)
 
+WHAT = "the OCI image layout"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 LAYOUT_VERSION = "1.0.0"
 CHUNK = 1 << 16
 
-_DIGEST_RE = re.compile(r"^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$")
 # The OCI image-layout grammar for ref.name values (a tag, or a fuller name).
 _REF_NAME_RE = re.compile(
     r"^[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*$")
@@ -39,16 +41,10 @@ _REF_NAME_RE = re.compile(
 
 def check_digest(digest: str, where: str) -> str:
     """Return ``digest`` if it is a sha256/sha512 digest; it becomes a path, so nothing else passes."""
-    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+    if not is_digest(digest):
         raise ManifestError(
             f"{where}: {digest!r} is not a digest of the form sha256:<64 lowercase hex>")
     return digest
-
-
-def new_hasher(digest: str | None) -> Any:
-    """A hashlib object for the algorithm of ``digest`` (sha256 when none is given)."""
-    algorithm = digest.split(":", 1)[0] if digest else "sha256"
-    return hashlib.new(algorithm)
 
 
 def iter_chunks(data: BinaryIO | Iterable[bytes] | bytes, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -149,24 +145,13 @@ def verified_reader(source: BinaryIO, digest: str, what: str, size: int | None =
     return io.BufferedReader(_VerifyingRaw(source, digest, what, size), buffer_size=CHUNK)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` through a temporary file in the same directory."""
-    with replacing(path) as handle:
-        handle.write(data)
-
-
-def guess_media_type(raw: bytes) -> str:
-    """The media type a manifest document declares, or the OCI type its shape implies."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ManifestError(f"not a JSON manifest: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ManifestError("a manifest must be a JSON object")
-    declared = doc.get("mediaType")
-    if isinstance(declared, str) and declared:
-        return declared
-    return mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST
+def write_atomically(path: Path, data: bytes, *, target: Path | None = None, what: str = WHAT) -> None:
+    """Replace ``path`` with ``data`` through a temporary file in the same directory; a failure
+    is a ``LocalWriteError`` naming ``target`` (default: the directory, the layout)."""
+    with AtomicFile(path.parent, target=path.parent if target is None else target, what=what,
+                    prefix=f".{path.name}.") as out:
+        out.write(data)
+        out.commit(path)
 
 
 class OCILayoutStore:
@@ -184,8 +169,10 @@ class OCILayoutStore:
                     f"{self.name}: no OCI image layout there (needs oci-layout and index.json); "
                     "check the path, or write an image to it first")
             if self.path.exists() and not self.path.is_dir():
-                raise NotFound(f"{self.name}: exists and is not a directory; pick another path")
-            self.path.mkdir(parents=True, exist_ok=True)
+                raise LocalWriteError(self.path, "it exists and is not a directory",
+                                      "pick another path for the layout", what=WHAT)
+            with writing_to(self.path, WHAT):
+                self.path.mkdir(parents=True, exist_ok=True)
             if not layout_file.is_file():
                 write_atomically(layout_file, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
             if not index_file.is_file():
@@ -199,7 +186,8 @@ class OCILayoutStore:
             raise ManifestError(
                 f"{self.name}: unsupported imageLayoutVersion {version!r} (cib reads 1.x)")
         if create:
-            (self.path / "blobs").mkdir(exist_ok=True)
+            with writing_to(self.path, WHAT):
+                (self.path / "blobs").mkdir(exist_ok=True)
 
     def __repr__(self) -> str:
         return f"OCILayoutStore({str(self.path)!r})"
@@ -237,37 +225,28 @@ class OCILayoutStore:
                     raise DigestMismatch(f"size of blob {digest} in {self.name}", str(size), str(known))
                 return digest, known
         blobs = self.path / "blobs"
-        blobs.mkdir(exist_ok=True)
+        with writing_to(self.path, WHAT):
+            blobs.mkdir(exist_ok=True)
         # a registry download checks its digest itself (it raises before handing out bytes
         # past a mismatch): hashing it again here would only cost time
         trusted = digest is not None and _verified_digest(data) == digest
         hasher = None if trusted else new_hasher(digest)
         count = 0
-        fd, tmp = tempfile.mkstemp(dir=blobs, prefix=".cib-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                for block in iter_chunks(data, 1 << 20):
-                    if hasher is not None:
-                        hasher.update(block)
-                    count += len(block)
-                    handle.write(block)
-                handle.flush()
-                os.fsync(handle.fileno())
+        with AtomicFile(blobs, target=self.path, what=WHAT) as out:
+            for block in iter_chunks(data, 1 << 20):
+                if hasher is not None:
+                    hasher.update(block)
+                count += len(block)
+                out.write(block)
             actual = f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else str(digest)
             if digest is not None and actual != digest:
                 raise DigestMismatch(f"blob written to {self.name}", digest, actual)
             if size is not None and count != size:
                 raise DigestMismatch(f"size of blob {actual} written to {self.name}", str(size), str(count))
             final = self.blob_path(actual)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+            with writing_to(self.path, WHAT):
+                final.parent.mkdir(parents=True, exist_ok=True)
+            out.commit(final)
         log.debug("wrote blob %s (%d bytes) to %s", actual, count, self.name)
         return actual, count
 
@@ -340,20 +319,20 @@ class OCILayoutStore:
     # -- manifests -----------------------------------------------------------------------
     def get_manifest(self, ref: str | None) -> tuple[bytes, str, str]:
         ref = ref or ""
-        if _DIGEST_RE.match(ref):
+        if is_digest(ref):
             entry: dict[str, Any] | None = next(
                 (e for e in self.read_index()["manifests"]
                  if isinstance(e, dict) and e.get("digest") == ref), None)
             if not self.has_blob(ref):
                 raise NotFound(f"{self.name}: manifest {ref} is not in the layout")
             raw = self._read_blob_bytes(ref)
-            media_type = (entry or {}).get("mediaType") or guess_media_type(raw)
+            media_type = (entry or {}).get("mediaType") or manifest_media_type(raw)
             return raw, str(media_type), ref
         entry = self._find_entry(ref)
         digest = check_digest(entry.get("digest", ""), f"{self.name} index.json")
         size = entry.get("size")
         raw = self._read_blob_bytes(digest, size if isinstance(size, int) else None)
-        media_type = entry.get("mediaType") or guess_media_type(raw)
+        media_type = entry.get("mediaType") or manifest_media_type(raw)
         return raw, str(media_type), digest
 
     def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
@@ -382,7 +361,7 @@ class OCILayoutStore:
         try:
             config_desc = json.loads(raw).get("config") or {}
             digest = config_desc.get("digest", "")
-            if not _DIGEST_RE.match(digest) or not self.has_blob(digest):
+            if not is_digest(digest) or not self.has_blob(digest):
                 return None
             config = json.loads(self._read_blob_bytes(digest))
         except (ValueError, AttributeError, ManifestError, DigestMismatch):

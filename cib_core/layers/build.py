@@ -46,7 +46,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol, cast
 
 from cib_core import mediatypes
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
-from cib_core.plugin_api import Entry, LazyFile, LocalSource, Readable, kept_fields
+from cib_core.plugin_api import Entry, LayerOptions, LazyFile, Readable, kept_fields
 
 if TYPE_CHECKING:
     import pluggy
@@ -793,81 +793,48 @@ def _write_tar(plan: list[_Planned], pipe: _Pipeline) -> None:
 # --------------------------------------------------------------------------------------------
 # Sources → entries
 # --------------------------------------------------------------------------------------------
-def _wrap_source(source: object, ignores: tuple[str, ...], ignore_files: tuple[str, ...],
-                 follow_symlinks: bool) -> object:
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and source
-                                           and os.path.lexists(source)):
-        path = os.fsdecode(os.fspath(source))
-        return LocalSource(path, ignores, ignore_files, follow_symlinks)
-    return source
-
-
 def _describe(source: object) -> str:
-    if isinstance(source, LocalSource):
-        return os.fspath(source.path)
-    if isinstance(source, str):
-        return source
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(os.fspath(source))
     return repr(source)
 
 
 def _ask_plugins(pm: pluggy.PluginManager, source: object, target: str,
-                 ) -> tuple[str, Iterable[Entry]] | None:
-    caller = pm.hook.cib_layer_source
-    impls = caller.get_hookimpls()
-    if any(i.hookwrapper or getattr(i, "wrapper", False) for i in impls):
-        result = caller(source=source, target=target)
-        return None if result is None else ("cib_layer_source", cast("Iterable[Entry]", result))
-    for impl in reversed(impls):  # pluggy's call order: last registered first
-        try:
-            result = impl.function(source=source, target=target)
-        except LayerSourceError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
-            raise PluginError(impl.plugin_name, f"cib_layer_source failed for "
-                              f"{_describe(source)!r}: {type(exc).__name__}: {exc}") from exc
-        if result is not None:
-            return impl.plugin_name, cast("Iterable[Entry]", result)
-    return None
-
-
-def _checked(plugin: str, source: object, entries: Iterable[Entry]) -> Iterator[Entry]:
+                 options: LayerOptions) -> Iterable[Entry] | None:
     try:
-        for item in entries:
-            if (not isinstance(item, tuple) or len(item) != 2
-                    or not isinstance(item[0], tarfile.TarInfo)):
-                raise PluginError(plugin, f"cib_layer_source for {_describe(source)!r} yielded "
-                                  f"{type(item).__name__}, not a (TarInfo, fileobj) pair")
-            yield item
-    except (LayerSourceError, PluginError):
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise PluginError(plugin, f"cib_layer_source failed while listing "
-                          f"{_describe(source)!r}: {type(exc).__name__}: {exc}") from exc
+        result = pm.hook.cib_layer_source(source=source, target=target, options=options)
+    except PluginError as exc:
+        raise PluginError(exc.plugin, f"{exc.reason} (source {_describe(source)!r})") from exc
+    return None if result is None else cast("Iterable[Entry]", result)
+
+
+def _named(source: object, entries: Iterable[Entry]) -> Iterator[Entry]:
+    try:
+        yield from entries
+    except PluginError as exc:
+        raise PluginError(exc.plugin, f"{exc.reason} (source {_describe(source)!r})") from exc
 
 
 def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
-                    ignores: Iterable[str] = (), ignore_files: Iterable[str] = (),
-                    follow_symlinks: bool = True) -> list[Entry]:
+                    options: LayerOptions | None = None) -> list[Entry]:
     """Ask the ``cib_layer_source`` plugins for every ``{target: source}`` item.
 
     Returns entries whose names (and hard-link names) are full paths in the layer, without a
-    leading ``/``, in the order the sources were given. Local paths are wrapped in
-    ``LocalSource`` with the options; a source no plugin claims raises ``LayerSourceError``.
+    leading ``/``, in the order the sources were given. Every source gets the same
+    ``options``; a source no plugin claims raises ``LayerSourceError``.
     """
-    ign, ign_files = tuple(ignores), tuple(ignore_files)
+    options = options or LayerOptions()
     out: list[Entry] = []
     for target, source in sources.items():
         base = normalize_target(target)
-        wrapped = _wrap_source(source, ign, ign_files, follow_symlinks)
-        answer = _ask_plugins(pm, wrapped, base)
-        if answer is None:
+        entries = _ask_plugins(pm, source, base, options)
+        what = _describe(source)
+        if entries is None:
             raise LayerSourceError(
-                _describe(source),
+                what,
                 "no layer source claims it: it is not an existing local file or directory, "
                 "a CustomFile, 'tar:PATH', or a prefix of an installed plugin (see `cib plugins`)")
-        plugin, entries = answer
-        what = _describe(source)
-        for info, fileobj in _checked(plugin, source, entries):
+        for info, fileobj in _named(source, entries):
             info.name = _join(base, info.name, what)
             if not info.name and info.type != tarfile.DIRTYPE:
                 raise LayerSourceError(what, "cannot place a file at the image root '/'; "
@@ -896,9 +863,8 @@ def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, com
     builder = LayerBuilder(compression=compression, level=level, docker_flavour=docker_flavour,
                            mtime=mtime)
     with _gc_paused():
-        for info, fileobj in collect_entries(pm, sources, ignores=ignores,
-                                             ignore_files=ignore_files,
-                                             follow_symlinks=follow_symlinks):
+        options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks)
+        for info, fileobj in collect_entries(pm, sources, options=options):
             builder.add(info, fileobj)
     return builder
 

@@ -34,6 +34,9 @@ from cib_core.authn.challenge import (
 )
 from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
+from cib_core.callbacks import Progress
+from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem, sha256_digest
+from cib_core.documents import canonical_json, json_object, manifest_media_type
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -45,12 +48,11 @@ from cib_core.errors import (
     RegistryError,
     RegistryErrorDetail,
 )
-from cib_core.models import json_object
+from cib_core.reference import DOCKER_HUB_API_HOST, is_docker_hub
 from cib_core.remote.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, "int | None"], None]
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
@@ -62,9 +64,6 @@ UPLOAD_RESUME_ATTEMPTS = 5
 
 NOT_FOUND_CODES = frozenset({"BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_UNKNOWN",
                              "BLOB_UPLOAD_UNKNOWN", "TAG_UNKNOWN"})
-_DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
-_HASHES = {"sha256": 64, "sha512": 128}
-DOCKER_HUB_API_HOST = "registry-1.docker.io"
 
 
 @dataclass(frozen=True)
@@ -78,18 +77,17 @@ class UploadResult:
     body: bytes = b""
 
 
-def _hasher(digest: str, what: str) -> hashlib._Hash:
-    algo, _, hexpart = digest.partition(":")
-    if algo not in _HASHES:
-        raise InvalidReference(digest, f"unsupported digest algorithm {algo!r} for {what}; "
-                                       "use sha256 or sha512")
-    if len(hexpart) != _HASHES[algo] or not re.fullmatch(r"[0-9a-f]+", hexpart):
-        raise InvalidReference(digest, f"not a valid {algo} digest for {what}")
-    return hashlib.new(algo)
+def _hasher(digest: str, what: str) -> Any:
+    """A hasher for ``digest``, which must be one cib can verify (``InvalidReference`` if not)."""
+    trouble = problem(digest)
+    if trouble is not None:
+        raise InvalidReference(digest, f"{trouble}, for {what}")
+    return new_hasher(digest)
 
 
 def is_digest(ref: str) -> bool:
-    return ":" in ref and bool(_DIGEST_RE.match(ref))
+    """True when ``ref`` (a tag or a digest) has the digest grammar: tags have no colon."""
+    return GRAMMAR.fullmatch(ref) is not None
 
 
 def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -100,20 +98,6 @@ def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
 
 def _media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip()
-
-
-def _guess_media_type(doc: Mapping[str, Any]) -> str:
-    mt = doc.get("mediaType")
-    if isinstance(mt, str) and mt:
-        return mt
-    if "manifests" in doc:
-        return mediatypes.OCI_INDEX
-    config = doc.get("config")
-    if isinstance(config, Mapping) and config.get("mediaType") == mediatypes.DOCKER_CONFIG:
-        return mediatypes.DOCKER_MANIFEST
-    if doc.get("schemaVersion") == 1:
-        return mediatypes.DOCKER_SCHEMA1_SIGNED if "signatures" in doc else mediatypes.DOCKER_SCHEMA1
-    return mediatypes.OCI_MANIFEST
 
 
 def _read_capped(resp: requests.Response, cap: int) -> bytes:
@@ -386,7 +370,7 @@ class RegistryClient:
                                      f"got {registry!r} and {repository!r}")
         self.registry = registry
         self.repository = repository
-        self.api_host = DOCKER_HUB_API_HOST if registry in ("docker.io", "index.docker.io") else registry
+        self.api_host = DOCKER_HUB_API_HOST if is_docker_hub(registry) else registry
         self.chunk_size = chunk_size
         self.progress = progress
         if transport is None:
@@ -544,7 +528,7 @@ class RegistryClient:
         header_digest = resp.headers.get("Docker-Content-Digest")
         algo = ref.split(":", 1)[0] if is_digest(ref) else (
             header_digest.split(":", 1)[0] if header_digest and header_digest.split(":", 1)[0]
-            in _HASHES else "sha256")
+            in ALGORITHMS else "sha256")
         digest = f"{algo}:{hashlib.new(algo, raw).hexdigest()}"
         if is_digest(ref) and digest != ref:
             raise DigestMismatch(f"manifest {ref} from {self.name}", ref, digest)
@@ -553,11 +537,9 @@ class RegistryClient:
         media_type = _media_type(resp.headers.get("Content-Type"))
         if media_type not in mediatypes.ALL_MANIFESTS:
             try:
-                doc = json.loads(raw)
-            except ValueError:
-                doc = None
-            if isinstance(doc, dict):
-                media_type = _guess_media_type(doc)
+                media_type = manifest_media_type(raw)
+            except ManifestError:
+                pass  # not JSON: the caller's parse says so, naming the manifest
         return raw, media_type, digest
 
     def manifest(self, ref: str) -> dict[str, Any]:
@@ -592,16 +574,10 @@ class RegistryClient:
         if isinstance(manifest, (bytes, bytearray)):
             raw = bytes(manifest)
         else:
-            raw = json.dumps(manifest, separators=(",", ":"), ensure_ascii=False).encode()
+            raw = canonical_json(manifest)
         if media_type is None:
-            try:
-                doc = json.loads(raw)
-            except ValueError as exc:
-                raise ManifestError("the manifest to upload is not valid JSON") from exc
-            if not isinstance(doc, dict):
-                raise ManifestError("the manifest to upload is not a JSON object")
-            media_type = _guess_media_type(doc)
-        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+            media_type = manifest_media_type(raw, "the manifest to upload")
+        digest = sha256_digest(raw)
         ref = self._check_ref(tag) if tag else digest
         resp = self._send("PUT", self._path("manifests", ref), scope=self._scoped("push"),
                           headers={"Content-Type": media_type}, data=raw)

@@ -22,8 +22,8 @@ from mutation_support import (
 )
 
 from cib_core import mediatypes as mt
+from cib_core.documents import canonical_json
 from cib_core.formats.oci_layout import OCILayoutStore
-from cib_core.models import canonical_json
 from cib_core.testing import make_layer, push_image
 from cib_core.verify import Fault, check_image, validate_image
 
@@ -76,7 +76,7 @@ def test_valid_images_pass_with_a_summary(any_registry, multiarch_base_image):
 
 
 def _kb(image) -> str:
-    from cib_core.cli.progress import format_size
+    from cib_core.cli.bars import format_size
 
     return format_size(sum(len(b) for b in image.blobs.values()))
 

@@ -108,3 +108,17 @@ def test_cli_insecure_registry_flag(tls_registry, remote_rules):
     assert refused.output.strip().startswith("cib: error: TLS with registry")
     allowed = runner.invoke(cli, ["--insecure-registry", server.host, "catalog", server.host])
     assert allowed.exit_code == 0, allowed.output
+
+
+def test_image_insecure_true_means_the_base_and_target_hosts(tls_registry, remote_rules, tmp_path):
+    from cib_core import Image
+
+    server, _ca = tls_registry
+    with pytest.raises(RegistryError, match=f"TLS with registry {server.host} failed"):
+        Image("scratch", f"{server.host}/tls/built:1").save()
+    pushed = Image("scratch", f"{server.host}/tls/built:1", insecure=True)
+    pushed.cmd = ["true"]
+    result = pushed.save()  # the target's host
+    back = Image(f"{server.host}/tls/built:1", f"oci:{tmp_path / 'layout'}:1", insecure=True)
+    assert back.get_image_config()["Cmd"] == ["true"]  # the base's host
+    assert back.save().digest == result.digest

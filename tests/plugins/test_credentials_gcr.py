@@ -44,7 +44,7 @@ def test_application_default_credentials_give_an_access_token(cred_env, monkeypa
         adc = write_service_account(cred_env.root / "sa.json", server.url)
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(adc))
 
-        creds = gcr.cib_credentials(registry="us-docker.pkg.dev", repository="proj/repo/img")
+        creds = gcr.cib_credentials(registry="us-docker.pkg.dev", options={})
 
     assert creds == Credentials(username="oauth2accesstoken", secret=ACCESS_TOKEN)
     assert ACCESS_TOKEN not in repr(creds)
@@ -65,7 +65,7 @@ def test_other_registries_never_touch_google_auth(cred_env, monkeypatch):
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS",
                            str(write_service_account(cred_env.root / "sa.json", server.url)))
         for registry in ("docker.io", "127.0.0.1:5000", "quay.io", "us-maven.pkg.dev"):
-            assert gcr.cib_credentials(registry=registry, repository="a/b") is None
+            assert gcr.cib_credentials(registry=registry, options={}) is None
     assert server.requests == []
 
 
@@ -74,7 +74,7 @@ def test_refused_refresh_is_an_authentication_error(cred_env, monkeypatch):
         monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS",
                            str(write_service_account(cred_env.root / "sa.json", server.url)))
         with pytest.raises(AuthenticationError) as info:
-            gcr.cib_credentials(registry="gcr.io", repository="proj/img")
+            gcr.cib_credentials(registry="gcr.io", options={})
     message = str(info.value)
     assert "gcr.io" in message and "invalid_grant" in message
     assert server.requests and server.requests[0]["assertion"][0] not in message
@@ -94,7 +94,7 @@ def test_no_application_default_credentials_is_none(cred_env, monkeypatch, caplo
     with TokenServer(ACCESS_TOKEN) as metadata:
         host, port = metadata.httpd.server_address[:2]
         monkeypatch.setenv("GCE_METADATA_IP", f"{host}:{port}")
-        assert gcr.cib_credentials(registry="gcr.io", repository="proj/img") is None
+        assert gcr.cib_credentials(registry="gcr.io", options={}) is None
     ours = [r for r in caplog.records if r.name == "cib_plugins.gcr"]
     assert ours and all(r.levelno == logging.DEBUG for r in ours)
     assert "no Google application default credentials" in ours[0].getMessage()
@@ -103,6 +103,6 @@ def test_no_application_default_credentials_is_none(cred_env, monkeypatch, caplo
 def test_unusable_explicit_credentials_file_is_none_with_a_warning(cred_env, monkeypatch, caplog):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(cred_env.root / "missing.json"))
     caplog.set_level(logging.DEBUG, logger="cib_plugins.gcr")
-    assert gcr.cib_credentials(registry="eu.gcr.io", repository="proj/img") is None
+    assert gcr.cib_credentials(registry="eu.gcr.io", options={}) is None
     ours = [r for r in caplog.records if r.name == "cib_plugins.gcr"]
     assert ours and ours[0].levelno == logging.WARNING and "missing.json" in ours[0].getMessage()

@@ -1,8 +1,7 @@
-"""The five builtin credential providers together, in BUILTIN_PLUGINS' call order."""
+"""The five builtin credential providers together, in the order the plugin host asks them."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 
 import keyring
@@ -16,9 +15,8 @@ from credentials_support import (
     write_service_account,
 )
 
-from cib_core import Credentials, hookimpl
-from cib_core.authn import credstore
-from cib_core.plugins import BUILTIN_PLUGINS, CibPluginManager
+from cib_core import Credentials, credstore, hookimpl
+from cib_core.plugins import CibPluginManager, create_plugin_manager
 
 CREDENTIAL_PLUGINS = ("credential-helper", "docker-config", "dockerhub", "gcr", "keyring")
 SECRETS = ("helper-secret", "config-secret", "hub-secret", "ya29.order-token", "keyring-secret")
@@ -31,20 +29,16 @@ def cred_env(tmp_path, monkeypatch):
 
 @pytest.fixture
 def pm():
-    """A manager holding the five providers, registered as load_builtins does (reversed)."""
-    manager = CibPluginManager(autoload=False)
-    for name, module_path in reversed(BUILTIN_PLUGINS):
-        if name in CREDENTIAL_PLUGINS:
-            manager.register(importlib.import_module(module_path), name=name)
-    return manager
+    """The builtins as the plugin host loads them from their entry points."""
+    return create_plugin_manager(autoload=False)
 
 
 def resolve(pm: CibPluginManager, registry: str, repository: str = "team/app") -> Credentials | None:
-    return pm.hook.cib_credentials(registry=registry, repository=repository)
+    return pm.hook.cib_credentials(registry=registry, repository=repository, options={})
 
 
-def test_builtin_order_is_the_documented_one():
-    names = [name for name, _ in BUILTIN_PLUGINS if name in CREDENTIAL_PLUGINS]
+def test_builtin_order_is_the_documented_one(pm):
+    names = [name for name in pm.builtin_names() if name in CREDENTIAL_PLUGINS]
     assert names == list(CREDENTIAL_PLUGINS)
 
 

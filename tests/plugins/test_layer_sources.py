@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from cib_core.errors import LayerSourceError
 from cib_core.layers.build import BuiltLayer, CustomFile, LayerBuilder, build_layer, collect_entries
-from cib_core.plugin_api import LocalSource, TarballSource
+from cib_core.plugin_api import LayerOptions, TarballSource
 from cib_plugins import custom_files, local_dir
 
 
@@ -35,7 +35,8 @@ def layer_members(layer: BuiltLayer) -> dict[str, tuple[tarfile.TarInfo, bytes |
 
 
 def names(pm, sources, **kw) -> list[str]:
-    return [info.name for info, _ in collect_entries(pm, sources, **kw)]
+    options = LayerOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+    return [info.name for info, _ in collect_entries(pm, sources, options=options)]
 
 
 def build(pm, sources, **kw) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
@@ -55,12 +56,11 @@ def test_directory_contents_go_under_target_and_a_file_at_target(pm, tmp_path):
 
 
 def test_bare_existing_path_is_claimed_but_a_missing_string_is_not(pm, tmp_path):
-    assert local_dir.cib_layer_source(source=str(tmp_path / "nope"), target="/x") is None
-    assert local_dir.cib_layer_source(source=12, target="/x") is None
-    assert local_dir.cib_layer_source(source=str(tmp_path), target="/x") is not None
-    missing = LocalSource(str(tmp_path / "nope"))
+    assert local_dir.cib_layer_source(source=str(tmp_path / "nope"), options=LayerOptions()) is None
+    assert local_dir.cib_layer_source(source=12, options=LayerOptions()) is None
+    assert local_dir.cib_layer_source(source=str(tmp_path), options=LayerOptions()) is not None
     with pytest.raises(LayerSourceError, match="nope: does not exist"):
-        list(local_dir.cib_layer_source(source=missing, target="/x"))
+        list(local_dir.cib_layer_source(source=tmp_path / "nope", options=LayerOptions()))
     with pytest.raises(LayerSourceError, match="does not exist"):
         collect_entries(pm, {"/x": tmp_path / "nope"})  # a PathLike is always a local path
 

@@ -29,7 +29,7 @@ from cib_core.layers.build import (
     normalize_target,
     write_layer,
 )
-from cib_core.plugin_api import LocalSource, dir_entry, file_entry, keep_fields, symlink_entry
+from cib_core.plugin_api import LayerOptions, dir_entry, file_entry, keep_fields, symlink_entry
 from cib_core.plugins import hookimpl
 
 
@@ -352,13 +352,13 @@ def test_unknown_source_names_the_source(pm):
         collect_entries(pm, {"/x": 12345})
 
 
-def test_a_plugin_claims_its_own_prefix_and_local_paths_are_wrapped(pm, tmp_path):
+def test_a_plugin_claims_its_own_prefix_and_sees_the_layer_options(pm, tmp_path):
     seen = []
 
     class Acme:
         @hookimpl
-        def cib_layer_source(self, source, target):
-            seen.append((source, target))
+        def cib_layer_source(self, source, target, options):
+            seen.append((source, target, options))
             if isinstance(source, str) and source.startswith("acme:"):
                 return [dir_entry("d"), file_entry("d/f", 3, io.BytesIO(b"abc")),
                         symlink_entry("l", "d/f")]
@@ -366,12 +366,13 @@ def test_a_plugin_claims_its_own_prefix_and_local_paths_are_wrapped(pm, tmp_path
 
     pm.register(Acme(), name="acme")
     (tmp_path / "real").write_text("real")
+    options = LayerOptions(ignores=("*.o",), follow_symlinks=False)
     entries = collect_entries(pm, {"/x": "acme:thing", "/y": str(tmp_path / "real")},
-                              ignores=["*.o"], follow_symlinks=False)
+                              options=options)
     assert [e[0].name for e in entries] == ["x/d", "x/d/f", "x/l", "y"]
     assert entries[2][0].linkname == "d/f"  # symlink contents untouched
-    assert seen[0] == ("acme:thing", "/x")
-    assert seen[1] == (LocalSource(str(tmp_path / "real"), ("*.o",), (), False), "/y")
+    # local-dir is asked first and claims the existing path: the third party never sees it
+    assert seen == [("acme:thing", "/x", LayerOptions(("*.o",), (), False, None))]
 
 
 def test_plugin_bugs_are_plugin_errors_naming_the_plugin(pm):

@@ -13,17 +13,19 @@ from typing import Any
 import pytest
 
 from cib_core import mediatypes as mt
+from cib_core.digest import sha256_digest
+from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, ManifestError, NotFound
 from cib_core.models import (
     Descriptor,
     Index,
     Manifest,
     Platform,
-    canonical_json,
     config_platform,
     diff_ids,
     parse_manifest,
-    sha256_digest,
+)
+from cib_core.validate import (
     validate_config,
     validate_descriptor,
     validate_index,

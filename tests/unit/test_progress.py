@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from cib_core.cli.progress import ProgressRenderer, TransferSummary, format_duration, format_size
+from cib_core.cli.bars import ProgressRenderer, TransferSummary, format_duration, format_size
 
 
 class FakeClock:

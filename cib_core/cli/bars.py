@@ -1,10 +1,4 @@
-"""Transfer progress: the callback the library reports through, and the CLI's renderer.
-
-The library never draws anything. Whatever moves blobs (``RegistryClient.upload``, the
-stores, ``Image``, ``copy_image``) takes an optional ``progress`` callable and calls it as
-``progress(digest, done, total)``: ``done`` is the number of bytes of ``digest`` moved so far
-(it only grows, except when an upload restarts), ``total`` the blob's size when known. Calls
-come from several threads at once, because several blobs move at once.
+"""The command line's progress bars: a ``cib_core.callbacks.Progress`` callback that draws.
 
 :class:`ProgressRenderer` is the command line's callback: on a terminal it draws one tqdm bar
 per blob and a total bar with transfer rates; elsewhere it stays silent during the transfer
@@ -18,9 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
-
-Progress = Callable[[str, int, "int | None"], None]
-"""``progress(digest, done, total)``: bytes of ``digest`` moved so far, and its size if known."""
 
 _UNITS = ("B", "kB", "MB", "GB", "TB")
 
