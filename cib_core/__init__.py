@@ -20,12 +20,14 @@ from cib_core.errors import (
     PluginError,
     RegistryError,
 )
+from cib_core.plugins import DISTRIBUTION as _DISTRIBUTION
 from cib_core.plugins import hookimpl
 
 try:
     from importlib.metadata import PackageNotFoundError, version
 
-    __version__ = version("cib")
+    # the name pip knows (cib-core), not the import name
+    __version__ = version(_DISTRIBUTION)
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 

@@ -50,6 +50,7 @@ from cib_core.seed_forms import (
 from cib_core.stores import (
     BlobStore,
     RegistryStore,
+    StreamingStore,
     manifest_to_oci,
     open_store,
     read_config,
@@ -491,14 +492,15 @@ class Image:
             # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
             info = cached
             self._present.add(info.digest)
-        elif isinstance(store, RegistryStore):
+        elif isinstance(store, StreamingStore):
             def rebuild() -> LayerBuilder:
                 return prepare_layer(
                     self._plugin_manager, sources, ignores=tuple(ignores),
                     ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
                     compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime)
 
-            info = self._stream_layer(builder, store, rebuild)
+            label = "new layer " + ", ".join(sorted(sources))
+            info = self._stream_layer(builder, store, rebuild, label)
         else:
             info = self._upload_built(builder, store)
         if key is not None and cached != info:
@@ -545,13 +547,15 @@ class Image:
                                          "must be a str")
         return patterns
 
-    def _stream_layer(self, builder: LayerBuilder, store: RegistryStore,
-                      rebuild: Callable[[], LayerBuilder]) -> LayerInfo:
-        """Write the layer straight into one streamed upload request: tar, compression and
-        upload run side by side, with no temporary file, memory bounded by a few pieces, and the
-        blob hashed once (by the upload). Should the upload fail for a temporary reason (a
-        stream cannot be rewound), list the sources again (``rebuild``), build the layer into a
-        temporary file and upload that, which can resume and retry."""
+    def _stream_layer(self, builder: LayerBuilder, store: StreamingStore,
+                      rebuild: Callable[[], LayerBuilder], label: str) -> LayerInfo:
+        """Write the layer straight into the target as it is made (one streamed upload request
+        into a registry): tar, compression and upload or write run side by side, with no
+        temporary file, memory bounded by a few pieces, and the blob hashed once (by the store).
+        ``label`` names it to the progress callback until its digest is known. Should an upload
+        fail for a temporary reason (a stream cannot be rewound), list the sources again
+        (``rebuild``), build the layer into a temporary file and upload that, which can resume
+        and retry."""
         pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         result: list[tuple[str, int]] = []
@@ -572,7 +576,7 @@ class Image:
         def upload() -> None:
             nonlocal ended
             try:
-                result.append(store.put_stream(produce()))
+                result.append(store.put_stream(produce(), label))
             except BaseException as exc:  # noqa: BLE001 - handed to the building thread
                 failure.append(exc)
                 # let the builder finish or fail fast; once the end marker was taken (the final

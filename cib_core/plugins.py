@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "cib"
 AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
-DISTRIBUTION = "cib"
+DISTRIBUTION = "cib-core"
 BUILTIN_MODULE_PREFIX = "cib_plugins."
 
 hookimpl = pluggy.HookimplMarker("cib")

@@ -19,6 +19,10 @@ Known differences from the Go library: sha512 digests are accepted (Go's test bi
 sha512 unregistered), and every error is an :class:`InvalidReference` whose ``reason`` starts with
 the Go error message, sometimes followed by ``"; "`` and a hint.
 
+Registry references may be written as skopeo writes them, ``docker://REF``; skopeo's transports
+that name storage cib cannot read (``docker-daemon:``, ``containers-storage:``, ``oci-archive:``)
+are refused with a hint rather than read as Docker Hub repositories of those names.
+
 Local transports (see :func:`parse_image_spec`) are ``oci:PATH[:TAG]``,
 ``docker-archive:PATH[:NAME[:TAG]]`` and ``scratch``. As in skopeo, the path ends at the first
 colon after the transport name, so a path cannot contain a colon; everything after it is the tag
@@ -391,12 +395,47 @@ def familiar_match(pattern: str, ref: Reference) -> bool:
 
 
 # --- cib's entry points ------------------------------------------------------------------------
+DOCKER_TRANSPORT = "docker://"
+"""skopeo's spelling of a registry reference; cib takes it as the plain reference after it."""
+
+# skopeo transports cib cannot read, with what to do instead. Without this table
+# ``docker-daemon:alpine`` would be the Docker Hub repository ``library/docker-daemon``.
+_FOREIGN_TRANSPORTS = {
+    "docker-daemon": (
+        "cib does not read from a Docker daemon (docker-daemon: is a skopeo transport)",
+        "save the image with 'docker save IMAGE -o image.tar' and use docker-archive:image.tar, "
+        "or push it to a registry"),
+    "containers-storage": (
+        "cib does not read podman's or buildah's local storage (containers-storage: is a skopeo "
+        "transport)",
+        "save the image with 'podman save --format docker-archive -o image.tar IMAGE' and use "
+        "docker-archive:image.tar, or push it to a registry"),
+    "oci-archive": (
+        "cib reads OCI layouts as directories, not oci-archive: tarballs",
+        "unpack it ('mkdir layout && tar -xf image.tar -C layout') and use oci:layout"),
+}
+
+
 def parse_reference(text: str) -> Reference:
     """Parse a registry reference with Docker's normalization (``node`` is
-    ``docker.io/library/node``); tag and digest are kept as given (``None`` when absent)."""
-    if not text:
+    ``docker.io/library/node``); tag and digest are kept as given (``None`` when absent).
+
+    ``docker://REF`` (skopeo's form) is ``REF``; skopeo's ``docker-daemon:``,
+    ``containers-storage:`` and ``oci-archive:`` are refused with what to do instead."""
+    name = text
+    transport, sep, _rest = text.partition(":")
+    if sep and transport in _FOREIGN_TRANSPORTS:
+        raise _fail(text, *_FOREIGN_TRANSPORTS[transport])
+    if text.startswith(DOCKER_TRANSPORT):
+        name = text[len(DOCKER_TRANSPORT):]
+    if not name:
         raise _fail(text, ERR_EMPTY, "name an image such as 'alpine' or 'localhost:5000/app:v1'")
-    return parse_normalized_named(text)
+    try:
+        return parse_normalized_named(name)
+    except InvalidReference as exc:
+        if name == text:
+            raise
+        raise InvalidReference(text, exc.reason) from None
 
 
 def parse_repository(text: str) -> Reference:
@@ -438,7 +477,8 @@ def _parse_local(text: str) -> LocalReference | None:
 
 
 def parse_image_spec(text: str) -> Reference | LocalReference:
-    """A registry reference, or ``oci:PATH[:TAG]``, ``docker-archive:PATH[:NAME:TAG]``, ``scratch``."""
+    """A registry reference (also as ``docker://REF``), or ``oci:PATH[:TAG]``,
+    ``docker-archive:PATH[:NAME:TAG]``, ``scratch``."""
     local = _parse_local(text)
     if local is not None:
         return local

@@ -77,6 +77,15 @@ class BlobStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class StreamingStore(BlobStore, Protocol):
+    """A store that takes a blob while it is being made, its digest not known in advance
+    (a new layer, written as it is compressed). ``label`` names it to the progress callback
+    until the digest is known."""
+
+    def put_stream(self, pieces: Iterable[bytes], label: str) -> tuple[str, int]: ...
+
+
 class RegistryStore:
     """A repository in a registry, through a ``RegistryClient``."""
 
@@ -108,10 +117,10 @@ class RegistryStore:
                                     progress=self.progress)
         return result.digest, result.size
 
-    def put_stream(self, pieces: Iterable[bytes]) -> tuple[str, int]:
+    def put_stream(self, pieces: Iterable[bytes], label: str = "new blob") -> tuple[str, int]:
         """Upload a blob as it is produced, in one request that cannot resume (see
         ``RegistryClient.upload_stream``); the producer must be able to start over."""
-        result = self.client.upload_stream(pieces, progress=self.progress)
+        result = self.client.upload_stream(pieces, progress=self.progress, label=label)
         return result.digest, result.size
 
     def mount(self, digest: str, from_repository: str) -> bool:
@@ -137,20 +146,22 @@ def open_store(
     progress: Progress | None = None,
     pool: TransportPool | None = None,
 ) -> BlobStore:
-    """A store for a reference string or parsed reference. ``scratch`` has no store."""
+    """A store for a reference string or parsed reference. ``scratch`` has no store.
+
+    ``progress`` is called as blobs are written into the store (``cib_core.progress``)."""
     ref = parse_image_spec(spec) if isinstance(spec, str) else spec
     if isinstance(ref, LocalReference):
         if ref.transport == "oci":
             from cib_core.formats.oci_layout import OCILayoutStore
 
             assert ref.path is not None
-            return OCILayoutStore(ref.path, create=write)
+            return OCILayoutStore(ref.path, create=write, progress=progress if write else None)
         if ref.transport == "docker-archive":
             from cib_core.formats.docker_archive import DockerArchiveStore
 
             assert ref.path is not None
             if write:
-                return DockerArchiveStore.create(ref.path, ref.ref)
+                return DockerArchiveStore.create(ref.path, ref.ref, progress=progress)
             return DockerArchiveStore.open(ref.path, ref.ref)
         raise ConfigurationError(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")

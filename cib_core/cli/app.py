@@ -220,7 +220,13 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import auth, build, copy, export, flatten, inspect, plugins, rebase, registry, validate
+    from cib_core.cli import auth, build, copy, export, inspect, plugins, registry
+    from cib_core.cli import completion as completion_cli
+    from cib_core.cli import flatten as flatten_cli
+    from cib_core.cli import index as index_cli
+    from cib_core.cli import rebase as rebase_cli
+    from cib_core.cli import tag as tag_cli
+    from cib_core.cli import validate as validate_cli
 
     for command in (
         build.build,
@@ -236,9 +242,12 @@ def _add_commands() -> None:
         export.export,
         auth.auth,
         plugins.plugins,
-        rebase.rebase,
-        flatten.flatten,
-        validate.validate,
+        tag_cli.tag,
+        index_cli.index,
+        completion_cli.completion,
+        rebase_cli.rebase,
+        flatten_cli.flatten,
+        validate_cli.validate,
     ):
         cli.add_command(command)
 

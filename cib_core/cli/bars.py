@@ -1,8 +1,8 @@
 """The command line's progress bars: a ``cib_core.callbacks.Progress`` callback that draws.
 
-:class:`ProgressRenderer` is the command line's callback: on a terminal it draws one tqdm bar
-per blob and a total bar with transfer rates; elsewhere it stays silent during the transfer
-and prints one summary line at the end (``pushed 3 blobs, 205.1 MB in 1.8 s``).
+:class:`ProgressRenderer` is the command line's callback: on a terminal it draws one labelled
+tqdm bar per blob or step and a total bar with transfer rates; it prints one summary line at
+the end (``pushed 3 blobs, 205.1 MB in 1.8 s``), and elsewhere only that line.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
+
+from cib_core.callbacks import LABEL_WIDTH, label_for
 
 _UNITS = ("B", "kB", "MB", "GB", "TB")
 
@@ -76,6 +78,7 @@ class ProgressRenderer:
         self._done: dict[str, int] = {}
         self._totals: dict[str, int | None] = {}
         self._blob_bars: dict[str, Any] = {}
+        self._step_bars: dict[str, Any] = {}
         self._total_bar: Any = None
         self._closed = False
         self._summary: TransferSummary | None = None
@@ -96,14 +99,12 @@ class ProgressRenderer:
         from tqdm import tqdm
 
         if self._total_bar is None:
-            self._total_bar = tqdm(total=None, desc="total", unit="B", unit_scale=True,
-                                   file=self.stream, position=0, leave=True,
+            self._total_bar = tqdm(total=None, desc=f"{'total':<{LABEL_WIDTH}}", unit="B",
+                                   unit_scale=True, file=self.stream, position=0, leave=True,
                                    dynamic_ncols=True, mininterval=0.2)
         bar = self._blob_bars.get(digest)
         if bar is None:
-            short = digest.split(":", 1)[-1][:12]
-            bar = tqdm(total=total, desc=short, unit="B", unit_scale=True, file=self.stream,
-                       leave=False, dynamic_ncols=True, mininterval=0.2)
+            bar = self._bar(digest, total)
             self._blob_bars[digest] = bar
         elif total is not None and bar.total != total:
             bar.total = total
@@ -121,6 +122,29 @@ class ProgressRenderer:
             bar.close()
             del self._blob_bars[digest]
 
+    def _bar(self, name: str, total: int | None) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"{label_for(name):<{LABEL_WIDTH}}", unit="B",
+                    unit_scale=True, file=self.stream, leave=False, dynamic_ncols=True,
+                    mininterval=0.2)
+
+    def step(self, label: str, done: int, total: int | None) -> None:
+        """Work that moves no blob (writing a docker-archive): a bar of its own on a terminal,
+        not counted in the summary."""
+        with self._lock:
+            if self._closed or not self.bars:
+                return
+            bar = self._step_bars.get(label)
+            if bar is None:
+                bar = self._step_bars[label] = self._bar(label, total)
+            elif total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+            if total is not None and done >= total:
+                bar.close()
+                del self._step_bars[label]
+
     # -- the end -----------------------------------------------------------------------------
     def summary(self) -> TransferSummary:
         with self._lock:
@@ -136,9 +160,10 @@ class ProgressRenderer:
                 assert self._summary is not None
                 return self._summary
             self._closed = True
-            for bar in self._blob_bars.values():
+            for bar in [*self._blob_bars.values(), *self._step_bars.values()]:
                 bar.close()
             self._blob_bars.clear()
+            self._step_bars.clear()
             if self._total_bar is not None:
                 self._total_bar.close()
                 self._total_bar = None

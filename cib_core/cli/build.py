@@ -58,6 +58,10 @@ def parse_add(values: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
+# add_files options that a layer source error may name, and the build flag that sets each
+_BUILD_FLAGS = {"follow_symlinks=False": "--no-follow-symlinks"}
+
+
 def _key_values(values: Sequence[str], option: str) -> list[tuple[str, str]]:
     pairs = []
     for value in values:
@@ -102,16 +106,20 @@ Examples:
               help="gitignore-style pattern of files to leave out of local directories.")
 @click.option("--ignore-file", "ignore_files", metavar="NAME", multiple=True,
               help="Read more patterns from NAME at each local directory's root (like .dockerignore).")
+@click.option("--no-follow-symlinks", "no_follow_symlinks", is_flag=True,
+              help="Keep symlinks inside --add directories as links; by default each is replaced by "
+                   "what it points to.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entrypoint: str | None,
           workdir: str | None, env: tuple[str, ...], labels: tuple[str, ...], user: str | None,
           tags: tuple[str, ...], platform: str | None, ignores: tuple[str, ...],
-          ignore_files: tuple[str, ...], as_json: bool) -> None:
+          ignore_files: tuple[str, ...], no_follow_symlinks: bool, as_json: bool) -> None:
     """Build an image: BASE plus new files and config, saved to TARGET.
 
     Prints the saved image as REGISTRY/REPO@sha256:... (or oci:PATH@sha256:...) on stdout,
     and nothing else, so scripts can capture it.
     """
+    from cib_core.errors import LayerSourceError
     from cib_core.image import Image
     from cib_core.reference import Reference
 
@@ -129,7 +137,14 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
         image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm,
                       progress=progress)
         if mapping:
-            image.add_files(mapping, ignores=ignores, ignore_files=ignore_files)
+            try:
+                image.add_files(mapping, ignores=ignores, ignore_files=ignore_files,
+                                follow_symlinks=not no_follow_symlinks)
+            except LayerSourceError as exc:
+                flag = _BUILD_FLAGS.get(exc.option or "")
+                if flag is None:
+                    raise
+                raise LayerSourceError(exc.path, exc.reason, option=flag) from None
         if cmd_list is not None:
             image.cmd = cmd_list
         if entrypoint_list is not None:

@@ -113,7 +113,7 @@ class CliLogHandler(logging.Handler):
 # errors
 # ---------------------------------------------------------------------------------------------
 
-def error_hint(exc: CibError, *, login: bool = False) -> str:
+def error_hint(exc: CibError, *, login: bool = False, insecure: Sequence[str] = ()) -> str:
     if isinstance(exc, AuthenticationError) and login:
         return "nothing was stored"
     if isinstance(exc, AuthenticationError):
@@ -125,29 +125,53 @@ def error_hint(exc: CibError, *, login: bool = False) -> str:
         return "the credentials are valid but lack access; check the repository name and permissions"
     if isinstance(exc, InvalidReference):
         return ""
-    if isinstance(exc, RegistryError) and exc.status is None and exc.temporary:
-        from cib_core.reference import is_loopback_host
-
-        hint = "check the host name and that the registry is running"
-        if exc.registry and not is_loopback_host(exc.registry):
-            hint += f"; for a registry without TLS pass --insecure-registry {exc.registry}"
-        return hint
+    if isinstance(exc, RegistryError) and exc.status is None:
+        return connection_hint(exc, insecure)
     return ""
 
 
-def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = False) -> str:
-    """The one line a ``CibError`` becomes: ``cib: error: <message>; <hint>``."""
+def connection_hint(exc: RegistryError, insecure: Sequence[str]) -> str:
+    """What to try when no answer came. ``--insecure-registry`` is offered only where it can
+    help: a TLS failure, or a refused HTTPS connection to a host that may serve plain HTTP on
+    its default port, of a host that is not loopback, not a big public registry and not named
+    insecure already. A name that does not resolve is never cured by it."""
+    from urllib.parse import urlsplit
+
+    from cib_core.remote.transport import connection_failure, may_be_insecure
+
+    host = exc.registry or ""
+    kind = connection_failure(exc)
+    if kind == "dns":
+        return "check the host name, and the network and DNS settings of this machine"
+    offer = bool(host) and may_be_insecure(host) and host.lower() not in {
+        h.lower() for h in insecure}
+    flag = f"pass --insecure-registry {host}"
+    if kind == "tls":
+        return f"for a registry without a certificate cib can check, {flag}" if offer else ""
+    if not exc.temporary:
+        return ""
+    hint = "check the host name and that the registry is running"
+    if kind == "refused" and offer and urlsplit(f"//{host}").port is None:
+        hint += f"; for a registry serving plain HTTP, {flag}"
+    return hint
+
+
+def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = False,
+               insecure: Sequence[str] = ()) -> str:
+    """The one line a ``CibError`` becomes: ``cib: error: <message>; <hint>``. ``insecure`` is
+    the hosts this run names insecure (``--insecure-registry``)."""
     message = " ".join(str(exc).split()) or type(exc).__name__
-    hint = error_hint(exc, login=login)
+    hint = error_hint(exc, login=login, insecure=insecure)
     if hint and hint not in message:
         message = f"{message}; {hint}"
     return redact(f"{PROG}: error: {message}", secrets)
 
 
 def fail(exc: CibError, ctx: click.Context | None = None) -> NoReturn:
-    secrets = cli_state(ctx).secrets.values if ctx is not None and isinstance(ctx.obj, CliState) else []
+    state = ctx.obj if ctx is not None and isinstance(ctx.obj, CliState) else None
     login = bool(ctx is not None and ctx.meta.get(LOGIN_KEY))
-    click.echo(error_line(exc, secrets, login=login), err=True)
+    click.echo(error_line(exc, state.secrets.values if state else [], login=login,
+                          insecure=state.insecure if state else ()), err=True)
     raise click.exceptions.Exit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,6 +13,9 @@ from cib_core.cli.common import (
     progress_renderer,
 )
 
+if TYPE_CHECKING:
+    from cib_core.copy import CopyResult
+
 log = logging.getLogger(__name__)
 
 @click.command(epilog="""\b
@@ -19,29 +23,52 @@ Examples:
   cib copy docker.io/library/alpine:3.20 localhost:5000/alpine:3.20
   cib copy localhost:5000/app:v1 oci:./layout:v1          # to an OCI layout
   cib copy oci:./layout:v1 docker-archive:app.tar:app:v1  # for docker load
-  cib copy python:3.12 localhost:5000/py --platform linux/amd64""")
+  cib copy python:3.12 localhost:5000/py --platform linux/amd64
+  cib copy node:22 localhost:5000/node:22 --platform linux/amd64,linux/arm64
+  cib copy --all-tags docker://localhost:5000/app localhost:5001/mirror/app""")
 @click.argument("src", metavar="SRC")
 @click.argument("dst", metavar="DST")
-@click.option("--platform", metavar="P|all",
-              help="Copy one platform of a multi-platform image; default all, keeping the digest.")
+@click.option("--platform", metavar="P[,P...]|all",
+              help="Copy only these platforms of a multi-platform image: one gives that image, "
+                   "several an index of just those. Default all, keeping the digest.")
+@click.option("--all-tags", is_flag=True,
+              help="Copy every tag of the registry repository SRC to the same tags in DST "
+                   "(both named without a tag).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def copy(src: str, dst: str, platform: str | None, as_json: bool) -> None:
+def copy(src: str, dst: str, platform: str | None, all_tags: bool, as_json: bool) -> None:
     """Copy an image (all platforms by default) from SRC to DST.
 
-    Either side may be a registry reference, oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG].
-    Prints the copied image as DST@sha256:... on stdout.
+    Either side may be a registry reference (also written docker://REF), oci:PATH[:TAG] or
+    docker-archive:PATH[:NAME:TAG]. Prints the copied image as DST@sha256:... on stdout; with
+    --all-tags one line per tag, DST:TAG@sha256:... (oci:PATH:TAG for a layout).
     """
-    from cib_core.copy import copy_image
+    from cib_core.copy import copy_all_tags, copy_image
 
     state = cli_state()
+    if all_tags:
+        with progress_renderer("copied") as progress:
+            results = copy_all_tags(src, dst, platform=platform, insecure=state.insecure,
+                                    pm=state.pm, progress=progress)
+        if as_json:
+            echo_json([_as_json(result) for result in results])
+            return
+        for result in results:
+            where = result.reference.rpartition("@")[0]
+            if where.startswith("oci:"):
+                click.echo(f"{where}:{result.tags[0]}")
+            else:
+                click.echo(f"{where}:{result.tags[0]}@{result.digest}")
+        return
     with progress_renderer("copied") as progress:
         result = copy_image(src, dst, platform=platform, insecure=state.insecure, pm=state.pm,
                             progress=progress)
     if as_json:
-        echo_json({"reference": result.reference, "digest": result.digest,
-                    "mediaType": result.media_type, "tags": list(result.tags),
-                    "blobs": dict(result.blobs)})
+        echo_json(_as_json(result))
     else:
         click.echo(result.reference)
 
 
+def _as_json(result: CopyResult) -> dict[str, Any]:
+    return {"reference": result.reference, "digest": result.digest,
+            "mediaType": result.media_type, "tags": list(result.tags),
+            "blobs": dict(result.blobs)}

@@ -31,12 +31,13 @@ import tarfile
 import tempfile
 import threading
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import ProgressReader, label_for, report_step
 from cib_core.digest import is_digest, new_hasher, sha256_digest
 from cib_core.documents import canonical_json, manifest_media_type
 from cib_core.errors import ConfigurationError, DigestMismatch, LocalWriteError, ManifestError, NotFound
@@ -154,11 +155,13 @@ class DockerArchiveStore:
     """A docker-archive tarball: a reader (``open``) or a writer (``create``), never both."""
 
     def __init__(self, path: str | os.PathLike[str], *, write: bool = False,
-                 default_ref: str | None = None) -> None:
+                 default_ref: str | None = None,
+                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
         self.path = Path(path)
         self.name = f"docker-archive:{self.path}"
         self.writing = write
         self.default_ref = default_ref or None
+        self.progress = progress
         self._closed = False
         if write:
             self._init_writer()
@@ -171,9 +174,15 @@ class DockerArchiveStore:
         return cls(path, write=False, default_ref=ref)
 
     @classmethod
-    def create(cls, path: str | os.PathLike[str], ref: str | None = None) -> DockerArchiveStore:
-        """Write an archive at ``close()``; ``ref`` (``NAME:TAG``) names images put without a name."""
-        return cls(path, write=True, default_ref=ref)
+    def create(cls, path: str | os.PathLike[str], ref: str | None = None, *,
+               progress: Callable[[str, int, int | None], None] | None = None,
+               ) -> DockerArchiveStore:
+        """Write an archive at ``close()``; ``ref`` (``NAME:TAG``) names images put without a name.
+
+        ``progress(digest, done, total)`` is called as blobs are put; a callback with a
+        ``step(label, done, total)`` method also sees the tarball being written at ``close()``
+        (see ``cib_core.progress``)."""
+        return cls(path, write=True, default_ref=ref, progress=progress)
 
     def __repr__(self) -> str:
         return f"DockerArchiveStore({str(self.path)!r}, write={self.writing})"
@@ -439,7 +448,7 @@ class DockerArchiveStore:
             self._tmpdir = tempfile.mkdtemp(prefix=f".{self.path.name}.cib-", dir=self.path.parent)
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
         with self._writing():
-            self._layout = OCILayoutStore(self._tmpdir, create=True)
+            self._layout = OCILayoutStore(self._tmpdir, create=True, progress=self.progress)
 
     def _named(self, failure: LocalWriteError) -> LocalWriteError:
         """``failure`` as a failure to write this archive (the user never named its blobs)."""
@@ -530,11 +539,18 @@ class DockerArchiveStore:
                 return self._layout.get_manifest(digest)
         raise self._not_found(ref)
 
+    def _step(self, label: str, total: int | None) -> Callable[[int], None]:
+        """``report(done)`` for one step of writing the tarball, told to ``progress``."""
+        return lambda done: report_step(self.progress, label, done, total)
+
     def _layer_uncompressed(self, digest: str) -> tuple[int, str]:
         """Size and sha256 of a stored layer blob once decompressed."""
         hasher = new_hasher()
         size = 0
-        with self._layout.open_blob(digest) as blob:
+        stored = self._layout.blob_path(digest).stat().st_size
+        report = self._step(f"check {label_for(digest)}", stored)
+        with self._layout.open_blob(digest) as opened:
+            blob = io.BufferedReader(ProgressReader(opened, report), CHUNK)
             plain, _ = decompressed(blob)
             with plain:
                 for block in iter(lambda: plain.read(CHUNK), b""):
@@ -600,8 +616,9 @@ class DockerArchiveStore:
                 self._add(tar, f"{diff_hex}/", None)
                 with self._layout.open_blob(digest) as blob:
                     plain, _ = decompressed(blob)
-                    with plain:
-                        self._add(tar, member, plain, size)
+                    report = self._step(f"write {label_for(digest)}", size)
+                    with plain, ProgressReader(plain, report) as counted:
+                        self._add(tar, member, io.BufferedReader(counted, CHUNK), size)
                 written_layers.add(diff_hex)
             config_name = f"{config_digest.split(':', 1)[1]}.json"
             if config_name not in written_configs:
@@ -648,6 +665,12 @@ class DockerArchiveStore:
         self._writer_only()
         with self._writing():
             return self._layout.put_blob(data, digest, size)
+
+    def put_stream(self, pieces: Iterable[bytes], label: str = "new blob") -> tuple[str, int]:
+        """Put a blob as it is made (a new layer); ``label`` names it to ``progress``."""
+        self._writer_only()
+        with self._writing():
+            return self._layout.put_stream(pieces, label)
 
     def get_manifest(self, ref: str | None) -> tuple[bytes, str, str]:
         ref = ref or self.default_ref or ""

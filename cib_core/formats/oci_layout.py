@@ -10,18 +10,19 @@ is incomplete; it raises ``LocalWriteError`` naming the layout.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.digest import is_digest, new_hasher
+from cib_core.digest import is_digest, new_hasher, sha256_digest
 from cib_core.documents import manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import AtomicFile, writing_to
@@ -155,10 +156,15 @@ def write_atomically(path: Path, data: bytes, *, target: Path | None = None, wha
 
 
 class OCILayoutStore:
-    """Reads and writes an OCI image layout directory (``oci:PATH[:TAG]``)."""
+    """Reads and writes an OCI image layout directory (``oci:PATH[:TAG]``).
 
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+    ``progress(digest, done, total)`` is called as blobs are written (see ``cib_core.progress``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
+                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
         self.path = Path(path)
+        self.progress = progress
         self.name = f"oci:{self.path}"
         self._lock = threading.Lock()
         layout_file = self.path / "oci-layout"
@@ -217,6 +223,19 @@ class OCILayoutStore:
 
     def put_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None = None,
                  size: int | None = None) -> tuple[str, int]:
+        return self._write_blob(data, digest, size, digest)
+
+    def put_stream(self, pieces: Iterable[bytes], label: str = "new blob") -> tuple[str, int]:
+        """Store a blob as it is made (a new layer); ``label`` names it to ``progress`` until
+        its digest is known."""
+        return self._write_blob(pieces, None, None, label)
+
+    def _write_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None,
+                    size: int | None, label: str | None) -> tuple[str, int]:
+        """Write a blob through a temporary file; ``label`` names it to ``progress`` (None:
+        not reported, as for manifests, which registries do not report either)."""
+        report = (functools.partial(self.progress, label)
+                  if self.progress is not None and label is not None else None)
         if digest is not None:
             final = self.blob_path(digest)
             if final.is_file():
@@ -238,6 +257,8 @@ class OCILayoutStore:
                     hasher.update(block)
                 count += len(block)
                 out.write(block)
+                if report is not None:
+                    report(count, size)
             actual = f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else str(digest)
             if digest is not None and actual != digest:
                 raise DigestMismatch(f"blob written to {self.name}", digest, actual)
@@ -247,6 +268,8 @@ class OCILayoutStore:
             with writing_to(self.path, WHAT):
                 final.parent.mkdir(parents=True, exist_ok=True)
             out.commit(final)
+        if report is not None and size is None:
+            report(count, count)  # the size is known now: the bar can finish
         log.debug("wrote blob %s (%d bytes) to %s", actual, count, self.name)
         return actual, count
 
@@ -338,7 +361,9 @@ class OCILayoutStore:
     def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
         if tag is not None and not _REF_NAME_RE.match(tag):
             raise InvalidReference(f"{self.name}:{tag}", "a layout tag is letters, digits and . _ - : @ + /")
-        digest, size = self.put_blob(raw)
+        # the manifest may be there already (another tag of it): naming its digest skips the
+        # write; manifests are not reported to ``progress``, as registries do not report them
+        digest, size = self._write_blob(raw, sha256_digest(raw), len(raw), None)
         if tag is None:
             return digest
         entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size,

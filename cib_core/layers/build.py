@@ -247,7 +247,7 @@ class _ZstdCompressor:
             import zstandard
         except ImportError as exc:
             raise ConfigurationError("compression 'zstd' needs the zstandard package: "
-                                     "pip install 'cib[zstd]'") from exc
+                                     "pip install 'cib-core[zstd]'") from exc
         self._z: Any = zstandard.ZstdCompressor(
             level=DEFAULT_ZSTD_LEVEL if level is None else level).compressobj()
 

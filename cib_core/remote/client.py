@@ -64,6 +64,7 @@ UPLOAD_RESUME_ATTEMPTS = 5
 
 NOT_FOUND_CODES = frozenset({"BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_UNKNOWN",
                              "BLOB_UPLOAD_UNKNOWN", "TAG_UNKNOWN"})
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ def _hasher(digest: str, what: str) -> Any:
 def is_digest(ref: str) -> bool:
     """True when ``ref`` (a tag or a digest) has the digest grammar: tags have no colon."""
     return GRAMMAR.fullmatch(ref) is not None
+
+
+def _manifest_subject(ref: str) -> str:
+    """How a message names a manifest reference: ``tag 'v1'`` or ``manifest sha256:...``."""
+    return f"manifest {ref}" if is_digest(ref) else f"tag {ref!r}"
 
 
 def _with_query(url: str, params: Iterable[tuple[str, str]]) -> str:
@@ -440,10 +446,15 @@ class RegistryClient:
                                       auth=scope if scope is not None else self._scoped("pull"),
                                       stream=True, retry=retry, allow_redirects=allow_redirects)
 
-    def _error(self, resp: requests.Response, what: str) -> RegistryError:
-        """The error for an unexpected answer, from its (capped) JSON body; closes ``resp``."""
+    def _error(self, resp: requests.Response, what: str, *,
+               missing: str | None = None) -> RegistryError:
+        """The error for an unexpected answer, from its (capped) JSON body; closes ``resp``.
+
+        ``what`` names the request (``upload of blob sha256:...``); ``missing`` names the thing
+        a 404 means is absent (``tag 'v1'``), for a message that says so."""
         status = resp.status_code
-        body = b"" if resp.request.method == "HEAD" else _read_capped(resp, MAX_ERROR_BODY)
+        method = (resp.request.method or "").upper()
+        body = b"" if method == "HEAD" else _read_capped(resp, MAX_ERROR_BODY)
         resp.close()
         details: list[RegistryErrorDetail] = []
         note = ""
@@ -460,6 +471,8 @@ class RegistryClient:
                                                            str(e.get("message") or "")))
             elif ctype == "text/html" or body.lstrip()[:1] == b"<":
                 note = "; it answered with an HTML page, not the registry API (is this a registry?)"
+            elif status == 405:
+                note = ""  # distribution's plain "Method not allowed"; the status says it all
             elif doc is None:
                 note = "; its answer was not valid JSON"
             else:
@@ -480,13 +493,39 @@ class RegistryClient:
         if status == 403 or "DENIED" in codes:
             return AuthorizationError(f"{base}: access denied for these credentials", **common)
         if status == 404 or (codes and set(codes) <= NOT_FOUND_CODES):
+            answer = f"HTTP {status}" + (f", {summary}" if summary else "")
+            if "NAME_UNKNOWN" in codes:
+                return NotFound(f"repository {where} not found ({what}: {answer})", **common)
+            if missing is not None:
+                return NotFound(f"{missing} not found in {where} ({answer})", **common)
             return NotFound(base, **common)
+        if status == 405 and method in _WRITE_METHODS:
+            return self._write_refused(resp, method, what, codes, base, common)
         return RegistryError(base, temporary=status in RETRY_STATUSES, **common)
 
-    def _check(self, resp: requests.Response, ok: Iterable[int], what: str) -> requests.Response:
+    def _write_refused(self, resp: requests.Response, method: str, what: str,
+                       codes: tuple[str, ...], base: str, common: dict[str, Any]) -> RegistryError:
+        """A 405 to a write: deletes switched off, or a registry that takes no writes at all
+        (distribution's ``maintenance.readonly``, which answers every write with a plain 405
+        and ``Allow: GET, HEAD``)."""
+        if method == "DELETE" and "UNSUPPORTED" in codes:
+            return RegistryError(f"{base}: registry {self.registry} does not allow deletes "
+                                 "(docker-registry needs storage.delete.enabled: true)", **common)
+        allow = [m.strip().upper() for m in resp.headers.get("Allow", "").split(",") if m.strip()]
+        takes_writes = any(m in _WRITE_METHODS for m in allow) if allow else bool(codes)
+        if takes_writes:
+            return RegistryError(base, **common)  # this one request refused, not every write
+        allowed = f", it allows only {', '.join(allow)}" if allow else ""
+        return RegistryError(
+            f"registry {self.registry} refuses writes to repository {self.repository}: it is "
+            f"read-only, for example in maintenance mode ({what}: HTTP 405{allowed}); try again "
+            "once it takes writes, or write to another registry", **common)
+
+    def _check(self, resp: requests.Response, ok: Iterable[int], what: str, *,
+               missing: str | None = None) -> requests.Response:
         if resp.status_code in set(ok):
             return resp
-        raise self._error(resp, what)
+        raise self._error(resp, what, missing=missing)
 
     def _read_json(self, resp: requests.Response, cap: int, what: str) -> Any:
         raw = _read_capped(resp, cap + 1)
@@ -513,7 +552,8 @@ class RegistryClient:
         self._check_ref(ref)
         what = f"manifest {ref}"
         resp = self._check(self._send("GET", self._path("manifests", ref),
-                                      headers={"Accept": mediatypes.ACCEPT}), (200,), what)
+                                      headers={"Accept": mediatypes.ACCEPT}), (200,), what,
+                           missing=_manifest_subject(ref))
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_MANIFEST_SIZE:
             resp.close()
@@ -553,7 +593,7 @@ class RegistryClient:
         if resp.status_code == 404:
             resp.close()
             return False
-        self._check(resp, (200,), f"manifest {ref}").close()
+        self._check(resp, (200,), f"manifest {ref}", missing=_manifest_subject(ref)).close()
         return True
 
     def manifest_digest(self, ref: str) -> str:
@@ -562,7 +602,8 @@ class RegistryClient:
             return ref
         self._check_ref(ref)
         resp = self._check(self._send("HEAD", self._path("manifests", ref),
-                                      headers={"Accept": mediatypes.ACCEPT}), (200,), f"manifest {ref}")
+                                      headers={"Accept": mediatypes.ACCEPT}), (200,),
+                           f"manifest {ref}", missing=_manifest_subject(ref))
         resp.close()
         digest = resp.headers.get("Docker-Content-Digest")
         return digest if digest and is_digest(digest) else self.manifest_raw(ref)[2]
@@ -594,7 +635,8 @@ class RegistryClient:
         digest = self.manifest_digest(ref)
         resp = self._send("DELETE", self._path("manifests", digest),
                           scope=self._scoped("delete", [repository_scope(self.repository, "pull")]))
-        self._check(resp, (200, 202, 204), f"delete of manifest {ref}").close()
+        self._check(resp, (200, 202, 204), f"delete of manifest {ref}",
+                    missing=_manifest_subject(digest)).close()
 
     # -- listing --------------------------------------------------------------------------------
     def _paginate(self, first: str, key: str, scope: ScopedAuth, what: str,
@@ -670,7 +712,8 @@ class RegistryClient:
         what = f"blob {digest} from {self.name}"
         _hasher(digest, what)
         path = self._path("blobs", digest)
-        resp = self._check(self._send("GET", path), (200,), f"blob {digest}")
+        resp = self._check(self._send("GET", path), (200,), f"blob {digest}",
+                           missing=f"blob {digest}")
 
         def reopen(offset: int) -> requests.Response:
             return self._check(self._send("GET", path, headers={"Range": f"bytes={offset}-"}),
@@ -852,14 +895,16 @@ class RegistryClient:
         log.debug("uploaded %s (%d bytes) to %s in one streamed request", digest, sent, self.name)
         return UploadResult(resp.status_code, digest, sent)
 
-    def upload_stream(self, pieces: Iterable[bytes], *,
-                      progress: Progress | None = None) -> UploadResult:
+    def upload_stream(self, pieces: Iterable[bytes], *, progress: Progress | None = None,
+                      label: str = "new blob") -> UploadResult:
         """Upload a blob whose digest is not known yet in one streamed ``PATCH`` (chunked
         transfer encoding), hashed on the way, then the closing ``PUT``: the way docker, crane
         and skopeo push a layer while it is being made. The registry takes the bytes as they
         come, with no round trip per chunk and no per-chunk bookkeeping, but nothing can be
         resumed: this is for a producer that can make the bytes again (a layer build), and a
-        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way."""
+        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way.
+        ``label`` names the blob to ``progress`` while its digest is not known."""
+        progress = progress or self.progress
         scope = self._scoped("push")
         location, _ = self._start_upload(scope)
         hasher = hashlib.sha256()
@@ -876,7 +921,7 @@ class RegistryClient:
                 hasher.update(piece)
                 sent += len(piece)
                 if progress is not None:
-                    progress("", sent, None)
+                    progress(label, sent, None)
                 yield piece
 
         try:
@@ -894,6 +939,8 @@ class RegistryClient:
             raise
         location = urljoin(resp.url, resp.headers.get("Location") or location)
         result = self._finish_upload(location, "sha256:" + hasher.hexdigest(), sent, scope)
+        if progress is not None:
+            progress(label, sent, sent)  # the size is known now: the bar can finish
         log.debug("uploaded %s (%d bytes) to %s in one streamed PATCH", result.digest, sent,
                   self.name)
         return result
@@ -994,7 +1041,7 @@ class RegistryClient:
         hasher = None if verified and digest else (
             _hasher(digest, "a blob upload") if digest else hashlib.sha256())
         algo = digest.split(":", 1)[0] if digest else "sha256"
-        label = digest or ""
+        label = digest or "new blob"
         offset = 0
         try:
             chunks = _chunks_of(blob, size)
@@ -1019,6 +1066,8 @@ class RegistryClient:
             self._cancel_upload(location, scope)
             raise
         result = self._finish_upload(location, actual, offset, scope)
+        if progress is not None and content_length is None:
+            progress(label, offset, offset)  # the size is known now: the bar can finish
         log.debug("uploaded %s (%d bytes) to %s in chunks of %d", actual, offset, self.name, size)
         return result
 

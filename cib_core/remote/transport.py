@@ -15,13 +15,15 @@ import logging
 import os
 import random
 import re
+import socket
+import ssl
 import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
@@ -53,6 +55,62 @@ def user_agent() -> str:
 
 def is_loopback(host: str) -> bool:
     return is_loopback_host(host)
+
+
+# Registries that serve HTTPS with publicly trusted certificates and never plain HTTP: naming
+# one insecure is never the cure for a failure to reach it.
+_PUBLIC_TLS_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "gcr.io",
+                               "ghcr.io", "quay.io", "public.ecr.aws", "mcr.microsoft.com",
+                               "registry.gitlab.com", "nvcr.io", "registry.k8s.io"})
+_PUBLIC_TLS_SUFFIXES = (".gcr.io", ".pkg.dev", ".amazonaws.com", ".azurecr.io")
+
+
+def may_be_insecure(host: str) -> bool:
+    """Whether ``host`` could be a registry without TLS or without a trusted certificate, so
+    that naming it insecure could help: not a loopback host (those may always use plain HTTP)
+    and not one of the big public registries."""
+    name = (urlsplit(f"//{host}").hostname or host).lower()
+    if is_loopback(host) or name in _PUBLIC_TLS_HOSTS:
+        return False
+    return not name.endswith(_PUBLIC_TLS_SUFFIXES)
+
+
+ConnectionFailure = Literal["dns", "tls", "refused", "timeout"]
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first: ``__cause__``/``__context__``, and the
+    wrapped errors requests and urllib3 keep in ``args[0]`` and ``reason``."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
+            nxt = cur.args[0]
+        reason = getattr(cur, "reason", None)
+        if nxt is None and isinstance(reason, BaseException):
+            nxt = reason
+        cur = nxt
+    return chain
+
+
+def connection_failure(exc: BaseException) -> ConnectionFailure | None:
+    """What kept a request from getting an answer, read from ``exc`` and its causes: ``"dns"``
+    (the host name did not resolve), ``"tls"``, ``"refused"``, ``"timeout"``, or None."""
+    chain = _causes(exc)
+    kinds: list[tuple[tuple[type[BaseException], ...], ConnectionFailure]] = [
+        ((socket.gaierror, urllib3.exceptions.NameResolutionError), "dns"),
+        ((ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError), "tls"),
+        ((ConnectionRefusedError,), "refused"),
+        ((TimeoutError, urllib3.exceptions.TimeoutError, requests.exceptions.Timeout), "timeout"),
+    ]
+    for types, kind in kinds:
+        if any(isinstance(e, types) for e in chain):
+            return kind
+    return None
 
 
 # -- redaction ------------------------------------------------------------------------------------
@@ -139,19 +197,7 @@ def _replay_position(data: Any) -> tuple[bool, int | None]:
 
 def _root_cause(exc: BaseException) -> str:
     """A short reason for a connection failure, without the URL requests puts in its text."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    last: BaseException = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        last = cur
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
-            nxt = cur.args[0]
-        reason = getattr(cur, "reason", None)
-        if nxt is None and isinstance(reason, BaseException):
-            nxt = reason
-        cur = nxt
+    last = _causes(exc)[-1]
     text = re.sub(r"url: \S+", "url: <redacted>", str(last))
     text = re.sub(r"https?://\S+", lambda m: redact_url(m.group(0)), text)
     return f"{type(last).__name__}: {text}" if text else type(last).__name__
@@ -289,10 +335,12 @@ class Transport:
                                             stream=stream, timeout=tmo, verify=self.verify)
             except requests.exceptions.SSLError as exc:
                 # a certificate problem does not go away by asking again
+                cure = "give a CA bundle (REQUESTS_CA_BUNDLE or SSL_CERT_FILE)"
+                if may_be_insecure(self.registry) and not self.insecure:
+                    cure += " or name the registry as insecure"
                 raise RegistryError(
                     f"TLS with registry {self.registry} failed ({method} {redact_url(url)}): "
-                    f"{_root_cause(exc)}; give a CA bundle (REQUESTS_CA_BUNDLE or SSL_CERT_FILE) or "
-                    "name the registry as insecure", registry=self.registry) from exc
+                    f"{_root_cause(exc)}; {cure}", registry=self.registry) from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
                 if attempt < limit:
@@ -302,6 +350,11 @@ class Transport:
                     attempt += 1
                     self._sleep(delay)
                     continue
+                if connection_failure(exc) == "dns":
+                    raise RegistryError(
+                        f"the host name of registry {self.registry} could not be resolved "
+                        f"({method} {redact_url(url)}): {_root_cause(exc)}",
+                        registry=self.registry, temporary=True) from exc
                 raise RegistryError(
                     f"cannot reach registry {self.registry} ({method} {redact_url(url)}): "
                     f"{_root_cause(exc)}", registry=self.registry, temporary=True) from exc

@@ -25,8 +25,14 @@
     requests against the registry, skopeo), so a recipe that runs but does the wrong thing
     fails. Every marked recipe needs a check and every check a marked recipe.
 
-(c) Every ``cib`` subcommand of API.md's CLI table, and every command and option of the real
-    click group, is documented in docs/cli.md under a heading ``cib COMMAND``.
+(c) Every ``cib`` subcommand of API.md's CLI table (the repository's copy, tests/data/API.md),
+    and every command and option of the real click group, is documented in docs/cli.md under a
+    heading ``cib COMMAND``.
+
+(d) README.md: the Quick start's commands run (all but the install, which made this venv) and
+    do what it says, its image printing its greeting under runc; the test command installs the
+    same Debian packages as .ci/run, after ``apt-get update``; README and docs install the
+    distribution ``cib-core``, never ``cib``.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from typing import Any
 import pytest
 import requests
 
-from cib_core.testing import PushedImage, RegistryServer, skopeo_copy, skopeo_inspect
+from cib_core.testing import PushedImage, RegistryServer, require_tool, skopeo_copy, skopeo_inspect
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +63,16 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 GUIDE = DOCS / "guide.md"
 CLI_DOC = DOCS / "cli.md"
-API_MD = ROOT.parent / "shared" / "API.md"
+README = ROOT / "README.md"
+CI_RUN = ROOT / ".ci" / "run"
+API_MD = ROOT / "tests" / "data" / "API.md"
 LINKED_DOCS = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
 
-# The CLI table of API.md, written out so the check also runs where API.md is not checked out
-# next to the repository; test_api_table_matches_this_list keeps the two equal when it is.
-API_CLI_COMMANDS = ("build", "copy", "manifest", "config", "digest", "inspect", "ls", "catalog",
-                    "blob", "delete", "export", "auth login", "auth logout", "plugins")
+# The CLI table of API.md, written out: test_api_table_matches_this_list keeps the two equal.
+API_CLI_COMMANDS = ("build", "copy", "tag", "index create", "index append", "rebase", "flatten",
+                    "validate", "attach", "referrers", "cache ls", "cache prune", "completion",
+                    "manifest", "config", "digest", "inspect", "ls", "catalog", "blob", "delete",
+                    "export", "auth login", "auth logout", "plugins")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,7 +541,9 @@ def api_cli_commands(text: str) -> list[str]:
         if not line.startswith("| `cib "):
             continue
         first_cell = line.split(" | ", 1)[0]
-        for m in re.finditer(r"cib ([a-z][a-z-]*(?: [a-z][a-z-]*)?)", first_cell):
+        # a second word is a subcommand (`cib auth login`), unless it is one of a choice of
+        # arguments (`cib completion bash|zsh|fish`)
+        for m in re.finditer(r"cib ([a-z][a-z-]*(?: [a-z][a-z-]*(?![a-z-]|\\?\|))?)", first_cell):
             if m.group(1) not in found:
                 found.append(m.group(1))
     return found
@@ -553,11 +564,6 @@ def cli_sections(text: str) -> dict[str, str]:
 
 
 def test_api_table_matches_this_list():
-    if not API_MD.is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{API_MD} is missing; CI lays shared/ next to the repository")
-        pytest.skip(f"{API_MD} is not checked out next to the repository; "
-                    "test_cli_doc_covers_every_api_command uses the list in this file")
     assert api_cli_commands(API_MD.read_text(encoding="utf-8")) == list(API_CLI_COMMANDS)
 
 
@@ -592,3 +598,96 @@ def test_cli_doc_covers_every_real_command_and_option():
                 if opt.startswith("-") and opt not in ("-h", "--help") and opt not in sections[name]:
                     problems.append(f"`cib {name}`: option {opt} is not documented")
     assert not problems, "\n".join(problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) README: the Quick start runs, the test command matches CI, the distribution's name
+# ---------------------------------------------------------------------------------------------
+
+def readme_section(heading: str) -> str:
+    text = README.read_text(encoding="utf-8")
+    m = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert m, f"README.md has no section '## {heading}'"
+    return m.group(1)
+
+
+def sh_blocks(markdown: str) -> list[str]:
+    return re.findall(r"^```sh\n(.*?)^```", markdown, re.M | re.S)
+
+
+def quick_start_blocks() -> tuple[list[str], list[str], list[str]]:
+    """The Quick start's sh blocks: (installing cib, trying it, running the test suite)."""
+    install, tryout, tests = [], [], []
+    for block in sh_blocks(readme_section("Quick start")):
+        if "apt-get" in block:
+            tests.append(block)
+        elif "pip install" in block:
+            install.append(block)
+        else:
+            tryout.append(block)
+    return install, tryout, tests
+
+
+def test_readme_quick_start_runs_and_its_image_says_hello(tmp_path):
+    for tool in ("umoci", "runc", "busybox"):
+        require_tool(tool)
+    install, tryout, _ = quick_start_blocks()
+    # the install step made the venv this test runs in; what it installs is this checkout
+    assert [b.strip() for b in install] == ["python3 -m venv .venv && .venv/bin/pip install -q -e ."]
+    assert len(tryout) == 2
+    container = f"cib-docs-{os.getpid()}-{tmp_path.name}"[:60]
+    script = "\n".join(tryout)
+    for placeholder, value in (("/tmp/cib-hello-bundle", str(tmp_path / "bundle")),
+                               ("/tmp/cib-hello", str(tmp_path / "layout")),
+                               (".venv/bin/", f"{Path(sys.executable).parent}/")):
+        assert placeholder in script, placeholder
+        script = script.replace(placeholder, value)
+    script, n = re.subn(r"(runc run -b \S+) cib-hello\b", rf"\1 {container}", script)
+    assert n == 1, "the Quick start no longer runs its image with `runc run -b BUNDLE cib-hello`"
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, stdin=subprocess.DEVNULL, timeout=300)
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    out = done.stdout.splitlines()
+    layout = tmp_path / "layout"
+    built = [line for line in out if line.startswith(f"oci:{layout}@sha256:")]
+    assert len(built) == 2, done.stdout  # v1, then v2 with the shell
+    assert re.search(r"^\s*layers\s+1 layer, ", done.stdout, re.M), done.stdout  # cib inspect of v1
+    assert any(line.startswith("-rwxr-xr-x") and line.endswith(" hello/hello.sh") for line in out), \
+        done.stdout
+    assert out[-1] == "Hello from an image built by cib.", done.stdout
+
+
+def _ci_packages() -> list[str]:
+    m = re.search(r"^packages=\((.*?)\)", CI_RUN.read_text(encoding="utf-8"), re.M | re.S)
+    assert m, ".ci/run has no packages=(...) list"
+    return m.group(1).split()
+
+
+def test_readme_test_command_installs_what_ci_installs():
+    _, _, tests = quick_start_blocks()
+    assert len(tests) == 1, "the Quick start should have one test command"
+    lines = [" ".join(line.split()) for line in tests[0].replace("\\\n", " ").splitlines()]
+    assert lines[0].startswith("apt-get update && apt-get install -y "), \
+        "the package index must be updated before installing"
+    packages = [word for word in lines[0].split()[5:] if not word.startswith("-")]
+    assert sorted(packages) == sorted(_ci_packages())
+    assert lines[1:] == [
+        "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q"]
+    ci = CI_RUN.read_text(encoding="utf-8")
+    assert ci.index("apt-get update") < ci.index("apt-get install")
+
+
+def test_install_commands_name_the_distribution_cib_core():
+    """Commands that users copy (code blocks of the docs, messages in the code) install
+    cib-core; prose may still warn that ``pip install cib`` is another project."""
+    bare = re.compile(r"pip install\s+(['\"]?)cib(\[[^\]]*\])?\1(?![\w.-])", re.M)
+    fence = re.compile(r"^```[a-z]*\n(.*?)^```", re.M | re.S)
+    places = {str(doc.relative_to(ROOT)): "".join(fence.findall(doc.read_text(encoding="utf-8")))
+              for doc in LINKED_DOCS}
+    for package in ("cib_core", "cib_plugins"):
+        for source in sorted((ROOT / package).glob("*.py")):
+            places[str(source.relative_to(ROOT))] = source.read_text(encoding="utf-8")
+    wrong = {name: bare.findall(text) for name, text in places.items() if bare.search(text)}
+    assert not wrong, f"these install the unrelated `cib` distribution: {sorted(wrong)}"
+    assert "pip install cib-core" in README.read_text(encoding="utf-8")
+    assert "pip install cib-core" in places["docs/guide.md"]
