@@ -27,6 +27,13 @@ ALL_MANIFESTS = IMAGE_MANIFESTS | INDEXES
 # What a registry client asks for: every manifest type cib understands, best first.
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 
+DOCKER_LAYERS = frozenset({DOCKER_LAYER, DOCKER_LAYER_GZIP, DOCKER_FOREIGN_LAYER_GZIP})
+OCI_LAYERS = frozenset({
+    OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_LAYER_NONDISTRIBUTABLE_GZIP,
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+})
+
 def is_docker_flavour(media_type: str) -> bool:
     return media_type.startswith("application/vnd.docker.")
 

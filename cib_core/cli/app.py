@@ -222,8 +222,11 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 def _add_commands() -> None:
     from cib_core.cli import attach, auth, build, cache, copy, export, inspect, plugins, registry
     from cib_core.cli import completion as completion_cli
+    from cib_core.cli import flatten as flatten_cli
     from cib_core.cli import index as index_cli
+    from cib_core.cli import rebase as rebase_cli
     from cib_core.cli import tag as tag_cli
+    from cib_core.cli import validate as validate_cli
 
     for command in (
         build.build,
@@ -245,6 +248,9 @@ def _add_commands() -> None:
         attach.attach,
         attach.referrers,
         cache.cache,
+        rebase_cli.rebase,
+        flatten_cli.flatten,
+        validate_cli.validate,
     ):
         cli.add_command(command)
 

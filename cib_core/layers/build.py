@@ -1086,3 +1086,54 @@ def compress_layer(stream: IO[bytes], name: str, *, compression: str = "gzip",
     """
     return _to_file(lambda sink: _recompress(stream, name, None, compression, level,
                                              docker_flavour, sink), dir)
+
+
+class _PipeWriter(io.RawIOBase):
+    """A writable file object over a :class:`_Pipeline`, gathering small writes (tarfile's
+    stream mode writes 10 kB records) into ``CHUNK``-sized pieces for the compressor thread."""
+
+    def __init__(self, pipe: _Pipeline) -> None:
+        super().__init__()
+        self._pipe = pipe
+        self._buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._buf += view
+        if len(self._buf) >= CHUNK:
+            self._pipe.write(bytes(self._buf))
+            self._buf.clear()
+        return len(view)
+
+    def drain(self) -> None:
+        if self._buf:
+            self._pipe.write(bytes(self._buf))
+            self._buf.clear()
+
+
+def layer_from_writer(write_tar: Callable[[BinaryIO], None], *, compression: str = "gzip",
+                      docker_flavour: bool = False, level: int | None = None,
+                      dir: str | None = None) -> BuiltLayer:
+    """A layer from a function that writes an uncompressed tar stream to the file object it
+    is given (never seeking), compressed and hashed as it is written, into a temporary blob.
+
+    Memory stays bounded by a few chunks whatever the size of the tar: this is how
+    ``cib flatten`` turns an image's merged filesystem into one layer.
+    """
+    media_type = mediatypes.layer_media_type(docker_flavour, compression)
+
+    def write(sink: Sink) -> LayerInfo:
+        pipe = _Pipeline(_compressor(compression, level), sink)
+        try:
+            writer = _PipeWriter(pipe)
+            write_tar(cast(BinaryIO, writer))
+            writer.drain()
+            diff_id, digest, size = pipe.finish()
+        finally:
+            pipe.abort()
+        return LayerInfo(digest=digest, diff_id=diff_id, size=size, media_type=media_type)
+
+    return _to_file(write, dir)

@@ -893,6 +893,14 @@ def run_migrating_seed(bed: Bed, block: Block) -> None:
                                                    ["node", "index.js"])
 
 
+def run_reference_validate(bed: Bed, block: Block) -> None:
+    from cib_core.copy import copy_image
+
+    copy_image(bed.base.ref, f"{bed.registry.host}/team/app:1.4")
+    _ns, out = _run_block(bed, block)
+    assert out == "", f"a valid image has no faults, the example printed: {out!r}"
+
+
 def run_reference_imports(bed: Bed, block: Block) -> None:
     _run_block(bed, block, then="assert Image.__module__ == 'cib_core.image'")
 
@@ -1008,6 +1016,7 @@ EXAMPLES: dict[str, tuple[str, str, Callable[[Bed, Block], None]]] = {
     # name: (document, text only that block of it contains, how to run and check it)
     "readme-library": ("README.md", 'image.env = ["APP_ENV=production"]', run_readme_library),
     "migrating-seed": ("docs/migrating.md", "image.working_dir = \"/directory-root", run_migrating_seed),
+    "reference-validate": ("docs/reference.md", "for fault in validate_image(", run_reference_validate),
     "reference-imports": ("docs/reference.md", "from cib_core import (Image, ImageData",
                           run_reference_imports),
     "reference-auth": ("docs/reference.md", 'creds = auth(', run_reference_auth),
