@@ -41,6 +41,7 @@ from cib_core.layers.build import (
     source_date_epoch,
 )
 from cib_core.models import Index, Manifest, Platform, parse_manifest
+from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.seed_forms import (
     check_mapping_order,
@@ -86,6 +87,7 @@ class SaveResult:
     tags: tuple[str, ...]
     manifest: dict[str, Any]
     media_type: str
+    plan: BuildPlan | None = None  # what a dry run would have sent
 
 
 @dataclass
@@ -187,6 +189,7 @@ class Image:
     entrypoint = ConfigAttribute(image_config.check_command)
     user = ConfigAttribute(image_config.check_user)
     env = ConfigAttribute(image_config.check_env)
+    unset_env = ConfigAttribute(image_config.check_unset_env)
     labels = ConfigAttribute(image_config.check_labels)
     exposed_ports = ConfigAttribute(image_config.check_ports)
     volumes = ConfigAttribute(image_config.check_volumes)
@@ -207,6 +210,7 @@ class Image:
         jobs: int = DEFAULT_JOBS,
         progress: Progress | None = None,
         pool: TransportPool | None = None,
+        dry_run: bool = False,
     ) -> None:
         for what, spec in (("base", base), ("target", target)):
             if not isinstance(spec, str):
@@ -235,12 +239,16 @@ class Image:
         self._compression = compression
         self._jobs = max(1, jobs)
         self._progress = progress
+        self._dry_run = bool(dry_run)
+        # the layers this build added, with their history's created_by (for a dry run's plan)
+        self._added: dict[str, str | None] = {}
 
         self.working_dir = None
         self.cmd = None
         self.entrypoint = None
         self.user = None
         self.env = []
+        self.unset_env = []
         self.labels = {}
         self.exposed_ports = []
         self.volumes = []
@@ -320,8 +328,40 @@ class Image:
     @property
     def target_store(self) -> BlobStore:
         if self._target_store is None:
-            self._target_store = self._store_for(self.target_ref, write=True)
+            if self._dry_run:
+                self._target_store = PlanningStore(self.target_ref, self._existing_target())
+            else:
+                self._target_store = self._store_for(self.target_ref, write=True)
         return self._target_store
+
+    def _existing_target(self) -> BlobStore | None:
+        """The target as it is, read-only, for a dry run (``None``: nothing there yet)."""
+        ref = self.target_ref
+        if isinstance(ref, Reference):
+            return self._store_for(ref, write=False)
+        if ref.transport != "oci":
+            return None
+        assert ref.path is not None
+        from pathlib import Path
+
+        from cib_core.errors import LocalWriteError
+        from cib_core.formats.oci_layout import OCILayoutStore
+
+        path = Path(ref.path)
+        if path.exists() and not path.is_dir():
+            raise LocalWriteError(path, "it exists and is not a directory",
+                                  "pick another path for the layout", what="the OCI image layout")
+        if not path.exists():
+            return None
+        try:
+            return OCILayoutStore(path)
+        except NotFound:  # a directory a real build would turn into a layout
+            return None
+
+    def _oci_types_only(self, store: BlobStore) -> bool:
+        if isinstance(store, PlanningStore):
+            return store.oci_types_only
+        return wants_oci_types(store)
 
     @property
     def _is_scratch(self) -> bool:
@@ -694,6 +734,7 @@ class Image:
                       history: dict[str, Any] | None,
                       images: list[_PlatformImage] | None = None) -> None:
         """Append a layer to ``images`` (default: every platform of the build)."""
+        self._added[descriptor["digest"]] = (history or {}).get("created_by")
         for image in self._load() if images is None else images:
             image.data.manifest.setdefault("layers", []).append(dict(descriptor))
             rootfs = image.data.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
@@ -769,8 +810,13 @@ class Image:
 
         def copy_one(digest: str) -> None:
             assert store is not None
-            descriptor, how = transfer_layer(store, target, wanted[digest],
-                                             docker_flavour=self._docker_flavour, force=ignore_exists)
+            if isinstance(target, PlanningStore):
+                descriptor, how = target.plan_transfer(
+                    store, wanted[digest], docker_flavour=self._docker_flavour, force=ignore_exists)
+            else:
+                descriptor, how = transfer_layer(store, target, wanted[digest],
+                                                 docker_flavour=self._docker_flavour,
+                                                 force=ignore_exists)
             with counts_lock:
                 counts[how] = counts.get(how, 0) + 1
                 self._present.add(descriptor["digest"])
@@ -795,6 +841,9 @@ class Image:
 
     def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool) -> None:
         digest = layer["digest"]
+        if isinstance(target, PlanningStore):
+            target.plan_foreign(layer, force)
+            return
         if not force and target.has_blob(digest):
             self._present.add(digest)
             return
@@ -815,8 +864,22 @@ class Image:
 
     def _config_values(self) -> dict[str, Any]:
         """Every config attribute, checked again: lists and dicts may have changed in place."""
-        return {name: image_config.check(name, getattr(self, name))
-                for name in image_config.CONFIG_ATTRIBUTES}
+        values = {name: image_config.check(name, getattr(self, name))
+                  for name in image_config.CONFIG_ATTRIBUTES}
+        image_config.check_env_edits(values["env"], values["unset_env"])
+        return values
+
+    def _warn_unset_names_absent(self, images: list[_PlatformImage], names: list[str]) -> None:
+        """A name to unset that no platform's environment has is most likely a typo."""
+        present: set[str] = set()
+        for image in images:  # the base's, or as get_image_config() changed it before a save
+            present |= image_config.env_names(image.base_config or {})
+            present |= image_config.env_names(image.data.config)
+        absent = [name for name in dict.fromkeys(names) if name not in present]
+        if absent:
+            log.warning("unset_env: %s %s not in the environment of %s; nothing to remove",
+                        ", ".join(absent), "is" if len(absent) == 1 else "are",
+                        self._describe_base())
 
     def _final_config(self, image: _PlatformImage, values: Mapping[str, Any]) -> dict[str, Any]:
         config = image.data.config
@@ -854,6 +917,8 @@ class Image:
         values = self._config_values()
         tag_list = self._tags(tags)
         images = self._load()
+        if values["unset_env"]:
+            self._warn_unset_names_absent(images, values["unset_env"])
         if not self._synced:
             self.sync(copy_remote_layers=copy_remote_layers, ignore_exists=ignore_exists)
         target = self.target_store
@@ -876,8 +941,34 @@ class Image:
 
             manifest = json.loads(raw)
         target.close()
+        plan = None
+        if isinstance(target, PlanningStore):
+            plan = self._plan(target, pushed, digest, media_type)
         return SaveResult(digest=digest, reference=self._result_reference(digest),
-                          tags=tuple(tag_list), manifest=manifest, media_type=media_type)
+                          tags=tuple(tag_list), manifest=manifest, media_type=media_type, plan=plan)
+
+    def _plan(self, target: PlanningStore, pushed: list[tuple[_PlatformImage, bytes, str]],
+              digest: str, media_type: str) -> BuildPlan:
+        """What the dry run found, platform by platform."""
+        images = []
+        for image, raw, _manifest_type in pushed:
+            manifest = image.data.manifest
+            layers = tuple(
+                PlannedLayer(digest=layer["digest"], size=layer.get("size"),
+                             media_type=layer.get("mediaType", ""),
+                             new=layer["digest"] in self._added and layer["digest"] not in image.base_blobs,
+                             present=not target.planned(layer["digest"]),
+                             created_by=self._added.get(layer["digest"]))
+                for layer in manifest.get("layers", []))
+            config = manifest["config"]
+            images.append(PlannedImage(platform=str(image.platform),
+                                       manifest_digest=sha256_digest(raw),
+                                       config_digest=config["digest"], config_size=config["size"],
+                                       layers=layers))
+        target.mark_configs(image.config_digest for image in images)
+        return BuildPlan(target=str(self.target_ref), digest=digest, media_type=media_type,
+                         images=tuple(images), blobs=target.blobs, manifests=target.manifests,
+                         target_kind=target.kind)
 
     def _tags(self, tags: Iterable[str] | None) -> list[str]:
         if tags is not None:
@@ -919,7 +1010,7 @@ class Image:
         manifest["config"] = cfg_desc
         image_config.apply_annotations(manifest, values["annotations"])
         self._confirm_blobs(image, target, copy_remote_layers)
-        if wants_oci_types(target):
+        if self._oci_types_only(target):
             manifest = manifest_to_oci(manifest)
             media_type = manifest["mediaType"]
         raw = canonical_json(manifest)
@@ -964,7 +1055,7 @@ class Image:
             entry.update({"mediaType": manifest_type, "digest": sha256_digest(raw), "size": len(raw)})
             entries.append(entry)
         index["manifests"] = entries
-        if wants_oci_types(self.target_store):
+        if self._oci_types_only(self.target_store):
             media_type = mt.to_oci(media_type)
         index["mediaType"] = media_type
         index.setdefault("schemaVersion", 2)
