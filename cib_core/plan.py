@@ -12,6 +12,7 @@ computed by the same code. ``save()`` then returns the record as a :class:`Build
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
@@ -174,6 +175,7 @@ class PlanningStore:
         # an archive is written whole, whatever the file held before
         self.existing = existing if self.kind != "docker-archive" else None
         self._records = _Records()
+        self._lock = threading.Lock()  # base blobs are planned from several threads at once
 
     @property
     def oci_types_only(self) -> bool:
@@ -195,7 +197,12 @@ class PlanningStore:
         return "upload" if self.kind == "registry" else "write"
 
     def _record(self, blob: PlannedBlob) -> None:
-        self._records.blobs.setdefault(blob.digest, blob)
+        with self._lock:
+            if blob.digest in self._records.blobs:
+                return
+            self._records.blobs[blob.digest] = blob
+        log.debug("dry run: %s would %s %s%s", self.name, blob.action, blob.digest,
+                  f" from {blob.source}" if blob.source else "")
 
     # -- the BlobStore interface -------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
@@ -238,7 +245,8 @@ class PlanningStore:
                 f"{self.name}: a docker-archive holds single-platform images, not an index; "
                 "pick one platform (for example --platform linux/amd64)")
         digest = sha256_digest(raw)
-        self._records.manifests.append(PlannedManifest(digest, media_type, len(raw), tag))
+        with self._lock:
+            self._records.manifests.append(PlannedManifest(digest, media_type, len(raw), tag))
         return digest
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from cib_core import CustomFile, Image
 from cib_core import mediatypes as mt
-from cib_core.errors import ConfigurationError, InvalidReference, ManifestError
+from cib_core.errors import ConfigurationError, InvalidReference, LocalWriteError, ManifestError
 
 
 def _blob(layout: Path, digest: str) -> bytes:
@@ -232,7 +232,7 @@ def test_a_dry_run_refuses_what_the_build_would_refuse(tmp_path: Path) -> None:
         image.save()
     (tmp_path / "file").write_text("not a directory")
     image = Image("scratch", f"oci:{tmp_path / 'file'}:1", dry_run=True)
-    with pytest.raises(Exception, match="exists and is not a directory"):
+    with pytest.raises(LocalWriteError, match="exists and is not a directory"):
         image.save()
     image = Image("scratch", "127.0.0.1:9/app:1", dry_run=True)
     with pytest.raises(InvalidReference, match="bad tag"):
