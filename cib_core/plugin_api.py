@@ -48,6 +48,7 @@ from typing import IO, Any, Protocol, runtime_checkable
 
 from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError
+from cib_core.fileio import FileSlice
 
 __all__ = [
     "KEEP_ATTRIBUTE",
@@ -163,42 +164,6 @@ class LazyFile:
 
     def __repr__(self) -> str:
         return f"LazyFile({self.name!r})"
-
-
-class FileSlice:
-    """``length`` bytes of an open binary file from ``offset``, read with ``os.pread``.
-
-    Many slices may share one file (the members of an unpacked tarball); each keeps the file
-    alive, and closing a slice leaves the shared file open.
-    """
-
-    __slots__ = ("_end", "_file", "_pos", "name")
-
-    def __init__(self, file: IO[bytes], offset: int, length: int, name: str | None = None) -> None:
-        self._file = file
-        self._pos = offset
-        self._end = offset + length
-        self.name = name if name is not None else str(getattr(file, "name", "<slice>"))
-
-    def read(self, size: int = -1, /) -> bytes:
-        remaining = self._end - self._pos
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        parts: list[bytes] = []
-        while size > 0:
-            chunk = os.pread(self._file.fileno(), size, self._pos)
-            if not chunk:
-                break
-            parts.append(chunk)
-            self._pos += len(chunk)
-            size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        self._pos = self._end
-
-    def __repr__(self) -> str:
-        return f"FileSlice({self.name!r})"
 
 
 KEEP_ATTRIBUTE = "_cib_keep"

@@ -10,21 +10,20 @@ is incomplete; it raises ``LocalWriteError`` naming the layout.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.digest import is_digest, new_hasher
+from cib_core.digest import is_digest, new_hasher, verified_digest, verified_reader
 from cib_core.documents import manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
-from cib_core.fileio import AtomicFile, writing_to
+from cib_core.fileio import AtomicFile, chunks, write_atomically, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -47,113 +46,6 @@ def check_digest(digest: str, where: str) -> str:
     return digest
 
 
-def iter_chunks(data: BinaryIO | Iterable[bytes] | bytes, chunk: int = CHUNK) -> Iterator[bytes]:
-    """The bytes of a file object, an iterable of byte strings, or a bytes object, in chunks."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        view = memoryview(data)
-        for start in range(0, len(view), chunk):
-            yield bytes(view[start:start + chunk])
-        return
-    read = getattr(data, "read", None)
-    if read is not None:
-        while True:
-            block = read(chunk)
-            if not block:
-                return
-            yield block
-    else:
-        for block in data:
-            if block:
-                yield bytes(block)
-
-
-def _verified_digest(stream: object) -> str | None:
-    """The digest a stream checks by itself (``verified_digest``, as the registry client's
-    blob streams have, also behind an ``io.BufferedReader``), else None."""
-    found = getattr(stream, "verified_digest", None)
-    if found is None:
-        found = getattr(getattr(stream, "raw", None), "verified_digest", None)
-    return found if isinstance(found, str) else None
-
-
-class _VerifyingRaw(io.RawIOBase):
-    """Passes a stream through, checking its digest (and size) before the last byte leaves.
-
-    The final bytes are held back until the source is exhausted and the digest checked, so a
-    reader that gets all the data got verified data; a mismatch raises ``DigestMismatch``
-    instead of returning the tail.
-    """
-
-    def __init__(self, source: BinaryIO, digest: str, what: str, size: int | None) -> None:
-        super().__init__()
-        self._source = source
-        self._digest = digest
-        self._what = what
-        self._size = size
-        self._hasher = new_hasher(digest)
-        self._pending = bytearray()
-        self._count = 0
-        self._eof = False
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _verify(self) -> None:
-        actual = f"{self._digest.split(':', 1)[0]}:{self._hasher.hexdigest()}"
-        if self._size is not None and self._count != self._size:
-            raise DigestMismatch(f"{self._what} (size)", str(self._size), str(self._count))
-        if actual != self._digest:
-            raise DigestMismatch(self._what, self._digest, actual)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = len(view)
-        if self._done or want == 0:
-            return 0
-        while not self._eof and len(self._pending) <= want:
-            block = self._source.read(max(CHUNK, want))
-            if not block:
-                self._eof = True
-                break
-            self._hasher.update(block)
-            self._count += len(block)
-            if self._size is not None and self._count > self._size:
-                self._verify()
-            self._pending += block
-        if self._eof and len(self._pending) <= want:
-            self._verify()
-            n = len(self._pending)
-            view[:n] = self._pending
-            self._pending.clear()
-            self._done = True
-            return n
-        view[:want] = self._pending[:want]
-        del self._pending[:want]
-        return want
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._source.close()
-            finally:
-                super().close()
-
-
-def verified_reader(source: BinaryIO, digest: str, what: str, size: int | None = None) -> BinaryIO:
-    """Wrap ``source`` so reading it to the end checks ``digest`` (and ``size``, when given)."""
-    return io.BufferedReader(_VerifyingRaw(source, digest, what, size), buffer_size=CHUNK)
-
-
-def write_atomically(path: Path, data: bytes, *, target: Path | None = None, what: str = WHAT) -> None:
-    """Replace ``path`` with ``data`` through a temporary file in the same directory; a failure
-    is a ``LocalWriteError`` naming ``target`` (default: the directory, the layout)."""
-    with AtomicFile(path.parent, target=path.parent if target is None else target, what=what,
-                    prefix=f".{path.name}.") as out:
-        out.write(data)
-        out.commit(path)
-
-
 class OCILayoutStore:
     """Reads and writes an OCI image layout directory (``oci:PATH[:TAG]``)."""
 
@@ -174,7 +66,8 @@ class OCILayoutStore:
             with writing_to(self.path, WHAT):
                 self.path.mkdir(parents=True, exist_ok=True)
             if not layout_file.is_file():
-                write_atomically(layout_file, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
+                write_atomically(layout_file, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode(),
+                                 target=self.path, what=WHAT)
             if not index_file.is_file():
                 self._write_index({"schemaVersion": 2, "manifests": []})
         try:
@@ -229,11 +122,11 @@ class OCILayoutStore:
             blobs.mkdir(exist_ok=True)
         # a registry download checks its digest itself (it raises before handing out bytes
         # past a mismatch): hashing it again here would only cost time
-        trusted = digest is not None and _verified_digest(data) == digest
+        trusted = digest is not None and verified_digest(data) == digest
         hasher = None if trusted else new_hasher(digest)
         count = 0
         with AtomicFile(blobs, target=self.path, what=WHAT) as out:
-            for block in iter_chunks(data, 1 << 20):
+            for block in chunks(data, 1 << 20):
                 if hasher is not None:
                     hasher.update(block)
                 count += len(block)
@@ -272,8 +165,8 @@ class OCILayoutStore:
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        write_atomically(self.path / "index.json",
-                         json.dumps(index, separators=(",", ":")).encode())
+        write_atomically(self.path / "index.json", json.dumps(index, separators=(",", ":")).encode(),
+                         target=self.path, what=WHAT)
 
     @staticmethod
     def _ref_name(entry: Any) -> str | None:

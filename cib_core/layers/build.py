@@ -47,6 +47,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol, cast
 from cib_core import mediatypes
 from cib_core.compression import SNIFF_SIZE, Frames, sniff
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
+from cib_core.fileio import FileSlice
 from cib_core.plugin_api import Entry, LayerOptions, LazyFile, Readable, kept_fields
 
 if TYPE_CHECKING:
@@ -165,36 +166,11 @@ class CustomFile:
         if self._bytes is not None:
             return io.BytesIO(self._bytes)
         assert self._stream is not None  # noqa: S101
-        return _StreamReader(self._stream, self._start, self.size)
+        return FileSlice(self._stream, self._start, self.size, name="<CustomFile stream>")
 
     def __repr__(self) -> str:
         return (f"CustomFile(<{self.size} bytes>, mode={self.mode:#o}, mtime={self.mtime!r}, "
                 f"uid={self.uid}, gid={self.gid})")
-
-
-class _StreamReader:
-    """``size`` bytes of a shared seekable stream from ``start``; never closes the stream, so
-    the ``CustomFile`` can go into more than one entry and more than one build."""
-
-    __slots__ = ("_end", "_f", "_pos", "name")
-
-    def __init__(self, f: IO[bytes], start: int, size: int) -> None:
-        self._f, self._pos, self._end = f, start, start + size
-        self.name = "<CustomFile stream>"
-
-    def read(self, size: int = -1, /) -> bytes:
-        remaining = self._end - self._pos
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        if size == 0:
-            return b""
-        self._f.seek(self._pos)
-        data = self._f.read(size)
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        self._pos = self._end
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from cib_core import mediatypes as mt
+from cib_core.digest import verified_reader
 from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
-from cib_core.formats.oci_layout import OCILayoutStore, verified_reader
+from cib_core.formats.oci_layout import OCILayoutStore
 
 
 def sha(data: bytes) -> str:
