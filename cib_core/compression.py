@@ -323,7 +323,8 @@ def _read_head(stream: BinaryIO, n: int) -> bytes:
     return head
 
 
-def decompressed(stream: BinaryIO, name: str, *, chunk: int = 1 << 16) -> tuple[BinaryIO, str | None]:
+def decompressed(stream: BinaryIO, name: str, *,
+                 chunk: int = 1 << 16) -> tuple[io.BufferedReader, str | None]:
     """``stream`` decompressed as its first bytes say, and the compression found (None: it
     was not compressed and passes through as it is).
 
