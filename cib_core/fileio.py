@@ -216,10 +216,11 @@ def replacing(path: str | os.PathLike[str], *, mode: int = 0o644, fsync: bool = 
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
-                     target: str | os.PathLike[str] | None = None, what: str = "") -> None:
+                     fsync: bool = True, target: str | os.PathLike[str] | None = None,
+                     what: str = "") -> None:
     """Replace ``path`` with ``data`` through a temporary file beside it (permissions ``mode``
     from the start); a failure is a ``LocalWriteError`` naming ``target`` (default: ``path``)."""
-    with replacing(path, mode=mode, target=target, what=what) as out:
+    with replacing(path, mode=mode, fsync=fsync, target=target, what=what) as out:
         out.write(data)
 
 
