@@ -174,12 +174,12 @@ def open_store(
             assert ref.path is not None
             return OCILayoutStore(ref.path, create=write, progress=progress if write else None)
         if ref.transport == "docker-archive":
-            from cib_core.formats.docker_archive import DockerArchiveStore
+            from cib_core.formats.docker_archive import DockerArchiveReader, DockerArchiveWriter
 
             assert ref.path is not None
             if write:
-                return DockerArchiveStore.create(ref.path, ref.ref, progress=progress)
-            return DockerArchiveStore.open(ref.path, ref.ref)
+                return DockerArchiveWriter(ref.path, ref.ref, progress=progress)
+            return DockerArchiveReader(ref.path, ref.ref)
         raise ConfigurationError(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
     from cib_core.authn.resolve import options_for_registry

@@ -134,7 +134,7 @@ class _BlobFacts:
 
 
 def _read_blob(store: BlobStore, digest: str, decompress: bool) -> _BlobFacts:
-    from cib_core.formats.flatten import decompressed
+    from cib_core.compression import decompressed
 
     try:
         stream = store.open_blob(digest)
@@ -147,7 +147,7 @@ def _read_blob(store: BlobStore, digest: str, decompress: bool) -> _BlobFacts:
     try:
         with stream:
             if decompress:
-                plain, facts.compression = decompressed(cast(BinaryIO, counting))
+                plain, facts.compression = decompressed(cast(BinaryIO, counting), f"blob {digest}")
                 try:
                     content = hashlib.sha256()
                     while True:

@@ -52,7 +52,7 @@ from typing import Any
 
 from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError
-from cib_core.fileio import replacing
+from cib_core.fileio import write_atomically
 from cib_core.reference import DEFAULT_REGISTRY, is_docker_hub
 
 log = logging.getLogger(__name__)
@@ -415,8 +415,7 @@ def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with replacing(path, mode=0o600) as out:
-        out.write((json.dumps(data, indent="\t") + "\n").encode("utf-8"))
+    write_atomically(path, (json.dumps(data, indent="\t") + "\n").encode("utf-8"), mode=0o600)
 
 
 def store_credentials(registry: str, username: str, secret: str,

@@ -35,7 +35,7 @@ from cib_core.authn.challenge import (
 from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
 from cib_core.callbacks import Progress
-from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem, sha256_digest
+from cib_core.digest import ALGORITHMS, GRAMMAR, new_hasher, problem, sha256_digest, verified_digest
 from cib_core.documents import canonical_json, json_object, manifest_media_type
 from cib_core.errors import (
     AuthenticationError,
@@ -48,6 +48,7 @@ from cib_core.errors import (
     RegistryError,
     RegistryErrorDetail,
 )
+from cib_core.fileio import chunks as _chunks_of
 from cib_core.reference import DOCKER_HUB_API_HOST, is_docker_hub
 from cib_core.remote.transport import RETRY_STATUSES, Transport, TransportOptions, TransportPool, redact_url
 
@@ -135,81 +136,6 @@ def _read_capped(resp: requests.Response, cap: int) -> bytes:
         return b""
     finally:
         resp.close()
-
-
-def _chunks_of(blob: Any, size: int) -> Iterator[bytes | bytearray]:
-    """The source cut into pieces of exactly ``size`` bytes (the last one shorter).
-
-    Each piece from a file or an iterable is a fresh ``bytearray`` filled in place (no joins,
-    no slices of joins), so at most one chunk is being built while the caller sends the
-    previous one; the caller must drop its reference before asking for the next.
-    """
-    if isinstance(blob, (bytes, bytearray, memoryview)):
-        view = memoryview(blob)
-        for i in range(0, len(view), size):
-            yield bytes(view[i:i + size])
-        return
-    if hasattr(blob, "read"):
-        readinto = getattr(blob, "readinto", None)
-        while True:
-            buf = bytearray(size)
-            have = 0
-            if readinto is not None:
-                with memoryview(buf) as out:
-                    while have < size:
-                        n = readinto(out[have:])
-                        if not n:
-                            break
-                        have += n
-            else:
-                while have < size:
-                    piece = blob.read(size - have)
-                    if not piece:
-                        break
-                    buf[have:have + len(piece)] = piece
-                    have += len(piece)
-            if not have:
-                return
-            if have < size:
-                del buf[have:]
-            yield buf
-            del buf
-            if have < size:
-                return
-        return
-    buf = bytearray(size)
-    have = 0
-    for piece in blob:
-        if not isinstance(piece, (bytes, bytearray, memoryview)):
-            raise ConfigurationError(f"an upload's iterable must yield bytes, not {type(piece).__name__}")
-        if not piece:
-            continue
-        with memoryview(piece) as view:
-            start = 0
-            while len(view) - start >= size - have:
-                take = size - have
-                buf[have:] = view[start:start + take]
-                start += take
-                yield buf
-                del buf  # the caller's now: dropped before the next one is allocated
-                buf = bytearray(size)
-                have = 0
-            rest = len(view) - start
-            if rest:
-                buf[have:have + rest] = view[start:]
-                have += rest
-    if have:
-        del buf[have:]
-        yield buf
-
-
-def verified_digest(stream: Any) -> str | None:
-    """The digest ``stream`` checks by itself (a registry ``BlobStream``, also inside the
-    ``io.BufferedReader`` that ``blob(stream=True)`` returns), else None."""
-    found = getattr(stream, "verified_digest", None)
-    if found is None:
-        found = getattr(getattr(stream, "raw", None), "verified_digest", None)
-    return found if isinstance(found, str) else None
 
 
 class _UploadLost(RegistryError):
