@@ -1,0 +1,251 @@
+"""Python apps end to end (issue 13): a project with a console script, a pure dependency and a
+C extension compiled here, packaged onto a Python base made from this machine's Debian
+interpreter, run under runc; its two-platform build checked file by file; the three kinds of
+lock; the layers a code change rebuilds; reproducibility across checkouts, homes and umasks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyapp_support import (
+    IndexServer,
+    Pin,
+    Wheelhouse,
+    build_wheelhouse,
+    default_pins,
+    have_python_base,
+    iter_layers,
+    layer_file,
+    layer_members,
+    push_python_base,
+    push_python_index,
+    run_in_runc,
+    serve,
+    write_project,
+    write_pylock,
+    write_requirements,
+    write_simple_index,
+    write_uv_lock,
+)
+
+from cib_core import Image
+from cib_core.testing import RegistryServer, pull_to_oci, require_tool, skopeo_inspect
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not have_python_base(), reason="needs /usr/bin/python3.11 and ldd")]
+
+
+@pytest.fixture(scope="module")
+def house(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
+    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture(scope="module")
+def index(house: Wheelhouse, tmp_path_factory: pytest.TempPathFactory) -> Iterator[IndexServer]:
+    root = tmp_path_factory.mktemp("index")
+    write_simple_index(house, root)
+    server = serve(root)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def python_base(registry: RegistryServer) -> str:
+    return push_python_base(registry).ref
+
+
+@pytest.fixture(scope="module")
+def python_index(registry: RegistryServer) -> str:
+    return push_python_index(registry).ref
+
+
+@pytest.fixture
+def no_pip_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip's configuration of this machine must not send a test to another index."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _manifest_of(layout: Path, tag: str) -> dict[str, Any]:
+    index = json.loads((layout / "index.json").read_text())
+    [entry] = [m for m in index["manifests"] if m.get("annotations", {}).get(
+        "org.opencontainers.image.ref.name") == tag]
+    return json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_text())
+
+
+def test_app_with_a_c_extension_runs_under_runc(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    require_tool("skopeo")
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    target = registry.ref("pyapp/runs", "v1")
+    image = Image(python_base, target)
+    layers = image.add_python_app(project, index_url=index.simple)
+    result = image.save()
+    assert len(layers) == 2  # dependencies (with the venv), the project
+
+    layout = tmp_path / "layout"
+    tag = pull_to_oci(result.reference, layout)
+    out = run_in_runc(layout, tag, tmp_path, "runs")
+    assert "cibtest-app: pure 1.0 / compiled for x86_64" in out, out
+    assert "prefix: /opt/venv" in out, out
+    assert "fast from: /opt/venv/lib/python3.11/site-packages/cibtest_fast/__init__.py" in out, out
+
+    config = skopeo_inspect(result.reference, config=True)["config"]
+    assert config["Entrypoint"] == ["/opt/venv/bin/cibtest-app"]
+    assert "Cmd" not in config or config["Cmd"] is None
+    assert config["WorkingDir"] == "/app"
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["VIRTUAL_ENV"] == "/opt/venv"
+    assert env["PATH"].startswith("/opt/venv/bin:/usr/local/sbin:")
+
+    manifest = _manifest_of(layout, tag)
+    deps_blob, project_blob = list(iter_layers(layout, manifest))[1:]
+    deps = layer_members(deps_blob)
+    site = "opt/venv/lib/python3.11/site-packages"
+    assert deps["opt/venv/bin/python"].issym() and deps["opt/venv/bin/python"].linkname == "/usr/bin/python3"
+    cfg = layer_file(deps_blob, "opt/venv/pyvenv.cfg").decode()
+    assert "home = /usr/bin\n" in cfg and "include-system-site-packages = false\n" in cfg
+    assert "version = 3.11.2\n" in cfg
+    assert layer_file(deps_blob, f"{site}/cibtest_pure-1.0.dist-info/INSTALLER") == b"cib\n"
+    so = f"{site}/cibtest_fast/_speed.cpython-311-x86_64-linux-gnu.so"
+    assert deps[so].mode == 0o755 and deps[so].uid == 0 and deps[so].mtime == 0
+    record = layer_file(deps_blob, f"{site}/cibtest_fast-1.0.dist-info/RECORD").decode()
+    assert "cibtest_fast/_speed.cpython-311-x86_64-linux-gnu.so,sha256=" in record
+    project_members = layer_members(project_blob)
+    script = layer_file(project_blob, "opt/venv/bin/cibtest-app")
+    assert script.startswith(b"#!/opt/venv/bin/python\n")
+    assert project_members["opt/venv/bin/cibtest-app"].mode == 0o755
+    assert "app" in project_members and project_members["app"].isdir()
+    record = layer_file(project_blob, f"{site}/cibtest_app-1.0.dist-info/RECORD").decode()
+    assert "../../../bin/cibtest-app,sha256=" in record
+
+
+def test_two_platforms_get_their_own_wheels_and_share_the_rest(
+        tmp_path: Path, registry: RegistryServer, python_index: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    require_tool("skopeo")
+    project = write_project(tmp_path / "app", dependencies=(
+        "cibtest-pure", "cibtest-fast", "cibtest-amd64only; platform_machine == 'x86_64'",
+        "cibtest-arm64only; platform_machine == 'aarch64'"))
+    pins = [*default_pins(house),
+            Pin("cibtest-amd64only", "1.0", tuple(house.of("cibtest-amd64only")),
+                "platform_machine == 'x86_64'"),
+            Pin("cibtest-arm64only", "1.0", tuple(house.of("cibtest-arm64only")),
+                "platform_machine == 'aarch64'")]
+    write_pylock(project / "pylock.toml", house, index, pins)
+    image = Image(python_index, registry.ref("pyapp/multi", "v1"))
+    assert image.platforms() == ["linux/amd64", "linux/arm64/v8"]
+    layers = image.add_python_app(project, index_url=index.simple)
+    result = image.save()
+    assert len(layers) == 3  # a dependency layer per platform, one project layer for both
+
+    raw = skopeo_inspect(result.reference, raw=True)
+    assert json.loads(raw)["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    site = "opt/venv/lib/python3.11/site-packages"
+    seen: dict[str, list[str]] = {}
+    for arch, machine, other in (("amd64", "x86_64", "aarch64"), ("arm64", "aarch64", "x86_64")):
+        digests = skopeo_inspect(result.reference, arch=arch)["Layers"]
+        seen[arch] = digests
+        deps = registry_blob(registry, "pyapp/multi", digests[1])
+        names = layer_members(deps)
+        assert f"{site}/cibtest_fast/_speed.cpython-311-{machine}-linux-gnu.so" in names
+        assert not [n for n in names if other in n], f"{arch} holds files for {other}"
+        only = "amd64only" if arch == "amd64" else "arm64only"
+        assert f"{site}/cibtest_{only}.py" in names
+        assert not [n for n in names if n.endswith(("amd64only.py", "arm64only.py"))
+                    and only not in n]
+        config = skopeo_inspect(result.reference, config=True, arch=arch)
+        assert config["architecture"] == arch
+        assert config["config"]["Entrypoint"] == ["/opt/venv/bin/cibtest-app"]
+    assert seen["amd64"][0] != seen["arm64"][0]  # the bases
+    assert seen["amd64"][1] != seen["arm64"][1]  # the dependencies
+    assert seen["amd64"][2] == seen["arm64"][2]  # the pure project, built once
+
+    # the amd64 image of the index runs
+    layout = tmp_path / "layout"
+    tag = pull_to_oci(result.reference, layout)
+    assert "compiled for x86_64" in run_in_runc(layout, tag, tmp_path, "multi")
+
+
+def registry_blob(registry: RegistryServer, repository: str, digest: str) -> bytes:
+    from cib_core import RegistryClient
+
+    data = RegistryClient(registry.host, repository, None).blob(digest)
+    assert isinstance(data, bytes)
+    return data
+
+
+@pytest.mark.parametrize("kind", ["pylock", "uv", "requirements"])
+def test_every_kind_of_lock_gives_the_same_layers(
+        tmp_path: Path, python_base: str, house: Wheelhouse, index: IndexServer,
+        no_pip_config: None, kind: str) -> None:
+    project = write_project(tmp_path / "app")
+    if kind == "pylock":
+        write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    elif kind == "uv":
+        write_uv_lock(project / "uv.lock", house, index, default_pins(house))
+    else:
+        write_requirements(project / "requirements.txt", house, default_pins(house))
+    image = Image(python_base, f"oci:{tmp_path / 'out'}:v1")
+    layers = image.add_python_app(project, index_url=index.simple)
+    image.save()
+    # the same wheels, the same target: the same bytes whichever lock named them
+    assert [layer.diff_id for layer in layers] == _reference_diff_ids(python_base, house, index)
+
+
+_REFERENCE: dict[str, list[str]] = {}
+
+
+def _reference_diff_ids(python_base: str, house: Wheelhouse, index: IndexServer) -> list[str]:
+    if "ids" not in _REFERENCE:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            project = write_project(Path(tmp) / "app")
+            write_pylock(project / "pylock.toml", house, index, default_pins(house))
+            image = Image(python_base, f"oci:{tmp}/ref:v1")
+            _REFERENCE["ids"] = [layer.diff_id for layer in
+                                 image.add_python_app(project, index_url=index.simple)]
+    return _REFERENCE["ids"]
+
+
+def test_a_code_change_uploads_only_the_project_layer(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    target = registry.ref("pyapp/rebuild", "v1")
+
+    def build() -> tuple[list[str], list[str]]:
+        """The app's layer digests, and the app layers whose blobs were sent."""
+        sent: set[str] = set()
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            sent.add(name)
+
+        image = Image(python_base, target, progress=progress)
+        layers = image.add_python_app(project, index_url=index.simple)
+        image.save()
+        return [layer.digest for layer in layers], sorted(
+            n.removeprefix("app layer python ").split()[0] for n in sent if n.startswith("app layer"))
+
+    first, sent = build()
+    assert sent == ["dependencies:", "project"]
+    downloads = [r for r in index.requests if r.startswith("/files/")]
+    again, sent = build()
+    assert again == first and sent == [], "an unchanged layer was built or uploaded again"
+    main = project / "src" / "cibtest_app" / "main.py"
+    main.write_text(main.read_text() + "# one more line\n")
+    changed, sent = build()
+    assert sent == ["project"]
+    assert changed[0] == first[0] and changed[1] != first[1]
+    assert [r for r in index.requests if r.startswith("/files/")] == downloads, \
+        "a rebuild downloaded wheels again"
