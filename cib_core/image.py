@@ -428,6 +428,34 @@ class Image:
                 return image
         raise NotFound(f"this build has no {platform} image; it has: {', '.join(self.platforms())}")
 
+    def _layer_images(self, platform: object, what: str) -> list[_PlatformImage]:
+        """The platforms a new layer goes to: every one for ``platform=None``, else the one
+        ``platform`` names (a ``ConfigurationError`` naming the build's platforms when it has
+        none or several such)."""
+        if platform is None:
+            return self._load()
+        if not isinstance(platform, str):
+            raise ConfigurationError(f"{what}'s platform must be a str like \"linux/arm64\", "
+                                     f"not {type(platform).__name__}")
+        wanted = Platform.parse(platform)
+        images = self._load()
+        matching = [image for image in images if image.platform.matches(wanted)]
+        if len(matching) > 1:  # "linux/arm" means v7, as when an index entry is picked
+            exact = [image for image in matching
+                     if image.platform.normalized().variant == wanted.normalized().variant]
+            matching = exact or matching
+        if len(matching) == 1:
+            return matching
+        have = ", ".join(self.platforms())
+        if not matching:
+            raise ConfigurationError(
+                f"{what}(platform={platform!r}): the build of {self._describe_base()} has no "
+                f"{platform} image; its platforms are {have}")
+        raise ConfigurationError(
+            f"{what}(platform={platform!r}) matches {len(matching)} images of the build of "
+            f"{self._describe_base()} ({', '.join(str(i.platform) for i in matching)}); name "
+            f"one with its variant (the build's platforms are {have})")
+
     def get_image_data(self, platform: str | None = None) -> ImageData:
         """The manifest and config (mutable; saved by ``save``) of one platform, default the first."""
         return self._image_for(platform).data
@@ -454,21 +482,33 @@ class Image:
         ignores: Iterable[str] = (),
         ignore_files: Iterable[str] = (),
         follow_symlinks: bool = True,
+        platform: str | None = None,
     ) -> LayerInfo:
         """Put local directories, files and ``CustomFile``s into one new layer.
 
         ``files`` maps a path in the image to its source (``{"/app": "./src"}``); the forms
         ``add_files(local_dir, target_dir)`` and ``add_files(local_dir)`` (target ``/``) work
-        too. Returns the new layer, already uploaded to (or written into) the target.
+        too. The layer goes to every platform of the build, or with ``platform``
+        (``"linux/arm64"``) to that one only. Returns the new layer, already uploaded to (or
+        written into) the target.
         """
         sources = self._sources(files, target_dir)
         ignores = self._patterns("ignores", ignores)
         ignore_files = self._patterns("ignore_files", ignore_files)
         if not sources:
             raise ConfigurationError("add_files was given no files")
-        # the first layer: read the base (a few round trips) while the sources are listed
-        loading = None if self._images is not None or self._is_scratch else _in_background(
-            self._load, "cib-read-base")
+        layer_platform: str | None = None
+        loading = None
+        if platform is not None:
+            # the sources are told which platform they serve (a packager may fetch files for
+            # it), so the base is read and the platform checked before they are listed
+            images = self._layer_images(platform, "add_files")
+            layer_platform = str(images[0].platform)
+        else:
+            images = None
+            # the first layer: read the base (a few round trips) while the sources are listed
+            loading = None if self._images is not None or self._is_scratch else _in_background(
+                self._load, "cib-read-base")
         mtime = self._layer_mtime()
         import cib_core.layers.cache as layer_cache
 
@@ -476,7 +516,7 @@ class Image:
             builder = prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
                 ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                compression=self._compression, mtime=mtime)
+                compression=self._compression, mtime=mtime, platform=layer_platform)
         except BaseException:
             if loading is not None:
                 loading.result()  # a base that cannot be read is reported first, as ever
@@ -492,14 +532,15 @@ class Image:
             return prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
                 ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime)
+                compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime,
+                platform=layer_platform)
 
         info = self._put_layer(builder, rebuild, "new layer " + ", ".join(sorted(sources)),
                                builder.fingerprint(layer_cache.RACY_SECONDS))
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
-            info.diff_id, {"created_by": created_by, "comment": "cib"})
+            info.diff_id, {"created_by": created_by, "comment": "cib"}, images)
         return info
 
     def _layer_mtime(self) -> int | None:
@@ -598,7 +639,7 @@ class Image:
                 self._append_layer(
                     {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
                     info.diff_id, {"created_by": f"cib add_app: {layer.name}", "comment": "cib"},
-                    only=image)
+                    [image])
             from cib_core.apps import apply_config
 
             apply_config(image.data.config, answer)
@@ -834,27 +875,28 @@ class Image:
         self._present.add(info.digest)
         return info
 
-    def add_tarball(self, path: str | os.PathLike[str]) -> LayerInfo:
-        """Add an existing ``.tar``, ``.tar.gz`` or ``.tar.zst`` file as one layer, as it is.
+    def add_tarball(self, path: str | os.PathLike[str], *, platform: str | None = None) -> LayerInfo:
+        """Add an existing ``.tar``, ``.tar.gz`` or ``.tar.zst`` file as one layer, as it is,
+        to every platform or to the one ``platform`` names.
 
         A compressed file is the blob itself (nothing is re-packed); a plain tar is compressed.
         Its members are not normalized: reproducibility is the file's own.
         """
-        self._load()
+        images = self._layer_images(platform, "add_tarball")
         with layer_from_tarball(path, compression=self._compression,
                                 docker_flavour=self._docker_flavour) as built:
             info = self._put_built(built, self.target_store)
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": f"cib add_tarball {os.path.basename(os.fspath(path))}",
-                           "comment": "cib"})
+                           "comment": "cib"}, images)
         return info
 
     def _append_layer(self, descriptor: dict[str, Any], diff_id: str,
-                      history: dict[str, Any] | None, only: _PlatformImage | None = None) -> None:
-        for image in self._load():
-            if only is not None and image is not only:
-                continue
+                      history: dict[str, Any] | None,
+                      images: list[_PlatformImage] | None = None) -> None:
+        """Append a layer to ``images`` (default: every platform of the build)."""
+        for image in self._load() if images is None else images:
             image.data.manifest.setdefault("layers", []).append(dict(descriptor))
             rootfs = image.data.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
             rootfs.setdefault("diff_ids", []).append(diff_id)
@@ -864,9 +906,11 @@ class Image:
                 image.data.config.setdefault("history", []).append(entry)
 
     def add_layer(self, digest: str, uncompressed_digest: str, size: int,
-                  urls: list[str] | None = None, *, media_type: str | None = None) -> None:
-        """Append an existing blob as a layer (to every platform), keeping ``diff_ids`` in step."""
-        self._load()
+                  urls: list[str] | None = None, *, media_type: str | None = None,
+                  platform: str | None = None) -> None:
+        """Append an existing blob as a layer, keeping ``diff_ids`` in step: to every platform,
+        or to the one ``platform`` names."""
+        images = self._layer_images(platform, "add_layer")
         if media_type is None:
             if urls:
                 media_type = (mt.DOCKER_FOREIGN_LAYER_GZIP if self._docker_flavour
@@ -877,7 +921,7 @@ class Image:
         if urls:
             descriptor["urls"] = list(urls)
         self._append_layer(descriptor, uncompressed_digest,
-                           {"created_by": f"cib add_layer {digest}", "comment": "cib"})
+                           {"created_by": f"cib add_layer {digest}", "comment": "cib"}, images)
 
     def remove_layer(self, digest: str) -> None:
         """Remove the layer ``digest`` and its ``diff_ids`` entry (and its history entry)."""

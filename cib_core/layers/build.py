@@ -854,21 +854,24 @@ def prepare_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
                   compression: str = "gzip", docker_flavour: bool = False,
                   ignores: Iterable[str] = (), ignore_files: Iterable[str] = (),
                   follow_symlinks: bool = True, level: int | None = None,
-                  mtime: int | None = None) -> LayerBuilder:
+                  mtime: int | None = None, platform: str | None = None) -> LayerBuilder:
     """The :class:`LayerBuilder` of ``{target: source}`` with every entry listed, not yet
-    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``."""
+    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``. ``platform`` tells the
+    sources the one platform the layer is for (``None``: every platform)."""
     return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
                         ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime)
+                        follow_symlinks=follow_symlinks, level=level, mtime=mtime,
+                        platform=platform)
 
 
 def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, compression: str,
                  docker_flavour: bool, ignores: Iterable[str], ignore_files: Iterable[str],
-                 follow_symlinks: bool, level: int | None, mtime: int | None) -> LayerBuilder:
+                 follow_symlinks: bool, level: int | None, mtime: int | None,
+                 platform: str | None = None) -> LayerBuilder:
     builder = LayerBuilder(compression=compression, level=level, docker_flavour=docker_flavour,
                            mtime=mtime)
     with _gc_paused():
-        options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks)
+        options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks, platform)
         for info, fileobj in collect_entries(pm, sources, options=options):
             builder.add(info, fileobj)
     return builder

@@ -424,15 +424,17 @@ def check_multi_platform(bed: Bed, ns: dict[str, Any], out: str) -> None:
     assert index["mediaType"] == ns["result"].media_type == "application/vnd.oci.image.index.v1+json"
     children = {f"{m['platform']['os']}/{m['platform']['architecture']}": m for m in index["manifests"]}
     assert sorted(children) == ["linux/amd64", "linux/arm64"]
-    tops = set()
+    layers = {}
     for name, entry in children.items():
         manifest, child_digest = oracle.manifest("team/web", entry["digest"])
         assert child_digest == entry["digest"]
-        tops.add(manifest["layers"][-1]["digest"])
+        layers[name] = [layer["digest"] for layer in manifest["layers"]]
         cfg = oracle.config("team/web", manifest)["config"]
         assert cfg["Cmd"] == ["node", "/srv/app.js"]
         assert ("ARM_TUNING=1" in cfg["Env"]) == (name == "linux/arm64"), name
-    assert len(tops) == 1  # one layer, shared by both platforms
+    amd, arm = layers["linux/amd64"], layers["linux/arm64"]
+    assert amd[-1] == arm[-2]  # the app layer, shared by both platforms
+    assert len(arm) == len(amd) + 1 and arm[-1] not in amd  # the arm64-only layer
 
 
 def check_one_platform(bed: Bed, ns: dict[str, Any], out: str) -> None:
