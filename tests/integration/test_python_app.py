@@ -249,3 +249,131 @@ def test_a_code_change_uploads_only_the_project_layer(
     assert changed[0] == first[0] and changed[1] != first[1]
     assert [r for r in index.requests if r.startswith("/files/")] == downloads, \
         "a rebuild downloaded wheels again"
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: each a PackagingError naming the input, and nothing pushed
+# ---------------------------------------------------------------------------------------------
+def _nothing_pushed(registry: RegistryServer, repository: str) -> None:
+    from cib_core import NotFound, RegistryClient
+
+    client = RegistryClient(registry.host, repository, None)
+    with pytest.raises(NotFound):
+        client.tags()
+
+
+def _fails(python_base: str, registry: RegistryServer, repository: str, project: Path,
+           **options: Any) -> str:
+    from cib_core import CibError
+    from cib_core.errors import PackagingError
+
+    image = Image(python_base, registry.ref(repository, "v1"))
+    with pytest.raises(CibError) as caught:
+        image.add_python_app(project, **options)
+        image.save()
+    assert isinstance(caught.value, PackagingError), repr(caught.value)
+    _nothing_pushed(registry, repository)
+    return str(caught.value)
+
+
+def test_a_file_whose_hash_differs_from_the_lock(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    lock = project / "pylock.toml"
+    right = house.sha256("cibtest_pure-1.0-py3-none-any.whl")
+    lock.write_text(lock.read_text().replace(right, "0" * 64))
+    message = _fails(python_base, registry, "pyapp/badhash", project, index_url=index.simple)
+    assert "cibtest_pure-1.0-py3-none-any.whl" in message
+    assert right in message and "0" * 64 in message
+    assert "nothing was built or pushed" in message
+
+
+def test_a_missing_lock(tmp_path: Path, registry: RegistryServer, python_base: str,
+                        index: IndexServer, no_pip_config: None) -> None:
+    project = write_project(tmp_path / "app")
+    missing = tmp_path / "nowhere" / "pylock.toml"
+    message = _fails(python_base, registry, "pyapp/nolock", project, lock=missing,
+                     index_url=index.simple)
+    assert str(missing) in message and "does not exist" in message
+    # a project with dependencies and no lock at all
+    message = _fails(python_base, registry, "pyapp/nolock", project, index_url=index.simple)
+    assert str(project) in message and "no lock" in message and "uv lock" in message
+
+
+def test_a_project_whose_build_fails_shows_its_output(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    from cib_core.errors import PackagingError
+
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    (project / "setup.py").write_text("raise SystemExit('the build is broken on purpose')\n")
+    message = _fails(python_base, registry, "pyapp/buildfails", project, index_url=index.simple)
+    assert "the build of cibtest-app" in message and str(project) in message
+    assert "the build is broken on purpose" in message
+    image = Image(python_base, f"oci:{tmp_path / 'out'}:v1")
+    with pytest.raises(PackagingError) as caught:
+        image.add_python_app(project, index_url=index.simple)
+    assert "the build is broken on purpose" in caught.value.output
+
+
+def test_a_base_without_python_says_how_to_name_one(
+        tmp_path: Path, registry: RegistryServer, base_image: Any, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    message = _fails(base_image.ref, registry, "pyapp/nopython", project, index_url=index.simple)
+    assert base_image.ref in message and "has no Python interpreter on its PATH" in message
+    assert 'python_target={"interpreter": ' in message and "--python-target interpreter=" in message
+
+
+def test_a_wheel_that_is_not_a_zip_and_one_whose_record_lies(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        no_pip_config: None) -> None:
+    from pyapp_support import make_wheel
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "cibtest_pure-1.0-py3-none-any.whl").write_bytes(b"<html>not a wheel</html>")
+    liar = make_wheel(tmp_path / "liar", "cibtest-pure", "1.0",
+                      {"cibtest_pure/__init__.py": 'VALUE = "pure 1.0"\n'},
+                      lie_about="cibtest_pure/__init__.py")
+    for case, directory, expected in (("notzip", bad, "is not a wheel"),
+                                      ("liar", liar.parent, "has a RECORD that does not match")):
+        project = write_project(tmp_path / case, dependencies=("cibtest-pure",))
+        wheel = directory / "cibtest_pure-1.0-py3-none-any.whl"
+        sha = __import__("hashlib").sha256(wheel.read_bytes()).hexdigest()
+        write_requirements(project / "requirements.txt", house, [])
+        (project / "requirements.txt").write_text(f"cibtest-pure==1.0 --hash=sha256:{sha}\n")
+        message = _fails(python_base, registry, f"pyapp/{case}", project, find_links=[directory])
+        assert "cibtest_pure-1.0-py3-none-any.whl" in message and expected in message, message
+
+
+def test_a_dependency_for_a_python_the_base_does_not_have(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    project = write_project(tmp_path / "app", dependencies=("cibtest-new",))
+    write_requirements(project / "requirements.txt", house,
+                       [Pin("cibtest-new", "1.0", tuple(house.of("cibtest-new")))])
+    message = _fails(python_base, registry, "pyapp/newpython", project, index_url=index.simple)
+    assert "cibtest-new 1.0" in message and "has no wheel for linux/amd64" in message
+    assert "CPython 3.11.2" in message and "cp312-cp312-manylinux_2_17_x86_64" in message
+
+
+def test_a_package_with_only_an_sdist_is_not_built(
+        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None) -> None:
+    project = write_project(tmp_path / "app", dependencies=("cibtest-sdistonly",))
+    pins = [Pin("cibtest-sdistonly", "1.0", tuple(house.of("cibtest-sdistonly")))]
+    for kind in ("pylock", "uv"):
+        for stale in ("pylock.toml", "uv.lock"):
+            (project / stale).unlink(missing_ok=True)
+        if kind == "pylock":
+            write_pylock(project / "pylock.toml", house, index, pins)
+        else:
+            write_uv_lock(project / "uv.lock", house, index, pins)
+        message = _fails(python_base, registry, f"pyapp/sdist-{kind}", project, index_url=index.simple)
+        assert "cibtest-sdistonly 1.0" in message and "has no wheel for linux/amd64" in message
+        assert "never builds an sdist" in message
