@@ -140,6 +140,19 @@ def _public_names(cls: type) -> dict[str, bool]:
     return names
 
 
+def _files_key(layer: AppLayer) -> str | None:
+    """Within one ``add_app``, the layers of two platforms that name the same local paths
+    (and ignores) are the same layer; other sources may not be."""
+    if layer.files is None:
+        return None
+    items = []
+    for target, source in layer.files.items():
+        if not isinstance(source, (str, os.PathLike)):
+            return None
+        items.append((target, os.path.abspath(os.fspath(source))))
+    return repr(("files", sorted(items), layer.ignores))
+
+
 def _scratch_config(platform: Platform | None) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "architecture": platform.architecture if platform else "amd64",
@@ -629,13 +642,14 @@ class Image:
         added: list[LayerInfo] = []
         for image, answer in zip(images, answers, strict=True):
             for layer in answer.layers:
-                key = layer.key or None
+                key = layer.key or _files_key(layer)
                 info = built.get(key) if key is not None else None
                 if info is None:
                     info = self._build_app_layer(layer, mtime, media_type)
                     if key is not None:
                         built[key] = info
-                    added.append(info)
+                    if info not in added:
+                        added.append(info)
                 self._append_layer(
                     {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
                     info.diff_id, {"created_by": f"cib add_app: {layer.name}", "comment": "cib"},
