@@ -15,9 +15,11 @@ import hashlib
 import html.parser
 import logging
 import os
+import random
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
+import requests
 from packaging.utils import canonicalize_name
 
 from cib_core.plugin_api import PackagingError, Progress, report_step
@@ -154,15 +157,11 @@ class Finder:
     def _http(self) -> Any:
         with self._lock:
             if self._session is None:
-                import requests
-
                 self._session = requests.Session()
                 self._session.headers["User-Agent"] = "cib (python-app packager)"
             return self._session
 
     def _get(self, url: str, *, stream: bool = False, accept: str | None = None) -> Any:
-        import requests
-
         last: Exception | None = None
         for attempt in range(ATTEMPTS):
             try:
@@ -176,9 +175,6 @@ class Finder:
                 last = PackagingError(url, f"answered HTTP {response.status_code}")
                 response.close()
             if attempt + 1 < ATTEMPTS:
-                import random
-                import time
-
                 time.sleep(random.uniform(0.5, 1.0) * 2 ** attempt)  # noqa: S311 - jitter
         raise PackagingError(_safe(url), f"cannot be fetched: {last}")
 

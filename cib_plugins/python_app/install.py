@@ -12,6 +12,7 @@ image's). A wheel's ``RECORD`` is checked against its files before anything is i
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
 import tempfile
@@ -165,8 +166,6 @@ def group_wheels(wheels: Iterable[Wheel], big: int) -> tuple[list[Wheel], list[W
 def content_sha256(path: Path) -> str:
     """A hash of a wheel's members (names and bytes), not of the zip: a wheel rebuilt from
     the same files with new timestamps hashes the same."""
-    import hashlib
-
     h = hashlib.sha256(b"cib-wheel-content-1\0")
     with zipfile.ZipFile(path) as archive:
         for info in sorted(archive.infolist(), key=lambda i: i.filename):

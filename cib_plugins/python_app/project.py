@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyproject_hooks
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
@@ -177,8 +178,6 @@ def _tail(output: str) -> str:
 def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
                 sources: Sources | None) -> Path:
     """Build the project's wheel into ``out``; a failed build's output is in the error."""
-    import pyproject_hooks
-
     system = (project.pyproject or {}).get("build-system") or {}
     backend = str(system.get("build-backend") or DEFAULT_BACKEND)
     requires = [str(r) for r in system.get("requires") or DEFAULT_REQUIRES]

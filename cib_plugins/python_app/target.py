@@ -13,6 +13,7 @@ cached per base (``BaseImage.key``), so a rebuild reads no layer.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -170,8 +171,6 @@ def detect(base: BaseImage, override: Mapping[str, str], cache_dir: str | None) 
 def _cache_file(cache_dir: str | None, base: BaseImage, override: Mapping[str, str]) -> Path | None:
     if cache_dir is None:
         return None
-    import hashlib
-
     h = hashlib.sha256(f"{CACHE_FORMAT}\0{base.key}\0{base.platform}\0".encode())
     h.update(json.dumps(_env(base.config), sort_keys=True).encode())
     h.update(json.dumps(dict(override), sort_keys=True).encode())
