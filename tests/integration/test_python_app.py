@@ -377,3 +377,41 @@ def test_a_package_with_only_an_sdist_is_not_built(
         message = _fails(python_base, registry, f"pyapp/sdist-{kind}", project, index_url=index.simple)
         assert "cibtest-sdistonly 1.0" in message and "has no wheel for linux/amd64" in message
         assert "never builds an sdist" in message
+
+
+def test_the_same_inputs_give_the_same_digest_from_another_checkout_home_and_umask(
+        tmp_path: Path, python_base: str, house: Wheelhouse, index: IndexServer) -> None:
+    """Two builds in fresh processes: another checkout path with other file times, another
+    HOME, pip cache and cib cache (cold), another umask and time zone."""
+    import shutil
+    import subprocess
+    import sys
+
+    first = write_project(tmp_path / "checkout-1" / "app")
+    write_pylock(first / "pylock.toml", house, index, default_pins(house))
+    second = tmp_path / "elsewhere" / "checkout-2" / "app"
+    shutil.copytree(first, second)
+    for path in second.rglob("*"):
+        os.utime(path, (978307200, 978307200))  # 2001-01-01
+
+    def build(project: Path, name: str, umask: int, tz: str) -> str:
+        home = tmp_path / f"home-{name}"
+        home.mkdir()
+        env = {**os.environ, "HOME": str(home), "CIB_CACHE_DIR": str(home / "cib-cache"),
+               "PIP_CACHE_DIR": str(home / "pip-cache"), "PIP_CONFIG_FILE": os.devnull, "TZ": tz}
+        env.pop("SOURCE_DATE_EPOCH", None)
+        done = subprocess.run(
+            [sys.executable, "-c", "import sys; from cib_core.cli import main; sys.exit(main())",
+             "build", "--from", python_base, "--to", f"oci:{tmp_path / name}:v1",
+             "--python-app", str(project), "--index-url", index.simple],
+            capture_output=True, text=True, env=env, cwd=str(home), timeout=300,
+            preexec_fn=lambda: os.umask(umask))
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().rsplit("@", 1)[1]
+
+    a = build(first, "a", 0o022, "UTC")
+    b = build(second, "b", 0o077, "Asia/Tokyo")
+    assert a == b
+    manifest = _manifest_of(tmp_path / "b", "v1")
+    project_blob = list(iter_layers(tmp_path / "b", manifest))[-1]
+    assert all(m.mode in (0o644, 0o755, 0o777) for m in layer_members(project_blob).values())
