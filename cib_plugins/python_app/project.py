@@ -130,6 +130,8 @@ def _satisfied(requirements: Sequence[str]) -> bool:
 
 
 def _pip_index_options(sources: Sources | None) -> list[str]:
+    """The app's indexes and find-links for pip; with none named, pip's own configuration
+    stays in force, as for a build that pip would isolate."""
     if sources is None:
         return []
     options: list[str] = []
@@ -137,8 +139,6 @@ def _pip_index_options(sources: Sources | None) -> list[str]:
         options += ["--index-url" if i == 0 else "--extra-index-url", url]
     for link in sources.find_links:
         options += ["--find-links", link]
-    if not sources.index_urls:
-        options.append("--no-index")
     return options
 
 
@@ -202,16 +202,24 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
             raise _BuildFailed("".join(captured), done.returncode)
 
     what = f"the build of {project.label} ({project.root})"
+    caller = pyproject_hooks.BuildBackendHookCaller(
+        str(source), backend, backend_path=backend_path, python_executable=sys.executable,
+        runner=runner)
     try:
         if not _satisfied(requires):
             extra_paths.append(str(_build_env(requires, cache_dir, sources, scratch)))
-        caller = pyproject_hooks.BuildBackendHookCaller(
-            str(source), backend, backend_path=backend_path, python_executable=sys.executable,
-            runner=runner)
-        more = [r for r in caller.get_requires_for_build_wheel() if r not in requires]
-        if more and not _satisfied(more):
+        try:
+            # every hook call is a process of its own that imports the backend: ask what else
+            # the build needs only when a build with what is at hand failed
+            name = caller.build_wheel(str(out))
+        except _BuildFailed:
+            more = [r for r in caller.get_requires_for_build_wheel() if r not in requires]
+            if not more or _satisfied(more):
+                raise
+            log.info("%s needs %s as well; building again with them", what, ", ".join(more))
+            captured.clear()
             extra_paths.insert(0, str(_build_env([*requires, *more], cache_dir, sources, scratch)))
-        name = caller.build_wheel(str(out))
+            name = caller.build_wheel(str(out))
     except _BuildFailed as exc:
         raise PackagingError(what, f"failed ({exc}); its output ends: {_tail(exc.output)}",
                              output=exc.output) from exc

@@ -556,3 +556,56 @@ def layer_file(blob: bytes, name: str) -> bytes:
 def iter_layers(layout: Path, manifest: Mapping[str, Any]) -> Iterator[bytes]:
     for layer in manifest["layers"]:
         yield (layout / "blobs" / "sha256" / layer["digest"].split(":")[1]).read_bytes()
+
+
+BACKEND = textwrap.dedent('''\
+    """A PEP 517 build backend for the tests: a wheel of the project's one module."""
+    import base64
+    import hashlib
+    import zipfile
+
+
+    def _hash(data):
+        return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+    INFO = "cibtest_tiny-1.0.dist-info"
+
+
+    def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+        files = {
+            "cibtest_tiny.py": open("cibtest_tiny.py", "rb").read(),
+            f"{INFO}/METADATA": b"Metadata-Version: 2.1\\nName: cibtest-tiny\\nVersion: 1.0\\n",
+            f"{INFO}/WHEEL": b"Wheel-Version: 1.0\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n",
+            f"{INFO}/entry_points.txt": b"[console_scripts]\\ntiny = cibtest_tiny:main\\n",
+        }
+        record = "".join(f"{n},{_hash(d)},{len(d)}\\n" for n, d in files.items())
+        files[f"{INFO}/RECORD"] = (record + f"{INFO}/RECORD,,\\n").encode()
+        name = "cibtest_tiny-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(f"{wheel_directory}/{name}", "w") as archive:
+            for member, data in files.items():
+                archive.writestr(member, data)
+        return name
+    ''')
+
+
+def add_backend_wheel(house: Wheelhouse) -> None:
+    """``cibtest-backend``, a build backend only the index has (not the running Python)."""
+    path = make_wheel(house.root, "cibtest-backend", "1.0", {"cibtest_backend.py": BACKEND})
+    house.files[path.name] = path
+
+
+def write_tiny_project(directory: Path) -> Path:
+    """A project built by ``cibtest-backend``, which cib must install to build it."""
+    directory.mkdir(parents=True)
+    (directory / "cibtest_tiny.py").write_text("def main():\n    print('tiny')\n")
+    (directory / "pyproject.toml").write_text(textwrap.dedent("""\
+        [build-system]
+        requires = ["cibtest-backend"]
+        build-backend = "cibtest_backend"
+
+        [project]
+        name = "cibtest-tiny"
+        version = "1.0"
+        """))
+    return directory

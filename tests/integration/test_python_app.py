@@ -16,6 +16,7 @@ from pyapp_support import (
     IndexServer,
     Pin,
     Wheelhouse,
+    add_backend_wheel,
     build_wheelhouse,
     default_pins,
     have_python_base,
@@ -30,6 +31,7 @@ from pyapp_support import (
     write_pylock,
     write_requirements,
     write_simple_index,
+    write_tiny_project,
     write_uv_lock,
 )
 
@@ -42,7 +44,9 @@ pytestmark = [pytest.mark.integration,
 
 @pytest.fixture(scope="module")
 def house(tmp_path_factory: pytest.TempPathFactory) -> Wheelhouse:
-    return build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+    house = build_wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+    add_backend_wheel(house)
+    return house
 
 
 @pytest.fixture(scope="module")
@@ -415,3 +419,25 @@ def test_the_same_inputs_give_the_same_digest_from_another_checkout_home_and_uma
     manifest = _manifest_of(tmp_path / "b", "v1")
     project_blob = list(iter_layers(tmp_path / "b", manifest))[-1]
     assert all(m.mode in (0o644, 0o755, 0o777) for m in layer_members(project_blob).values())
+
+
+def test_a_build_backend_the_host_lacks_is_installed_once_from_the_index(
+        tmp_path: Path, python_base: str, index: IndexServer, no_pip_config: None) -> None:
+    from cib_core.layers.cache import cache_root
+
+    project = write_tiny_project(tmp_path / "tiny")
+    for n in (1, 2):
+        image = Image(python_base, f"oci:{tmp_path / 'out'}:v{n}")
+        [deps, layer] = image.add_python_app(project, index_url=index.simple)
+        image.save()
+    root = cache_root()
+    assert root is not None
+    [env] = (root / "apps" / "python" / "build-envs").iterdir()
+    assert (env / "cibtest_backend.py").is_file()
+    assert [r for r in index.requests if "cibtest-backend" in r or "cibtest_backend" in r].count(
+        "/files/cibtest_backend-1.0-py3-none-any.whl") == 1, "the build environment was made twice"
+    manifest = _manifest_of(tmp_path / "out", "v2")
+    project_blob = list(iter_layers(tmp_path / "out", manifest))[-1]
+    script = layer_file(project_blob, "opt/venv/bin/tiny")
+    assert script.startswith(b"#!/opt/venv/bin/python\n")
+    assert "opt/venv/lib/python3.11/site-packages/cibtest_tiny.py" in layer_members(project_blob)
