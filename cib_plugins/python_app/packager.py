@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 from cib_core.plugin_api import (
     AppImage,
     AppLayer,
@@ -158,8 +160,8 @@ class Packager:
         project_wheel = None
         if built is not None:
             name, version = built.name.split("-")[:2]
-            project_wheel = install.open_wheel(name, version, built, install.content_sha256(built),
-                                               built.name)
+            project_wheel = install.open_wheel(canonicalize_name(name), version, built,
+                                               install.content_sha256(built), built.name)
         wheels = {p.file.filename: install.open_wheel(p.package.name, p.package.version,
                                                       paths[p.file.filename],
                                                       p.file.sha256 or "", p.file.filename)

@@ -77,7 +77,7 @@ def test_build_with_other_options(tmp_path: Path, registry: RegistryServer, proj
     assert config["config"]["Labels"] == {"team": "py"}
     history = [h.get("created_by", "") for h in config["history"]][-3:]
     assert history[0].startswith("cib add_app: python dependencies: 2 wheels")
-    assert history[1].startswith("cib add_app: python project cibtest_app 1.0")
+    assert history[1].startswith("cib add_app: python project cibtest-app 1.0")
     assert history[2] == "cib add_files /etc/app"
 
 

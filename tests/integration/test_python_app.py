@@ -441,3 +441,37 @@ def test_a_build_backend_the_host_lacks_is_installed_once_from_the_index(
     script = layer_file(project_blob, "opt/venv/bin/tiny")
     assert script.startswith(b"#!/opt/venv/bin/python\n")
     assert "opt/venv/lib/python3.11/site-packages/cibtest_tiny.py" in layer_members(project_blob)
+
+
+def test_a_large_distribution_gets_a_layer_of_its_own(
+        tmp_path: Path, python_base: str, house: Wheelhouse, index: IndexServer,
+        no_pip_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the threshold (64 MiB unpacked; lowered here so the test's C extension is over it)
+    a distribution is a layer, before the one of the other dependencies."""
+    from cib_plugins.python_app import packager
+
+    fast = house.files["cibtest_fast-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"]
+    import zipfile
+
+    unpacked = sum(i.file_size for i in zipfile.ZipFile(fast).infolist())
+    monkeypatch.setattr(packager, "BIG_DISTRIBUTION", unpacked - 1)
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    image = Image(python_base, f"oci:{tmp_path / 'out'}:v1")
+    layers = image.add_python_app(project, index_url=index.simple)
+    image.save()
+    assert len(layers) == 3
+    manifest = _manifest_of(tmp_path / "out", "v1")
+    big, deps, app = list(iter_layers(tmp_path / "out", manifest))[1:]
+    site = "opt/venv/lib/python3.11/site-packages"
+    assert {n for n in layer_members(big) if n.startswith(site + "/")} >= {
+        f"{site}/cibtest_fast/__init__.py", f"{site}/cibtest_fast-1.0.dist-info/RECORD"}
+    assert not [n for n in layer_members(big) if "cibtest_pure" in n or n.endswith("pyvenv.cfg")]
+    assert f"{site}/cibtest_pure/__init__.py" in layer_members(deps)
+    assert "opt/venv/pyvenv.cfg" in layer_members(deps)
+    assert not [n for n in layer_members(deps) if "cibtest_fast" in n]
+    history = json.loads((tmp_path / "out" / "blobs" / "sha256" / manifest["config"]["digest"].split(":")[1])
+                         .read_text())["history"]
+    assert [h["created_by"] for h in history[-3:]] == [
+        "cib add_app: python cibtest-fast 1.0", "cib add_app: python dependencies: 1 wheel",
+        "cib add_app: python project cibtest-app 1.0"]
