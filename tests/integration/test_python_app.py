@@ -475,3 +475,55 @@ def test_a_large_distribution_gets_a_layer_of_its_own(
     assert [h["created_by"] for h in history[-3:]] == [
         "cib add_app: python cibtest-fast 1.0", "cib add_app: python dependencies: 1 wheel",
         "cib add_app: python project cibtest-app 1.0"]
+
+
+def test_a_plain_directory_with_requirements_is_copied_to_the_app_directory(
+        tmp_path: Path, python_base: str, house: Wheelhouse, index: IndexServer,
+        no_pip_config: None) -> None:
+    require_tool("skopeo")
+    app = tmp_path / "scripts"
+    (app / "lib").mkdir(parents=True)
+    (app / "main.py").write_text("import cibtest_pure, helper\nprint('plain:', cibtest_pure.VALUE, "
+                                 "helper.WHO)\n")
+    (app / "lib" / "helper.py").write_text("WHO = 'helper'\n")
+    (app / "__pycache__").mkdir()
+    (app / "__pycache__" / "main.cpython-311.pyc").write_bytes(b"stale")
+    write_requirements(app / "requirements.txt", house,
+                       [Pin("cibtest-pure", "1.0", tuple(house.of("cibtest-pure")))])
+    image = Image(python_base, f"oci:{tmp_path / 'out'}:v1")
+    image.add_python_app(app, index_url=index.simple, entrypoint=["python", "/app/main.py"])
+    image.env = ["PYTHONPATH=/app/lib"]
+    image.save()
+    manifest = _manifest_of(tmp_path / "out", "v1")
+    names = layer_members(list(iter_layers(tmp_path / "out", manifest))[-1])
+    assert {"app/main.py", "app/lib/helper.py", "app/requirements.txt"} <= set(names)
+    assert not [n for n in names if "__pycache__" in n]
+    out = run_in_runc(tmp_path / "out", "v1", tmp_path, "plain")
+    assert out.strip() == "plain: pure 1.0 helper"
+
+
+def test_progress_per_download_and_per_layer(
+        tmp_path: Path, python_base: str, house: Wheelhouse, index: IndexServer,
+        no_pip_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CIB_CACHE_DIR", str(tmp_path / "cold-cache"))
+    steps: dict[str, list[tuple[int, int | None]]] = {}
+
+    class Progress:
+        def __call__(self, name: str, done: int, total: int | None) -> None:
+            pass
+
+        def step(self, label: str, done: int, total: int | None) -> None:
+            steps.setdefault(label, []).append((done, total))
+
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    image = Image(python_base, f"oci:{tmp_path / 'out'}:v1", progress=Progress())
+    image.add_python_app(project, index_url=index.simple)
+    for wheel in ("cibtest_pure-1.0-py3-none-any.whl",
+                  "cibtest_fast-1.0-cp311-cp311-manylinux_2_17_x86_64.whl"):
+        size = house.files[wheel].stat().st_size
+        assert steps[wheel][-1] == (size, size), steps.get(wheel)
+    assert "cibtest_fast-1.0-cp311-cp311-manylinux_2_17_aarch64.whl" not in steps
+    layers = [label for label in steps if label.startswith("app layer")]
+    assert layers == ["app layer python dependencies: 2 wheels", "app layer python project cibtest-app 1.0"]
+    assert all(steps[label][-1] == (1, 1) for label in layers)
