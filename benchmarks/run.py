@@ -230,7 +230,9 @@ def install_cib(workdir: Path) -> Path:
     if not (venv / "bin" / "python").exists():
         print(f"installing cib with its dependencies into {venv}", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([*pip, str(REPO)], check=True)
+        # a Python developer's environment: the Python app scenario builds its project with
+        # the setuptools found there, as pip --no-build-isolation does for the peer pipeline
+        subprocess.run([*pip, str(REPO), "setuptools>=68", "wheel"], check=True)
     else:
         subprocess.run([*pip, "--force-reinstall", "--no-deps", str(REPO)], check=True,
                        stdout=subprocess.DEVNULL)
@@ -504,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median; default 3)")
-    parser.add_argument("--only", default="a,b,c,d,e", help="scenarios, comma separated (default all)")
+    parser.add_argument("--only", default="a,b,c,d,e,p", help="scenarios, comma separated (default all)")
     parser.add_argument("--workdir", default="/tmp/cib-bench", help="inputs, registries, npm cache")
     parser.add_argument("--big-mib", type=int, default=1024, help="layer size of scenario e (MiB)")
     args = parser.parse_args(argv)
@@ -544,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["c"] = scenario_c(tools, work, tree, base_dir, args.runs, rows, checks)
     if "e" in only:
         scenario_e(tools, work, args.runs, args.big_mib * MiB, rows, checks)
+    if "p" in only:
+        from benchmarks.python_app import scenario_p
+
+        extra["p"] = scenario_p(tools, work, args.runs, rows, checks)
 
     text = table(rows, checks)
     info = machine()

@@ -17,6 +17,7 @@ from cib_core.errors import (
     LayerSourceError,
     LocalWriteError,
     NotFound,
+    PackagingError,
     PluginError,
     RegistryError,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "LayerSourceError",
     "LocalWriteError",
     "NotFound",
+    "PackagingError",
     "PluginError",
     "RegistryClient",
     "RegistryError",

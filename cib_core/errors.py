@@ -120,6 +120,21 @@ class LocalWriteError(CibError):
         super().__init__(f"cannot write {subject}: {reason}" + (f"; {hint}" if hint else ""))
 
 
+class PackagingError(CibError):
+    """An app cannot be packaged (``Image.add_app``, ``add_python_app``): names the input (a
+    project, a lock, a wheel, the base) and what to do.
+
+    ``output`` is what a failed tool printed (a project's build backend), for a front end to
+    show in full; the message carries only its last lines.
+    """
+
+    def __init__(self, what: object, reason: str, *, output: str = "") -> None:
+        self.what = what
+        self.reason = reason
+        self.output = output
+        super().__init__(f"{what}: {reason}")
+
+
 class ManifestError(CibError, ValueError):
     """A manifest, index or config document that is malformed or of an unsupported type."""
 

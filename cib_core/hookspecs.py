@@ -17,7 +17,7 @@ for an older spec keeps working when a spec gains an argument.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pluggy
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import requests.adapters
 
     from cib_core.authn.credentials import Credentials
-    from cib_core.plugin_api import LayerOptions
+    from cib_core.plugin_api import AppImage, AppOptions, BaseImage, LayerOptions
 
 hookspec = pluggy.HookspecMarker("cib")
 
@@ -79,6 +79,28 @@ def cib_layer_source(
 
     *firstresult*. Plugins claim their own objects, or strings with their own prefix
     (``"acme:…"``).
+    """
+
+
+@hookspec(firstresult=True)
+def cib_app_packager(
+    project: str, bases: Sequence[BaseImage], options: AppOptions
+) -> Sequence[AppImage] | None:
+    """Package the app in the directory ``project`` for every platform of a build, or return
+    ``None``: not mine.
+
+    ``bases`` holds one ``cib_core.plugin_api.BaseImage`` per platform of the build: the
+    base's config and a read-only view of its files, fetched only when first read (a
+    packager reads the target interpreter, libc and paths from them; nothing runs inside the
+    image). ``options`` (``AppOptions``) carries the caller's lock, index, entrypoint and app
+    directory, ``kind`` (the packager the caller asked for, like ``"python"``; ``None`` when
+    any packager that recognizes the project may take it) and the packager's own
+    ``settings``. Return one ``AppImage`` per base, in the same order: its layers
+    (least-changing first) and config. Raise ``PackagingError`` naming the input for a
+    project that is yours but cannot be packaged.
+
+    *firstresult*. The builtin *python-app* plugin answers ``kind="python"``, and ``None``
+    for a directory with a ``pyproject.toml``, a lock or a ``requirements.txt``.
     """
 
 

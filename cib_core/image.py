@@ -22,13 +22,13 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
-from cib_core.callbacks import Progress
+from cib_core.callbacks import Progress, report_step
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
@@ -37,12 +37,14 @@ from cib_core.layers.build import (
     BuiltLayer,
     LayerBuilder,
     LayerInfo,
+    gzip_implementation,
     layer_from_tarball,
     prepare_layer,
     source_date_epoch,
 )
 from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
+from cib_core.plugin_api import AppImage, AppLayer, AppOptions
 from cib_core.plugins import get_plugin_manager
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.remote.client import RegistryClient, fetch_url
@@ -141,6 +143,19 @@ def _public_names(cls: type) -> dict[str, bool]:
         for name in inspect.get_annotations(klass):
             names.setdefault(name, False)
     return names
+
+
+def _files_key(layer: AppLayer) -> str | None:
+    """Within one ``add_app``, the layers of two platforms that name the same local paths
+    (and ignores) are the same layer; other sources may not be."""
+    if layer.files is None:
+        return None
+    items = []
+    for target, source in layer.files.items():
+        if not isinstance(source, (str, os.PathLike)):
+            return None
+        items.append((target, os.path.abspath(os.fspath(source))))
+    return repr(("files", sorted(items), layer.ignores))
 
 
 def _scratch_config(platform: Platform | None) -> dict[str, Any]:
@@ -562,7 +577,7 @@ class Image:
                 # credentials settled here (plugins and credential providers may import modules)
                 ready_for_threads(self.base_store)
                 loading = _in_background(self._load, "cib-read-base")
-        mtime = None if self._created == "now" else int(source_date().timestamp())
+        mtime = self._layer_mtime()
         import cib_core.layers.cache as layer_cache
 
         try:
@@ -580,31 +595,232 @@ class Image:
             self._load()
         # the layer's media type follows the base's flavour, known now
         builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
-        store = self.target_store
-        key = builder.fingerprint(layer_cache.RACY_SECONDS)
-        cached = layer_cache.load(key) if key is not None else None
-        if cached is not None and store.has_blob(cached.digest):
-            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
-            info = cached
-            self._present.add(info.digest)
-        elif isinstance(store, StreamingStore):
-            def rebuild() -> LayerBuilder:
-                return prepare_layer(
-                    self._plugin_manager, sources, ignores=tuple(ignores),
-                    ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                    compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime,
-                    platform=layer_platform)
 
-            label = "new layer " + ", ".join(sorted(sources))
-            info = self._stream_layer(builder, store, rebuild, label)
-        else:
-            info = self._upload_built(builder, store)
-        if key is not None and cached != info:
-            layer_cache.store(key, info)
+        def rebuild() -> LayerBuilder:
+            return prepare_layer(
+                self._plugin_manager, sources, ignores=tuple(ignores),
+                ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
+                compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime,
+                platform=layer_platform)
+
+        info = self._put_layer(builder, rebuild, "new layer " + ", ".join(sorted(sources)),
+                               builder.fingerprint(layer_cache.RACY_SECONDS))
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": created_by, "comment": "cib"}, images)
+        return info
+
+    def _layer_mtime(self) -> int | None:
+        return None if self._created == "now" else int(source_date().timestamp())
+
+    def _put_layer(self, builder: LayerBuilder | None, make: Callable[[], LayerBuilder],
+                   label: str, key: str | None) -> LayerInfo:
+        """Make a layer present in the target: the one the rebuild cache knows under ``key``
+        if the target has its blob (nothing built), else ``builder`` (or a new one from
+        ``make``, which also lists the entries again should a streamed upload need a retry)
+        built and uploaded."""
+        import cib_core.layers.cache as layer_cache
+
+        store = self.target_store
+        cached = layer_cache.load(key) if key is not None else None
+        if cached is not None and store.has_blob(cached.digest):
+            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
+            self._present.add(cached.digest)
+            return cached
+        if builder is None:
+            builder = make()
+        if isinstance(store, StreamingStore):
+            info = self._stream_layer(builder, store, make, label)
+        else:
+            info = self._upload_built(builder, store)
+        if key is not None and cached != info:
+            layer_cache.store(key, info)
+        return info
+
+    # -- apps ------------------------------------------------------------------------------
+    def add_python_app(
+        self,
+        project: str | os.PathLike[str] = ".",
+        *,
+        lock: str | os.PathLike[str] | None = None,
+        index_url: str | None = None,
+        find_links: Iterable[str | os.PathLike[str]] = (),
+        entrypoint: str | Iterable[str] | None = None,
+        app_dir: str = "/app",
+        python_target: Mapping[str, str] | None = None,
+    ) -> list[LayerInfo]:
+        """Package the Python project in ``project`` the way Jib packages a Java one.
+
+        Its dependencies come from its lock (``pylock.toml``, ``uv.lock`` or a
+        ``requirements.txt`` with hashes; ``lock`` names one), as wheels picked for each
+        platform's interpreter and libc (read from the base's files), downloaded from
+        ``index_url`` and ``find_links`` (default: pip's configuration), checked against the
+        lock's hashes and installed into a virtual environment at ``/opt/venv``. Layers,
+        least-changing first: one per distribution over 64 MiB unpacked, one for the other
+        dependencies, one for the project (built as a wheel from its ``pyproject.toml``, or a
+        plain directory copied to ``app_dir``). The entrypoint is the project's single
+        ``[project.scripts]`` entry unless ``entrypoint`` names a script or a command;
+        ``VIRTUAL_ENV``, ``PATH`` and the working directory (``app_dir``) are set.
+        ``python_target`` overrides what is read from the base: ``interpreter`` (a path in
+        the image), ``version``, ``abi``, ``libc`` (``"glibc 2.36"``, ``"musl 1.2"``).
+
+        Returns the new layers (each one once, whichever platforms it went to).
+        """
+        return self.add_app(project, kind="python", lock=lock, index_url=index_url,
+                            find_links=find_links, entrypoint=entrypoint, app_dir=app_dir,
+                            settings={"python_target": dict(python_target)} if python_target else {})
+
+    def add_app(
+        self,
+        project: str | os.PathLike[str] = ".",
+        *,
+        kind: str | None = None,
+        lock: str | os.PathLike[str] | None = None,
+        index_url: str | None = None,
+        find_links: Iterable[str | os.PathLike[str]] = (),
+        entrypoint: str | Iterable[str] | None = None,
+        app_dir: str = "/app",
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[LayerInfo]:
+        """Package the app in the directory ``project`` with the ``cib_app_packager`` plugin
+        for ``kind`` (``"python"``, or a third party's; ``None``: whichever recognizes it),
+        for every platform of the build: its layers go on top, its entrypoint, env and
+        working directory into each platform's config. ``settings`` are the packager's own
+        options. Returns the new layers, each once."""
+        options = self._app_options(kind, lock, index_url, find_links, entrypoint, app_dir,
+                                    settings, dry_run=False)
+        images, answers = self._package_app(project, options)
+        mtime = self._layer_mtime()
+        media_type = mt.layer_media_type(self._docker_flavour, self._compression)
+        built: dict[str, LayerInfo] = {}
+        added: list[LayerInfo] = []
+        for image, answer in zip(images, answers, strict=True):
+            for layer in answer.layers:
+                key = layer.key or _files_key(layer)
+                info = built.get(key) if key is not None else None
+                if info is None:
+                    info = self._build_app_layer(layer, mtime, media_type)
+                    if key is not None:
+                        built[key] = info
+                    if info not in added:
+                        added.append(info)
+                self._append_layer(
+                    {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
+                    info.diff_id, {"created_by": f"cib add_app: {layer.name}", "comment": "cib"},
+                    [image])
+            from cib_core.apps import apply_config
+
+            apply_config(image.data.config, answer)
+        return added
+
+    def plan_app(
+        self,
+        project: str | os.PathLike[str] = ".",
+        *,
+        kind: str | None = None,
+        lock: str | os.PathLike[str] | None = None,
+        index_url: str | None = None,
+        find_links: Iterable[str | os.PathLike[str]] = (),
+        entrypoint: str | Iterable[str] | None = None,
+        app_dir: str = "/app",
+        settings: Mapping[str, Any] | None = None,
+    ) -> list[tuple[str, AppImage]]:
+        """What ``add_app`` would do, per platform, without building or uploading anything:
+        ``(platform, AppImage)`` pairs whose ``summary`` and ``details`` say what the packager
+        picked (the wheels of a Python app). The image is left unchanged."""
+        options = self._app_options(kind, lock, index_url, find_links, entrypoint, app_dir,
+                                    settings, dry_run=True)
+        images, answers = self._package_app(project, options)
+        return [(str(image.platform), answer) for image, answer in zip(images, answers, strict=True)]
+
+    def _app_options(self, kind: str | None, lock: str | os.PathLike[str] | None,
+                     index_url: str | None, find_links: Iterable[str | os.PathLike[str]],
+                     entrypoint: str | Iterable[str] | None, app_dir: str,
+                     settings: Mapping[str, Any] | None, *, dry_run: bool) -> AppOptions:
+        import cib_core.layers.cache as layer_cache
+
+        if isinstance(find_links, (str, os.PathLike)):
+            find_links = [find_links]
+        if not isinstance(find_links, Iterable):
+            raise ConfigurationError("find_links must be a list of directories or URLs")
+        if isinstance(entrypoint, str):
+            entry: tuple[str, ...] | None = (entrypoint,)
+        elif entrypoint is None:
+            entry = None
+        else:
+            entry = tuple(image_config.check("entrypoint", list(entrypoint), "entrypoint") or ())
+        if not isinstance(app_dir, str) or not app_dir.startswith("/"):
+            raise ConfigurationError(f"app_dir={app_dir!r}: use an absolute path in the image "
+                                     'like "/app"')
+        if index_url is not None and not isinstance(index_url, str):
+            raise ConfigurationError(f"index_url must be a str URL, not {type(index_url).__name__}")
+        root = layer_cache.cache_root()
+        return AppOptions(
+            kind=kind, lock=os.fspath(lock) if lock is not None else None,
+            index_url=index_url, find_links=tuple(os.fspath(f) for f in find_links),
+            entrypoint=entry, app_dir=app_dir, settings=dict(settings or {}), dry_run=dry_run,
+            cache_dir=str(root / "apps") if root is not None else None, jobs=self._jobs,
+            progress=self._progress)
+
+    def _package_app(self, project: str | os.PathLike[str],
+                     options: AppOptions) -> tuple[list[_PlatformImage], list[AppImage]]:
+        from cib_core.apps import BaseFiles, package
+
+        if not isinstance(project, (str, os.PathLike)):
+            raise ConfigurationError(f"the project must be a directory path, not "
+                                     f"{type(project).__name__}")
+        images = self._load()
+        bases = [BaseFiles(self._describe_base(), str(image.platform), image.data.config,
+                           [(layer["digest"], self._layer_opener(image, layer["digest"]))
+                            for layer in image.data.manifest.get("layers", [])])
+                 for image in images]
+        try:
+            answers = package(self._plugin_manager, os.fspath(project), bases, options)
+        finally:
+            for base in bases:
+                base.close()
+        return images, answers
+
+    def _layer_opener(self, image: _PlatformImage, digest: str) -> Callable[[], BinaryIO]:
+        def open_layer() -> BinaryIO:
+            # a layer added by this Image lives in the target only
+            store = self.base_store if digest in image.base_blobs else self.target_store
+            assert store is not None
+            return store.open_blob(digest)
+
+        return open_layer
+
+    def _build_app_layer(self, layer: AppLayer, mtime: int | None, media_type: str) -> LayerInfo:
+        import cib_core.layers.cache as layer_cache
+        from cib_core.apps import layer_cache_key
+
+        label = f"app layer {layer.name}"
+        if layer.files is not None:
+            files = dict(layer.files)
+
+            def make_files() -> LayerBuilder:
+                return prepare_layer(self._plugin_manager, files, ignores=layer.ignores,
+                                     compression=self._compression,
+                                     docker_flavour=self._docker_flavour, mtime=mtime)
+
+            builder = make_files()
+            return self._put_layer(builder, make_files, label,
+                                   builder.fingerprint(layer_cache.RACY_SECONDS))
+        produce = layer.entries
+        assert produce is not None
+
+        def make() -> LayerBuilder:
+            builder = LayerBuilder(compression=self._compression, media_type=media_type,
+                                   mtime=mtime)
+            builder.add_source("/", produce())
+            return builder
+
+        key = (layer_cache_key(layer.key, self._compression, media_type, mtime,
+                               gzip_implementation()) if layer.key else None)
+        report_step(self._progress, label, 0, None)
+        info = self._put_layer(None, make, label, key)
+        report_step(self._progress, label, 1, 1)
         return info
 
     @staticmethod

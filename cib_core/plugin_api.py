@@ -36,6 +36,18 @@ object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); t
 ``cib_core.layers.build.layer_from_tarball``. A source that reads compressed files uses
 :func:`decompressed`, which recognizes gzip, zstd, xz and bzip2 from the content and refuses
 a file cut off inside a frame.
+
+App packagers
+-------------
+A ``cib_app_packager`` plugin turns a project directory into layers and config for every
+platform of a build (``Image.add_app``; the builtin *python-app* packager serves
+``add_python_app`` and ``cib build --python-app``). It is given one :class:`BaseImage` per
+platform, a read-only view of the base's files and config that fetches layers only when a
+file is first asked for, and :class:`AppOptions`. It returns one :class:`AppImage` per base:
+the :class:`AppLayer` list (least-changing first), and the entrypoint, environment and
+working directory of that platform. A layer's ``key`` names its content: layers with equal
+keys are built once and shared by the platforms, and one whose key cib has built before (and
+whose blob the target has) is neither built nor uploaded again.
 """
 
 from __future__ import annotations
@@ -43,20 +55,29 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, runtime_checkable
 
+from cib_core.callbacks import Progress, report_step
 from cib_core.compression import decompressed
-from cib_core.errors import LayerSourceError
+from cib_core.errors import LayerSourceError, PackagingError
 from cib_core.fileio import FileSlice
 
 __all__ = [
     "KEEP_ATTRIBUTE",
+    "AppImage",
+    "AppLayer",
+    "AppOptions",
+    "BaseImage",
     "Entry",
+    "FileInfo",
     "FileSlice",
     "LayerOptions",
     "LayerSourceError",
     "LazyFile",
+    "PackagingError",
+    "Progress",
     "Readable",
     "TarballSource",
     "decompressed",
@@ -64,6 +85,7 @@ __all__ = [
     "file_entry",
     "keep_fields",
     "kept_fields",
+    "report_step",
     "symlink_entry",
 ]
 
@@ -225,3 +247,137 @@ def symlink_entry(name: str, linkname: str) -> Entry:
     info.linkname = linkname
     info.mode = 0o777
     return info, None
+
+
+# --------------------------------------------------------------------------------------------
+# App packagers
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileInfo:
+    """One path of a base image's merged filesystem, as :meth:`BaseImage.stat` gives it.
+
+    ``kind`` is ``"file"``, ``"dir"``, ``"symlink"``, ``"hardlink"`` or ``"other"``;
+    ``linkname`` is a symlink's content or a hard link's target (an absolute path).
+    """
+
+    path: str
+    kind: str
+    mode: int
+    size: int
+    linkname: str = ""
+
+
+class BaseImage(Protocol):
+    """One platform of the base image, read-only: its config and its files, layers merged
+    (whiteouts applied). Paths are absolute paths in the image.
+
+    Nothing is fetched until a file is asked for; then every layer of the base is read once.
+    ``key`` stands for the files: two views with equal keys hold the same files, so a
+    packager may cache what it learned from them under it. ``config`` is the image config's
+    ``config`` object (``Env``, ``Entrypoint``, ``Cmd``, ``WorkingDir``, ...).
+    """
+
+    @property
+    def platform(self) -> str:
+        """``"linux/amd64"``, ``"linux/arm64/v8"``."""
+        ...
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def name(self) -> str:
+        """How messages name this base: its reference and platform."""
+        ...
+
+    def stat(self, path: str) -> FileInfo | None:
+        """The entry at ``path`` (a final symlink is not followed), or ``None``."""
+        ...
+
+    def realpath(self, path: str) -> str | None:
+        """``path`` with every symlink resolved inside the image, or ``None`` if it does not
+        exist."""
+        ...
+
+    def listdir(self, path: str) -> list[str]:
+        """The sorted names in the directory ``path`` (symlinks followed); ``[]`` for anything
+        that is not a directory."""
+        ...
+
+    def read(self, path: str, limit: int = 64 << 20) -> bytes:
+        """The content of the file at ``path`` (symlinks followed), at most ``limit`` bytes.
+        A missing path or a directory raises ``PackagingError``."""
+        ...
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """What the caller of ``Image.add_app`` asked for, given to every packager alike.
+
+    ``kind`` names the packager the caller wants (``"python"``); ``None`` lets any packager
+    that recognizes the project claim it. ``settings`` holds a packager's own options
+    (``python_target`` for the Python packager). ``cache_dir`` is a directory the packager may
+    keep files in between builds (downloads, facts learned from a base), ``None`` when caching
+    is off. ``dry_run``: pick what would go into the image and describe it in
+    ``AppImage.summary``, without fetching or building anything large. ``progress`` is the
+    caller's progress callback; report long work with :func:`report_step`.
+    """
+
+    kind: str | None = None
+    lock: str | None = None
+    index_url: str | None = None
+    find_links: tuple[str, ...] = ()
+    entrypoint: tuple[str, ...] | None = None
+    app_dir: str = "/app"
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+    cache_dir: str | None = None
+    jobs: int = 4
+    progress: Progress | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class AppLayer:
+    """One layer of a packaged app.
+
+    ``name`` says what it holds (``"python dependencies: 12 wheels"``), for the image history
+    and progress. ``key`` names its content, including everything that decides its bytes
+    (file contents, paths, modes, the target's layout): equal keys, equal layers. ``""`` means
+    the content has no such name and is always built (or recognized by the rebuild cache from
+    its local files). The content comes from ``entries`` (called only when the layer is
+    built, perhaps more than once; names are paths in the image, relative to ``/``) or from
+    ``files``, a mapping like ``add_files``' (``{"/app": "./project"}``) read through the
+    layer-source plugins with ``ignores``.
+    """
+
+    name: str
+    key: str = ""
+    entries: Callable[[], Iterable[Entry]] | None = field(default=None, compare=False)
+    files: Mapping[str, object] | None = None
+    ignores: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AppImage:
+    """What a packager made of one platform of the base.
+
+    ``layers`` go on top of the base in order. ``env`` entries are set in the platform's
+    config, replacing a variable of the same name in place; ``entrypoint``, ``cmd`` and
+    ``working_dir`` replace the base's when not ``None`` (a new entrypoint also drops the
+    base's ``cmd``, as a Dockerfile's ``ENTRYPOINT`` does). The caller's own ``image.env``,
+    ``image.entrypoint``, ... still have the last word at ``save``. ``summary`` is a few lines
+    describing what was picked (shown by ``--dry-run``); ``details`` the same as data (JSON
+    types only) for ``--json``.
+    """
+
+    layers: tuple[AppLayer, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] | None = None
+    cmd: tuple[str, ...] | None = None
+    working_dir: str | None = None
+    summary: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+

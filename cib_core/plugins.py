@@ -11,6 +11,7 @@ naming the plugin, for every hook, however the hook is called.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.metadata
 import logging
@@ -26,6 +27,7 @@ import pluggy
 from cib_core import hookspecs
 from cib_core.authn.credentials import Credentials
 from cib_core.errors import CibError, PluginError
+from cib_core.plugin_api import AppImage, AppLayer
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
             return None
         if hook_name == "cib_layer_source":
             return _named_entries(plugin_name, result)
+        if hook_name == "cib_app_packager":
+            return _named_app_images(plugin_name, result)
         if hook_name == "cib_credentials" and not isinstance(result, Credentials):
             raise PluginError(plugin_name, f"cib_credentials returned {type(result).__name__}, "
                               "not Credentials")
@@ -89,19 +93,58 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
     return call
 
 
-def _named_entries(plugin_name: str, entries: Iterable[Any]) -> Iterator[Any]:
+def _named_entries(plugin_name: str, entries: Iterable[Any],
+                   what: str = "cib_layer_source") -> Iterator[Any]:
     try:
         for item in entries:
             if (not isinstance(item, tuple) or len(item) != 2
                     or not isinstance(item[0], tarfile.TarInfo)):
-                raise PluginError(plugin_name, f"cib_layer_source yielded {type(item).__name__}, "
+                raise PluginError(plugin_name, f"{what} yielded {type(item).__name__}, "
                                   "not a (TarInfo, fileobj) pair")
             yield item
     except CibError:
         raise
-    except Exception as exc:
-        raise PluginError(plugin_name, f"cib_layer_source failed while listing entries: "
+    except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
+        raise PluginError(plugin_name, f"{what} failed while listing entries: "
                           f"{type(exc).__name__}: {exc}") from exc
+
+
+def _named_app_images(plugin_name: str, result: Any) -> list[AppImage]:
+    """A packager's answer checked, with the entries of its layers (listed later, when a
+    layer is built) failing in the packager's name."""
+    if not isinstance(result, (list, tuple)) or not all(isinstance(i, AppImage) for i in result):
+        raise PluginError(plugin_name, "cib_app_packager returned "
+                          f"{type(result).__name__}, not a list of AppImage")
+    images = []
+    for image in result:
+        layers = []
+        for layer in image.layers:
+            if not isinstance(layer, AppLayer):
+                raise PluginError(plugin_name, f"cib_app_packager returned a layer of type "
+                                  f"{type(layer).__name__}, not AppLayer")
+            if (layer.entries is None) == (layer.files is None):
+                raise PluginError(plugin_name, f"layer {layer.name!r} must have either entries "
+                                  "or files")
+            if layer.entries is not None:
+                layer = dataclasses.replace(layer, entries=_named_producer(plugin_name,
+                                                                            layer.entries))
+            layers.append(layer)
+        images.append(dataclasses.replace(image, layers=tuple(layers)))
+    return images
+
+
+def _named_producer(plugin_name: str, produce: Callable[[], Iterable[Any]]) -> Callable[[], Iterator[Any]]:
+    def named() -> Iterator[Any]:
+        try:
+            entries = produce()
+        except CibError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
+            raise PluginError(plugin_name, f"cib_app_packager's layer failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        yield from _named_entries(plugin_name, entries, "cib_app_packager's layer")
+
+    return named
 
 
 class CibPluginManager(pluggy.PluginManager):

@@ -7,7 +7,7 @@ import json
 import logging
 import shlex
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -141,7 +141,11 @@ Examples:
   # one platform of a multi-platform base
   cib build --from python:3.12 --to localhost:5000/py --platform linux/arm64 --add app.py:/app.py
   # what would be sent, without sending it
-  cib build --from alpine:3.20 --to localhost:5000/app:v1 --add ./app:/app --port 8080 --dry-run""")
+  cib build --from alpine:3.20 --to localhost:5000/app:v1 --add ./app:/app --port 8080 --dry-run
+  # a Python project with its lock, for every platform of the base
+  cib build --from python:3.12-slim --to localhost:5000/app --python-app . --find-links ./wheels
+  # which wheels each platform would get, without building anything
+  cib build --from python:3.12-slim --to localhost:5000/app --python-app . --dry-run""")
 @click.option("--from", "base", required=True, metavar="BASE",
               help="Base image: a reference, oci:PATH[:TAG], docker-archive:PATH or scratch.")
 @click.option("--to", "target", required=True, metavar="TARGET",
@@ -175,16 +179,32 @@ Examples:
 @click.option("--no-follow-symlinks", "no_follow_symlinks", is_flag=True,
               help="Keep symlinks inside --add directories as links; by default each is replaced by "
                    "what it points to.")
+@click.option("--python-app", "python_app", metavar="DIR",
+              help="Package the Python project in DIR (pyproject.toml and a lock) into layers "
+                   "and a virtual environment at /opt/venv, for every platform of the build.")
+@click.option("--lock", metavar="FILE",
+              help="The Python app's lock: pylock.toml, uv.lock or a requirements.txt with "
+                   "--hash (default: the first of those in DIR).")
+@click.option("--index-url", "index_url", metavar="URL",
+              help="The package index (PEP 503) of the Python app's wheels; default pip's "
+                   "configuration.")
+@click.option("--find-links", "find_links", metavar="DIR", multiple=True,
+              help="A directory (or page) of wheels for the Python app; repeatable.")
+@click.option("--python-target", "python_target", metavar="K=V", multiple=True,
+              help="Override what is read from the base about its Python: interpreter=PATH, "
+                   "version=3.X.Y, abi=cp3X, libc='glibc 2.36'.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Build everything and print the plan (layers and sizes, blobs to send); send "
-                   "and write nothing.")
+                   "and write nothing. With --python-app: the wheels each platform would get.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON.")
 def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entrypoint: str | None,
           workdir: str | None, env: tuple[str, ...], unset_env: tuple[str, ...],
           labels: tuple[str, ...], annotations: tuple[str, ...], ports: tuple[str, ...],
           volumes: tuple[str, ...], user: str | None, tags: tuple[str, ...], platform: str | None,
           ignores: tuple[str, ...], ignore_files: tuple[str, ...], no_follow_symlinks: bool,
-          dry_run: bool, as_json: bool) -> None:
+          python_app: str | None, lock: str | None, index_url: str | None,
+          find_links: tuple[str, ...], python_target: tuple[str, ...], dry_run: bool,
+          as_json: bool) -> None:
     """Build an image: BASE plus new files and config, saved to TARGET.
 
     Prints the saved image as REGISTRY/REPO@sha256:... (or oci:PATH@sha256:...) on stdout,
@@ -211,13 +231,21 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
                                  param_hint="--unset-env")
     if (ignores or ignore_files) and not mapping:
         log.warning("--ignore and --ignore-file only apply to --add directories; there are none")
+    app_options = _python_app_options(python_app, lock, index_url, find_links, python_target)
     state = cli_state()
     target_ref = parse_spec(target)
     verb = "pushed" if isinstance(target_ref, Reference) else "wrote"
+    if dry_run and python_app is not None:
+        image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm)
+        _show_app_plan(image, python_app, app_options, entrypoint_list, as_json)
+        return
     with contextlib.nullcontext(None) if dry_run else progress_renderer(verb) as progress:
         image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm,
                       progress=progress, dry_run=dry_run)
-        # every value is checked before the base is read or a layer built
+        if python_app is not None:
+            # first: the packager sets the entrypoint, environment and working directory the
+            # app needs, and what the options below name is set over them
+            _add_python_app(image, python_app, app_options, entrypoint_list)
         image.env = [f"{k}={v}" for k, v in env_pairs]
         image.unset_env = unset_list
         image.labels = dict(label_pairs)
@@ -226,7 +254,8 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
         image.volumes = volume_list
         if cmd_list is not None:
             image.cmd = cmd_list
-        if entrypoint_list is not None:
+        if entrypoint_list is not None and python_app is None:
+            # with --python-app the packager takes it (a console script's name becomes its path)
             image.entrypoint = entrypoint_list
         if workdir is not None:
             image.working_dir = workdir
@@ -256,3 +285,45 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
         click.echo(result.reference)
 
 
+
+
+def _python_app_options(python_app: str | None, lock: str | None, index_url: str | None,
+                        find_links: Sequence[str], python_target: Sequence[str]) -> dict[str, Any]:
+    given = [flag for flag, value in (("--lock", lock), ("--index-url", index_url),
+                                      ("--find-links", find_links),
+                                      ("--python-target", python_target)) if value]
+    if python_app is None:
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply to --python-app")
+        return {}
+    options: dict[str, Any] = {"lock": lock, "index_url": index_url, "find_links": list(find_links)}
+    if python_target:
+        options["python_target"] = dict(_key_values(python_target, "--python-target"))
+    return options
+
+
+def _add_python_app(image: Any, project: str, options: dict[str, Any],
+                    entrypoint: list[str] | None) -> None:
+    from cib_core.errors import PackagingError
+
+    try:
+        image.add_python_app(project, entrypoint=entrypoint, **options)
+    except PackagingError as exc:
+        if exc.output:  # a failed project build: all it printed, then the one error line
+            click.echo(exc.output.rstrip(), err=True)
+        raise
+
+
+def _show_app_plan(image: Any, project: str, options: dict[str, Any],
+                   entrypoint: list[str] | None, as_json: bool) -> None:
+    settings = {"python_target": options.pop("python_target")} if "python_target" in options else {}
+    plan = image.plan_app(project, kind="python", entrypoint=entrypoint, settings=settings, **options)
+    if as_json:
+        echo_json([{**dict(app.details), "entrypoint": list(app.entrypoint or []) or None}
+                   for _platform, app in plan])
+        return
+    for _platform, app in plan:
+        for line in app.summary:
+            click.echo(line)
+        if app.entrypoint:
+            click.echo(f"  entrypoint: {json.dumps(list(app.entrypoint))}")

@@ -234,6 +234,12 @@ class _ZstdCompressor:
         return out
 
 
+def gzip_implementation() -> str:
+    """``"isal"`` or ``"zlib"``: they make different gzip bytes of the same tar, so a cache of
+    built layers keys on it."""
+    return "isal" if _isal_zlib is not None else "zlib"
+
+
 def _compressor(compression: str, level: int | None) -> _Compressor | None:
     if compression == "gzip":
         return _GzipCompressor(level)
@@ -704,8 +710,7 @@ class LayerBuilder:
         ``racy_seconds``. Cheap: one ``stat`` per file, nothing read."""
         limit = time.time_ns() - int(racy_seconds * 1e9)
         h = hashlib.sha256(b"cib-layer-cache-1\0")
-        h.update(repr((self._compressor_args, self.media_type,
-                       "isal" if _isal_zlib is not None else "zlib")).encode())
+        h.update(repr((self._compressor_args, self.media_type, gzip_implementation())).encode())
         plan = self._plan()
         for header, size, fileobj in zip(plan.headers, plan.sizes, plan.files, strict=True):
             h.update(header)

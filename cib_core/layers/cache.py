@@ -33,14 +33,21 @@ RACY_SECONDS = 2.0
 """Files changed this recently are not trusted to show their next change in their timestamps."""
 
 
-def cache_dir() -> Path | None:
-    """Where entries live, or ``None`` when the cache is off."""
+def cache_root() -> Path | None:
+    """cib's cache directory (``$CIB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cib`` or
+    ``~/.cache/cib``), or ``None`` when ``CIB_CACHE_DIR=""`` turns caching off."""
     configured = os.environ.get("CIB_CACHE_DIR")
     if configured is not None:
-        return Path(configured) / "layers" if configured.strip() else None
+        return Path(configured) if configured.strip() else None
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "cib" / "layers"
+    return root / "cib"
+
+
+def cache_dir() -> Path | None:
+    """Where entries live, or ``None`` when the cache is off."""
+    root = cache_root()
+    return None if root is None else root / "layers"
 
 
 def _entry(key: str) -> Path | None:

@@ -903,6 +903,56 @@ def run_reference_validate(bed: Bed, block: Block) -> None:
     assert out == "", f"a valid image has no faults, the example printed: {out!r}"
 
 
+def run_plugins_toy_packager(bed: Bed, block: Block) -> None:
+    (bed.workdir / "toy_doc.py").write_text(block.code)
+    project = bed.workdir / "toyproject"
+    project.mkdir()
+    (project / "toy.json").write_text('{"main": "hello.toy"}')
+    (project / "hello.toy").write_text("hello from toy\n")
+    layout = bed.workdir / "toy-layout"
+    _, out = run_python(bed, textwrap.dedent(f"""\
+        from cib_core import Image
+        from cib_core.plugins import create_plugin_manager
+        import toy_doc
+        pm = create_plugin_manager(autoload=False)
+        pm.register_plugin(toy_doc, name="toy-doc")
+        image = Image("scratch", "oci:{layout}:v1", pm=pm, platform="linux/amd64")
+        image.add_app("{project}")
+        print(image.save().reference)
+        """), where=f"{block.where} (as a plugin)")
+    assert out.startswith(f"oci:{layout}@sha256:"), out
+    index = json.loads((layout / "index.json").read_text())
+    blobs = layout / "blobs" / "sha256"
+    manifest = json.loads((blobs / index["manifests"][0]["digest"].split(":")[1]).read_bytes())
+    names: set[str] = set()
+    for layer in manifest["layers"]:
+        with tarfile.open(fileobj=io.BytesIO((blobs / layer["digest"].split(":")[1]).read_bytes()),
+                          mode="r:*") as tar:
+            names |= {m.name for m in tar.getmembers()}
+    assert {"usr/local/bin/toy-run", "app/hello.toy", "app/toy.json"} <= names, sorted(names)
+    config = json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_bytes())["config"]
+    assert config["Entrypoint"] == ["/usr/local/bin/toy-run", "/app/hello.toy"]
+
+
+def run_guide_python_app(bed: Bed, block: Block) -> None:
+    import pyapp_support as pyapp
+
+    python_base = pyapp.push_python_base(bed.registry, "docs/pybase")
+    house = pyapp.build_wheelhouse(bed.workdir.parent / "wheels")
+    project = pyapp.write_project(bed.workdir / "myapp")
+    pyapp.write_requirements(project / "requirements.txt", house, pyapp.default_pins(house))
+    code = Block(block.doc, block.line, block.code.replace("python:3.12-slim", python_base.ref))
+    # "wheels from pip's configuration": its environment variables name the tests' wheelhouse
+    ns, out = _run_block(bed, code, env={"PIP_FIND_LINKS": str(house.root), "PIP_NO_INDEX": "1"})
+    oracle = Oracle(bed.registry)
+    manifest, digest = oracle.manifest("team/myapp", "1.0")
+    assert out.strip() == f"{bed.registry.host}/team/myapp@{digest}"
+    assert len(manifest["layers"]) >= len(python_base.layers) + 2  # dependencies, then the app
+    cfg = oracle.config("team/myapp", manifest)["config"]
+    assert cfg["Entrypoint"] == ["/opt/venv/bin/cibtest-app"], cfg
+    assert "VIRTUAL_ENV=/opt/venv" in cfg["Env"]
+
+
 def run_reference_imports(bed: Bed, block: Block) -> None:
     _run_block(bed, block, then="assert Image.__module__ == 'cib_core.image'")
 
@@ -1019,6 +1069,10 @@ EXAMPLES: dict[str, tuple[str, str, Callable[[Bed, Block], None]]] = {
     "readme-library": ("README.md", 'image.env = ["APP_ENV=production"]', run_readme_library),
     "migrating-seed": ("docs/migrating.md", "image.working_dir = \"/directory-root", run_migrating_seed),
     "reference-validate": ("docs/reference.md", "for fault in validate_image(", run_reference_validate),
+    "plugins-toy-packager": ("docs/plugins.md", "def cib_app_packager(project, bases, options)",
+                             run_plugins_toy_packager),
+    "guide-python-app": ("docs/guide-python.md", 'image.add_python_app("./myapp")',
+                         run_guide_python_app),
     "reference-imports": ("docs/reference.md", "from cib_core import (Image, ImageData",
                           run_reference_imports),
     "reference-auth": ("docs/reference.md", 'creds = auth(', run_reference_auth),

@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = {
     "http-transport": "cib_plugins.http_transport",
     "keyring": "cib_plugins.keyring_store",
     "local-dir": "cib_plugins.local_dir",
+    "python-app": "cib_plugins.python_app",
     "tarball": "cib_plugins.tarball",
 }
 

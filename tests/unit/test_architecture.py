@@ -109,17 +109,28 @@ def test_nothing_in_the_library_imports_the_cli_or_the_test_bed() -> None:
                 f"{path.relative_to(ROOT)}:{line} imports {target}"
 
 
+def plugin_modules() -> list[Path]:
+    """Every module of the builtin plugins: one-module plugins and plugin packages alike."""
+    return sorted(PLUGINS.rglob("*.py"))
+
+
 def test_builtin_plugins_use_only_public_names_and_never_each_other() -> None:
     allowed = ("cib_core", "cib_core.plugin_api")
-    for path in sorted(PLUGINS.glob("*.py")):
+    for path in plugin_modules():
         for line, target in imports(path):
             assert target in allowed, f"{path.relative_to(ROOT)}:{line} imports {target}"
+        # a plugin package's modules import each other relatively, never beyond the package
+        depth = len(path.relative_to(PLUGINS).parts) - 1
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert depth and node.level <= depth, \
+                    f"{path.relative_to(ROOT)}:{node.lineno} imports from outside its plugin"
 
 
 def test_long_modules_are_explained_in_the_architecture_page() -> None:
     page = ARCHITECTURE.read_text(encoding="utf-8")
     unexplained = []
-    for path in [*core_modules(), *sorted(PLUGINS.glob("*.py"))]:
+    for path in [*core_modules(), *plugin_modules()]:
         lines = len(path.read_text(encoding="utf-8").splitlines())
         name = str(path.relative_to(ROOT))
         if lines > LIMIT and f"`{name}`" not in page:
