@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.retry import DEFAULT_POLICY, RetryPolicy
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -29,10 +28,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, "int | None"], None]
 
-COPY_ATTEMPTS = 3
-"""How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure."""
-COPY_BACKOFF = 1.0
-"""Seconds (times 0.5-1, doubling) ``transfer_blob`` waits before starting a copy over."""
+COPY_RESTARTS = 2
+"""How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure
+(each request in it has had the transport's retries already)."""
 
 
 def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
@@ -156,7 +154,6 @@ def open_store(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
     from cib_core.authn.resolve import options_for_registry
     from cib_core.remote.client import RegistryClient
-
     options = options_for_registry(ref.registry, auth)
     client = RegistryClient(
         ref.registry, ref.repository, options,
@@ -180,23 +177,29 @@ def transfer_blob(src: BlobStore, dst: BlobStore, digest: str, size: int | None,
             log.debug("mounted %s from %s into %s", digest, src.name, dst.name)
             return "mounted"
         log.debug("%s declined to mount %s from %s; copying", dst.name, digest, src.repository)
-    for attempt in range(COPY_ATTEMPTS):
-        try:
-            with src.open_blob(digest) as stream:
-                dst.put_blob(stream, digest=digest, size=size)
-            return "copied"
-        except RegistryError as exc:
-            # a streamed copy cannot rewind its source: after an upload the destination lost
-            # (or a download that broke off for good), start the blob over, a bounded number of times
-            if not exc.temporary or attempt + 1 >= COPY_ATTEMPTS:
-                raise
-            # a streamed request is not retried by the transport (its body cannot be sent
-            # again), so back off here: a 429 or 503 burst gets time to pass
-            delay = random.uniform(0.5, 1.0) * COPY_BACKOFF * (2 ** attempt)  # noqa: S311
-            log.debug("copying %s from %s to %s failed (%s); starting it over in %.1fs", digest,
-                      src.name, dst.name, exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    def copy() -> str:
+        with src.open_blob(digest) as stream:
+            dst.put_blob(stream, digest=digest, size=size)
+        return "copied"
+
+    # A streamed copy cannot rewind its source: after an upload the destination lost (or a
+    # download that broke off for good), start the blob over, a bounded number of times. A
+    # streamed request is not retried by the transport (its body cannot be sent again), so the
+    # policy's waits give a 429 or 503 burst time to pass.
+    policy = _retry_policy(dst, src).with_retries(COPY_RESTARTS)
+    return policy.run(
+        copy, retryable=lambda exc: isinstance(exc, RegistryError) and exc.temporary,
+        on_retry=lambda exc, attempt, delay: log.debug(
+            "copying %s from %s to %s failed (%s); starting it over in %.1fs", digest, src.name,
+            dst.name, exc, delay))
+
+
+def _retry_policy(*stores: BlobStore) -> RetryPolicy:
+    """The retry policy of the first registry among ``stores`` (local stores have none)."""
+    for store in stores:
+        if isinstance(store, RegistryStore):
+            return store.client.transport.retry
+    return DEFAULT_POLICY
 
 
 MAX_CONFIG_SIZE = 4 * 1024 * 1024

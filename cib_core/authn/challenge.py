@@ -27,6 +27,7 @@ import requests.auth
 
 from cib_core.authn.credentials import Credentials
 from cib_core.errors import AuthenticationError, AuthorizationError, RegistryError
+from cib_core.retry import TEMPORARY_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ IDENTITY_TOKEN_USER = "<token>"
 DEFAULT_TOKEN_LIFETIME = 60
 CLIENT_ID = "cib"
 _MAX_TOKEN_BODY = 1 << 20
+_MAX_DRAIN = 64 * 1024
 
 
 # -- WWW-Authenticate ----------------------------------------------------------------------------
@@ -226,7 +228,8 @@ def _covers(have: tuple[str, ...], want: tuple[str, ...]) -> bool:
 # -- the requester and the token cache --------------------------------------------------------
 
 class Requester(Protocol):
-    """What the auth needs from a transport: its base URL and a way to send a request."""
+    """What the auth needs from a transport: its base URL, a way to send a request and to read
+    an answer's body within its deadline."""
 
     registry: str
 
@@ -237,6 +240,8 @@ class Requester(Protocol):
                 params: Any = None, data: Any = None, auth: Any = None,
                 allow_redirects: bool = True, stream: bool = False,
                 retry: bool = True) -> requests.Response: ...
+
+    def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -276,13 +281,18 @@ class TokenCache:
             self._tokens = {k: t for k, t in self._tokens.items() if t.expires_at > now}
             self._tokens[(identity, scopes)] = _Token(value, now + lifetime - margin)
 
+    def values(self) -> tuple[str, ...]:
+        """Every token held (to remove from text a registry sends back)."""
+        with self._lock:
+            return tuple(t.value for t in self._tokens.values())
+
     def discard(self, value: str) -> None:
         with self._lock:
             self._tokens = {k: t for k, t in self._tokens.items() if t.value != value}
 
 
 def host_of(url: str) -> str:
-    return urlsplit(url).netloc.lower()
+    return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
 
 
 def _identity(creds: Credentials) -> str:
@@ -314,7 +324,7 @@ class RegistryAuth:
         with self._lock:
             if not self._pinged:
                 resp = self.requester.request("GET", self.requester.base_url + "/v2/",
-                                              allow_redirects=True)
+                                              allow_redirects=True, stream=True)
                 try:
                     if resp.status_code == 401:
                         self._challenges = tuple(
@@ -437,8 +447,12 @@ class RegistryAuth:
                 raise RegistryError(
                     f"the token server of {where} answered {resp.status_code}",
                     status=resp.status_code, registry=self.registry, repository=repository,
-                    temporary=resp.status_code >= 500 or resp.status_code == 429)
-            raw = resp.raw.read(_MAX_TOKEN_BODY + 1, decode_content=True) if resp.raw else b""
+                    temporary=resp.status_code in TEMPORARY_STATUSES)
+            raw = self.requester.read_body(resp, _MAX_TOKEN_BODY + 1, f"the token server of {where}")
+            if len(raw) > _MAX_TOKEN_BODY:
+                raise RegistryError(f"the token server of {where} answered with more than "
+                                    f"{_MAX_TOKEN_BODY} bytes", status=resp.status_code,
+                                    registry=self.registry, repository=repository)
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -461,6 +475,18 @@ class RegistryAuth:
 
     def scoped(self, scopes: Iterable[str], repository: str | None = None) -> ScopedAuth:
         return ScopedAuth(self, merge_scopes(scopes), repository)
+
+
+def _drain(requester: Requester, resp: requests.Response) -> None:
+    """Read a little of a 401's body so its connection can be reused, then close it; a body
+    larger than an error page is not read (its connection is simply not reused)."""
+    try:
+        if int(resp.headers.get("Content-Length") or _MAX_DRAIN + 1) <= _MAX_DRAIN:
+            requester.read_body(resp, _MAX_DRAIN, "a 401 answer")
+    except (ValueError, RegistryError) as exc:  # best effort: closing is what matters
+        log.debug("a 401 answer of %s was not drained: %s", requester.registry, exc)
+    finally:
+        resp.close()
 
 
 _RETRIED_ATTR = "_cib_auth_retried"
@@ -525,8 +551,7 @@ class ScopedAuth(requests.auth.AuthBase):
             if pos is None:
                 return r  # a stream that cannot be replayed: let the caller see the 401
             body.seek(pos)
-        r.content  # noqa: B018 - drain so the connection can be reused
-        r.close()
+        _drain(ra.requester, r)
         prep = r.request.copy()
         prep.headers["Authorization"] = header
         setattr(prep, _RETRIED_ATTR, True)
