@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
@@ -34,23 +34,52 @@ COPY_RESTARTS = 2
 
 
 def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
-    """Call ``fn`` on every item, ``jobs`` at a time; the first failure cancels what has not
-    started and is raised once the running calls end."""
+    """Call ``fn`` on every item, ``jobs`` at a time; the first failure stops what has not
+    started and is raised once the running calls end.
+
+    The workers are daemon threads and an interrupt (Ctrl-C) in the calling thread is raised at
+    once, without waiting for the calls in flight: a blob halfway through a slow download must
+    not hold the process for its remaining seconds. The workers start nothing new after it.
+    """
     todo = list(items)
     if len(todo) <= 1 or jobs <= 1:
         for item in todo:
             fn(item)
         return
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cib-transfer")
+    lock = threading.Lock()
+    remaining = iter(todo)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                item = next(remaining, _END)
+            if item is _END:
+                return
+            try:
+                fn(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                with lock:
+                    failures.append(exc)
+                stop.set()
+                return
+
+    workers = [threading.Thread(target=work, name="cib-transfer", daemon=True)
+               for _ in range(min(jobs, len(todo)))]
+    for worker in workers:
+        worker.start()
     try:
-        futures = [pool.submit(fn, item) for item in todo]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            failure = future.exception() if future.done() else None
-            if failure is not None:
-                raise failure
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        stop.set()
+        raise
+    if failures:
+        raise failures[0]
+
+
+_END = object()
 
 
 @runtime_checkable
