@@ -183,6 +183,11 @@ def open_store(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
     from cib_core.authn.resolve import options_for_registry
     from cib_core.remote.client import RegistryClient
+    from cib_core.remote.transport import TransportPool
+
+    insecure = tuple(insecure)
+    if pool is None:  # a pool of its own knows every host named insecure (a token realm's too)
+        pool = TransportPool(pm=pm, insecure=insecure)
     options = options_for_registry(ref.registry, auth)
     client = RegistryClient(
         ref.registry, ref.repository, options,

@@ -6,6 +6,11 @@ what the request needs. Tokens are cached per registry, credentials and scope se
 expire. The ``Authorization`` header is only ever set on requests to the registry's own host:
 a redirect to blob storage never carries it.
 
+Credentials never travel in clear to a token realm: a realm must be HTTPS unless it is on the
+registry's own host and that host is loopback or named insecure (go-containerregistry's
+``bearer.go`` has the same rule); other schemes are refused, and so are redirects of the token
+request that break the rule.
+
 This module knows nothing of sessions or retries; it sends through a :class:`Requester`
 (``cib_core.remote.transport.Transport`` is one).
 """
@@ -20,13 +25,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import requests.auth
 
 from cib_core.authn.credentials import Credentials
 from cib_core.errors import AuthenticationError, AuthorizationError, RegistryError
+from cib_core.redact import redact_url
+from cib_core.reference import is_loopback_host
 from cib_core.retry import TEMPORARY_STATUSES
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,8 @@ DEFAULT_TOKEN_LIFETIME = 60
 CLIENT_ID = "cib"
 _MAX_TOKEN_BODY = 1 << 20
 _MAX_DRAIN = 64 * 1024
+MAX_TOKEN_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 # -- WWW-Authenticate ----------------------------------------------------------------------------
@@ -229,7 +238,7 @@ def _covers(have: tuple[str, ...], want: tuple[str, ...]) -> bool:
 
 class Requester(Protocol):
     """What the auth needs from a transport: its base URL, a way to send a request and to read
-    an answer's body within its deadline."""
+    an answer's body within its deadline, and the hosts the caller named insecure."""
 
     registry: str
 
@@ -242,6 +251,8 @@ class Requester(Protocol):
                 retry: bool = True) -> requests.Response: ...
 
     def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes: ...
+
+    def named_insecure(self, host: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -292,7 +303,58 @@ class TokenCache:
 
 
 def host_of(url: str) -> str:
-    return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
+    """``host[:port]`` of a URL, lowercased, without user info ("" for what is no URL)."""
+    try:
+        return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
+    except ValueError:
+        return ""
+
+
+def _hostname(host: str) -> str:
+    h = host.lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h[1:]
+    return h.partition(":")[0] if h.count(":") == 1 else h
+
+
+def named_insecure(host: str, names: Iterable[str]) -> bool:
+    """Whether ``host`` (``name[:port]``) is among the hosts named insecure, or is the same
+    machine (by name or address) as one of them: a registry named insecure may have its token
+    server on another port."""
+    host = host.lower()
+    wanted = _hostname(host)
+    return any(host == n.lower() or wanted == _hostname(n) for n in names)
+
+
+def realm_problem(realm: str, registry_url: str, named_insecure: Callable[[str], bool]) -> str | None:
+    """Why credentials may not be sent to the token realm (or a redirect of it) ``realm`` for
+    the registry at ``registry_url``, or None when they may.
+
+    HTTPS goes anywhere. Plain HTTP only to the registry's own host (all loopback names are one
+    host) when that host is loopback or named insecure: a realm on another host, or one the
+    caller never named, would get the user's credentials in clear.
+    """
+    try:
+        parts = urlsplit(realm)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        return "it is not a valid URL"
+    scheme = parts.scheme.lower()
+    host = parts.netloc.rsplit("@", 1)[-1].lower()
+    if scheme not in ("http", "https") or not host:
+        return (f"its scheme is {scheme + ':' if scheme else 'missing'}, and only https (or http to "
+                "the registry's own loopback or insecure host) is allowed")
+    if scheme == "https":
+        return None
+    registry_host = host_of(registry_url)
+    same_host = _hostname(host) == _hostname(registry_host) or (
+        is_loopback_host(host) and is_loopback_host(registry_host))
+    if not same_host:
+        return "it is plain http on another host than the registry's; such a realm must be https"
+    if is_loopback_host(host) or named_insecure(host):
+        return None
+    return ("it is plain http and its host is neither loopback nor named insecure "
+            f"(name it with --insecure-registry {host} if it really has no TLS)")
 
 
 def _identity(creds: Credentials) -> str:
@@ -386,6 +448,7 @@ class RegistryAuth:
             if cached is not None:
                 return cached
             realm = challenge.realm or ""
+            self._check_realm(realm, "asks for its token at")
             resp = None
             if creds.username == IDENTITY_TOKEN_USER and creds.secret:
                 resp = self._oauth_post(realm, challenge, scopes, {
@@ -405,7 +468,7 @@ class RegistryAuth:
                     basic = requests.auth.HTTPBasicAuth(creds.username, creds.secret or "")
                 log.debug("token request for %s at %s, scopes %s (%s)", self.registry,
                           host_of(realm), list(scopes), "basic" if basic else "anonymous")
-                resp = self.requester.request("GET", realm, params=params, auth=basic, stream=True)
+                resp = self._token_request("GET", realm, params=params, auth=basic)
             value, lifetime = self._token_from(resp, repository)
             self.tokens.put(_identity(creds), scopes, value, lifetime)
             return value
@@ -420,15 +483,47 @@ class RegistryAuth:
             data["scope"] = " ".join(scopes)
         log.debug("OAuth2 token request (%s) for %s at %s, scopes %s", form["grant_type"],
                   self.registry, host_of(realm), list(scopes))
-        resp = self.requester.request(
-            "POST", realm, data=data, stream=True,
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = self._token_request(
+            "POST", realm, data=data, headers={"Content-Type": "application/x-www-form-urlencoded"})
         if resp.status_code in (404, 405):
             # docker does the same: a token server without the OAuth2 form takes the GET
             resp.close()
             log.debug("token server at %s has no OAuth2 endpoint; using GET", host_of(realm))
             return None
         return resp
+
+    def _check_realm(self, url: str, how: str) -> None:
+        trouble = realm_problem(url, self.requester.base_url, self.requester.named_insecure)
+        if trouble is not None:
+            raise RegistryError(f"registry {self.registry} {how} {redact_url(url)}, and {trouble}; "
+                                "refusing to send credentials there", registry=self.registry)
+
+    def _token_request(self, method: str, url: str, *, params: Any = None, data: Any = None,
+                       auth: Any = None, headers: Mapping[str, str] | None = None) -> requests.Response:
+        """A request to the token server whose redirects are followed only where the realm
+        rule lets credentials go; Basic credentials and an OAuth2 form stay on the realm's host."""
+        first_host = host_of(url)
+        for _ in range(MAX_TOKEN_REDIRECTS + 1):
+            resp = self.requester.request(method, url, params=params, data=data, auth=auth,
+                                          headers=headers, stream=True, allow_redirects=False)
+            location = resp.headers.get("Location")
+            if resp.status_code not in _REDIRECTS or not location:
+                return resp
+            resp.close()
+            target = urljoin(resp.url or url, location)
+            self._check_realm(target, "redirects its token request to")
+            if host_of(target) != first_host:
+                if data is not None:
+                    raise RegistryError(
+                        f"the token server of registry {self.registry} redirects the OAuth2 "
+                        f"request to another host ({host_of(target)}); refusing to send the "
+                        "credentials there", registry=self.registry)
+                auth = None
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                method, data = "GET", None
+            url, params = target, None
+        raise RegistryError(f"the token server of registry {self.registry} redirects more than "
+                            f"{MAX_TOKEN_REDIRECTS} times; giving up", registry=self.registry)
 
     def _token_from(self, resp: requests.Response, repository: str | None) -> tuple[str, float]:
         where = f"registry {self.registry}" + (f", repository {repository}" if repository else "")

@@ -199,10 +199,13 @@ def registry_ref(text: str, what: str) -> Reference:
 
 def registry_client(ref: Reference) -> RegistryClient:
     from cib_core.remote.client import RegistryClient
+    from cib_core.remote.transport import TransportPool
 
     state = cli_state()
+    # a pool knows every host named insecure, a token realm's among them
+    pool = TransportPool(pm=state.pm, insecure=state.insecure)
     return RegistryClient(ref.registry, ref.repository, None,
-                          insecure=ref.registry in state.insecure, pm=state.pm)
+                          insecure=ref.registry in state.insecure, pm=state.pm, pool=pool)
 
 
 def progress_renderer(verb: str) -> Any:

@@ -19,12 +19,11 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
 
-from cib_core.authn.challenge import RegistryAuth, TokenCache
+from cib_core.authn.challenge import RegistryAuth, TokenCache, host_of, named_insecure
 from cib_core.authn.credentials import Credentials
 from cib_core.errors import ConfigurationError, PluginError, RegistryError
 from cib_core.redact import redact_headers, redact_url
@@ -125,36 +124,24 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(last).__name__}: {text}" if text else type(last).__name__
 
 
-def host_of(url: str) -> str:
-    """``host[:port]`` of a URL, lowercased."""
-    try:
-        return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
-    except ValueError:
-        return ""
-
-
-def hostname_of(host: str) -> str:
-    """The name or address of ``host[:port]`` without the port or IPv6 brackets."""
-    h = host.strip().lower()
-    if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h[1:]
-    return h.partition(":")[0] if h.count(":") == 1 else h
-
-
 class Transport:
     """The HTTP session of one registry host. Safe to share between threads and clients.
 
     ``request()`` takes absolute URLs (a redirect target or a token realm may be elsewhere);
-    ``base_url`` is ``scheme://host`` of the registry, decided on first use.
+    ``base_url`` is ``scheme://host`` of the registry, decided on first use. ``insecure_hosts``
+    are the hosts the caller named insecure (this registry among them when ``insecure``).
     """
 
     def __init__(self, registry: str, *, insecure: bool = False, pm: Any = None,
-                 options: TransportOptions | None = None) -> None:
+                 options: TransportOptions | None = None,
+                 insecure_hosts: Iterable[str] = ()) -> None:
         self.registry = registry
         self.insecure = insecure
         self.options = options or TransportOptions.from_environment()
         self.retry = self.options.retry
         self.loopback = is_loopback(registry)
+        self.insecure_hosts = frozenset(h.lower() for h in insecure_hosts) | (
+            {registry.lower()} if insecure else set())
         self._lock = threading.Lock()
         self._base_url: str | None = None
         self._auths: dict[tuple[str | None, str | None, str | None], RegistryAuth] = {}
@@ -196,6 +183,19 @@ class Transport:
             if cert_file:
                 return cert_file
         return True
+
+    def _verify_for(self, url: str) -> bool | str:
+        """The registry's TLS rule for its own host and hosts named insecure; full
+        verification anywhere else (a token realm on another host gets credentials)."""
+        host = host_of(url)
+        if host == self.registry.lower() or self.named_insecure(host):
+            return self.verify
+        return self._verify(False)
+
+    def named_insecure(self, host: str) -> bool:
+        """Whether the caller named ``host`` (``name[:port]``) insecure, or it is the same
+        machine as a host named insecure."""
+        return named_insecure(host, self.insecure_hosts)
 
     # -- scheme -------------------------------------------------------------------------------
     @property
@@ -254,6 +254,7 @@ class Transport:
         can_retry = retry and replayable
         policy = self.retry
         limit = policy.retries if can_retry else 0
+        verify = self._verify_for(url)
         attempt = 0
         while True:
             if pos is not None:
@@ -265,7 +266,7 @@ class Transport:
             try:
                 resp = self.session.request(
                     method, url, headers=dict(headers or {}), params=params, data=data, auth=auth,
-                    allow_redirects=allow_redirects, stream=stream, verify=self.verify,
+                    allow_redirects=allow_redirects, stream=stream, verify=verify,
                     timeout=(self.options.connect_timeout, deadline.read_timeout_now()))
             except requests.exceptions.SSLError as exc:
                 # a certificate problem does not go away by asking again
@@ -347,7 +348,8 @@ class TransportPool:
         with self._lock:
             t = self._transports.get(key)
             if t is None:
-                t = Transport(registry, insecure=insecure, pm=self.pm, options=self.options)
+                t = Transport(registry, insecure=insecure, pm=self.pm, options=self.options,
+                              insecure_hosts=self.insecure)
                 self._transports[key] = t
             return t
 
