@@ -25,8 +25,8 @@ import requests.adapters
 
 from cib_core.authn.challenge import RegistryAuth, TokenCache, host_of, named_insecure
 from cib_core.authn.credentials import Credentials
-from cib_core.errors import ConfigurationError, PluginError, RegistryError
-from cib_core.redact import redact_headers, redact_url
+from cib_core.errors import CibError, ConfigurationError, PluginError, RegistryError
+from cib_core.redact import redact_headers, redact_text, redact_url, secret_forms
 from cib_core.reference import is_loopback_host
 from cib_core.remote.body import Deadline, attach_deadline, read_body
 from cib_core.retry import TEMPORARY_STATUSES, RetryPolicy, parse_retry_after
@@ -278,8 +278,11 @@ class Transport:
                 raise RegistryError(
                     f"{self._where(url)} redirected {method} {redact_url(url)} in a loop (more "
                     f"than {self.session.max_redirects} redirects)", registry=self.registry) from exc
+            except CibError:
+                raise  # cib's own, from the auth hook: already says what is wrong
             except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
-                    requests.exceptions.MissingSchema) as exc:
+                    requests.exceptions.MissingSchema, ValueError) as exc:
+                # ValueError: urllib's parser on a redirect's Location that is no URL
                 raise RegistryError(
                     f"{self._where(url)} sent {method} {redact_url(url)} to a location cib cannot "
                     f"follow (only http and https are): {_root_cause(exc)}",
@@ -314,17 +317,30 @@ class Transport:
         ``cap`` bytes read); a short body is an error, never a short success."""
         return read_body(resp, cap, what)
 
-    @staticmethod
-    def _log_response(resp: requests.Response, started: float) -> None:
+    def known_secrets(self) -> tuple[str, ...]:
+        """Every spelling of the credentials and tokens used with this registry, to remove
+        from anything the registry sent before it is logged."""
+        with self._lock:
+            auths = list(self._auths.values())
+        forms: list[str] = list(self.token_cache.values())
+        for ra in auths:
+            creds = ra.credentials
+            forms.extend(secret_forms(creds.username, creds.secret, creds.token))
+        return tuple(forms)
+
+    def _log_response(self, resp: requests.Response, started: float) -> None:
         if not log.isEnabledFor(logging.DEBUG):
             return
+        secrets = self.known_secrets()
         for r in [*resp.history, resp]:
             req = r.request
-            # one line a request (what `cib -v` shows), then the redacted headers (`-vv`)
-            log.debug("<-- %d %s %s (%.0f ms)", r.status_code, req.method, redact_url(r.url or ""),
+            # one line a request (what `cib -v` shows), then the redacted headers (`-vv`); a
+            # registry may echo credentials anywhere, in a Location path or a header of its own
+            log.debug("<-- %d %s %s (%.0f ms)", r.status_code, req.method,
+                      redact_text(redact_url(r.url or ""), secrets),
                       (time.monotonic() - started) * 1000)
-            log.debug("    request headers %s", redact_headers(req.headers))
-            log.debug("    response headers %s", redact_headers(r.headers))
+            log.debug("    request headers %s", redact_text(str(redact_headers(req.headers)), secrets))
+            log.debug("    response headers %s", redact_text(str(redact_headers(r.headers)), secrets))
 
     def close(self) -> None:
         self.session.close()

@@ -10,8 +10,11 @@ writes. Every request is recorded in ``seen``. Loopback only (or a TLS certifica
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -96,6 +99,10 @@ class HostileRegistry:
 class HostileHandler(_QuietHandler):
     """The request being answered, with the ways to answer it."""
 
+    # headers and body go out in two writes; with Nagle's algorithm the second waits for the
+    # client's delayed ACK of the first, 40 ms a request
+    disable_nagle_algorithm = True
+
     def _owner(self) -> HostileRegistry:
         return cast(HostileRegistry, cast(_LoopbackServer, self.server).owner)
 
@@ -133,9 +140,9 @@ class HostileHandler(_QuietHandler):
         self._send(status, body, headers, content_type=content_type)
 
     def reply_truncated(self, body: bytes, announced: int, headers: Mapping[str, str] | None = None,
-                        content_type: str = "application/json") -> None:
-        """200 with ``Content-Length: announced``, then only ``body`` and the connection closed."""
-        self.send_response(200)
+                        content_type: str = "application/json", status: int = 200) -> None:
+        """``Content-Length: announced``, then only ``body`` and the connection closed."""
+        self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(announced))
         for name, value in (headers or {}).items():
@@ -246,6 +253,21 @@ def write_test_certificates(directory: Path, addresses: Sequence[str] = ("127.0.
     return ca_path, cert_path, key_path
 
 
+def run_cib(home: Path, *args: str, env: Mapping[str, str] | None = None, timeout: float = 120.0,
+            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The ``cib`` script of this interpreter's environment, run with ``home`` as its home (no
+    credentials of this machine's user), plugins autoloading off and the keyring disabled."""
+    full = dict(os.environ, HOME=str(home), DOCKER_CONFIG=str(home / ".docker"),
+                XDG_CONFIG_HOME=str(home / ".config"), XDG_RUNTIME_DIR=str(home / "run"),
+                CIB_DISABLE_PLUGIN_AUTOLOAD="1", NO_PROXY="*",
+                PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring")
+    full.pop("REGISTRY_AUTH_FILE", None)
+    full.update(env or {})
+    script = str(Path(sys.executable).parent / "cib")
+    return subprocess.run([script, *args], capture_output=True, text=True, env=full,
+                          timeout=timeout, input=stdin, check=False)
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
     end = time.monotonic() + timeout
@@ -257,4 +279,4 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 __all__ = ["HostileHandler", "HostileRegistry", "SeenRequest", "hostile_registry", "json_pages",
-           "wait_for", "write_test_certificates"]
+           "run_cib", "wait_for", "write_test_certificates"]

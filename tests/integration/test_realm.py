@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from cib_core.plugins import CibPluginManager
 from cib_core.remote.client import RegistryClient
 from cib_core.remote.transport import TransportOptions
 from cib_core.testing import in_ci
-from cib_core.testing.hostile import HostileRegistry, write_test_certificates
+from cib_core.testing.hostile import HostileRegistry, run_cib, write_test_certificates
 from cib_core.testing.netns import OtherHost, netns_available, recorded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -104,16 +102,6 @@ def _one_line_refusal(exc: BaseException, realm_host: str) -> str:
     return message
 
 
-def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HOME=str(home), DOCKER_CONFIG=str(home / ".docker"),
-               XDG_CONFIG_HOME=str(home / ".config"), CIB_DISABLE_PLUGIN_AUTOLOAD="1",
-               PYTHON_KEYRING_BACKEND="keyring.backends.null.Keyring", NO_PROXY="*")
-    env.pop("REGISTRY_AUTH_FILE", None)
-    script = str(Path(sys.executable).parent / "cib")
-    return subprocess.run([script, *args], capture_output=True, text=True, env=env, timeout=60,
-                          check=False)
-
-
 def _logged_in(home: Path, registry: HostileRegistry) -> Path:
     (home / ".docker").mkdir(parents=True, exist_ok=True)
     (home / ".docker" / "config.json").write_text(json.dumps(
@@ -141,14 +129,14 @@ def test_plain_http_realm_on_another_host_gets_nothing(other: Other, nothing_arr
             message = _one_line_refusal(err.value, other.host.address)
             assert "another host" in message
         for verbosity in ((), ("-vvv",)):
-            result = _cli(_logged_in(tmp_path / "home", registry), *verbosity, "ls",
+            result = run_cib(_logged_in(tmp_path / "home", registry), *verbosity, "ls",
                           f"{registry.host}/app")
             line = _assert_one_error_line(result) if not verbosity else \
                 [x for x in result.stderr.splitlines() if x.startswith("cib: error: ")][0]
             assert "refusing to send credentials" in line and other.host.address in line
             assert PASSWORD not in result.stderr and BASIC.split()[1] not in result.stderr
         # naming the other host insecure does not make cleartext there acceptable
-        named = _cli(tmp_path / "home", "--insecure-registry", f"{other.host.address}:8080", "ls",
+        named = run_cib(tmp_path / "home", "--insecure-registry", f"{other.host.address}:8080", "ls",
                      f"{registry.host}/app")
         assert "refusing to send credentials" in _assert_one_error_line(named)
     finally:
@@ -227,7 +215,7 @@ def test_plain_http_realm_on_a_non_loopback_name_gets_nothing(tmp_path: Path) ->
             RegistryClient(registry.host, "app", {"Username": USER, "Secret": PASSWORD},
                            pm=_pm()).tags()
         _one_line_refusal(err.value, name)
-        line = _assert_one_error_line(_cli(_logged_in(tmp_path / "home", registry), "ls",
+        line = _assert_one_error_line(run_cib(_logged_in(tmp_path / "home", registry), "ls",
                                            f"{registry.host}/app"))
         assert name in line
     finally:
@@ -246,7 +234,7 @@ def test_other_schemes_are_refused_in_one_line(realm: str, tmp_path: Path) -> No
             RegistryClient(registry.host, "app", {"Username": USER, "Secret": PASSWORD},
                            pm=_pm()).tags()
         assert "refusing to send credentials" in str(err.value) and "\n" not in str(err.value)
-        line = _assert_one_error_line(_cli(_logged_in(tmp_path / "home", registry), "ls",
+        line = _assert_one_error_line(run_cib(_logged_in(tmp_path / "home", registry), "ls",
                                            f"{registry.host}/app"))
         assert "refusing to send credentials" in line
     finally:
@@ -304,7 +292,7 @@ def test_token_server_redirect_loop_is_one_line(tmp_path: Path) -> None:
         with pytest.raises(RegistryError, match="redirects more than 5 times"):
             RegistryClient(registry.host, "app", {"Username": USER, "Secret": PASSWORD},
                            pm=_pm()).tags()
-        _assert_one_error_line(_cli(_logged_in(tmp_path / "home", registry), "ls",
+        _assert_one_error_line(run_cib(_logged_in(tmp_path / "home", registry), "ls",
                                     f"{registry.host}/app"))
     finally:
         registry.close()
