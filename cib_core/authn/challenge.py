@@ -25,21 +25,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import requests.auth
 
-from cib_core.authn.credentials import Credentials
+from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
+from cib_core.authn.realm import host_of, realm_problem
 from cib_core.errors import AuthenticationError, AuthorizationError, RegistryError
 from cib_core.redact import redact_url
-from cib_core.reference import is_loopback_host
 from cib_core.retry import TEMPORARY_STATUSES
 
 log = logging.getLogger(__name__)
-
-IDENTITY_TOKEN_USER = "<token>"
-"""docker's convention: a username of ``<token>`` means the secret is an identity (refresh) token."""
 
 DEFAULT_TOKEN_LIFETIME = 60
 CLIENT_ID = "cib"
@@ -300,61 +297,6 @@ class TokenCache:
     def discard(self, value: str) -> None:
         with self._lock:
             self._tokens = {k: t for k, t in self._tokens.items() if t.value != value}
-
-
-def host_of(url: str) -> str:
-    """``host[:port]`` of a URL, lowercased, without user info ("" for what is no URL)."""
-    try:
-        return urlsplit(url).netloc.rsplit("@", 1)[-1].lower()
-    except ValueError:
-        return ""
-
-
-def _hostname(host: str) -> str:
-    h = host.lower()
-    if h.startswith("["):
-        return h[1:h.find("]")] if "]" in h else h[1:]
-    return h.partition(":")[0] if h.count(":") == 1 else h
-
-
-def named_insecure(host: str, names: Iterable[str]) -> bool:
-    """Whether ``host`` (``name[:port]``) is among the hosts named insecure, or is the same
-    machine (by name or address) as one of them: a registry named insecure may have its token
-    server on another port."""
-    host = host.lower()
-    wanted = _hostname(host)
-    return any(host == n.lower() or wanted == _hostname(n) for n in names)
-
-
-def realm_problem(realm: str, registry_url: str, named_insecure: Callable[[str], bool]) -> str | None:
-    """Why credentials may not be sent to the token realm (or a redirect of it) ``realm`` for
-    the registry at ``registry_url``, or None when they may.
-
-    HTTPS goes anywhere. Plain HTTP only to the registry's own host (all loopback names are one
-    host) when that host is loopback or named insecure: a realm on another host, or one the
-    caller never named, would get the user's credentials in clear.
-    """
-    try:
-        parts = urlsplit(realm)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError:
-        return "it is not a valid URL"
-    scheme = parts.scheme.lower()
-    host = parts.netloc.rsplit("@", 1)[-1].lower()
-    if scheme not in ("http", "https") or not host:
-        return (f"its scheme is {scheme + ':' if scheme else 'missing'}, and only https (or http to "
-                "the registry's own loopback or insecure host) is allowed")
-    if scheme == "https":
-        return None
-    registry_host = host_of(registry_url)
-    same_host = _hostname(host) == _hostname(registry_host) or (
-        is_loopback_host(host) and is_loopback_host(registry_host))
-    if not same_host:
-        return "it is plain http on another host than the registry's; such a realm must be https"
-    if is_loopback_host(host) or named_insecure(host):
-        return None
-    return ("it is plain http and its host is neither loopback nor named insecure "
-            f"(name it with --insecure-registry {host} if it really has no TLS)")
 
 
 def _identity(creds: Credentials) -> str:

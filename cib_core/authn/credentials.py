@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+IDENTITY_TOKEN_USER = "<token>"
+"""docker's convention: a username of ``<token>`` means the secret is an identity (refresh) token."""
+
 
 def _mask(value: str | None) -> str:
     return "None" if value is None else "'***'"

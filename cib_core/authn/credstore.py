@@ -50,13 +50,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cib_core.authn.credentials import Credentials
+from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError
 from cib_core.fileio import replacing
 
 log = logging.getLogger(__name__)
 
-IDENTITY_TOKEN_USERNAME = "<token>"
+IDENTITY_TOKEN_USERNAME = IDENTITY_TOKEN_USER
 DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 HELPER_PREFIX = "docker-credential-"

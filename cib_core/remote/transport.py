@@ -23,8 +23,9 @@ from typing import Any
 import requests
 import requests.adapters
 
-from cib_core.authn.challenge import RegistryAuth, TokenCache, host_of, named_insecure
+from cib_core.authn.challenge import RegistryAuth, TokenCache
 from cib_core.authn.credentials import Credentials
+from cib_core.authn.realm import host_of, named_insecure
 from cib_core.errors import CibError, ConfigurationError, PluginError, RegistryError
 from cib_core.redact import redact_headers, redact_text, redact_url, secret_forms
 from cib_core.reference import is_loopback_host

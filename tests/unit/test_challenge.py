@@ -1,4 +1,4 @@
-"""WWW-Authenticate parsing, scopes, the token cache, and the transport's pure helpers."""
+"""WWW-Authenticate parsing, scopes, the token cache, credentials from options and the realm rule."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from cib_core.authn.challenge import (
     Challenge,
     TokenCache,
     merge_scopes,
-    named_insecure,
     parse_www_authenticate,
-    realm_problem,
     repository_scope,
 )
 from cib_core.authn.credentials import Credentials
+from cib_core.authn.realm import named_insecure, realm_problem
 from cib_core.authn.resolve import credentials_from_options, options_for_registry
 
 CASES = [
