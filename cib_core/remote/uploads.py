@@ -35,7 +35,7 @@ from cib_core.errors import (
 from cib_core.remote.blobs import Progress, chunks_of, hasher_for, verified_digest
 from cib_core.remote.body import READ_SIZE
 from cib_core.remote.session import RepositorySession
-from cib_core.retry import TEMPORARY_STATUSES
+from cib_core.retry import TEMPORARY_STATUSES, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +313,7 @@ class BlobUploader:
                        "Content-Range": f"{first}-{first + len(body) - 1}",
                        "Content-Length": str(len(body))}
             failure: str
+            retry_after: float | None = None
             try:
                 resp = s.send("PATCH", location, scope=scope, headers=headers, data=body, retry=False)
             except RegistryError as exc:
@@ -326,11 +327,12 @@ class BlobUploader:
                 if resp.status_code != 416 and resp.status_code not in TEMPORARY_STATUSES:
                     raise s.error(resp, f"chunk {first}-{first + len(body) - 1} of a blob upload")
                 failure = f"HTTP {resp.status_code}"
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 resp.close()
             if attempt >= self.policy.retries:
                 raise self._temporary(f"a blob upload to {self.name} kept failing at byte {first} "
                                       f"({failure}); giving up after {attempt + 1} attempts")
-            self.policy.wait(attempt)
+            self.policy.wait(attempt, retry_after)
             attempt += 1
             try:
                 confirmed, location = self.status(location, scope)

@@ -425,3 +425,41 @@ def test_bad_redirects_are_one_line(target: str, message: str, hostile: HostileR
     with pytest.raises(RegistryError, match=message):
         _client(hostile).blob(digest)
     assert message in _one_error_line(run_cib(tmp_path / "home", "blob", f"{hostile.host}/app@{digest}"))
+
+
+# --------------------------------------------------------------------------------------------
+# the one retry policy, seen from the wire (with an injected sleep: nothing really waits)
+# --------------------------------------------------------------------------------------------
+
+def test_retries_wait_by_the_policy_and_honour_retry_after(hostile: HostileRegistry,
+                                                           image: Image) -> None:
+    answers = iter([(429, {"Retry-After": "7"}), (503, {}), (429, {"Retry-After": "3600"})])
+
+    def flaky(h: HostileHandler) -> None:
+        status, headers = next(answers, (0, {}))
+        if status:
+            h.reply(status, b'{"errors":[{"code":"TOOMANYREQUESTS","message":"later"}]}', headers)
+        else:
+            h.reply(200, image.manifest, {"Docker-Content-Digest": image.digest}, OCI_MANIFEST)
+
+    image.serve(hostile, manifest=flaky)
+    slept: list[float] = []
+    policy = RetryPolicy(retries=4, base=0.5, max_delay=20.0, retry_after_max=60.0,
+                         random=lambda: 1.0, sleep=slept.append)
+    client = RegistryClient(hostile.host, "app", pm=_pm(), options=TransportOptions(retry=policy))
+    assert client.manifest_raw("1")[0] == image.manifest
+    # Retry-After 7 over a 0.5 s backoff; 1 s backoff; Retry-After 3600 capped at 60
+    assert slept == [7.0, 1.0, 60.0]
+
+    always = HostileRegistry().start()
+    try:
+        always.route("/v2/app/manifests/1", lambda h: h.reply(503, b"{}"))
+        slept.clear()
+        with pytest.raises(RegistryError) as err:
+            RegistryClient(always.host, "app", pm=_pm(),
+                           options=TransportOptions(retry=policy)).manifest_raw("1")
+        assert err.value.temporary and err.value.status == 503
+        assert slept == [0.5, 1.0, 2.0, 4.0]  # bounded: four retries, then the error
+        assert len(always.requests_for("/v2/app/manifests/1")) == 5
+    finally:
+        always.close()
