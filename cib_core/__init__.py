@@ -20,16 +20,19 @@ from cib_core.errors import (
     PluginError,
     RegistryError,
 )
+from cib_core.plugins import DISTRIBUTION as _DISTRIBUTION
 from cib_core.plugins import hookimpl
 
 try:
     from importlib.metadata import PackageNotFoundError, version
 
-    __version__ = version("cib")
+    # the name pip knows (cib-core), not the import name
+    __version__ = version(_DISTRIBUTION)
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 if TYPE_CHECKING:
+    from cib_core.authn import credstore
     from cib_core.authn.resolve import auth
     from cib_core.copy import CopyResult, copy_image
     from cib_core.image import Image, ImageData, SaveResult
@@ -50,14 +53,22 @@ _LAZY = {
     "copy_image": "cib_core.copy",
     "CopyResult": "cib_core.copy",
 }
+# Modules that are public as a whole: ``credstore`` reads and writes docker's config.json,
+# podman's auth.json, credential helpers and the keyring, for credential-provider plugins
+# (cib's own and third-party ones) and ``cib auth login`` alike.
+_LAZY_MODULES = {"credstore": "cib_core.authn.credstore"}
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+        globals()[name] = value
+        return value
     module_name = _LAZY.get(name)
     if module_name is None:
         raise AttributeError(f"module 'cib_core' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value
     return value
@@ -85,6 +96,7 @@ __all__ = [
     "UploadResult",
     "auth",
     "copy_image",
+    "credstore",
     "hookimpl",
     "__version__",
 ]

@@ -9,27 +9,31 @@ from __future__ import annotations
 import copy
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cib_core import mediatypes as mt
+from cib_core.callbacks import Progress
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
-from cib_core.errors import ConfigurationError, RegistryError
+from cib_core.errors import ConfigurationError, ManifestError, NotFound, RegistryError
 from cib_core.models import (
     Descriptor,
     Index,
     Manifest,
     Platform,
+    config_platform,
     parse_manifest,
 )
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
-    Progress,
+    RegistryStore,
     manifest_to_oci,
     open_store,
+    read_config,
+    ready_for_threads,
     run_parallel,
     transfer_blob,
     transfer_layer,
@@ -85,6 +89,7 @@ class _Copier:
         self._done: set[str] = set()
 
     def _run(self, fn: Callable[[Any], None], items: list[Any]) -> None:
+        ready_for_threads(self.src, self.dst)
         run_parallel(fn, items, self.jobs)
 
     def blobs(self, descriptors: Iterable[tuple[str, int | None]]) -> None:
@@ -169,43 +174,144 @@ class _Copier:
         return raw, media_type
 
 
+def copy_tree(src: BlobStore, dst: BlobStore, raw: bytes, media_type: str, tag: str | None, *,
+              jobs: int = 4) -> tuple[bytes, str, dict[str, int]]:
+    """Copy the manifest or index ``raw`` and everything it names from ``src`` to ``dst``, writing
+    it under ``tag`` (``None``: by digest only) after all it names is there.
+
+    Returns the bytes and media type written (the same, unless ``dst`` needed OCI media types or
+    compressed layers) and how many blobs were "copied", "mounted", "present" or "compressed".
+    """
+    copier = _Copier(src, dst, jobs)
+    written, written_type = copier.manifest_tree(raw, media_type, tag)
+    return written, written_type, dict(copier.counts)
+
+
+def wanted_platforms(platform: str | Sequence[str] | None) -> list[Platform] | None:
+    """The platforms a copy keeps: ``None`` (or ``"all"``) for every one, else the parsed list of
+    ``"linux/amd64,linux/arm64"`` or ``["linux/amd64", "linux/arm64"]``, each once."""
+    if platform is None:
+        return None
+    items = [platform] if isinstance(platform, str) else list(platform)
+    names = [name.strip() for item in items for name in str(item).split(",")]
+    if names == ["all"]:
+        return None
+    if "all" in names:
+        raise ConfigurationError(f"platform {','.join(names)!r}: 'all' cannot be combined with "
+                                 "named platforms")
+    if not names or not all(names):
+        raise ConfigurationError(f"platform {','.join(names)!r}: name platforms as OS/ARCH[/VARIANT] "
+                                 "separated by commas, for example linux/amd64,linux/arm64")
+    parsed: list[Platform] = []
+    for name in names:
+        one = Platform.parse(name)
+        if one not in parsed:
+            parsed.append(one)
+    return parsed
+
+
+def _attests(entry: Descriptor) -> str | None:
+    """The digest of the image an attestation entry of a BuildKit index is about, else None."""
+    if not entry.is_attestation:
+        return None
+    return (entry.annotations or {}).get("vnd.docker.reference.digest")
+
+
+def select_platforms(store: BlobStore, raw: bytes, media_type: str, wanted: list[Platform] | None,
+                     what: str) -> tuple[bytes, str]:
+    """The part of the manifest or index ``raw`` to copy for ``wanted`` platforms.
+
+    ``None`` keeps all of it. One platform out of an index gives that platform's own manifest;
+    several give an index of just those entries, in the source's order, keeping the entries'
+    descriptors (so the kept manifests keep their digests) and the attestations about them.
+    A platform the source lacks is a ``NotFound`` naming it and what the source has.
+    """
+    if wanted is None:
+        return raw, media_type
+    doc = parse_manifest(raw, media_type)
+    if isinstance(doc, Manifest):
+        _config_raw, config = read_config(store, doc.config.digest, doc.config.size, what)
+        try:
+            have = config_platform(config)
+        except ManifestError:
+            raise ManifestError(f"{what} names no platform in its config (no 'os' and "
+                                "'architecture'); copy it without --platform") from None
+        lacking = [str(w) for w in wanted if not have.matches(w)]
+        if lacking:
+            raise NotFound(f"{what} is a single {have} image; it has no {', '.join(lacking)} image")
+        return raw, media_type
+    chosen: list[Descriptor] = []
+    missing: list[str] = []
+    for platform in wanted:
+        found = [d for d in doc.select_all(platform) if not d.is_attestation]
+        if not found:
+            missing.append(str(platform))
+        elif found[0] not in chosen:
+            chosen.append(found[0])
+    if missing:
+        listed = ", ".join(str(d.platform) for d in doc.manifests
+                           if d.platform is not None and not d.is_attestation) or "none"
+        raise NotFound(f"{what} has no {', '.join(missing)} image; it has: {listed}")
+    if len(wanted) == 1:
+        child_raw, child_type, _ = store.get_manifest(chosen[0].digest)
+        return child_raw, child_type
+    kept_digests = {d.digest for d in chosen}
+    kept = [d for d in doc.manifests if d in chosen or _attests(d) in kept_digests]
+    if len(kept) == len(doc.manifests):
+        return raw, media_type
+    data = copy.deepcopy(doc.data)
+    data["manifests"] = [d.to_dict() for d in kept]
+    return canonical_json(data), doc.media_type
+
+
+def _open_pair(src: str, dst: str) -> tuple[Reference | LocalReference, Reference | LocalReference]:
+    src_ref = parse_image_spec(src)
+    dst_ref = parse_image_spec(dst)
+    for ref, role in ((src_ref, "source"), (dst_ref, "destination")):
+        if isinstance(ref, LocalReference) and ref.transport == "scratch":
+            raise ConfigurationError(f"scratch cannot be a copy {role}: it has no manifest")
+    return src_ref, dst_ref
+
+
+def _where(ref: Reference | LocalReference) -> str:
+    if isinstance(ref, Reference):
+        return ref.name
+    return f"{ref.transport}:{ref.path}"
+
+
 def copy_image(
     src: str,
     dst: str,
     *,
-    platform: str | None = None,
+    platform: str | Sequence[str] | None = None,
     auth: Mapping[str, Mapping[str, str]] | None = None,
     insecure: Iterable[str] = (),
     pm: CibPluginManager | None = None,
     jobs: int = 4,
     progress: Progress | None = None,
 ) -> CopyResult:
-    """Copy ``src`` to ``dst`` (any reference or transport). All platforms unless ``platform``."""
-    src_ref = parse_image_spec(src)
-    dst_ref = parse_image_spec(dst)
-    for ref, role in ((src_ref, "source"), (dst_ref, "destination")):
-        if isinstance(ref, LocalReference) and ref.transport == "scratch":
-            raise ConfigurationError(f"scratch cannot be a copy {role}: it has no manifest")
+    """Copy ``src`` to ``dst`` (any reference or transport), all platforms unless ``platform``
+    names some: one (``"linux/arm64"``) copies that platform's image, several (a list, or
+    ``"linux/amd64,linux/arm64"``) an index of just those. Nothing is written when the source
+    lacks a platform named."""
+    src_ref, dst_ref = _open_pair(src, dst)
+    wanted = wanted_platforms(platform)
     from cib_core.remote.transport import TransportPool
 
+    insecure = tuple(insecure)
     pool = TransportPool(pm=pm, insecure=insecure)
     src_store = open_store(src_ref, write=False, auth=auth, insecure=insecure, pm=pm,
                            progress=progress, pool=pool)
-    dst_store = open_store(dst_ref, write=True, auth=auth, insecure=insecure, pm=pm,
-                           progress=progress, pool=pool)
-    copier = _Copier(src_store, dst_store, jobs)
-    raw, media_type, digest = src_store.get_manifest(source_identifier(src_ref))
-    doc = parse_manifest(raw, media_type)
-    if platform not in (None, "all") and isinstance(doc, Index):
-        wanted = Platform.parse(str(platform))
-        chosen = doc.select(wanted)
-        raw, media_type, digest = src_store.get_manifest(chosen.digest)
-        doc = parse_manifest(raw, media_type)
-    if isinstance(doc, Index) and isinstance(dst_ref, LocalReference) \
-            and dst_ref.transport == "docker-archive":
+    raw, media_type, _digest = src_store.get_manifest(source_identifier(src_ref))
+    raw, media_type = select_platforms(src_store, raw, media_type, wanted, src)
+    if isinstance(dst_ref, LocalReference) and dst_ref.transport == "docker-archive" \
+            and isinstance(parse_manifest(raw, media_type), Index):
         raise ConfigurationError(
             f"{src} is a multi-platform index and a docker-archive holds single images; "
             "pick one with --platform (for example --platform linux/amd64)")
+    dst_store = open_store(dst_ref, write=True, auth=auth, insecure=insecure, pm=pm,
+                           progress=progress, pool=pool)
+    copier = _Copier(src_store, dst_store, jobs)
     tags = destination_tags(src_ref, dst_ref)
     first, rest = tags[0], tags[1:]
     raw, media_type = copier.manifest_tree(raw, media_type, first)
@@ -213,9 +319,63 @@ def copy_image(
     for tag in rest:
         dst_store.put_manifest(raw, media_type, tag)
     dst_store.close()
-    if isinstance(dst_ref, Reference):
-        where = f"{dst_ref.name}@{digest}"
-    else:
-        where = f"{dst_ref.transport}:{dst_ref.path}@{digest}"
-    return CopyResult(digest=digest, reference=where, media_type=media_type,
+    return CopyResult(digest=digest, reference=f"{_where(dst_ref)}@{digest}", media_type=media_type,
                       tags=tuple(t for t in tags if t), blobs=dict(copier.counts))
+
+
+def copy_all_tags(
+    src: str,
+    dst: str,
+    *,
+    platform: str | Sequence[str] | None = None,
+    auth: Mapping[str, Mapping[str, str]] | None = None,
+    insecure: Iterable[str] = (),
+    pm: CibPluginManager | None = None,
+    jobs: int = 4,
+    progress: Progress | None = None,
+) -> list[CopyResult]:
+    """Copy every tag of the registry repository ``src`` to the same tag in ``dst`` (a registry
+    repository or an OCI layout, named without a tag), one ``CopyResult`` per tag, in order of
+    the tags' names. ``platform`` applies to each tag as in ``copy_image``; every tag is read
+    and checked before the first write."""
+    src_ref, dst_ref = _open_pair(src, dst)
+    if not isinstance(src_ref, Reference):
+        raise ConfigurationError(f"--all-tags copies the tags of a registry repository, not {src!r}")
+    if src_ref.tag or src_ref.digest:
+        raise ConfigurationError(f"--all-tags copies every tag of a repository; name it without a "
+                                 f"tag or digest: {src_ref.name}")
+    if isinstance(dst_ref, Reference) and (dst_ref.tag or dst_ref.digest):
+        raise ConfigurationError(f"--all-tags keeps each tag's name; name the destination without a "
+                                 f"tag or digest: {dst_ref.name}")
+    if isinstance(dst_ref, LocalReference) and (dst_ref.transport != "oci" or dst_ref.ref):
+        raise ConfigurationError(f"--all-tags writes into a registry repository or an OCI layout "
+                                 f"named without a tag (oci:PATH), not {dst!r}")
+    wanted = wanted_platforms(platform)
+    from cib_core.remote.transport import TransportPool
+
+    insecure = tuple(insecure)
+    pool = TransportPool(pm=pm, insecure=insecure)
+    src_store = open_store(src_ref, write=False, auth=auth, insecure=insecure, pm=pm,
+                           progress=progress, pool=pool)
+    assert isinstance(src_store, RegistryStore)
+    tags = sorted(set(src_store.client.tags()))
+    if not tags:
+        raise NotFound(f"{src_ref.name} has no tags; there is nothing to copy")
+    plans = []
+    for tag in tags:
+        raw, media_type, _digest = src_store.get_manifest(tag)
+        plans.append((tag, *select_platforms(src_store, raw, media_type, wanted,
+                                             f"{src_ref.name}:{tag}")))
+    dst_store = open_store(dst_ref, write=True, auth=auth, insecure=insecure, pm=pm,
+                           progress=progress, pool=pool)
+    copier = _Copier(src_store, dst_store, jobs)
+    results = []
+    for tag, raw, media_type in plans:
+        before = dict(copier.counts)
+        written, written_type = copier.manifest_tree(raw, media_type, tag)
+        digest = sha256_digest(written)
+        counts = {k: v - before.get(k, 0) for k, v in copier.counts.items() if v != before.get(k, 0)}
+        results.append(CopyResult(digest=digest, reference=f"{_where(dst_ref)}@{digest}",
+                                  media_type=written_type, tags=(tag,), blobs=counts))
+    dst_store.close()
+    return results

@@ -1,4 +1,5 @@
-"""Content digests: the one grammar, the algorithms cib verifies, and hashing.
+"""Content digests: the one grammar, the algorithms cib verifies, hashing, and reading a
+stream that checks its digest.
 
 A digest is ``algorithm:encoded`` in the OCI image spec's grammar. cib verifies ``sha256`` and
 ``sha512``, whose encoded parts are lowercase hex of a fixed length; a digest of another
@@ -9,8 +10,11 @@ cannot be verified.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
-from typing import Any
+from typing import Any, BinaryIO, Protocol
+
+from cib_core.errors import DigestMismatch
 
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128}
 """The algorithms cib verifies, with the length of their hex encoding."""
@@ -55,6 +59,7 @@ def new_hasher(digest: str | None = None) -> Any:
     return hashlib.new(algorithm)
 
 
+
 def of(hashed: Any) -> str:
     """``algorithm:hex`` of a finished hashlib object."""
     return f"{hashed.name}:{hashed.hexdigest()}"
@@ -63,3 +68,98 @@ def of(hashed: Any) -> str:
 def sha256_digest(data: bytes) -> str:
     """The sha256 digest of ``data``."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def verified_digest(stream: object) -> str | None:
+    """The digest ``stream`` checks by itself as it is read (its ``verified_digest``, also
+    behind the ``io.BufferedReader`` that wraps it), else None.
+
+    Such a stream (a registry blob download, a :func:`verified_reader`) raises before it hands
+    out a byte past a mismatch, so storing it under that digest needs no second hash.
+    """
+    found = getattr(stream, "verified_digest", None)
+    if found is None:
+        found = getattr(getattr(stream, "raw", None), "verified_digest", None)
+    return found if isinstance(found, str) else None
+
+
+_READ_SIZE = 1 << 16
+
+
+class ByteSource(Protocol):
+    """What :func:`verified_reader` reads: ``read(n)`` and ``close()``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _VerifyingRaw(io.RawIOBase):
+    """Passes a stream through, checking its digest (and size) before the last byte leaves.
+
+    The final bytes are held back until the source is exhausted and the digest checked, so a
+    reader that gets all the data got verified data; a mismatch raises ``DigestMismatch``
+    instead of returning the tail.
+    """
+
+    def __init__(self, source: ByteSource, digest: str, what: str, size: int | None) -> None:
+        super().__init__()
+        self._source = source
+        self.verified_digest = digest
+        self._what = what
+        self._size = size
+        self._hasher = new_hasher(digest)
+        self._pending = bytearray()
+        self._count = 0
+        self._eof = False
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _verify(self) -> None:
+        if self._size is not None and self._count != self._size:
+            raise DigestMismatch(f"{self._what} (size)", str(self._size), str(self._count))
+        actual = of(self._hasher)
+        if actual != self.verified_digest:
+            raise DigestMismatch(self._what, self.verified_digest, actual)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = len(view)
+        if self._done or want == 0:
+            return 0
+        while not self._eof and len(self._pending) <= want:
+            block = self._source.read(max(_READ_SIZE, want))
+            if not block:
+                self._eof = True
+                break
+            self._hasher.update(block)
+            self._count += len(block)
+            if self._size is not None and self._count > self._size:
+                self._verify()
+            self._pending += block
+        if self._eof and len(self._pending) <= want:
+            self._verify()
+            n = len(self._pending)
+            view[:n] = self._pending
+            self._pending.clear()
+            self._done = True
+            return n
+        view[:want] = self._pending[:want]
+        del self._pending[:want]
+        return want
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._source.close()
+            finally:
+                super().close()
+
+
+def verified_reader(source: ByteSource, digest: str, what: str, size: int | None = None) -> BinaryIO:
+    """``source`` wrapped so that reading it to the end checks ``digest`` (and ``size``, when
+    given): a mismatch raises ``DigestMismatch`` (naming ``what``) before the last bytes are
+    handed out. Closing the result closes ``source``."""
+    return io.BufferedReader(_VerifyingRaw(source, digest, what, size), buffer_size=_READ_SIZE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from cib_core import mediatypes as mt
 from cib_core.errors import ManifestError
@@ -36,6 +36,22 @@ def json_object(raw: bytes, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ManifestError(f"{what} is not a JSON object")
     return doc
+
+
+def is_json_int(value: object) -> TypeGuard[int]:
+    """A JSON integer (Python's ``bool`` is an ``int`` but not a JSON number)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_string_map(value: object) -> bool:
+    """A JSON object of strings (annotations, labels)."""
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+def is_string_list(value: object) -> bool:
+    """A JSON array of strings."""
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def declared_or_implied_type(doc: Mapping[str, Any]) -> str | None:

@@ -88,12 +88,19 @@ class DigestMismatch(CibError):
 
 
 class LayerSourceError(CibError):
-    """A local file or directory cannot go into a layer; names the path."""
+    """A local file or directory cannot go into a layer; names the path.
 
-    def __init__(self, path: object, reason: str) -> None:
+    ``option``, when given, is a setting that avoids the error, as the caller spells it; the
+    message ends with it. The library names its own keywords (``follow_symlinks=False``); a
+    front end that spells them otherwise (the command line's ``--no-follow-symlinks``) raises
+    the error again with its spelling.
+    """
+
+    def __init__(self, path: object, reason: str, *, option: str | None = None) -> None:
         self.path = path
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        self.option = option
+        super().__init__(f"{path}: {reason}, or use {option}" if option else f"{path}: {reason}")
 
 
 class LocalWriteError(CibError):

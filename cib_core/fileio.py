@@ -1,23 +1,30 @@
-"""Writing local files: whole or not at all, and every failure a ``LocalWriteError``.
+"""Local files: written whole or not at all, opened only when they are regular files, read
+in regions and in chunks.
 
 A file is written to a temporary name beside its final one and renamed at the end, so readers
 see the old file or the complete new one, and a failed write leaves nothing that looks
 finished. Operating-system errors met while writing become a ``LocalWriteError`` that names
 the target the user asked for (an OCI layout, an archive, an exported tarball) in plain words,
 through :func:`write_failure`, the one place that reads error numbers.
+
+Reading, :func:`open_regular` never opens a FIFO, a socket, a device or a directory where a
+file is expected (a FIFO would block forever); :class:`FileSlice` reads a region of a file
+(a member of a tarball) and :func:`chunks` cuts any source into pieces of one size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import IO, BinaryIO, cast
 
-from cib_core.errors import LocalWriteError
+from cib_core.errors import ConfigurationError, LocalWriteError
 
 _FREE_SPACE = "free some space there, or write elsewhere"
 
@@ -160,7 +167,7 @@ class AtomicFile:
     def writable(self) -> bool:
         return True
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray | memoryview) -> int:
         with writing_to(self._target, self._what):
             return self._handle.write(data)
 
@@ -206,3 +213,185 @@ def replacing(path: str | os.PathLike[str], *, mode: int = 0o644, fsync: bool = 
                     mode=mode, fsync=fsync, prefix=f".{final.name}.") as out:
         yield cast(BinaryIO, out)
         out.commit(final)
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644,
+                     fsync: bool = True, target: str | os.PathLike[str] | None = None,
+                     what: str = "") -> None:
+    """Replace ``path`` with ``data`` through a temporary file beside it (permissions ``mode``
+    from the start); a failure is a ``LocalWriteError`` naming ``target`` (default: ``path``)."""
+    with replacing(path, mode=mode, fsync=fsync, target=target, what=what) as out:
+        out.write(data)
+
+
+# -- reading ------------------------------------------------------------------------------------
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` is, in words: "a regular file", "a FIFO (named pipe)", ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+class NotRegularFile(OSError):
+    """A path that was to be read as a file is something else; ``kind`` says what."""
+
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
+        super().__init__(errno.EINVAL, f"it is {kind}, not a regular file", os.fspath(path))
+        self.kind = kind
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """``path`` opened for reading, only if it is a regular file (or a symlink to one).
+
+    A FIFO, socket, device or directory raises ``NotRegularFile`` without being opened for
+    real: the type is checked before opening, the file is opened non-blocking (a FIFO swapped
+    in meanwhile cannot block) and checked again on the open descriptor. Other failures are
+    the usual ``OSError`` (``FileNotFoundError``, ``PermissionError``).
+    """
+    before = os.stat(path)
+    if not stat.S_ISREG(before.st_mode):
+        raise NotRegularFile(path, file_kind(before.st_mode))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        after = os.fstat(fd)
+        if not stat.S_ISREG(after.st_mode) or (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+            raise NotRegularFile(path, file_kind(after.st_mode) if not stat.S_ISREG(after.st_mode)
+                                 else "a file that was replaced while being opened")
+        os.set_blocking(fd, True)
+        return open(fd, "rb", closefd=True)  # noqa: SIM115 - the caller closes it
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class FileSlice:
+    """``length`` bytes of an open binary file from ``offset``.
+
+    Many slices may share one file (the members of an unpacked tarball, the blobs of an
+    archive); closing a slice leaves the shared file open. A read-only file is read with
+    ``os.pread``, so slices may be read from several threads at once; any other seekable file
+    (a ``BytesIO``, a spooled temporary file) with a seek before each read, one reader at a time.
+    """
+
+    __slots__ = ("_end", "_file", "_pos", "_positional", "name")
+
+    def __init__(self, file: IO[bytes], offset: int, length: int, name: str | None = None) -> None:
+        self._file = file
+        self._pos = offset
+        self._end = offset + length
+        self._positional = isinstance(file, (io.FileIO, io.BufferedReader))
+        self.name = name if name is not None else str(getattr(file, "name", "<slice>"))
+
+    def _read_at(self, size: int, position: int) -> bytes:
+        if self._positional:
+            return os.pread(self._file.fileno(), size, position)
+        self._file.seek(position)
+        return self._file.read(size)
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        remaining = self._end - self._pos
+        if size is None or size < 0 or size > remaining:
+            size = remaining
+        parts: list[bytes] = []
+        while size > 0:
+            chunk = self._read_at(size, self._pos)
+            if not chunk:
+                break
+            parts.append(chunk)
+            self._pos += len(chunk)
+            size -= len(chunk)
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._pos = self._end
+
+    def __enter__(self) -> FileSlice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FileSlice({self.name!r})"
+
+
+def chunks(source: BinaryIO | Iterable[bytes] | bytes | bytearray | memoryview,
+           size: int) -> Iterator[bytes | bytearray]:
+    """``source`` (bytes, a binary file object or an iterable of bytes) cut into pieces of
+    exactly ``size`` bytes, the last one shorter.
+
+    A piece from a file or an iterable is a fresh ``bytearray`` filled in place (no joins, no
+    slices of joins), so at most one piece is being built while the caller uses the previous
+    one; the caller drops its reference before asking for the next.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        view = memoryview(source)
+        for i in range(0, len(view), size):
+            yield bytes(view[i:i + size])
+        return
+    if hasattr(source, "read"):
+        yield from _file_chunks(cast(BinaryIO, source), size)
+        return
+    buf = bytearray(size)
+    have = 0
+    for piece in source:
+        if not isinstance(piece, (bytes, bytearray, memoryview)):
+            raise ConfigurationError(f"a blob's iterable must yield bytes, not {type(piece).__name__}")
+        if not piece:
+            continue
+        with memoryview(piece) as view:
+            start = 0
+            while len(view) - start >= size - have:
+                take = size - have
+                buf[have:] = view[start:start + take]
+                start += take
+                yield buf
+                del buf  # the caller's now: dropped before the next one is allocated
+                buf = bytearray(size)
+                have = 0
+            rest = len(view) - start
+            if rest:
+                buf[have:have + rest] = view[start:]
+                have += rest
+    if have:
+        del buf[have:]
+        yield buf
+
+
+def _file_chunks(source: BinaryIO, size: int) -> Iterator[bytearray]:
+    readinto = getattr(source, "readinto", None)
+    while True:
+        buf = bytearray(size)
+        have = 0
+        if readinto is not None:
+            with memoryview(buf) as out:
+                while have < size:
+                    n = readinto(out[have:])
+                    if not n:
+                        break
+                    have += n
+        else:
+            while have < size:
+                piece = source.read(size - have)
+                if not piece:
+                    break
+                buf[have:have + len(piece)] = piece
+                have += len(piece)
+        if not have:
+            return
+        if have < size:
+            del buf[have:]
+        yield buf
+        del buf
+        if have < size:
+            return

@@ -23,17 +23,30 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
+from cib_core.callbacks import Progress
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
 from cib_core.image_config import ConfigAttribute
-from cib_core.layers.build import BuiltLayer, LayerBuilder, LayerInfo, layer_from_tarball, prepare_layer
+from cib_core.layers.build import (
+    BuiltLayer,
+    LayerBuilder,
+    LayerInfo,
+    layer_from_tarball,
+    prepare_layer,
+    source_date_epoch,
+)
 from cib_core.models import Index, Manifest, Platform, parse_manifest
+from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
+from cib_core.plugins import get_plugin_manager
 from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.remote.client import RegistryClient, fetch_url
+from cib_core.remote.transport import TransportPool
 from cib_core.seed_forms import (
     check_mapping_order,
     refuse_options_object,
@@ -41,11 +54,12 @@ from cib_core.seed_forms import (
 )
 from cib_core.stores import (
     BlobStore,
-    Progress,
     RegistryStore,
+    StreamingStore,
     manifest_to_oci,
     open_store,
     read_config,
+    ready_for_threads,
     run_parallel,
     transfer_layer,
     wants_oci_types,
@@ -53,8 +67,6 @@ from cib_core.stores import (
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
-    from cib_core.remote.client import RegistryClient
-    from cib_core.remote.transport import TransportPool
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +90,7 @@ class SaveResult:
     tags: tuple[str, ...]
     manifest: dict[str, Any]
     media_type: str
+    plan: BuildPlan | None = None  # what a dry run would have sent
 
 
 @dataclass
@@ -97,15 +110,7 @@ class _PlatformImage:
 
 def source_date() -> datetime.datetime:
     """The reproducible build time: ``SOURCE_DATE_EPOCH`` when set, else the Unix epoch."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    seconds = 0
-    if raw:
-        try:
-            seconds = int(raw)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"SOURCE_DATE_EPOCH={raw!r} is not an integer number of seconds") from exc
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(source_date_epoch(), tz=datetime.timezone.utc)
 
 
 def _rfc3339(moment: datetime.datetime) -> str:
@@ -170,12 +175,27 @@ def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]
 
 
 class Image:
-    """An image being built from ``base`` to be saved at ``target``.
+    """An image being built: a base, new layers and config changes, saved to a target.
 
-    The config attributes (``cmd``, ``env``, ...) check every value assigned to them, and
-    assigning any other public name is an ``AttributeError`` (the npm library's ``image.Cmd``
-    would otherwise be kept and ignored). A subclass declares attributes of its own with
-    class-level annotations.
+    ``base`` is a registry reference (``python:3.12-slim``, ``localhost:5000/app@sha256:...``),
+    ``oci:PATH[:TAG]``, ``docker-archive:PATH[:NAME:TAG]`` or ``scratch``; ``target`` is a
+    registry reference with an optional tag, ``oci:PATH[:TAG]`` or ``docker-archive:PATH``. The
+    base is read lazily, when the first layer is added or the config is asked for; a
+    multi-platform base gives a multi-platform image, each new layer added to every platform
+    unless ``platform`` picks one.
+
+    Keyword options: ``auth`` maps registry hosts to credentials (``{"Username", "Secret"}`` or
+    ``{"token"}``; without it the credential plugins are asked); ``insecure`` names hosts that
+    may be reached over plain HTTP or unverified TLS (``True``: the base's and the target's);
+    ``created="now"`` stamps the current time instead of ``SOURCE_DATE_EPOCH`` or the epoch;
+    ``progress`` is called as blobs move (``cib_core.callbacks.Progress``); ``pm`` is the
+    plugin manager to use; ``pool`` shares registry sessions and tokens between images.
+
+    Typical use: ``add_files`` (each call one layer, uploaded at once), set the config
+    attributes, then ``save``. The config attributes (``cmd``, ``env``, ...) check every value
+    assigned to them, and assigning any other public name is an ``AttributeError`` (the npm
+    library's ``image.Cmd`` would otherwise be kept and ignored). A subclass declares
+    attributes of its own with class-level annotations.
     """
 
     base_ref: Reference | LocalReference
@@ -187,6 +207,7 @@ class Image:
     entrypoint = ConfigAttribute(image_config.check_command)
     user = ConfigAttribute(image_config.check_user)
     env = ConfigAttribute(image_config.check_env)
+    unset_env = ConfigAttribute(image_config.check_unset_env)
     labels = ConfigAttribute(image_config.check_labels)
     exposed_ports = ConfigAttribute(image_config.check_ports)
     volumes = ConfigAttribute(image_config.check_volumes)
@@ -207,6 +228,7 @@ class Image:
         jobs: int = DEFAULT_JOBS,
         progress: Progress | None = None,
         pool: TransportPool | None = None,
+        dry_run: bool = False,
     ) -> None:
         for what, spec in (("base", base), ("target", target)):
             if not isinstance(spec, str):
@@ -235,12 +257,16 @@ class Image:
         self._compression = compression
         self._jobs = max(1, jobs)
         self._progress = progress
+        self._dry_run = bool(dry_run)
+        # the layers this build added, with their history's created_by (for a dry run's plan)
+        self._added: dict[str, str | None] = {}
 
         self.working_dir = None
         self.cmd = None
         self.entrypoint = None
         self.user = None
         self.env = []
+        self.unset_env = []
         self.labels = {}
         self.exposed_ports = []
         self.volumes = []
@@ -279,8 +305,6 @@ class Image:
     @property
     def _plugin_manager(self) -> CibPluginManager:
         if self._pm is None:
-            from cib_core.plugins import get_plugin_manager
-
             self._pm = get_plugin_manager()
         return self._pm
 
@@ -293,11 +317,7 @@ class Image:
         key = (ref.registry, ref.repository, write)
         with self._lock:
             if key not in self._clients:
-                from cib_core.remote.client import RegistryClient
-
                 if self._pool is None:
-                    from cib_core.remote.transport import TransportPool
-
                     self._pool = TransportPool(pm=self._plugin_manager, insecure=self._insecure)
                 self._clients[key] = RegistryClient(
                     ref.registry, ref.repository, options_for_registry(ref.registry, self._auth),
@@ -320,8 +340,40 @@ class Image:
     @property
     def target_store(self) -> BlobStore:
         if self._target_store is None:
-            self._target_store = self._store_for(self.target_ref, write=True)
+            if self._dry_run:
+                self._target_store = PlanningStore(self.target_ref, self._existing_target())
+            else:
+                self._target_store = self._store_for(self.target_ref, write=True)
         return self._target_store
+
+    def _existing_target(self) -> BlobStore | None:
+        """The target as it is, read-only, for a dry run (``None``: nothing there yet)."""
+        ref = self.target_ref
+        if isinstance(ref, Reference):
+            return self._store_for(ref, write=False)
+        if ref.transport != "oci":
+            return None
+        assert ref.path is not None
+        from pathlib import Path
+
+        from cib_core.errors import LocalWriteError
+        from cib_core.formats.oci_layout import OCILayoutStore
+
+        path = Path(ref.path)
+        if path.exists() and not path.is_dir():
+            raise LocalWriteError(path, "it exists and is not a directory",
+                                  "pick another path for the layout", what="the OCI image layout")
+        if not path.exists():
+            return None
+        try:
+            return OCILayoutStore(path)
+        except NotFound:  # a directory a real build would turn into a layout
+            return None
+
+    def _oci_types_only(self, store: BlobStore) -> bool:
+        if isinstance(store, PlanningStore):
+            return store.oci_types_only
+        return wants_oci_types(store)
 
     @property
     def _is_scratch(self) -> bool:
@@ -368,8 +420,7 @@ class Image:
             if desc.media_type not in mt.IMAGE_MANIFESTS:
                 log.debug("skipping %s entry %s in the base index", desc.media_type, desc.digest)
                 continue
-            annotations = desc.annotations or {}
-            if annotations.get("vnd.docker.reference.type") == "attestation-manifest":
+            if desc.is_attestation:
                 log.info("dropping attestation manifest %s of the base: it describes the base, "
                          "not the new image", desc.digest)
                 continue
@@ -427,6 +478,34 @@ class Image:
                 return image
         raise NotFound(f"this build has no {platform} image; it has: {', '.join(self.platforms())}")
 
+    def _layer_images(self, platform: object, what: str) -> list[_PlatformImage]:
+        """The platforms a new layer goes to: every one for ``platform=None``, else the one
+        ``platform`` names (a ``ConfigurationError`` naming the build's platforms when it has
+        none or several such)."""
+        if platform is None:
+            return self._load()
+        if not isinstance(platform, str):
+            raise ConfigurationError(f"{what}'s platform must be a str like \"linux/arm64\", "
+                                     f"not {type(platform).__name__}")
+        wanted = Platform.parse(platform)
+        images = self._load()
+        matching = [image for image in images if image.platform.matches(wanted)]
+        if len(matching) > 1:  # "linux/arm" means v7, as when an index entry is picked
+            exact = [image for image in matching
+                     if image.platform.normalized().variant == wanted.normalized().variant]
+            matching = exact or matching
+        if len(matching) == 1:
+            return matching
+        have = ", ".join(self.platforms())
+        if not matching:
+            raise ConfigurationError(
+                f"{what}(platform={platform!r}): the build of {self._describe_base()} has no "
+                f"{platform} image; its platforms are {have}")
+        raise ConfigurationError(
+            f"{what}(platform={platform!r}) matches {len(matching)} images of the build of "
+            f"{self._describe_base()} ({', '.join(str(i.platform) for i in matching)}); name "
+            f"one with its variant (the build's platforms are {have})")
+
     def get_image_data(self, platform: str | None = None) -> ImageData:
         """The manifest and config (mutable; saved by ``save``) of one platform, default the first."""
         return self._image_for(platform).data
@@ -453,21 +532,36 @@ class Image:
         ignores: Iterable[str] = (),
         ignore_files: Iterable[str] = (),
         follow_symlinks: bool = True,
+        platform: str | None = None,
     ) -> LayerInfo:
         """Put local directories, files and ``CustomFile``s into one new layer.
 
         ``files`` maps a path in the image to its source (``{"/app": "./src"}``); the forms
         ``add_files(local_dir, target_dir)`` and ``add_files(local_dir)`` (target ``/``) work
-        too. Returns the new layer, already uploaded to (or written into) the target.
+        too. The layer goes to every platform of the build, or with ``platform``
+        (``"linux/arm64"``) to that one only. Returns the new layer, already uploaded to (or
+        written into) the target.
         """
         sources = self._sources(files, target_dir)
         ignores = self._patterns("ignores", ignores)
         ignore_files = self._patterns("ignore_files", ignore_files)
         if not sources:
             raise ConfigurationError("add_files was given no files")
-        # the first layer: read the base (a few round trips) while the sources are listed
-        loading = None if self._images is not None or self._is_scratch else _in_background(
-            self._load, "cib-read-base")
+        layer_platform: str | None = None
+        loading = None
+        if platform is not None:
+            # the sources are told which platform they serve (a packager may fetch files for
+            # it), so the base is read and the platform checked before they are listed
+            images = self._layer_images(platform, "add_files")
+            layer_platform = str(images[0].platform)
+        else:
+            images = None
+            # the first layer: read the base (a few round trips) while the sources are listed
+            if self._images is None and not self._is_scratch:
+                # the reading thread only sends requests: the store is opened and its
+                # credentials settled here (plugins and credential providers may import modules)
+                ready_for_threads(self.base_store)
+                loading = _in_background(self._load, "cib-read-base")
         mtime = None if self._created == "now" else int(source_date().timestamp())
         import cib_core.layers.cache as layer_cache
 
@@ -475,7 +569,7 @@ class Image:
             builder = prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
                 ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                compression=self._compression, mtime=mtime)
+                compression=self._compression, mtime=mtime, platform=layer_platform)
         except BaseException:
             if loading is not None:
                 loading.result()  # a base that cannot be read is reported first, as ever
@@ -493,14 +587,16 @@ class Image:
             # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
             info = cached
             self._present.add(info.digest)
-        elif isinstance(store, RegistryStore):
+        elif isinstance(store, StreamingStore):
             def rebuild() -> LayerBuilder:
                 return prepare_layer(
                     self._plugin_manager, sources, ignores=tuple(ignores),
                     ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                    compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime)
+                    compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime,
+                    platform=layer_platform)
 
-            info = self._stream_layer(builder, store, rebuild)
+            label = "new layer " + ", ".join(sorted(sources))
+            info = self._stream_layer(builder, store, rebuild, label)
         else:
             info = self._upload_built(builder, store)
         if key is not None and cached != info:
@@ -508,7 +604,7 @@ class Image:
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
-            info.diff_id, {"created_by": created_by, "comment": "cib"})
+            info.diff_id, {"created_by": created_by, "comment": "cib"}, images)
         return info
 
     @staticmethod
@@ -547,13 +643,15 @@ class Image:
                                          "must be a str")
         return patterns
 
-    def _stream_layer(self, builder: LayerBuilder, store: RegistryStore,
-                      rebuild: Callable[[], LayerBuilder]) -> LayerInfo:
-        """Write the layer straight into one streamed upload request: tar, compression and
-        upload run side by side, with no temporary file, memory bounded by a few pieces, and the
-        blob hashed once (by the upload). Should the upload fail for a temporary reason (a
-        stream cannot be rewound), list the sources again (``rebuild``), build the layer into a
-        temporary file and upload that, which can resume and retry."""
+    def _stream_layer(self, builder: LayerBuilder, store: StreamingStore,
+                      rebuild: Callable[[], LayerBuilder], label: str) -> LayerInfo:
+        """Write the layer straight into the target as it is made (one streamed upload request
+        into a registry): tar, compression and upload or write run side by side, with no
+        temporary file, memory bounded by a few pieces, and the blob hashed once (by the store).
+        ``label`` names it to the progress callback until its digest is known. Should an upload
+        fail for a temporary reason (a stream cannot be rewound), list the sources again
+        (``rebuild``), build the layer into a temporary file and upload that, which can resume
+        and retry."""
         pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         result: list[tuple[str, int]] = []
@@ -574,7 +672,7 @@ class Image:
         def upload() -> None:
             nonlocal ended
             try:
-                result.append(store.put_stream(produce()))
+                result.append(store.put_stream(produce(), label))
             except BaseException as exc:  # noqa: BLE001 - handed to the building thread
                 failure.append(exc)
                 # let the builder finish or fail fast; once the end marker was taken (the final
@@ -588,6 +686,7 @@ class Image:
             pieces.put(data)
 
         abort = False
+        ready_for_threads(store)
         thread = threading.Thread(target=upload, name="cib-layer-upload", daemon=True)
         thread.start()
         try:
@@ -630,25 +729,29 @@ class Image:
         self._present.add(info.digest)
         return info
 
-    def add_tarball(self, path: str | os.PathLike[str]) -> LayerInfo:
-        """Add an existing ``.tar``, ``.tar.gz`` or ``.tar.zst`` file as one layer, as it is.
+    def add_tarball(self, path: str | os.PathLike[str], *, platform: str | None = None) -> LayerInfo:
+        """Add an existing ``.tar``, ``.tar.gz`` or ``.tar.zst`` file as one layer, as it is,
+        to every platform or to the one ``platform`` names.
 
         A compressed file is the blob itself (nothing is re-packed); a plain tar is compressed.
         Its members are not normalized: reproducibility is the file's own.
         """
-        self._load()
+        images = self._layer_images(platform, "add_tarball")
         with layer_from_tarball(path, compression=self._compression,
                                 docker_flavour=self._docker_flavour) as built:
             info = self._put_built(built, self.target_store)
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": f"cib add_tarball {os.path.basename(os.fspath(path))}",
-                           "comment": "cib"})
+                           "comment": "cib"}, images)
         return info
 
     def _append_layer(self, descriptor: dict[str, Any], diff_id: str,
-                      history: dict[str, Any] | None) -> None:
-        for image in self._load():
+                      history: dict[str, Any] | None,
+                      images: list[_PlatformImage] | None = None) -> None:
+        """Append a layer to ``images`` (default: every platform of the build)."""
+        self._added[descriptor["digest"]] = (history or {}).get("created_by")
+        for image in self._load() if images is None else images:
             image.data.manifest.setdefault("layers", []).append(dict(descriptor))
             rootfs = image.data.config.setdefault("rootfs", {"type": "layers", "diff_ids": []})
             rootfs.setdefault("diff_ids", []).append(diff_id)
@@ -658,9 +761,11 @@ class Image:
                 image.data.config.setdefault("history", []).append(entry)
 
     def add_layer(self, digest: str, uncompressed_digest: str, size: int,
-                  urls: list[str] | None = None, *, media_type: str | None = None) -> None:
-        """Append an existing blob as a layer (to every platform), keeping ``diff_ids`` in step."""
-        self._load()
+                  urls: list[str] | None = None, *, media_type: str | None = None,
+                  platform: str | None = None) -> None:
+        """Append an existing blob as a layer, keeping ``diff_ids`` in step: to every platform,
+        or to the one ``platform`` names."""
+        images = self._layer_images(platform, "add_layer")
         if media_type is None:
             if urls:
                 media_type = (mt.DOCKER_FOREIGN_LAYER_GZIP if self._docker_flavour
@@ -671,7 +776,7 @@ class Image:
         if urls:
             descriptor["urls"] = list(urls)
         self._append_layer(descriptor, uncompressed_digest,
-                           {"created_by": f"cib add_layer {digest}", "comment": "cib"})
+                           {"created_by": f"cib add_layer {digest}", "comment": "cib"}, images)
 
     def remove_layer(self, digest: str) -> None:
         """Remove the layer ``digest`` and its ``diff_ids`` entry (and its history entry)."""
@@ -715,14 +820,20 @@ class Image:
                     wanted[d] = layer
         store = self.base_store
         target = self.target_store
+        ready_for_threads(store, target)
         counts: dict[str, int] = {}
         replaced: dict[str, dict[str, Any]] = {}
         counts_lock = threading.Lock()
 
         def copy_one(digest: str) -> None:
             assert store is not None
-            descriptor, how = transfer_layer(store, target, wanted[digest],
-                                             docker_flavour=self._docker_flavour, force=ignore_exists)
+            if isinstance(target, PlanningStore):
+                descriptor, how = target.plan_transfer(
+                    store, wanted[digest], docker_flavour=self._docker_flavour, force=ignore_exists)
+            else:
+                descriptor, how = transfer_layer(store, target, wanted[digest],
+                                                 docker_flavour=self._docker_flavour,
+                                                 force=ignore_exists)
             with counts_lock:
                 counts[how] = counts.get(how, 0) + 1
                 self._present.add(descriptor["digest"])
@@ -738,24 +849,41 @@ class Image:
                     layers[i] = dict(replaced[layer["digest"]])
                     image.base_blobs[layers[i]["digest"]] = layers[i]["size"]
         if copy_remote_layers and foreign:
-            self._parallel(lambda d: self._copy_foreign(foreign[d], target, ignore_exists),
-                           sorted(foreign))
+            pool = self._foreign_transports(foreign.values())
+            try:
+                self._parallel(lambda d: self._copy_foreign(foreign[d], target, ignore_exists, pool),
+                               sorted(foreign))
+            finally:
+                pool.close()
         log.info("synced %s to %s: %s", self._describe_base(), target.name,
                  ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing to do")
         self.sync_counts = counts
         self._synced = True
 
-    def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool) -> None:
+    def _foreign_transports(self, layers: Iterable[dict[str, Any]]) -> TransportPool:
+        """The transports of every host the layers' ``urls`` name, made in this thread (the
+        transport plugins are asked here, not in the copying threads)."""
+        pool = TransportPool(pm=self._plugin_manager)
+        for layer in layers:
+            for url in layer.get("urls", []):
+                host = urlsplit(url).netloc.rsplit("@", 1)[-1]
+                if host:
+                    pool.get(host)
+        return pool
+
+    def _copy_foreign(self, layer: dict[str, Any], target: BlobStore, force: bool,
+                      pool: TransportPool) -> None:
         digest = layer["digest"]
+        if isinstance(target, PlanningStore):
+            target.plan_foreign(layer, force)
+            return
         if not force and target.has_blob(digest):
             self._present.add(digest)
             return
-        from cib_core.remote.client import fetch_url
-
         errors = []
         for url in layer.get("urls", []):
             try:
-                with fetch_url(url, digest) as stream:
+                with fetch_url(url, digest, pool=pool) as stream:
                     target.put_blob(stream, digest=digest, size=layer.get("size"))
                 self._present.add(digest)
                 return
@@ -767,8 +895,22 @@ class Image:
 
     def _config_values(self) -> dict[str, Any]:
         """Every config attribute, checked again: lists and dicts may have changed in place."""
-        return {name: image_config.check(name, getattr(self, name))
-                for name in image_config.CONFIG_ATTRIBUTES}
+        values = {name: image_config.check(name, getattr(self, name))
+                  for name in image_config.CONFIG_ATTRIBUTES}
+        image_config.check_env_edits(values["env"], values["unset_env"])
+        return values
+
+    def _warn_unset_names_absent(self, images: list[_PlatformImage], names: list[str]) -> None:
+        """A name to unset that no platform's environment has is most likely a typo."""
+        present: set[str] = set()
+        for image in images:  # the base's, or as get_image_config() changed it before a save
+            present |= image_config.env_names(image.base_config or {})
+            present |= image_config.env_names(image.data.config)
+        absent = [name for name in dict.fromkeys(names) if name not in present]
+        if absent:
+            log.warning("unset_env: %s %s not in the environment of %s; nothing to remove",
+                        ", ".join(absent), "is" if len(absent) == 1 else "are",
+                        self._describe_base())
 
     def _final_config(self, image: _PlatformImage, values: Mapping[str, Any]) -> dict[str, Any]:
         config = image.data.config
@@ -794,8 +936,16 @@ class Image:
         ignore_exists: bool = False,
     ) -> SaveResult:
         """Write the image to the target and tag it with each of ``tags`` (default: the
-        target's own tag, else ``latest``). ``cmd`` and ``working_dir`` set those attributes
-        first; ``env`` entries are added to ``image.env``."""
+        target's own tag, else ``latest``); returns a ``SaveResult`` (``digest``,
+        ``reference``, ``tags``, ``manifest``, ``media_type``).
+
+        ``cmd`` and ``working_dir`` set those attributes first; ``env`` entries are added to
+        ``image.env``. Unless ``sync`` ran already, every blob of the base the target lacks is
+        mounted or copied first (``copy_remote_layers`` and ``ignore_exists`` as for ``sync``).
+        Then, per platform, the config goes up, then the manifest, each only after every blob it
+        names is confirmed in the target; for a multi-platform build the index goes last and
+        carries the tags. Nothing is tagged when a step fails.
+        """
         if cmd is not None:
             self.cmd = image_config.check("cmd", cmd, "save(cmd=...)")
         if env is not None:
@@ -806,6 +956,8 @@ class Image:
         values = self._config_values()
         tag_list = self._tags(tags)
         images = self._load()
+        if values["unset_env"]:
+            self._warn_unset_names_absent(images, values["unset_env"])
         if not self._synced:
             self.sync(copy_remote_layers=copy_remote_layers, ignore_exists=ignore_exists)
         target = self.target_store
@@ -828,8 +980,34 @@ class Image:
 
             manifest = json.loads(raw)
         target.close()
+        plan = None
+        if isinstance(target, PlanningStore):
+            plan = self._plan(target, pushed, digest, media_type)
         return SaveResult(digest=digest, reference=self._result_reference(digest),
-                          tags=tuple(tag_list), manifest=manifest, media_type=media_type)
+                          tags=tuple(tag_list), manifest=manifest, media_type=media_type, plan=plan)
+
+    def _plan(self, target: PlanningStore, pushed: list[tuple[_PlatformImage, bytes, str]],
+              digest: str, media_type: str) -> BuildPlan:
+        """What the dry run found, platform by platform."""
+        images = []
+        for image, raw, _manifest_type in pushed:
+            manifest = image.data.manifest
+            layers = tuple(
+                PlannedLayer(digest=layer["digest"], size=layer.get("size"),
+                             media_type=layer.get("mediaType", ""),
+                             new=layer["digest"] in self._added and layer["digest"] not in image.base_blobs,
+                             present=not target.planned(layer["digest"]),
+                             created_by=self._added.get(layer["digest"]))
+                for layer in manifest.get("layers", []))
+            config = manifest["config"]
+            images.append(PlannedImage(platform=str(image.platform),
+                                       manifest_digest=sha256_digest(raw),
+                                       config_digest=config["digest"], config_size=config["size"],
+                                       layers=layers))
+        target.mark_configs(image.config_digest for image in images)
+        return BuildPlan(target=str(self.target_ref), digest=digest, media_type=media_type,
+                         images=tuple(images), blobs=target.blobs, manifests=target.manifests,
+                         target_kind=target.kind)
 
     def _tags(self, tags: Iterable[str] | None) -> list[str]:
         if tags is not None:
@@ -871,7 +1049,7 @@ class Image:
         manifest["config"] = cfg_desc
         image_config.apply_annotations(manifest, values["annotations"])
         self._confirm_blobs(image, target, copy_remote_layers)
-        if wants_oci_types(target):
+        if self._oci_types_only(target):
             manifest = manifest_to_oci(manifest)
             media_type = manifest["mediaType"]
         raw = canonical_json(manifest)
@@ -898,6 +1076,7 @@ class Image:
                 with lock:
                     missing.append(digest)
 
+        ready_for_threads(target)
         self._parallel(check, sorted(set(needed) - self._present))
         if missing:
             raise RegistryError(
@@ -916,7 +1095,7 @@ class Image:
             entry.update({"mediaType": manifest_type, "digest": sha256_digest(raw), "size": len(raw)})
             entries.append(entry)
         index["manifests"] = entries
-        if wants_oci_types(self.target_store):
+        if self._oci_types_only(self.target_store):
             media_type = mt.to_oci(media_type)
         index["mediaType"] = media_type
         index.setdefault("schemaVersion", 2)

@@ -21,8 +21,8 @@ from cib_core.errors import ConfigurationError
 T = TypeVar("T")
 
 # the attributes, in the order reference.md and the error messages list them
-CONFIG_ATTRIBUTES = ("working_dir", "cmd", "entrypoint", "user", "env", "labels", "exposed_ports",
-                     "volumes", "annotations")
+CONFIG_ATTRIBUTES = ("working_dir", "cmd", "entrypoint", "user", "env", "unset_env", "labels",
+                     "exposed_ports", "volumes", "annotations")
 
 _PORT = re.compile(r"^([0-9]{1,5})(?:/(tcp|udp|sctp))?$")
 _MAX_SHOWN = 60  # characters of a wrong value quoted in a message
@@ -138,6 +138,36 @@ def check_env(where: str, name: str, value: object) -> list[str]:
     return list(value)
 
 
+def check_unset_env(where: str, name: str, value: object) -> list[str]:
+    """A list of environment variable names to remove from the base's ``Env``."""
+    if isinstance(value, (str, Mapping)):
+        kind = "a str" if isinstance(value, str) else "a dict"
+        first = (value.split("=", 1)[0] if isinstance(value, str) else next(iter(value), "")) or "NAME"
+        raise ConfigurationError(
+            f"{where} must be a list of variable names, not {kind}: write {name}={_form([first])}")
+    names = _string_list(where, name, value, "variable names")
+    for i, variable in enumerate(names):
+        problem = env_name_problem(variable)
+        if problem:  # the entry is not quoted: after an '=' may come a secret value
+            raise ConfigurationError(f"{where}[{i}] {problem}")
+    return names
+
+
+def set_and_unset(env: list[str], unset_env: list[str]) -> list[str]:
+    """The names that ``env`` sets and ``unset_env`` removes (one of the two is a mistake)."""
+    removed = set(unset_env)
+    return sorted({entry.split("=", 1)[0] for entry in env} & removed)
+
+
+def check_env_edits(env: list[str], unset_env: list[str]) -> None:
+    """Refuse a name that ``image.env`` sets and ``image.unset_env`` removes."""
+    both = set_and_unset(env, unset_env)
+    if both:
+        raise ConfigurationError(
+            f"image.env sets {', '.join(both)} and image.unset_env removes "
+            f"{'it' if len(both) == 1 else 'them'}; keep one of the two")
+
+
 def _string_map(where: str, name: str, value: object) -> dict[str, str]:
     """``labels`` and ``annotations``: a mapping of ``str`` to ``str``, copied into a dict."""
     if isinstance(value, (list, tuple)) and all(isinstance(x, str) and "=" in x for x in value):
@@ -177,12 +207,36 @@ def check_ports(where: str, name: str, value: object) -> list[str]:
             f"{name}={_form(ports)}")
     ports = _string_list(where, name, value)
     for i, port in enumerate(ports):
-        m = _PORT.match(port)
-        if m is None or not 1 <= int(m.group(1)) <= 65535:
-            raise ConfigurationError(
-                f"{where}[{i}] ({port!r}) is not a port: use a number from 1 to 65535, "
-                'with /tcp (the default), /udp or /sctp after it: "8080", "53/udp"')
+        problem = port_problem(port)
+        if problem:
+            raise ConfigurationError(f"{where}[{i}] ({port!r}) {problem}")
     return ports
+
+
+def port_problem(port: str) -> str | None:
+    """What is wrong with ``port`` as an exposed port, or ``None``."""
+    m = _PORT.match(port)
+    if m is None or not 1 <= int(m.group(1)) <= 65535:
+        return ('is not a port: use a number from 1 to 65535, with /tcp (the default), /udp or '
+                '/sctp after it: "8080", "53/udp"')
+    return None
+
+
+def volume_problem(path: str) -> str | None:
+    """What is wrong with ``path`` as a volume, or ``None``."""
+    if not path.startswith("/"):
+        return f"is not an absolute path in the image: write {_form('/' + path.lstrip('./'))}"
+    return None
+
+
+def env_name_problem(variable: str) -> str | None:
+    """What is wrong with ``variable`` as the name of an environment variable, or ``None``.
+    The text never quotes what follows an ``=`` (it may be a secret value)."""
+    if not variable:
+        return 'is empty; name a variable, like "DEBUG"'
+    if "=" in variable:
+        return f"holds an '=': name the variable only, like {_form(variable.split('=', 1)[0] or 'NAME')}"
+    return None
 
 
 def check_volumes(where: str, name: str, value: object) -> list[str]:
@@ -193,10 +247,9 @@ def check_volumes(where: str, name: str, value: object) -> list[str]:
             f"{name}={_form([_as_text(value)])}")
     volumes = _string_list(where, name, value, "paths")
     for i, path in enumerate(volumes):
-        if not path.startswith("/"):
-            raise ConfigurationError(
-                f"{where}[{i}] ({path!r}) is not an absolute path in the image: write "
-                f"{_form('/' + path.lstrip('./'))}")
+        problem = volume_problem(path)
+        if problem:
+            raise ConfigurationError(f"{where}[{i}] ({path!r}) {problem}")
     return volumes
 
 
@@ -206,6 +259,7 @@ _CHECKS: dict[str, Callable[[str, str, object], Any]] = {
     "entrypoint": check_command,
     "user": check_user,
     "env": check_env,
+    "unset_env": check_unset_env,
     "labels": check_labels,
     "exposed_ports": check_ports,
     "volumes": check_volumes,
@@ -268,7 +322,8 @@ def apply_config(config: dict[str, Any], values: Mapping[str, Any]) -> None:
     """Write checked attribute values into an image config's ``config`` object.
 
     ``None`` and empty values keep the base's; ``env``, ``labels``, ``exposed_ports`` and
-    ``volumes`` are merged over the base's.
+    ``volumes`` are merged over the base's; the names in ``unset_env`` are removed from the
+    base's ``Env`` (before ``env`` is merged).
     """
     inner = config.get("config")
     if not isinstance(inner, dict):
@@ -277,6 +332,13 @@ def apply_config(config: dict[str, Any], values: Mapping[str, Any]) -> None:
                              ("cmd", "Cmd"), ("user", "User")):
         if values[attribute] is not None:
             inner[field] = values[attribute]
+    if values["unset_env"] and inner.get("Env"):
+        removed = set(values["unset_env"])
+        kept = [entry for entry in inner["Env"] if entry.split("=", 1)[0] not in removed]
+        if kept:
+            inner["Env"] = kept
+        else:
+            del inner["Env"]
     if values["env"]:
         inner["Env"] = merge_env(inner.get("Env") or [], values["env"])
     if values["labels"]:
@@ -291,6 +353,15 @@ def apply_config(config: dict[str, Any], values: Mapping[str, Any]) -> None:
         for path in values["volumes"]:
             volumes[path] = {}
         inner["Volumes"] = volumes
+
+
+def env_names(config: Mapping[str, Any]) -> set[str]:
+    """The names an image config's ``Env`` sets."""
+    inner = config.get("config")
+    env = inner.get("Env") if isinstance(inner, Mapping) else None
+    if not isinstance(env, list):
+        return set()
+    return {entry.split("=", 1)[0] for entry in env if isinstance(entry, str)}
 
 
 def apply_annotations(document: dict[str, Any], annotations: Mapping[str, str]) -> None:

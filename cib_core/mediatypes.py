@@ -34,7 +34,6 @@ OCI_LAYERS = frozenset({
     "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
 })
 
-
 def is_docker_flavour(media_type: str) -> bool:
     return media_type.startswith("application/vnd.docker.")
 
@@ -78,6 +77,3 @@ _DOCKER_TO_OCI = {
 def to_oci(media_type: str) -> str:
     """The OCI media type for a Docker one (others are returned unchanged)."""
     return _DOCKER_TO_OCI.get(media_type, media_type)
-
-
-UNCOMPRESSED_LAYERS = frozenset({DOCKER_LAYER, OCI_LAYER})

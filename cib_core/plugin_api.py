@@ -33,7 +33,9 @@ Tarballs
 To unpack a tarball's members under a target, name it explicitly: a :class:`TarballSource`
 object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); the builtin
 *tarball* plugin claims only those. A tarball added "as it is", as a layer of its own, is
-``cib_core.layers.build.layer_from_tarball``.
+``cib_core.layers.build.layer_from_tarball``. A source that reads compressed files uses
+:func:`decompressed`, which recognizes gzip, zstd, xz and bzip2 from the content and refuses
+a file cut off inside a frame.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
+from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError
+from cib_core.fileio import FileSlice
 
 __all__ = [
     "KEEP_ATTRIBUTE",
@@ -55,6 +59,7 @@ __all__ = [
     "LazyFile",
     "Readable",
     "TarballSource",
+    "decompressed",
     "dir_entry",
     "file_entry",
     "keep_fields",
@@ -96,7 +101,7 @@ class LayerOptions:
 
 @dataclass(frozen=True)
 class TarballSource:
-    """A ``.tar``, ``.tar.gz``/``.tgz`` or ``.tar.zst`` whose members go under the target."""
+    """A tarball (plain, gzip, zstd, xz or bzip2) whose members go under the target."""
 
     path: str | os.PathLike[str]
 
@@ -121,7 +126,7 @@ class LazyFile:
             if self.closed:
                 raise ValueError(f"read from closed LazyFile {self.name!r}")
             try:
-                self._file = open(self.name, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+                self._file = open(self.name, "rb", buffering=0)
             except OSError as exc:
                 raise LayerSourceError(self.name, f"cannot be read: {exc.strerror or exc}") from exc
         return self._file
@@ -161,42 +166,6 @@ class LazyFile:
         return f"LazyFile({self.name!r})"
 
 
-class FileSlice:
-    """``length`` bytes of an open binary file from ``offset``, read with ``os.pread``.
-
-    Many slices may share one file (the members of an unpacked tarball); each keeps the file
-    alive, and closing a slice leaves the shared file open.
-    """
-
-    __slots__ = ("_end", "_file", "_pos", "name")
-
-    def __init__(self, file: IO[bytes], offset: int, length: int, name: str | None = None) -> None:
-        self._file = file
-        self._pos = offset
-        self._end = offset + length
-        self.name = name if name is not None else str(getattr(file, "name", "<slice>"))
-
-    def read(self, size: int = -1, /) -> bytes:
-        remaining = self._end - self._pos
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        parts: list[bytes] = []
-        while size > 0:
-            chunk = os.pread(self._file.fileno(), size, self._pos)
-            if not chunk:
-                break
-            parts.append(chunk)
-            self._pos += len(chunk)
-            size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def close(self) -> None:
-        self._pos = self._end
-
-    def __repr__(self) -> str:
-        return f"FileSlice({self.name!r})"
-
-
 KEEP_ATTRIBUTE = "_cib_keep"
 _KEEPABLE = frozenset({"uid", "gid", "mtime"})
 
@@ -221,7 +190,7 @@ def keep_fields(info: tarfile.TarInfo, *fields: str) -> tarfile.TarInfo:
                 pass
         kept.pax_headers = dict(info.pax_headers)
         info = kept
-    assert isinstance(info, _KeptTarInfo)  # noqa: S101 - narrows the type
+    assert isinstance(info, _KeptTarInfo)
     info._cib_keep = info._cib_keep | frozenset(fields)
     return info
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "cib"
 AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
-DISTRIBUTION = "cib"
+DISTRIBUTION = "cib-core"
 BUILTIN_MODULE_PREFIX = "cib_plugins."
 
 hookimpl = pluggy.HookimplMarker("cib")
@@ -48,11 +48,6 @@ class PluginInfo:
                 "builtin": self.builtin}
 
 
-def _own_version() -> str:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
@@ -78,7 +73,7 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
             result = function(*args, **kwargs)
         except CibError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
+        except Exception as exc:
             # a credential provider's exception text may quote what it read: name only its type
             detail = "" if hook_name == "cib_credentials" else f": {exc}"
             raise PluginError(plugin_name, f"{hook_name} failed: {type(exc).__name__}{detail}") from exc
@@ -104,7 +99,7 @@ def _named_entries(plugin_name: str, entries: Iterable[Any]) -> Iterator[Any]:
             yield item
     except CibError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a plugin bug; name the plugin
+    except Exception as exc:
         raise PluginError(plugin_name, f"cib_layer_source failed while listing entries: "
                           f"{type(exc).__name__}: {exc}") from exc
 
@@ -154,7 +149,7 @@ class CibPluginManager(pluggy.PluginManager):
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+            except Exception as exc:
                 raise PluginError(ep.name, f"failed to import {ep.value}: "
                                   f"{type(exc).__name__}: {exc}") from exc
             self.register(plugin, name=ep.name)

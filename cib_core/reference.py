@@ -19,6 +19,10 @@ Known differences from the Go library: sha512 digests are accepted (Go's test bi
 sha512 unregistered), and every error is an :class:`InvalidReference` whose ``reason`` starts with
 the Go error message, sometimes followed by ``"; "`` and a hint.
 
+Registry references may be written as skopeo writes them, ``docker://REF``; skopeo's transports
+that name storage cib cannot read (``docker-daemon:``, ``containers-storage:``, ``oci-archive:``)
+are refused with a hint rather than read as Docker Hub repositories of those names.
+
 Local transports (see :func:`parse_image_spec`) are ``oci:PATH[:TAG]``,
 ``docker-archive:PATH[:NAME[:TAG]]`` and ``scratch``. As in skopeo, the path ends at the first
 colon after the transport name, so a path cannot contain a colon; everything after it is the tag
@@ -58,6 +62,9 @@ __all__ = [
 DEFAULT_REGISTRY = "docker.io"
 LEGACY_DEFAULT_REGISTRY = "index.docker.io"
 DOCKER_HUB_API_HOST = "registry-1.docker.io"
+DOCKER_HUB_HOSTS = frozenset({DEFAULT_REGISTRY, LEGACY_DEFAULT_REGISTRY, DOCKER_HUB_API_HOST,
+                              "registry.hub.docker.com"})
+"""Every name Docker Hub answers to; cib writes it as ``docker.io``."""
 OFFICIAL_REPO_PREFIX = "library/"
 NAME_TOTAL_LENGTH_MAX = 255
 
@@ -388,12 +395,47 @@ def familiar_match(pattern: str, ref: Reference) -> bool:
 
 
 # --- cib's entry points ------------------------------------------------------------------------
+DOCKER_TRANSPORT = "docker://"
+"""skopeo's spelling of a registry reference; cib takes it as the plain reference after it."""
+
+# skopeo transports cib cannot read, with what to do instead. Without this table
+# ``docker-daemon:alpine`` would be the Docker Hub repository ``library/docker-daemon``.
+_FOREIGN_TRANSPORTS = {
+    "docker-daemon": (
+        "cib does not read from a Docker daemon (docker-daemon: is a skopeo transport)",
+        "save the image with 'docker save IMAGE -o image.tar' and use docker-archive:image.tar, "
+        "or push it to a registry"),
+    "containers-storage": (
+        "cib does not read podman's or buildah's local storage (containers-storage: is a skopeo "
+        "transport)",
+        "save the image with 'podman save --format docker-archive -o image.tar IMAGE' and use "
+        "docker-archive:image.tar, or push it to a registry"),
+    "oci-archive": (
+        "cib reads OCI layouts as directories, not oci-archive: tarballs",
+        "unpack it ('mkdir layout && tar -xf image.tar -C layout') and use oci:layout"),
+}
+
+
 def parse_reference(text: str) -> Reference:
     """Parse a registry reference with Docker's normalization (``node`` is
-    ``docker.io/library/node``); tag and digest are kept as given (``None`` when absent)."""
-    if not text:
+    ``docker.io/library/node``); tag and digest are kept as given (``None`` when absent).
+
+    ``docker://REF`` (skopeo's form) is ``REF``; skopeo's ``docker-daemon:``,
+    ``containers-storage:`` and ``oci-archive:`` are refused with what to do instead."""
+    name = text
+    transport, sep, _rest = text.partition(":")
+    if sep and transport in _FOREIGN_TRANSPORTS:
+        raise _fail(text, *_FOREIGN_TRANSPORTS[transport])
+    if text.startswith(DOCKER_TRANSPORT):
+        name = text[len(DOCKER_TRANSPORT):]
+    if not name:
         raise _fail(text, ERR_EMPTY, "name an image such as 'alpine' or 'localhost:5000/app:v1'")
-    return parse_normalized_named(text)
+    try:
+        return parse_normalized_named(name)
+    except InvalidReference as exc:
+        if name == text:
+            raise
+        raise InvalidReference(text, exc.reason) from None
 
 
 def parse_repository(text: str) -> Reference:
@@ -435,7 +477,8 @@ def _parse_local(text: str) -> LocalReference | None:
 
 
 def parse_image_spec(text: str) -> Reference | LocalReference:
-    """A registry reference, or ``oci:PATH[:TAG]``, ``docker-archive:PATH[:NAME:TAG]``, ``scratch``."""
+    """A registry reference (also as ``docker://REF``), or ``oci:PATH[:TAG]``,
+    ``docker-archive:PATH[:NAME:TAG]``, ``scratch``."""
     local = _parse_local(text)
     if local is not None:
         return local
@@ -458,3 +501,31 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(h).is_loopback
     except ValueError:
         return False
+
+
+def is_docker_hub(host: str) -> bool:
+    """True for every name of Docker Hub (``docker.io``, ``index.docker.io``, ...), any case."""
+    return host.lower() in DOCKER_HUB_HOSTS
+
+
+def parse_registry_host(text: str) -> str:
+    """A registry host as the user wrote it for ``cib catalog`` or ``cib auth login``
+    (``localhost:5000``, ``https://ghcr.io/``, ``index.docker.io/v1/``), normalized as in
+    references (Docker Hub is ``docker.io``). ``InvalidReference`` when it is not a host."""
+    host = text.strip()
+    for scheme in ("https://", "http://"):
+        if host.lower().startswith(scheme):
+            host = host[len(scheme):]
+    host = host.rstrip("/")
+    if host.endswith("/v1") or host.endswith("/v2"):
+        host = host[:-3]
+    if not host or "/" in host or "@" in host:
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io")
+    if is_docker_hub(host):
+        return DEFAULT_REGISTRY
+    ref = parse_reference(f"{host}/x") if ("." in host or ":" in host or host == "localhost") \
+        else None
+    if ref is None or ref.registry.lower() != host.lower():
+        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io "
+                                     "(a host has a '.' or ':' or is localhost)")
+    return ref.registry

@@ -29,6 +29,7 @@ CONFIG_EXAMPLES = {
     "entrypoint": 'image.entrypoint = ["/usr/bin/tini", "--"]',
     "user": 'image.user = "1000:1000"',
     "env": 'image.env = ["HOME=/workspace"]',
+    "unset_env": 'image.unset_env = ["DEBUG"]',
     "labels": 'image.labels = {"team": "web"}',
     "exposed_ports": 'image.exposed_ports = ["8080/tcp"]',
     "volumes": 'image.volumes = ["/data"]',

@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
-from cib_core.errors import ConfigurationError, RegistryError
+from cib_core.callbacks import Progress
+from cib_core.documents import json_object
+from cib_core.errors import ConfigurationError, ManifestError, RegistryError
+from cib_core.layers.build import compress_layer
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.retry import DEFAULT_POLICY, RetryPolicy
 
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, "int | None"], None]
 
 COPY_RESTARTS = 2
 """How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure
@@ -40,6 +42,9 @@ def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> 
     The workers are daemon threads and an interrupt (Ctrl-C) in the calling thread is raised at
     once, without waiting for the calls in flight: a blob halfway through a slow download must
     not hold the process for its remaining seconds. The workers start nothing new after it.
+
+    ``fn`` runs in worker threads, which must find every module they use imported and never
+    call a plugin: open the stores it uses and pass them to ``ready_for_threads`` first.
     """
     todo = list(items)
     if len(todo) <= 1 or jobs <= 1:
@@ -104,6 +109,15 @@ class BlobStore(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class StreamingStore(BlobStore, Protocol):
+    """A store that takes a blob while it is being made, its digest not known in advance
+    (a new layer, written as it is compressed). ``label`` names it to the progress callback
+    until the digest is known."""
+
+    def put_stream(self, pieces: Iterable[bytes], label: str) -> tuple[str, int]: ...
+
+
 class RegistryStore:
     """A repository in a registry, through a ``RegistryClient``."""
 
@@ -135,10 +149,10 @@ class RegistryStore:
                                     progress=self.progress)
         return result.digest, result.size
 
-    def put_stream(self, pieces: Iterable[bytes]) -> tuple[str, int]:
+    def put_stream(self, pieces: Iterable[bytes], label: str = "new blob") -> tuple[str, int]:
         """Upload a blob as it is produced, in one request that cannot resume (see
         ``RegistryClient.upload_stream``); the producer must be able to start over."""
-        result = self.client.upload_stream(pieces, progress=self.progress)
+        result = self.client.upload_stream(pieces, progress=self.progress, label=label)
         return result.digest, result.size
 
     def mount(self, digest: str, from_repository: str) -> bool:
@@ -154,6 +168,17 @@ class RegistryStore:
         pass
 
 
+def ready_for_threads(*stores: BlobStore | None) -> None:
+    """Do in the calling thread what the first request of a store would otherwise do in
+    whichever worker thread sends it: a registry store's client settles its credentials (an
+    anonymous ping, then the credential providers if the registry asks for credentials).
+    A credential provider may import modules when it is first asked, and an import racing
+    one in another thread can fail (a partially initialized module) or deadlock."""
+    for store in stores:
+        if isinstance(store, RegistryStore):
+            store.client.authenticate()
+
+
 def open_store(
     spec: str | Reference | LocalReference,
     *,
@@ -164,21 +189,23 @@ def open_store(
     progress: Progress | None = None,
     pool: TransportPool | None = None,
 ) -> BlobStore:
-    """A store for a reference string or parsed reference. ``scratch`` has no store."""
+    """A store for a reference string or parsed reference. ``scratch`` has no store.
+
+    ``progress`` is called as blobs are written into the store (``cib_core.cli.bars``)."""
     ref = parse_image_spec(spec) if isinstance(spec, str) else spec
     if isinstance(ref, LocalReference):
         if ref.transport == "oci":
             from cib_core.formats.oci_layout import OCILayoutStore
 
             assert ref.path is not None
-            return OCILayoutStore(ref.path, create=write)
+            return OCILayoutStore(ref.path, create=write, progress=progress if write else None)
         if ref.transport == "docker-archive":
-            from cib_core.formats.docker_archive import DockerArchiveStore
+            from cib_core.formats.docker_archive import DockerArchiveReader, DockerArchiveWriter
 
             assert ref.path is not None
             if write:
-                return DockerArchiveStore.create(ref.path, ref.ref)
-            return DockerArchiveStore.open(ref.path, ref.ref)
+                return DockerArchiveWriter(ref.path, ref.ref, progress=progress)
+            return DockerArchiveReader(ref.path, ref.ref)
         raise ConfigurationError(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
     from cib_core.authn.resolve import options_for_registry
@@ -246,9 +273,6 @@ def read_config(store: BlobStore, digest: str, size: int | None, what: str) -> t
     ``size`` is the descriptor's (checked before anything is fetched); ``what`` names the image
     in errors.
     """
-    from cib_core.documents import json_object
-    from cib_core.errors import ManifestError
-
     too_big = ManifestError(f"the config {digest} of {what} is larger than {MAX_CONFIG_SIZE} "
                             "bytes; refusing to read it")
     if size is not None and size > MAX_CONFIG_SIZE:
@@ -290,8 +314,6 @@ def transfer_layer(src: BlobStore, dst: BlobStore, descriptor: dict[str, Any], *
     """
     digest = descriptor["digest"]
     if descriptor.get("mediaType") == mt.DOCKER_LAYER and isinstance(dst, RegistryStore):
-        from cib_core.layers.build import compress_layer
-
         with src.open_blob(digest) as stream, \
                 compress_layer(stream, f"{src.name}@{digest}", docker_flavour=docker_flavour) as built:
             info = built.info

@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from cib_core import Credentials, hookimpl
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore, hookimpl
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,7 @@ nothing is stored or no keyring backend works (logged at debug level); never rai
 
 from __future__ import annotations
 
-from cib_core import Credentials, hookimpl
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore, hookimpl
 
 
 @hookimpl

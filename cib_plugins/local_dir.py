@@ -38,6 +38,10 @@ import cib_core
 from cib_core import LayerSourceError
 from cib_core.plugin_api import Entry, LayerOptions, LazyFile, dir_entry, file_entry, symlink_entry
 
+# What keeps a symlink as a link instead of following it, as add_files spells it; the command
+# line puts its own flag in its place.
+_KEEP_SYMLINKS = "follow_symlinks=False"
+
 
 @cib_core.hookimpl(tryfirst=True)
 def cib_layer_source(source: object, options: LayerOptions) -> Iterator[Entry] | None:
@@ -167,8 +171,8 @@ def _walk(root: str, spec: _Ignores | None, follow: bool,
                     if ignored:
                         continue
                     raise LayerSourceError(path, "is a symlink loop: it leads back to a directory "
-                                           "that contains it; remove it, ignore it or use "
-                                           "follow_symlinks=False")
+                                           "that contains it; remove it or ignore it",
+                                           option=_KEEP_SYMLINKS)
                 if not ignored:
                     yield dir_entry(rel, st.st_mode)
                 subdirs.append((path, rel, ancestors | {ident}))
@@ -200,9 +204,9 @@ def _stat_link(path: str) -> os.stat_result:
         return os.stat(path)
     except FileNotFoundError:
         raise LayerSourceError(path, "is a dangling symlink (its target does not exist); "
-                               "remove it, ignore it or use follow_symlinks=False") from None
+                               "remove it or ignore it", option=_KEEP_SYMLINKS) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise LayerSourceError(path, "is a symlink loop (a cycle of links); remove it, "
-                                   "ignore it or use follow_symlinks=False") from None
+            raise LayerSourceError(path, "is a symlink loop (a cycle of links); remove it or "
+                                   "ignore it", option=_KEEP_SYMLINKS) from None
         raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None

@@ -38,6 +38,7 @@ from cib_core.retry import TEMPORARY_STATUSES
 
 log = logging.getLogger(__name__)
 
+
 DEFAULT_TOKEN_LIFETIME = 60
 CLIENT_ID = "cib"
 _MAX_TOKEN_BODY = 1 << 20

@@ -1,4 +1,4 @@
-"""Credentials as value objects, and the resolution chain that finds them for a registry."""
+"""Credentials as value objects."""
 
 from __future__ import annotations
 
@@ -33,5 +33,8 @@ class Credentials:
     def anonymous(self) -> bool:
         return self.username is None and self.secret is None and self.token is None
 
+    @property
+    def is_identity_token(self) -> bool:
+        """True when ``secret`` is an OAuth2 identity (refresh) token, not a password."""
+        return self.username == IDENTITY_TOKEN_USER and bool(self.secret)
 
-ANONYMOUS = Credentials()

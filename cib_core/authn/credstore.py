@@ -19,10 +19,10 @@ Entries
     * user and password: ``Credentials(username=user, secret=password)``.
     * identity token (an OAuth2 refresh token, docker's ``identitytoken`` field or a
       credential helper answering ``Username: "<token>"``):
-      ``Credentials(username=IDENTITY_TOKEN_USERNAME, secret=token)``, that is the username is
+      ``Credentials(username=IDENTITY_TOKEN_USER, secret=token)``, that is the username is
       the literal string ``"<token>"``. The token exchange must then send
       ``grant_type=refresh_token&refresh_token=<secret>`` instead of basic credentials; see
-      :func:`is_identity_token`.
+      ``Credentials.is_identity_token``.
     * registry token (docker's ``registrytoken``): ``Credentials(token=...)``, a bearer token
       sent as is.
 
@@ -52,12 +52,11 @@ from typing import Any
 
 from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError
-from cib_core.fileio import replacing
+from cib_core.fileio import write_atomically
+from cib_core.reference import DEFAULT_REGISTRY, is_docker_hub
 
 log = logging.getLogger(__name__)
 
-IDENTITY_TOKEN_USERNAME = IDENTITY_TOKEN_USER
-DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 HELPER_PREFIX = "docker-credential-"
 HELPER_TIMEOUT = 30.0
@@ -67,21 +66,12 @@ _KEYRING_USERNAME_ACCOUNT = "username"
 _NOT_FOUND_MARKER = "credentials not found"
 
 
-def is_identity_token(credentials: Credentials) -> bool:
-    """True when ``credentials.secret`` is an OAuth2 identity (refresh) token, not a password."""
-    return credentials.username == IDENTITY_TOKEN_USERNAME and bool(credentials.secret)
-
-
 # -- hosts and keys --------------------------------------------------------------------------
-
-def is_docker_hub(registry: str) -> bool:
-    return registry.lower() in DOCKER_HUB_HOSTS
-
 
 def canonical_host(host: str) -> str:
     """Lower-cased host, every Docker Hub alias as ``docker.io``."""
     host = host.lower()
-    return "docker.io" if host in DOCKER_HUB_HOSTS else host
+    return DEFAULT_REGISTRY if is_docker_hub(host) else host
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -146,7 +136,7 @@ class AuthEntry:
     def credentials(self) -> Credentials | None:
         """The entry as Credentials (see the module docstring), None for an empty entry."""
         if self.identity_token:
-            return Credentials(username=IDENTITY_TOKEN_USERNAME, secret=self.identity_token)
+            return Credentials(username=IDENTITY_TOKEN_USER, secret=self.identity_token)
         if self.registry_token:
             return Credentials(token=self.registry_token)
         if self.username and self.password:
@@ -425,8 +415,7 @@ def _write_json_atomically(path: Path, data: Mapping[str, Any]) -> None:
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with replacing(path, mode=0o600) as out:
-        out.write((json.dumps(data, indent="\t") + "\n").encode("utf-8"))
+    write_atomically(path, (json.dumps(data, indent="\t") + "\n").encode("utf-8"), mode=0o600)
 
 
 def store_credentials(registry: str, username: str, secret: str,

@@ -14,14 +14,12 @@ from typing import Any
 
 from cib_core.authn.credentials import Credentials
 from cib_core.errors import ConfigurationError, PluginError
+from cib_core.reference import DOCKER_HUB_HOSTS, is_docker_hub
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("pull", "push", "push,pull", "pull,push")
 
-# Docker Hub answers to several names; options may use any of them.
-_DOCKER_HUB_ALIASES = ("docker.io", "index.docker.io", "registry-1.docker.io",
-                       "https://index.docker.io/v1/", "registry.hub.docker.com")
 
 
 def _norm_host(key: str) -> str:
@@ -35,9 +33,7 @@ def _norm_host(key: str) -> str:
 
 def _host_keys(registry: str) -> list[str]:
     host = _norm_host(registry)
-    if host in {_norm_host(a) for a in _DOCKER_HUB_ALIASES}:
-        return [_norm_host(a) for a in _DOCKER_HUB_ALIASES]
-    return [host]
+    return sorted(DOCKER_HUB_HOSTS) if is_docker_hub(host) else [host]
 
 
 def _get(opts: Mapping[str, Any], *names: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``cib`` command line: every command of API.md's CLI table, built with click.
+"""The ``cib`` command line: the click group, its global options, plugin commands and the entry point.
 
 Results go to stdout, diagnostics to stderr. A ``CibError`` becomes one line
 ``cib: error: ...`` and exit status 1, a usage error exits 2, Ctrl-C exits 130; only a bug
@@ -117,7 +117,7 @@ def build_plugin_manager(plugin_options: Sequence[str]) -> CibPluginManager:
             continue
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
+        except Exception as exc:
             raise PluginError(module_name, f"-p {module_name}: cannot import it "
                               f"({type(exc).__name__}: {exc})") from exc
         pm.register_plugin(module, name=module_name,
@@ -138,7 +138,7 @@ class CibGroup(click.Group):
                     pm.hook.cib_commands(cli=extra)
                 except CibError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - a plugin's bug, named
+                except Exception as exc:
                     from cib_core.errors import PluginError
 
                     raise PluginError("cib_commands", f"a plugin failed to add its commands: "
@@ -227,7 +227,13 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
 
 
 def _add_commands() -> None:
-    from cib_core.cli import auth, build, copy, export, inspect, plugins, registry
+    from cib_core.cli import attach, auth, build, cache, copy, export, inspect, plugins, registry
+    from cib_core.cli import completion as completion_cli
+    from cib_core.cli import flatten as flatten_cli
+    from cib_core.cli import index as index_cli
+    from cib_core.cli import rebase as rebase_cli
+    from cib_core.cli import tag as tag_cli
+    from cib_core.cli import validate as validate_cli
 
     for command in (
         build.build,
@@ -243,6 +249,15 @@ def _add_commands() -> None:
         export.export,
         auth.auth,
         plugins.plugins,
+        tag_cli.tag,
+        index_cli.index,
+        completion_cli.completion,
+        attach.attach,
+        attach.referrers,
+        cache.cache,
+        rebase_cli.rebase,
+        flatten_cli.flatten,
+        validate_cli.validate,
     ):
         cli.add_command(command)
 

@@ -12,6 +12,7 @@ from cib_core.errors import (
     AuthenticationError,
     RegistryError,
 )
+from cib_core.reference import parse_registry_host
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -20,7 +21,6 @@ from cib_core.cli.common import (
     LOGIN_KEY,
     PROBE_REPOSITORY,
     cli_state,
-    parse_registry_host,
 )
 
 log = logging.getLogger(__name__)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import click
 
@@ -15,6 +17,9 @@ from cib_core.cli.common import (
     parse_spec,
     progress_renderer,
 )
+
+if TYPE_CHECKING:
+    from cib_core.plan import BuildPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,21 @@ def parse_add(values: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
+# add_files options that a layer source error may name, and the build flag that sets each
+_BUILD_FLAGS = {"follow_symlinks=False": "--no-follow-symlinks"}
+
+
+def _checked(values: Sequence[str], option: str, problem_of: Callable[[str], str | None],
+             *, quote: bool = True) -> list[str]:
+    """Option values checked one by one, as the library checks them, named by the option."""
+    for value in values:
+        problem = problem_of(value)
+        if problem:
+            shown = f"{value!r} " if quote else ""
+            raise click.BadParameter(f"{shown}{problem}", param_hint=option)
+    return list(values)
+
+
 def _key_values(values: Sequence[str], option: str) -> list[tuple[str, str]]:
     pairs = []
     for value in values:
@@ -66,6 +86,46 @@ def _key_values(values: Sequence[str], option: str) -> list[tuple[str, str]]:
             raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint=option)
         pairs.append((key, val))
     return pairs
+
+
+def plan_lines(plan: BuildPlan, reference: str) -> list[str]:
+    """A dry run's plan as text: each platform's layers and sizes, the blobs and manifests
+    the build would send, and the reference it would print."""
+    from cib_core.cli.bars import format_size
+
+    blobs = {blob.digest: blob for blob in plan.blobs}
+    verb = "sent to" if plan.target_kind == "registry" else "written to"
+    lines = [f"dry run: nothing was {verb} {plan.target}"]
+
+    def sending(digest: str) -> str:
+        blob = blobs[digest]
+        if blob.action == "mount":
+            return f"to mount from {blob.source}"
+        if blob.action == "copy":
+            return f"to copy from {blob.source}"
+        return f"to {blob.action}"
+
+    def size(value: int | None) -> str:
+        return format_size(value) if value is not None else "size unknown"
+
+    for image in plan.images:
+        lines.append(f"{image.platform}: manifest {image.manifest_digest}, config "
+                     f"{image.config_digest} ({size(image.config_size)})")
+        for layer in image.layers:
+            origin = (f"new ({layer.created_by})" if layer.new and layer.created_by
+                      else "new" if layer.new else "base")
+            status = "in the target" if layer.present else sending(layer.digest)
+            lines.append(f"  layer {layer.digest}  {size(layer.size)}  {origin}, {status}")
+    lines.append(f"blobs to send: {len(plan.blobs)} ({format_size(plan.bytes_to_send)})")
+    for blob in plan.blobs:
+        source = f" from {blob.source}" if blob.source else ""
+        lines.append(f"  {blob.action:<6} {blob.digest}  {size(blob.size)}  {blob.kind}{source}")
+    lines.append(f"manifests to put: {len(plan.manifests)}")
+    for manifest in plan.manifests:
+        tag = f"  tag {manifest.tag}" if manifest.tag else ""
+        lines.append(f"  {manifest.digest}  {manifest.media_type}{tag}")
+    lines.append(f"would save: {reference}")
+    return lines
 
 
 @click.command(epilog="""\b
@@ -79,7 +139,9 @@ Examples:
   cib build --from localhost:5000/base --to localhost:5000/app \\
           --add ./bin:/usr/local/bin --add tar:rootfs.tar.gz:/ --tag v2 --tag latest
   # one platform of a multi-platform base
-  cib build --from python:3.12 --to localhost:5000/py --platform linux/arm64 --add app.py:/app.py""")
+  cib build --from python:3.12 --to localhost:5000/py --platform linux/arm64 --add app.py:/app.py
+  # what would be sent, without sending it
+  cib build --from alpine:3.20 --to localhost:5000/app:v1 --add ./app:/app --port 8080 --dry-run""")
 @click.option("--from", "base", required=True, metavar="BASE",
               help="Base image: a reference, oci:PATH[:TAG], docker-archive:PATH or scratch.")
 @click.option("--to", "target", required=True, metavar="TARGET",
@@ -92,7 +154,15 @@ Examples:
 @click.option("--workdir", metavar="DIR", help="The working directory.")
 @click.option("--env", "env", metavar="K=V", multiple=True,
               help="Set an environment variable (merged over the base's by name).")
+@click.option("--unset-env", "unset_env", metavar="NAME", multiple=True,
+              help="Remove the environment variable NAME the base sets.")
 @click.option("--label", "labels", metavar="K=V", multiple=True, help="Set a label.")
+@click.option("--annotation", "annotations", metavar="K=V", multiple=True,
+              help="Set an annotation on the manifest (and on the index of a multi-platform build).")
+@click.option("--port", "ports", metavar="P", multiple=True,
+              help="Expose a port: 8080 (tcp), 53/udp or 9/sctp.")
+@click.option("--volume", "volumes", metavar="V", multiple=True,
+              help="Declare a volume: an absolute path in the image.")
 @click.option("--user", metavar="U", help="The user (name, uid or uid:gid).")
 @click.option("--tag", "tags", metavar="T", multiple=True,
               help="Tag to push (repeatable); default the target's own tag or latest.")
@@ -102,16 +172,26 @@ Examples:
               help="gitignore-style pattern of files to leave out of local directories.")
 @click.option("--ignore-file", "ignore_files", metavar="NAME", multiple=True,
               help="Read more patterns from NAME at each local directory's root (like .dockerignore).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--no-follow-symlinks", "no_follow_symlinks", is_flag=True,
+              help="Keep symlinks inside --add directories as links; by default each is replaced by "
+                   "what it points to.")
+@click.option("--dry-run", "dry_run", is_flag=True,
+              help="Build everything and print the plan (layers and sizes, blobs to send); send "
+                   "and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result (or the plan) as JSON.")
 def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entrypoint: str | None,
-          workdir: str | None, env: tuple[str, ...], labels: tuple[str, ...], user: str | None,
-          tags: tuple[str, ...], platform: str | None, ignores: tuple[str, ...],
-          ignore_files: tuple[str, ...], as_json: bool) -> None:
+          workdir: str | None, env: tuple[str, ...], unset_env: tuple[str, ...],
+          labels: tuple[str, ...], annotations: tuple[str, ...], ports: tuple[str, ...],
+          volumes: tuple[str, ...], user: str | None, tags: tuple[str, ...], platform: str | None,
+          ignores: tuple[str, ...], ignore_files: tuple[str, ...], no_follow_symlinks: bool,
+          dry_run: bool, as_json: bool) -> None:
     """Build an image: BASE plus new files and config, saved to TARGET.
 
     Prints the saved image as REGISTRY/REPO@sha256:... (or oci:PATH@sha256:...) on stdout,
-    and nothing else, so scripts can capture it.
+    and nothing else, so scripts can capture it. With --dry-run it prints the plan instead.
     """
+    from cib_core import image_config
+    from cib_core.errors import LayerSourceError
     from cib_core.image import Image
     from cib_core.reference import Reference
 
@@ -120,16 +200,30 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
     entrypoint_list = parse_command(entrypoint, "--entrypoint")
     env_pairs = _key_values(env, "--env")
     label_pairs = _key_values(labels, "--label")
+    annotation_pairs = _key_values(annotations, "--annotation")
+    port_list = _checked(ports, "--port", image_config.port_problem)
+    volume_list = _checked(volumes, "--volume", image_config.volume_problem)
+    # what follows an '=' in a mistaken NAME=value may be secret: the value is never shown
+    unset_list = _checked(unset_env, "--unset-env", image_config.env_name_problem, quote=False)
+    both = image_config.set_and_unset([f"{k}={v}" for k, v in env_pairs], unset_list)
+    if both:
+        raise click.BadParameter(f"{', '.join(both)} is also set with --env; keep one of the two",
+                                 param_hint="--unset-env")
     if (ignores or ignore_files) and not mapping:
         log.warning("--ignore and --ignore-file only apply to --add directories; there are none")
     state = cli_state()
     target_ref = parse_spec(target)
     verb = "pushed" if isinstance(target_ref, Reference) else "wrote"
-    with progress_renderer(verb) as progress:
+    with contextlib.nullcontext(None) if dry_run else progress_renderer(verb) as progress:
         image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm,
-                      progress=progress)
-        if mapping:
-            image.add_files(mapping, ignores=ignores, ignore_files=ignore_files)
+                      progress=progress, dry_run=dry_run)
+        # every value is checked before the base is read or a layer built
+        image.env = [f"{k}={v}" for k, v in env_pairs]
+        image.unset_env = unset_list
+        image.labels = dict(label_pairs)
+        image.annotations = dict(annotation_pairs)
+        image.exposed_ports = port_list
+        image.volumes = volume_list
         if cmd_list is not None:
             image.cmd = cmd_list
         if entrypoint_list is not None:
@@ -138,9 +232,23 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
             image.working_dir = workdir
         if user is not None:
             image.user = user
-        image.env = [f"{k}={v}" for k, v in env_pairs]
-        image.labels = dict(label_pairs)
+        if mapping:
+            try:
+                image.add_files(mapping, ignores=ignores, ignore_files=ignore_files,
+                                follow_symlinks=not no_follow_symlinks)
+            except LayerSourceError as exc:
+                flag = _BUILD_FLAGS.get(exc.option or "")
+                if flag is None:
+                    raise
+                raise LayerSourceError(exc.path, exc.reason, option=flag) from None
         result = image.save(list(tags) if tags else None)
+    if result.plan is not None:
+        if as_json:
+            echo_json({**result.plan.to_dict(), "reference": result.reference,
+                       "tags": list(result.tags)})
+        else:
+            click.echo("\n".join(plan_lines(result.plan, result.reference)))
+        return
     if as_json:
         echo_json({"reference": result.reference, "digest": result.digest,
                     "mediaType": result.media_type, "tags": list(result.tags)})

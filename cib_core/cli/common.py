@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import platform as host_platform
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import click
 
-from cib_core import mediatypes as mt
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -94,7 +92,7 @@ class CliLogHandler(logging.Handler):
 # errors
 # ---------------------------------------------------------------------------------------------
 
-def error_hint(exc: CibError, *, login: bool = False) -> str:
+def error_hint(exc: CibError, *, login: bool = False, insecure: Sequence[str] = ()) -> str:
     if isinstance(exc, AuthenticationError) and login:
         return "nothing was stored"
     if isinstance(exc, AuthenticationError):
@@ -106,29 +104,53 @@ def error_hint(exc: CibError, *, login: bool = False) -> str:
         return "the credentials are valid but lack access; check the repository name and permissions"
     if isinstance(exc, InvalidReference):
         return ""
-    if isinstance(exc, RegistryError) and exc.status is None and exc.temporary:
-        from cib_core.reference import is_loopback_host
-
-        hint = "check the host name and that the registry is running"
-        if exc.registry and not is_loopback_host(exc.registry):
-            hint += f"; for a registry without TLS pass --insecure-registry {exc.registry}"
-        return hint
+    if isinstance(exc, RegistryError) and exc.status is None:
+        return connection_hint(exc, insecure)
     return ""
 
 
-def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = False) -> str:
-    """The one line a ``CibError`` becomes: ``cib: error: <message>; <hint>``."""
+def connection_hint(exc: RegistryError, insecure: Sequence[str]) -> str:
+    """What to try when no answer came. ``--insecure-registry`` is offered only where it can
+    help: a TLS failure, or a refused HTTPS connection to a host that may serve plain HTTP on
+    its default port, of a host that is not loopback, not a big public registry and not named
+    insecure already. A name that does not resolve is never cured by it."""
+    from urllib.parse import urlsplit
+
+    from cib_core.remote.transport import connection_failure, may_be_insecure
+
+    host = exc.registry or ""
+    kind = connection_failure(exc)
+    if kind == "dns":
+        return "check the host name, and the network and DNS settings of this machine"
+    offer = bool(host) and may_be_insecure(host) and host.lower() not in {
+        h.lower() for h in insecure}
+    flag = f"pass --insecure-registry {host}"
+    if kind == "tls":
+        return f"for a registry without a certificate cib can check, {flag}" if offer else ""
+    if not exc.temporary:
+        return ""
+    hint = "check the host name and that the registry is running"
+    if kind == "refused" and offer and urlsplit(f"//{host}").port is None:
+        hint += f"; for a registry serving plain HTTP, {flag}"
+    return hint
+
+
+def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = False,
+               insecure: Sequence[str] = ()) -> str:
+    """The one line a ``CibError`` becomes: ``cib: error: <message>; <hint>``. ``insecure`` is
+    the hosts this run names insecure (``--insecure-registry``)."""
     message = " ".join(str(exc).split()) or type(exc).__name__
-    hint = error_hint(exc, login=login)
+    hint = error_hint(exc, login=login, insecure=insecure)
     if hint and hint not in message:
         message = f"{message}; {hint}"
     return redact_text(f"{PROG}: error: {message}", secrets)
 
 
 def fail(exc: CibError, ctx: click.Context | None = None) -> NoReturn:
-    secrets = cli_state(ctx).secrets.values if ctx is not None and isinstance(ctx.obj, CliState) else []
+    state = ctx.obj if ctx is not None and isinstance(ctx.obj, CliState) else None
     login = bool(ctx is not None and ctx.meta.get(LOGIN_KEY))
-    click.echo(error_line(exc, secrets, login=login), err=True)
+    click.echo(error_line(exc, state.secrets.values if state else [], login=login,
+                          insecure=state.insecure if state else ()), err=True)
     raise click.exceptions.Exit(1)
 
 
@@ -209,7 +231,7 @@ def registry_client(ref: Reference) -> RegistryClient:
 
 
 def progress_renderer(verb: str) -> Any:
-    from cib_core.cli.progress import ProgressRenderer
+    from cib_core.cli.bars import ProgressRenderer
 
     state = cli_state()
     return ProgressRenderer(verb, quiet=state.quiet)
@@ -223,22 +245,10 @@ def scratch_check(ref: Reference | LocalReference, text: str) -> None:
 
 
 def host_platform_name() -> str:
-    """``linux/<arch>`` of this machine, in OCI's names."""
-    machine = host_platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-            "armv7l": "arm/v7", "armv6l": "arm/v6", "i386": "386", "i686": "386",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
-    return f"linux/{arch}"
+    """This machine's platform, ``linux/<arch>`` in OCI's names."""
+    from cib_core.models import Platform
 
-
-def is_attestation(desc: Any) -> bool:
-    annotations = getattr(desc, "annotations", None) or {}
-    return annotations.get("vnd.docker.reference.type") == "attestation-manifest"
-
-
-def image_entries(index: Index) -> list[Any]:
-    return [d for d in index.manifests
-            if d.media_type in mt.IMAGE_MANIFESTS and not is_attestation(d)]
+    return str(Platform.host())
 
 
 def select_image(store: BlobStore, doc: Manifest | Index, platform: str | None,
@@ -255,7 +265,7 @@ def select_image(store: BlobStore, doc: Manifest | Index, platform: str | None,
             if not have.matches(Platform.parse(str(platform))):
                 raise NotFound(f"{what} is a single {have} image, not {platform}")
         return doc, doc.digest
-    entries = image_entries(doc)
+    entries = doc.images()
     chosen = None
     if platform not in (None, "all"):
         wanted = Platform.parse(str(platform))
@@ -295,27 +305,3 @@ def load_image(spec: str) -> tuple[Reference | LocalReference, BlobStore, Manife
     store = open_image_store(ref)
     raw, media_type, _digest = store.get_manifest(identifier_of(ref))
     return ref, store, parse_manifest(raw, media_type)
-
-
-def parse_registry_host(text: str) -> str:
-    from cib_core.reference import parse_reference
-
-    host = text.strip()
-    for scheme in ("https://", "http://"):
-        if host.lower().startswith(scheme):
-            host = host[len(scheme):]
-    host = host.rstrip("/")
-    if host.endswith("/v1") or host.endswith("/v2"):
-        host = host[:-3]
-    if not host or "/" in host or "@" in host:
-        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io")
-    ref = parse_reference(f"{host}/x") if ("." in host or ":" in host or host == "localhost") \
-        else None
-    if ref is None or ref.registry.lower() != host.lower():
-        if host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-            return "docker.io"
-        raise InvalidReference(text, "name a registry host such as localhost:5000 or ghcr.io "
-                                     "(a host has a '.' or ':' or is localhost)")
-    return ref.registry
-
-

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 from cib_core.cli.common import (
     echo_json,
     identifier_of,
-    image_entries,
     load_image,
     open_image_store,
     parse_spec,
@@ -118,7 +117,7 @@ def _describe_image(store: BlobStore, manifest: Manifest, digest: str,
 
 
 def _print_image(info: dict[str, Any]) -> None:
-    from cib_core.cli.progress import format_size
+    from cib_core.cli.bars import format_size
 
     def row(name: str, value: object) -> None:
         click.echo(f"  {name:<11} {value}")
@@ -162,13 +161,13 @@ def inspect(ref: str, platform: str | None, as_json: bool) -> None:
     parsed, store, doc = load_image(ref)
     images: list[dict[str, Any]] = []
     if isinstance(doc, Index):
-        entries = image_entries(doc)
+        entries = doc.images()
         if platform not in (None, "all"):
             wanted = Platform.parse(str(platform))
             entries = [d for d in entries if d.platform is not None and d.platform.matches(wanted)]
             if not entries:
                 raise NotFound(f"{ref} has no {platform} image; it has: "
-                               f"{platform_list(image_entries(doc))}")
+                               f"{platform_list(doc.images())}")
         for entry in entries:
             raw, media_type, digest_ = store.get_manifest(entry.digest)
             child = parse_manifest(raw, media_type)

@@ -12,7 +12,6 @@ import click
 from cib_core.cli.common import (
     CHUNK,
     PROBE_REPOSITORY,
-    parse_registry_host,
     parse_spec,
     registry_client,
     registry_ref,
@@ -22,6 +21,7 @@ from cib_core.errors import (
     InvalidReference,
     NotFound,
 )
+from cib_core.reference import parse_registry_host
 
 log = logging.getLogger(__name__)
 

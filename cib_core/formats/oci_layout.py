@@ -6,25 +6,31 @@ file and renamed into place, ``index.json`` is replaced atomically, and every bl
 checked against its digest as it streams. A tag is added only after the blobs it needs are in
 place, so a write that fails (a read-only or full file system) never leaves a tagged image that
 is incomplete; it raises ``LocalWriteError`` naming the layout.
+
+Several writers (processes, threads) may tag images in one layout at once: ``index.json`` is
+read, merged and replaced under an ``flock`` on the layout directory, so no writer's tag is
+lost. Only regular files are read: a FIFO, socket, device or directory where ``index.json``
+or a blob belongs is a ``ManifestError`` (a FIFO would otherwise block for ever).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import fcntl
+import functools
 import json
 import logging
 import os
 import re
-import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cib_core import mediatypes as mt
-from cib_core.digest import is_digest, new_hasher
-from cib_core.documents import manifest_media_type
+from cib_core.digest import is_digest, new_hasher, sha256_digest, verified_digest, verified_reader
+from cib_core.documents import loads, manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
-from cib_core.fileio import AtomicFile, writing_to
+from cib_core.fileio import AtomicFile, NotRegularFile, chunks, open_regular, write_atomically, writing_to
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,10 @@ WHAT = "the OCI image layout"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 LAYOUT_VERSION = "1.0.0"
-CHUNK = 1 << 16
+MAX_DOCUMENT = 1 << 20
+"""The largest ``oci-layout`` file cib reads."""
+MAX_INDEX = 64 << 20
+"""The largest ``index.json`` cib reads (a layout of many thousand tags stays far below)."""
 
 # The OCI image-layout grammar for ref.name values (a tag, or a fuller name).
 _REF_NAME_RE = re.compile(
@@ -47,147 +56,83 @@ def check_digest(digest: str, where: str) -> str:
     return digest
 
 
-def iter_chunks(data: BinaryIO | Iterable[bytes] | bytes, chunk: int = CHUNK) -> Iterator[bytes]:
-    """The bytes of a file object, an iterable of byte strings, or a bytes object, in chunks."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        view = memoryview(data)
-        for start in range(0, len(view), chunk):
-            yield bytes(view[start:start + chunk])
-        return
-    read = getattr(data, "read", None)
-    if read is not None:
-        while True:
-            block = read(chunk)
-            if not block:
-                return
-            yield block
-    else:
-        for block in data:
-            if block:
-                yield bytes(block)
+class OCILayoutStore:
+    """Reads and writes an OCI image layout directory (``oci:PATH[:TAG]``).
 
-
-def _verified_digest(stream: object) -> str | None:
-    """The digest a stream checks by itself (``verified_digest``, as the registry client's
-    blob streams have, also behind an ``io.BufferedReader``), else None."""
-    found = getattr(stream, "verified_digest", None)
-    if found is None:
-        found = getattr(getattr(stream, "raw", None), "verified_digest", None)
-    return found if isinstance(found, str) else None
-
-
-class _VerifyingRaw(io.RawIOBase):
-    """Passes a stream through, checking its digest (and size) before the last byte leaves.
-
-    The final bytes are held back until the source is exhausted and the digest checked, so a
-    reader that gets all the data got verified data; a mismatch raises ``DigestMismatch``
-    instead of returning the tail.
+    ``progress(digest, done, total)`` is called as blobs are written (see ``cib_core.progress``).
     """
 
-    def __init__(self, source: BinaryIO, digest: str, what: str, size: int | None) -> None:
-        super().__init__()
-        self._source = source
-        self._digest = digest
-        self._what = what
-        self._size = size
-        self._hasher = new_hasher(digest)
-        self._pending = bytearray()
-        self._count = 0
-        self._eof = False
-        self._done = False
-
-    def readable(self) -> bool:
-        return True
-
-    def _verify(self) -> None:
-        actual = f"{self._digest.split(':', 1)[0]}:{self._hasher.hexdigest()}"
-        if self._size is not None and self._count != self._size:
-            raise DigestMismatch(f"{self._what} (size)", str(self._size), str(self._count))
-        if actual != self._digest:
-            raise DigestMismatch(self._what, self._digest, actual)
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = len(view)
-        if self._done or want == 0:
-            return 0
-        while not self._eof and len(self._pending) <= want:
-            block = self._source.read(max(CHUNK, want))
-            if not block:
-                self._eof = True
-                break
-            self._hasher.update(block)
-            self._count += len(block)
-            if self._size is not None and self._count > self._size:
-                self._verify()
-            self._pending += block
-        if self._eof and len(self._pending) <= want:
-            self._verify()
-            n = len(self._pending)
-            view[:n] = self._pending
-            self._pending.clear()
-            self._done = True
-            return n
-        view[:want] = self._pending[:want]
-        del self._pending[:want]
-        return want
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._source.close()
-            finally:
-                super().close()
-
-
-def verified_reader(source: BinaryIO, digest: str, what: str, size: int | None = None) -> BinaryIO:
-    """Wrap ``source`` so reading it to the end checks ``digest`` (and ``size``, when given)."""
-    return io.BufferedReader(_VerifyingRaw(source, digest, what, size), buffer_size=CHUNK)
-
-
-def write_atomically(path: Path, data: bytes, *, target: Path | None = None, what: str = WHAT) -> None:
-    """Replace ``path`` with ``data`` through a temporary file in the same directory; a failure
-    is a ``LocalWriteError`` naming ``target`` (default: the directory, the layout)."""
-    with AtomicFile(path.parent, target=path.parent if target is None else target, what=what,
-                    prefix=f".{path.name}.") as out:
-        out.write(data)
-        out.commit(path)
-
-
-class OCILayoutStore:
-    """Reads and writes an OCI image layout directory (``oci:PATH[:TAG]``)."""
-
-    def __init__(self, path: str | os.PathLike[str], *, create: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, create: bool = False,
+                 progress: Callable[[str, int, int | None], None] | None = None) -> None:
         self.path = Path(path)
+        self.progress = progress
         self.name = f"oci:{self.path}"
-        self._lock = threading.Lock()
-        layout_file = self.path / "oci-layout"
-        index_file = self.path / "index.json"
-        if not layout_file.is_file() or not index_file.is_file():
-            if not create:
-                raise NotFound(
-                    f"{self.name}: no OCI image layout there (needs oci-layout and index.json); "
-                    "check the path, or write an image to it first")
-            if self.path.exists() and not self.path.is_dir():
-                raise LocalWriteError(self.path, "it exists and is not a directory",
-                                      "pick another path for the layout", what=WHAT)
-            with writing_to(self.path, WHAT):
-                self.path.mkdir(parents=True, exist_ok=True)
-            if not layout_file.is_file():
-                write_atomically(layout_file, json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode())
-            if not index_file.is_file():
-                self._write_index({"schemaVersion": 2, "manifests": []})
-        try:
-            layout = json.loads(layout_file.read_bytes())
-        except ValueError as exc:
-            raise ManifestError(f"{self.name}: oci-layout is not JSON: {exc}") from exc
+        if create:
+            self._create()
+        elif not all(os.path.lexists(self.path / name) for name in ("oci-layout", "index.json")):
+            raise NotFound(
+                f"{self.name}: no OCI image layout there (needs oci-layout and index.json); "
+                "check the path, or write an image to it first")
+        layout = self._read_document("oci-layout", MAX_DOCUMENT)
         version = layout.get("imageLayoutVersion") if isinstance(layout, dict) else None
         if not isinstance(version, str) or not version.startswith("1."):
             raise ManifestError(
                 f"{self.name}: unsupported imageLayoutVersion {version!r} (cib reads 1.x)")
-        if create:
+
+    def _create(self) -> None:
+        """Make the layout's directory and files where they are missing; several writers may
+        create one layout at once."""
+        if self.path.exists() and not self.path.is_dir():
+            raise LocalWriteError(self.path, "it exists and is not a directory",
+                                  "pick another path for the layout", what=WHAT)
+        with writing_to(self.path, WHAT):
+            self.path.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            if not os.path.lexists(self.path / "oci-layout"):
+                write_atomically(self.path / "oci-layout",
+                                 json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode(),
+                                 target=self.path, what=WHAT)
+            if not os.path.lexists(self.path / "index.json"):
+                self._write_index({"schemaVersion": 2, "manifests": []})
             with writing_to(self.path, WHAT):
                 (self.path / "blobs").mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the layout's write lock: an ``flock`` on the layout directory itself, so no
+        file is added to the layout. Each holder opens its own descriptor, so writers in one
+        process (threads, several store objects) exclude each other as other processes do."""
+        with writing_to(self.path, WHAT):
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)   # releases the lock
+
+    def _open(self, path: Path, what: str) -> BinaryIO:
+        """``path`` (``what`` of this layout) opened for reading, only if it is a regular file."""
+        try:
+            return open_regular(path)
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: {what} is missing; the layout is incomplete") from None
+        except NotRegularFile as exc:
+            raise ManifestError(f"{self.name}: {what} is {exc.kind}, not a regular file; "
+                                "the layout is damaged") from None
+        except OSError as exc:
+            raise ManifestError(f"{self.name}: cannot read {what}: "
+                                f"{(exc.strerror or str(exc)).lower()}") from None
+
+    def _read_document(self, name: str, limit: int) -> Any:
+        """The JSON file ``name`` of the layout, parsed; at most ``limit`` bytes are read."""
+        with self._open(self.path / name, name) as handle:
+            raw = handle.read(limit + 1)
+        if len(raw) > limit:
+            raise ManifestError(f"{self.name}: {name} is larger than {limit} bytes; refusing to read it")
+        try:
+            return loads(raw)
+        except ValueError as exc:
+            raise ManifestError(f"{self.name}: {name} is not valid JSON: {exc}") from None
 
     def __repr__(self) -> str:
         return f"OCILayoutStore({str(self.path)!r})"
@@ -208,15 +153,27 @@ class OCILayoutStore:
 
     def open_blob(self, digest: str) -> BinaryIO:
         path = self.blob_path(digest)
-        try:
-            handle = path.open("rb")
-        except FileNotFoundError:
-            raise NotFound(f"{self.name}: blob {digest} is not in the layout") from None
+        if not os.path.lexists(path):
+            raise NotFound(f"{self.name}: blob {digest} is not in the layout")
+        handle = self._open(path, f"blob {digest}")
         size = os.fstat(handle.fileno()).st_size
         return verified_reader(handle, digest, f"blob {digest} in {self.name}", size)
 
     def put_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None = None,
                  size: int | None = None) -> tuple[str, int]:
+        return self._write_blob(data, digest, size, digest)
+
+    def put_stream(self, pieces: Iterable[bytes], label: str = "new blob") -> tuple[str, int]:
+        """Store a blob as it is made (a new layer); ``label`` names it to ``progress`` until
+        its digest is known."""
+        return self._write_blob(pieces, None, None, label)
+
+    def _write_blob(self, data: BinaryIO | Iterable[bytes] | bytes, digest: str | None,
+                    size: int | None, label: str | None) -> tuple[str, int]:
+        """Write a blob through a temporary file; ``label`` names it to ``progress`` (None:
+        not reported, as for manifests, which registries do not report either)."""
+        report = (functools.partial(self.progress, label)
+                  if self.progress is not None and label is not None else None)
         if digest is not None:
             final = self.blob_path(digest)
             if final.is_file():
@@ -229,15 +186,17 @@ class OCILayoutStore:
             blobs.mkdir(exist_ok=True)
         # a registry download checks its digest itself (it raises before handing out bytes
         # past a mismatch): hashing it again here would only cost time
-        trusted = digest is not None and _verified_digest(data) == digest
+        trusted = digest is not None and verified_digest(data) == digest
         hasher = None if trusted else new_hasher(digest)
         count = 0
         with AtomicFile(blobs, target=self.path, what=WHAT) as out:
-            for block in iter_chunks(data, 1 << 20):
+            for block in chunks(data, 1 << 20):
                 if hasher is not None:
                     hasher.update(block)
                 count += len(block)
                 out.write(block)
+                if report is not None:
+                    report(count, size)
             actual = f"{hasher.name}:{hasher.hexdigest()}" if hasher is not None else str(digest)
             if digest is not None and actual != digest:
                 raise DigestMismatch(f"blob written to {self.name}", digest, actual)
@@ -247,6 +206,8 @@ class OCILayoutStore:
             with writing_to(self.path, WHAT):
                 final.parent.mkdir(parents=True, exist_ok=True)
             out.commit(final)
+        if report is not None and size is None:
+            report(count, count)  # the size is known now: the bar can finish
         log.debug("wrote blob %s (%d bytes) to %s", actual, count, self.name)
         return actual, count
 
@@ -260,20 +221,15 @@ class OCILayoutStore:
     # -- index.json ----------------------------------------------------------------------
     def read_index(self) -> dict[str, Any]:
         """The parsed ``index.json``."""
-        try:
-            index = json.loads((self.path / "index.json").read_bytes())
-        except FileNotFoundError:
-            raise NotFound(f"{self.name}: index.json is missing; this is not an OCI layout") from None
-        except ValueError as exc:
-            raise ManifestError(f"{self.name}: index.json is not valid JSON: {exc}") from exc
+        index = self._read_document("index.json", MAX_INDEX)
         if not isinstance(index, dict) or not isinstance(index.get("manifests", []), list):
             raise ManifestError(f"{self.name}: index.json has no manifests list")
         index.setdefault("manifests", [])
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        write_atomically(self.path / "index.json",
-                         json.dumps(index, separators=(",", ":")).encode())
+        write_atomically(self.path / "index.json", json.dumps(index, separators=(",", ":")).encode(),
+                         target=self.path, what=WHAT)
 
     @staticmethod
     def _ref_name(entry: Any) -> str | None:
@@ -323,7 +279,7 @@ class OCILayoutStore:
             entry: dict[str, Any] | None = next(
                 (e for e in self.read_index()["manifests"]
                  if isinstance(e, dict) and e.get("digest") == ref), None)
-            if not self.has_blob(ref):
+            if not os.path.lexists(self.blob_path(ref)):
                 raise NotFound(f"{self.name}: manifest {ref} is not in the layout")
             raw = self._read_blob_bytes(ref)
             media_type = (entry or {}).get("mediaType") or manifest_media_type(raw)
@@ -338,7 +294,9 @@ class OCILayoutStore:
     def put_manifest(self, raw: bytes, media_type: str, tag: str | None) -> str:
         if tag is not None and not _REF_NAME_RE.match(tag):
             raise InvalidReference(f"{self.name}:{tag}", "a layout tag is letters, digits and . _ - : @ + /")
-        digest, size = self.put_blob(raw)
+        # the manifest may be there already (another tag of it): naming its digest skips the
+        # write; manifests are not reported to ``progress``, as registries do not report them
+        digest, size = self._write_blob(raw, sha256_digest(raw), len(raw), None)
         if tag is None:
             return digest
         entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": size,
@@ -347,7 +305,9 @@ class OCILayoutStore:
             platform = self._platform_of(raw)
             if platform:
                 entry["platform"] = platform
-        with self._lock:
+        with self._locked():
+            # read, merge and write under the lock: another writer's tag, added since this
+            # one last looked, survives
             index = self.read_index()
             kept = [e for e in index["manifests"] if self._ref_name(e) != tag]
             index["manifests"] = [*kept, entry]

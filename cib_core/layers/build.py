@@ -21,9 +21,6 @@ source and a directory (or a parent directory) in another is an error.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import gc
 import hashlib
 import importlib
 import io
@@ -45,7 +42,9 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol, cast
 
 from cib_core import mediatypes
+from cib_core.compression import SNIFF_SIZE, Frames, sniff
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
+from cib_core.fileio import FileSlice
 from cib_core.plugin_api import Entry, LayerOptions, LazyFile, Readable, kept_fields
 
 if TYPE_CHECKING:
@@ -142,7 +141,7 @@ class CustomFile:
             self._stream = stream
             self.size = end - self._start
         else:
-            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)  # noqa: SIM115
+            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
             size = 0
             while True:
                 chunk = stream.read(CHUNK)
@@ -164,36 +163,11 @@ class CustomFile:
         if self._bytes is not None:
             return io.BytesIO(self._bytes)
         assert self._stream is not None  # noqa: S101
-        return _StreamReader(self._stream, self._start, self.size)
+        return FileSlice(self._stream, self._start, self.size, name="<CustomFile stream>")
 
     def __repr__(self) -> str:
         return (f"CustomFile(<{self.size} bytes>, mode={self.mode:#o}, mtime={self.mtime!r}, "
                 f"uid={self.uid}, gid={self.gid})")
-
-
-class _StreamReader:
-    """``size`` bytes of a shared seekable stream from ``start``; never closes the stream, so
-    the ``CustomFile`` can go into more than one entry and more than one build."""
-
-    __slots__ = ("_end", "_f", "_pos", "name")
-
-    def __init__(self, f: IO[bytes], start: int, size: int) -> None:
-        self._f, self._pos, self._end = f, start, start + size
-        self.name = "<CustomFile stream>"
-
-    def read(self, size: int = -1, /) -> bytes:
-        remaining = self._end - self._pos
-        if size is None or size < 0 or size > remaining:
-            size = remaining
-        if size == 0:
-            return b""
-        self._f.seek(self._pos)
-        data = self._f.read(size)
-        self._pos += len(data)
-        return data
-
-    def close(self) -> None:
-        self._pos = self._end
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +221,7 @@ class _ZstdCompressor:
             import zstandard
         except ImportError as exc:
             raise ConfigurationError("compression 'zstd' needs the zstandard package: "
-                                     "pip install 'cib[zstd]'") from exc
+                                     "pip install 'cib-core[zstd]'") from exc
         self._z: Any = zstandard.ZstdCompressor(
             level=DEFAULT_ZSTD_LEVEL if level is None else level).compressobj()
 
@@ -379,7 +353,7 @@ class BuiltLayer:
 
     def open(self) -> BinaryIO:
         """The blob's bytes, from the start."""
-        return open(self.path, "rb")  # noqa: SIM115 - the caller closes it
+        return open(self.path, "rb")
 
     def close(self) -> None:
         if self._finalizer is not None:
@@ -459,8 +433,11 @@ def _join_parts(base: str, name: str, what: object) -> str:
     return "/".join(parts)
 
 
-def _sort_key(path: str) -> list[bytes]:
-    return os.fsencode(path).split(b"/")  # "/" is b"/" in every filesystem encoding
+def _sort_key(path: str) -> bytes:
+    """Orders paths component by component in byte order (a directory right before its
+    contents): "/" becomes NUL, which sorts below every byte a name can hold. A bytes key
+    rather than a list of components: one object the garbage collector does not track."""
+    return os.fsencode(path).replace(b"/", b"\0")  # "/" is b"/" in every filesystem encoding
 
 
 _USTAR_LIMIT = 8 ** 11  # sizes and times that fit the 12-byte octal fields
@@ -505,28 +482,6 @@ _OTHER_TYPES = frozenset({tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tar
 _KEPT_PAX_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Listing and planning a tree allocate several objects per file and free almost none,
-    so the cyclic garbage collector would walk the growing heap again and again for nothing
-    (a quarter of the planning time of 20,000 files). Paused meanwhile, it goes on after."""
-    if not gc.isenabled():  # paused by the caller, or by another thread listing: theirs
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-@dataclass
-class _Record:
-    info: tarfile.TarInfo
-    fileobj: Readable | None
-    origin: str  # for messages: where the entry came from
-
-
 def source_date_epoch() -> int:
     """The layer time: ``SOURCE_DATE_EPOCH`` when set, else 0."""
     raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
@@ -542,11 +497,21 @@ def source_date_epoch() -> int:
     return value
 
 
-class _Planned(NamedTuple):
-    info: tarfile.TarInfo
-    fileobj: Readable | None
-    origin: str
-    header: bytes  # the entry's tar header block(s), PAX ones included
+class _Plan(NamedTuple):
+    """The layer's entries in order, as parallel lists: each entry's tar header block(s), PAX
+    ones included; the bytes of content that follow it (0 for all but regular files with
+    data); its file object; and where it came from, for messages.
+
+    Lists rather than an object per entry, and the builder keeps its entries in dicts by path
+    for the same reason: the cyclic garbage collector runs after every few hundred new
+    objects it tracks and walks them, so per-file objects that stay alive (20,000 files gave
+    100,000 of them) made it a quarter of the planning time.
+    """
+
+    headers: list[bytes]
+    sizes: list[int]
+    files: list[Readable | None]
+    origins: list[str]
 
 
 class LayerBuilder:
@@ -565,8 +530,11 @@ class LayerBuilder:
         _compressor(compression, level)  # validate early
         self.media_type = media_type or mediatypes.layer_media_type(docker_flavour, compression)
         self.mtime = source_date_epoch() if mtime is None else int(mtime)
-        self._records: dict[str, _Record] = {}
-        self._planned: list[_Planned] | None = None  # until the next add
+        # the entries by full path: as listed, their file objects, where each came from
+        self._infos: dict[str, tarfile.TarInfo] = {}
+        self._files: dict[str, Readable | None] = {}
+        self._origins: dict[str, str] = {}
+        self._planned: _Plan | None = None  # until the next add
 
     # -- collecting ---------------------------------------------------------------------------
     def add(self, info: tarfile.TarInfo, fileobj: Readable | None = None, *,
@@ -597,18 +565,19 @@ class LayerBuilder:
         if info.type in _REGULAR and info.size > 0 and fileobj is None:
             raise LayerSourceError(origin, f"entry {path!r} is a file of {info.size} bytes "
                                    "without a file object")
-        old = self._records.get(path)
-        if old is not None and old.fileobj is not None and old.fileobj is not fileobj:
-            old.fileobj.close()
-        self._records[path] = _Record(info, fileobj, origin)
+        old = self._files.get(path)
+        if old is not None and old is not fileobj:
+            old.close()
+        self._infos[path] = info
+        self._files[path] = fileobj
+        self._origins[path] = origin
         self._planned = None
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._infos)
 
     # -- normalizing --------------------------------------------------------------------------
-    def _normalized(self, path: str, rec: _Record) -> tarfile.TarInfo:
-        src = rec.info
+    def _normalized(self, path: str, src: tarfile.TarInfo) -> tarfile.TarInfo:
         keep = kept_fields(src)
         out = tarfile.TarInfo(path)
         out.type = tarfile.REGTYPE if src.type in _REGULAR else src.type
@@ -626,37 +595,56 @@ class LayerBuilder:
                            if k.startswith(_KEPT_PAX_PREFIXES)}
         return out
 
-    def _plan(self) -> list[_Planned]:
+    def _plan(self) -> _Plan:
         """The layer's entries in order, normalized, with their tar headers; computed once
         (the rebuild cache's fingerprint and the write share it) until the next add."""
         if self._planned is None:
-            with _gc_paused():
-                self._planned = [_Planned(info, fileobj, origin, _tar_header(info))
-                                 for info, fileobj, origin in self._entries()]
+            self._planned = self._make_plan()
         return self._planned
 
-    def _entries(self) -> list[tuple[tarfile.TarInfo, Readable | None, str]]:
-        records = self._records
+    def _make_plan(self) -> _Plan:
+        infos, files, origins = self._infos, self._files, self._origins
         # Parent directories, and paths that are both a file and a parent.
-        for path in list(records):
+        for path in list(infos):
             parts = path.split("/")
             for i in range(1, len(parts)):
                 parent = "/".join(parts[:i])
-                rec = records.get(parent)
-                if rec is None:
+                found = infos.get(parent)
+                if found is None:
                     info = tarfile.TarInfo(parent)
                     info.type = tarfile.DIRTYPE
                     info.mode = 0o755
-                    records[parent] = _Record(info, None, parent)
-                elif rec.info.type != tarfile.DIRTYPE:
-                    raise LayerSourceError(rec.origin, f"{parent!r} is not a directory in the layer "
-                                           f"but {path!r} is under it; two sources disagree")
-        order = sorted(records, key=_sort_key)
-        position = {p: i for i, p in enumerate(order)}
-        infos = {p: self._normalized(p, records[p]) for p in order}
-        files: dict[str, Readable | None] = {p: records[p].fileobj for p in order}
+                    infos[parent], files[parent], origins[parent] = info, None, parent
+                elif found.type != tarfile.DIRTYPE:
+                    raise LayerSourceError(origins[parent], f"{parent!r} is not a directory in the "
+                                           f"layer but {path!r} is under it; two sources disagree")
+        order = sorted(infos, key=_sort_key)
+        link_to, content_of = self._hard_links(order)
 
-        # Hard links: the first of a group in path order carries the content.
+        plan = _Plan([], [], [], [])
+        for p in order:
+            first = link_to.get(p)
+            if first is not None:
+                info = self._normalized(p, infos[p])
+                info.type = tarfile.LNKTYPE
+                info.linkname = first
+                info.size = 0
+                info.pax_headers = {}
+                fileobj = None
+            else:
+                source = content_of.get(p, p)
+                info = self._normalized(p, infos[source])
+                fileobj = files[source]
+            plan.headers.append(_tar_header(info))
+            plan.sizes.append(info.size if info.type == tarfile.REGTYPE else 0)
+            plan.files.append(fileobj)
+            plan.origins.append(origins[p])
+        return plan
+
+    def _hard_links(self, order: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """Hard links: the first of a group in path order carries the content. Returns which
+        paths become links to which, and which path takes its content from another."""
+        infos, origins = self._infos, self._origins
         groups: dict[str, list[str]] = {}
         for p in order:
             if infos[p].type != tarfile.LNKTYPE:
@@ -665,33 +653,29 @@ class LayerBuilder:
             while infos[root].type == tarfile.LNKTYPE:
                 nxt = infos[root].linkname
                 if nxt not in infos:
-                    raise LayerSourceError(records[p].origin, f"{p!r} is a hard link to {nxt!r}, "
+                    raise LayerSourceError(origins[p], f"{p!r} is a hard link to {nxt!r}, "
                                            "which is not in the layer")
                 if nxt in seen:
-                    raise LayerSourceError(records[p].origin, f"{p!r} is part of a hard-link cycle")
+                    raise LayerSourceError(origins[p], f"{p!r} is part of a hard-link cycle")
                 seen.add(nxt)
                 root = nxt
             if infos[root].type == tarfile.DIRTYPE:
-                raise LayerSourceError(records[p].origin, f"{p!r} is a hard link to the directory "
+                raise LayerSourceError(origins[p], f"{p!r} is a hard link to the directory "
                                        f"{root!r}")
             groups.setdefault(root, [root]).append(p)
+        link_to: dict[str, str] = {}
+        content_of: dict[str, str] = {}
+        if not groups:
+            return link_to, content_of
+        position = {p: i for i, p in enumerate(order)}
         for root, members in groups.items():
             members.sort(key=position.__getitem__)
             first = members[0]
             if first != root:
-                moved = copy.copy(infos[root])
-                moved.name = first
-                moved.pax_headers = dict(infos[root].pax_headers)
-                infos[first], files[first] = moved, files[root]
-                files[root] = None
+                content_of[first] = root
             for m in members[1:]:
-                link = infos[m]
-                link.type = tarfile.LNKTYPE
-                link.linkname = first
-                link.size = 0
-                link.pax_headers = {}
-                files[m] = None
-        return [(infos[p], files[p], records[p].origin) for p in order]
+                link_to[m] = first
+        return link_to, content_of
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, sink: Sink, *, digest: bool = True) -> LayerInfo:
@@ -707,11 +691,11 @@ class LayerBuilder:
             diff_id, blob_digest, size = pipe.finish()
         finally:
             pipe.abort()
-            for entry in plan:
-                if entry.fileobj is not None:
-                    entry.fileobj.close()
+            for fileobj in plan.files:
+                if fileobj is not None:
+                    fileobj.close()
         log.debug("layer %s (diff_id %s): %d entries, %d bytes", blob_digest or "(hashed by the sink)",
-                  diff_id, len(plan), size)
+                  diff_id, len(plan.headers), size)
         return LayerInfo(digest=blob_digest, diff_id=diff_id, size=size, media_type=self.media_type)
 
     def fingerprint(self, racy_seconds: float = 2.0) -> str | None:
@@ -722,9 +706,10 @@ class LayerBuilder:
         h = hashlib.sha256(b"cib-layer-cache-1\0")
         h.update(repr((self._compressor_args, self.media_type,
                        "isal" if _isal_zlib is not None else "zlib")).encode())
-        for info, fileobj, _, header in self._plan():
+        plan = self._plan()
+        for header, size, fileobj in zip(plan.headers, plan.sizes, plan.files, strict=True):
             h.update(header)
-            if info.type != tarfile.REGTYPE or not info.size:
+            if not size:
                 continue
             if type(fileobj) is not LazyFile or fileobj.closed:
                 return None
@@ -734,7 +719,7 @@ class LayerBuilder:
                     st = os.stat(fileobj.name)
                 except OSError:
                     return None
-            if (st.st_size != info.size or not stat.S_ISREG(st.st_mode)
+            if (st.st_size != size or not stat.S_ISREG(st.st_mode)
                     or max(st.st_mtime_ns, st.st_ctime_ns) >= limit):
                 return None
             h.update(f"\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\0"
@@ -746,25 +731,26 @@ class LayerBuilder:
         return _to_file(self.write, dir)
 
 
-def _write_tar(plan: list[_Planned], pipe: _Pipeline) -> None:
+def _write_tar(plan: _Plan, pipe: _Pipeline) -> None:
     buf = bytearray()
     total = 0
-    for info, fileobj, origin, header in plan:
+    for header, size, fileobj, origin in zip(plan.headers, plan.sizes, plan.files, plan.origins,
+                                             strict=True):
         buf += header
         total += len(header)
-        if info.type == tarfile.REGTYPE and info.size:
+        if size:
             assert fileobj is not None  # noqa: S101 - checked in _put
             name = getattr(fileobj, "name", None) or origin
-            remaining = info.size
+            remaining = size
             while remaining:
                 chunk = fileobj.read(min(remaining, CHUNK))
                 if not chunk:
                     raise LayerSourceError(name, f"changed size while being read: expected "
-                                           f"{info.size} bytes, got {info.size - remaining}; "
+                                           f"{size} bytes, got {size - remaining}; "
                                            "build again once it has stopped changing")
                 if len(chunk) > remaining:
                     raise LayerSourceError(name, f"changed size while being read: more than the "
-                                           f"{info.size} bytes it had when listed")
+                                           f"{size} bytes it had when listed")
                 remaining -= len(chunk)
                 if len(chunk) >= CHUNK // 4:
                     if buf:
@@ -775,12 +761,12 @@ def _write_tar(plan: list[_Planned], pipe: _Pipeline) -> None:
                     buf += chunk
             if fileobj.read(1):
                 raise LayerSourceError(name, f"changed size while being read: grew past the "
-                                       f"{info.size} bytes it had when listed; build again once "
+                                       f"{size} bytes it had when listed; build again once "
                                        "it has stopped changing")
             fileobj.close()
-            pad = -info.size % tarfile.BLOCKSIZE
+            pad = -size % tarfile.BLOCKSIZE
             buf += bytes(pad)
-            total += info.size + pad
+            total += size + pad
         if len(buf) >= CHUNK:
             pipe.write(buf)
             buf = bytearray()
@@ -823,8 +809,11 @@ def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
     leading ``/``, in the order the sources were given. Every source gets the same
     ``options``; a source no plugin claims raises ``LayerSourceError``.
     """
-    options = options or LayerOptions()
-    out: list[Entry] = []
+    return list(_iter_entries(pm, sources, options or LayerOptions()))
+
+
+def _iter_entries(pm: pluggy.PluginManager, sources: Mapping[str, object],
+                  options: LayerOptions) -> Iterator[Entry]:
     for target, source in sources.items():
         base = normalize_target(target)
         entries = _ask_plugins(pm, source, base, options)
@@ -841,31 +830,33 @@ def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
                                        "name a target path for it")
             if info.type == tarfile.LNKTYPE:
                 info.linkname = _join(base, info.linkname, what)
-            out.append((info, fileobj))
-    return out
+            yield info, fileobj
 
 
 def prepare_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
                   compression: str = "gzip", docker_flavour: bool = False,
                   ignores: Iterable[str] = (), ignore_files: Iterable[str] = (),
                   follow_symlinks: bool = True, level: int | None = None,
-                  mtime: int | None = None) -> LayerBuilder:
+                  mtime: int | None = None, platform: str | None = None) -> LayerBuilder:
     """The :class:`LayerBuilder` of ``{target: source}`` with every entry listed, not yet
-    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``."""
+    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``. ``platform`` tells the
+    sources the one platform the layer is for (``None``: every platform)."""
     return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
                         ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime)
+                        follow_symlinks=follow_symlinks, level=level, mtime=mtime,
+                        platform=platform)
 
 
 def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, compression: str,
                  docker_flavour: bool, ignores: Iterable[str], ignore_files: Iterable[str],
-                 follow_symlinks: bool, level: int | None, mtime: int | None) -> LayerBuilder:
+                 follow_symlinks: bool, level: int | None, mtime: int | None,
+                 platform: str | None = None) -> LayerBuilder:
     builder = LayerBuilder(compression=compression, level=level, docker_flavour=docker_flavour,
                            mtime=mtime)
-    with _gc_paused():
-        options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks)
-        for info, fileobj in collect_entries(pm, sources, options=options):
-            builder.add(info, fileobj)
+    # entry by entry, not collected into a list first: no (info, fileobj) pair outlives its add
+    options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks, platform)
+    for info, fileobj in _iter_entries(pm, sources, options):
+        builder.add(info, fileobj)
     return builder
 
 
@@ -899,69 +890,6 @@ def write_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], sink: S
 # --------------------------------------------------------------------------------------------
 # Tarballs as they are
 # --------------------------------------------------------------------------------------------
-class _Decompressor(Protocol):
-    def feed(self, data: bytes) -> bytes: ...
-
-    def end(self) -> None: ...
-
-
-class _Frames:
-    """Decompresses a stream of one or more independent frames (gzip members, zstd frames),
-    as ``gzip -d`` and ``zstd -d`` do; ``end`` refuses a stream cut off inside a frame."""
-
-    def __init__(self, name: str, kind: str, new: Callable[[], Any], *,
-                 padding_allowed: bool = False) -> None:
-        self._name = name
-        self._kind = kind
-        self._new = new
-        self._padding_allowed = padding_allowed  # gzip tolerates trailing zero bytes
-        self._d: Any = new()
-        self._between = False
-
-    def feed(self, data: bytes) -> bytes:
-        parts: list[bytes] = []
-        while data:
-            if self._between:
-                if self._padding_allowed and not data.lstrip(b"\0"):
-                    return b"".join(parts)
-                self._d = self._new()
-                self._between = False
-            try:
-                parts.append(self._d.decompress(data))
-            except Exception as exc:  # noqa: BLE001 - zlib.error, IsalError, ZstdError
-                raise LayerSourceError(self._name, f"is not valid {self._kind}: {exc}") from None
-            if self._d.eof:
-                data = self._d.unused_data
-                self._between = True
-            else:
-                data = b""
-        return b"".join(parts)
-
-    def end(self) -> None:
-        if not self._between:
-            raise LayerSourceError(self._name, f"{self._kind} stream ends early (truncated file?)")
-
-
-def _gunzip_members(name: str) -> _Frames:
-    lib: Any = _isal_zlib if _isal_zlib is not None else zlib
-    return _Frames(name, "gzip", lambda: lib.decompressobj(31), padding_allowed=True)
-
-
-def _unzstd(name: str) -> _Frames:
-    import zstandard
-
-    return _Frames(name, "zstd", lambda: zstandard.ZstdDecompressor().decompressobj())
-
-
-def sniff_compression(head: bytes) -> str:
-    """``"gzip"``, ``"zstd"`` or ``"none"`` from a file's first bytes."""
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    return "none"
-
-
 class _TarCheck:
     """Checks that a stream starts like a tar archive (a valid first header or zeros)."""
 
@@ -1008,22 +936,24 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
     """
     name = os.fspath(path)
     try:
-        src = open(name, "rb")  # noqa: SIM115 - closed below
+        src = open(name, "rb")
     except OSError as exc:
         raise LayerSourceError(name, f"cannot be read: {exc.strerror or exc}") from exc
     with src:
-        given = sniff_compression(src.read(4))
+        given = sniff(src.read(SNIFF_SIZE)) or "none"
         src.seek(0)
+        if given not in COMPRESSIONS:
+            raise LayerSourceError(name, f"is {given}-compressed; a layer is a plain, gzip or "
+                                   "zstd tarball")
         if given == "zstd" and docker_flavour:
-            return _to_file(lambda sink: _recompress(src, name, _unzstd(name), "gzip", level,
-                                                     True, sink), dir)
+            return _to_file(lambda sink: _recompress(src, name, Frames("zstd", name),
+                                                     "gzip", level, True, sink), dir)
         if given == "none" and compression != "none":
             return _to_file(lambda sink: _recompress(src, name, None, compression, level,
                                                      docker_flavour, sink), dir)
         media_type = mediatypes.layer_media_type(docker_flavour, given)
         file_hash, tar_hash = hashlib.sha256(), hashlib.sha256()
-        decomp: _Decompressor | None = (_gunzip_members(name) if given == "gzip"
-                                        else _unzstd(name) if given == "zstd" else None)
+        decomp = Frames(given, name) if given != "none" else None
         check = _TarCheck(name)
         size = 0
         while True:
@@ -1032,9 +962,9 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
                 break
             size += len(chunk)
             file_hash.update(chunk)
-            raw = decomp.feed(chunk) if decomp is not None else chunk
-            check.feed(raw)
-            tar_hash.update(raw)
+            for raw in decomp.feed(chunk) if decomp is not None else (chunk,):
+                check.feed(raw)
+                tar_hash.update(raw)
         if decomp is not None:
             decomp.end()
         check.end()
@@ -1043,18 +973,18 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
     return BuiltLayer(info, os.path.abspath(name), owned=False)
 
 
-def _recompress(src: IO[bytes], name: str, decomp: _Decompressor | None, compression: str,
+def _recompress(src: IO[bytes], name: str, decomp: Frames | None, method: str,
                 level: int | None, docker_flavour: bool, sink: Sink) -> LayerInfo:
-    pipe = _Pipeline(_compressor(compression, level), sink)
+    pipe = _Pipeline(_compressor(method, level), sink)
     check = _TarCheck(name)
     try:
         while True:
             chunk = src.read(CHUNK)
             if not chunk:
                 break
-            raw = decomp.feed(chunk) if decomp is not None else chunk
-            check.feed(raw)
-            pipe.write(raw)
+            for raw in decomp.feed(chunk) if decomp is not None else (chunk,):
+                check.feed(raw)
+                pipe.write(raw)
         if decomp is not None:
             decomp.end()
         check.end()
@@ -1062,7 +992,7 @@ def _recompress(src: IO[bytes], name: str, decomp: _Decompressor | None, compres
     finally:
         pipe.abort()
     return LayerInfo(digest=digest, diff_id=diff_id, size=size,
-                     media_type=mediatypes.layer_media_type(docker_flavour, compression))
+                     media_type=mediatypes.layer_media_type(docker_flavour, method))
 
 
 def compress_layer(stream: IO[bytes], name: str, *, compression: str = "gzip",
@@ -1075,3 +1005,54 @@ def compress_layer(stream: IO[bytes], name: str, *, compression: str = "gzip",
     """
     return _to_file(lambda sink: _recompress(stream, name, None, compression, level,
                                              docker_flavour, sink), dir)
+
+
+class _PipeWriter(io.RawIOBase):
+    """A writable file object over a :class:`_Pipeline`, gathering small writes (tarfile's
+    stream mode writes 10 kB records) into ``CHUNK``-sized pieces for the compressor thread."""
+
+    def __init__(self, pipe: _Pipeline) -> None:
+        super().__init__()
+        self._pipe = pipe
+        self._buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._buf += view
+        if len(self._buf) >= CHUNK:
+            self._pipe.write(bytes(self._buf))
+            self._buf.clear()
+        return len(view)
+
+    def drain(self) -> None:
+        if self._buf:
+            self._pipe.write(bytes(self._buf))
+            self._buf.clear()
+
+
+def layer_from_writer(write_tar: Callable[[BinaryIO], None], *, compression: str = "gzip",
+                      docker_flavour: bool = False, level: int | None = None,
+                      dir: str | None = None) -> BuiltLayer:
+    """A layer from a function that writes an uncompressed tar stream to the file object it
+    is given (never seeking), compressed and hashed as it is written, into a temporary blob.
+
+    Memory stays bounded by a few chunks whatever the size of the tar: this is how
+    ``cib flatten`` turns an image's merged filesystem into one layer.
+    """
+    media_type = mediatypes.layer_media_type(docker_flavour, compression)
+
+    def write(sink: Sink) -> LayerInfo:
+        pipe = _Pipeline(_compressor(compression, level), sink)
+        try:
+            writer = _PipeWriter(pipe)
+            write_tar(cast(BinaryIO, writer))
+            writer.drain()
+            diff_id, digest, size = pipe.finish()
+        finally:
+            pipe.abort()
+        return LayerInfo(digest=digest, diff_id=diff_id, size=size, media_type=media_type)
+
+    return _to_file(write, dir)

@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
+from cib_core.errors import LocalWriteError
+from cib_core.fileio import write_atomically
 from cib_core.layers.build import LayerInfo
 
 log = logging.getLogger(__name__)
@@ -74,13 +75,6 @@ def store(key: str, info: LayerInfo) -> None:
                           "media_type": info.media_type}).encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as exc:
+        write_atomically(path, payload, mode=0o600, fsync=False)
+    except (OSError, LocalWriteError) as exc:
         log.debug("cannot write the layer cache entry %s: %s", path, exc)

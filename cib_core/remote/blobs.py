@@ -3,8 +3,7 @@
 A :class:`BlobStream` hashes a blob as it arrives and holds the last piece back until the end
 has been seen and the digest checked, so a mismatch raises before any byte past the verified
 point is handed out; a body that breaks off is asked for again from where it stopped (a
-``Range`` request), by the transport's retry policy. :func:`chunks_of` cuts an upload's source
-into pieces of one size with one piece in memory at a time.
+``Range`` request), by the transport's retry policy.
 """
 
 from __future__ import annotations
@@ -13,20 +12,22 @@ import io
 import logging
 import re
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 import requests
 
+from cib_core.callbacks import Progress
 from cib_core.digest import new_hasher, problem
 from cib_core.errors import ConfigurationError, DigestMismatch, InvalidReference, NotFound, RegistryError
 from cib_core.redact import redact_url
 from cib_core.remote.body import READ_SIZE, BodyBrokenOff, read_piece
 from cib_core.retry import DEFAULT_POLICY, TEMPORARY_STATUSES, RetryPolicy
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from cib_core.remote.transport import TransportPool
 
-Progress = Callable[[str, int, "int | None"], None]
+log = logging.getLogger(__name__)
 
 
 def hasher_for(digest: str, what: str) -> Any:
@@ -35,86 +36,6 @@ def hasher_for(digest: str, what: str) -> Any:
     if trouble is not None:
         raise InvalidReference(digest, f"{trouble}, for {what}")
     return new_hasher(digest)
-
-
-def verified_digest(stream: Any) -> str | None:
-    """The digest ``stream`` checks by itself (a registry ``BlobStream``, also inside the
-    ``io.BufferedReader`` that ``blob(stream=True)`` returns), else None."""
-    found = getattr(stream, "verified_digest", None)
-    if found is None:
-        found = getattr(getattr(stream, "raw", None), "verified_digest", None)
-    return found if isinstance(found, str) else None
-
-
-def chunks_of(blob: Any, size: int) -> Iterator[bytes | bytearray]:
-    """The source (bytes, a binary file object or an iterable of bytes) cut into pieces of
-    exactly ``size`` bytes (the last one shorter).
-
-    Each piece from a file or an iterable is a fresh ``bytearray`` filled in place (no joins,
-    no slices of joins), so at most one chunk is being built while the caller sends the
-    previous one; the caller must drop its reference before asking for the next.
-    """
-    if isinstance(blob, (bytes, bytearray, memoryview)):
-        view = memoryview(blob)
-        for i in range(0, len(view), size):
-            yield bytes(view[i:i + size])
-        return
-    if hasattr(blob, "read"):
-        yield from _file_chunks(blob, size)
-        return
-    buf = bytearray(size)
-    have = 0
-    for piece in blob:
-        if not isinstance(piece, (bytes, bytearray, memoryview)):
-            raise ConfigurationError(f"an upload's iterable must yield bytes, not {type(piece).__name__}")
-        if not piece:
-            continue
-        with memoryview(piece) as view:
-            start = 0
-            while len(view) - start >= size - have:
-                take = size - have
-                buf[have:] = view[start:start + take]
-                start += take
-                yield buf
-                del buf  # the caller's now: dropped before the next one is allocated
-                buf = bytearray(size)
-                have = 0
-            rest = len(view) - start
-            if rest:
-                buf[have:have + rest] = view[start:]
-                have += rest
-    if have:
-        del buf[have:]
-        yield buf
-
-
-def _file_chunks(blob: Any, size: int) -> Iterator[bytearray]:
-    readinto = getattr(blob, "readinto", None)
-    while True:
-        buf = bytearray(size)
-        have = 0
-        if readinto is not None:
-            with memoryview(buf) as out:
-                while have < size:
-                    n = readinto(out[have:])
-                    if not n:
-                        break
-                    have += n
-        else:
-            while have < size:
-                piece = blob.read(size - have)
-                if not piece:
-                    break
-                buf[have:have + len(piece)] = piece
-                have += len(piece)
-        if not have:
-            return
-        if have < size:
-            del buf[have:]
-        yield buf
-        del buf
-        if have < size:
-            return
 
 
 class BlobStream(io.RawIOBase):
@@ -280,9 +201,11 @@ class BlobStream(io.RawIOBase):
 
 
 def fetch_url(url: str, digest: str, *, size: int | None = None, insecure: bool = False,
-              pm: Any = None, progress: Progress | None = None) -> BinaryIO:
+              pm: Any = None, progress: Progress | None = None,
+              pool: TransportPool | None = None) -> BinaryIO:
     """Download a blob from a plain URL (a non-distributable layer's ``urls``), anonymously,
-    verified against ``digest`` like ``RegistryClient.blob``. Use it as a context manager."""
+    verified against ``digest`` like ``RegistryClient.blob``. Use it as a context manager.
+    ``pool`` gives the URL host's transport (its session is shared and stays open)."""
     from cib_core.remote.transport import Transport
 
     what = f"blob {digest} from {redact_url(url)}"
@@ -291,11 +214,13 @@ def fetch_url(url: str, digest: str, *, size: int | None = None, insecure: bool 
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigurationError(f"{redact_url(url)} is not an http(s) URL; cannot fetch {digest}")
     host = parts.netloc.rsplit("@", 1)[-1]
-    transport = Transport(host, insecure=insecure, pm=pm)
+    transport = (pool.get(host, insecure=insecure) if pool is not None
+                 else Transport(host, insecure=insecure, pm=pm))
     resp = transport.request("GET", url, stream=True, expected_size=size)
     if resp.status_code != 200:
         resp.close()
-        transport.close()
+        if pool is None:
+            transport.close()
         err = NotFound if resp.status_code == 404 else RegistryError
         raise err(f"{what}: HTTP {resp.status_code}", status=resp.status_code, registry=host,
                   temporary=resp.status_code in TEMPORARY_STATUSES)
@@ -303,4 +228,4 @@ def fetch_url(url: str, digest: str, *, size: int | None = None, insecure: bool 
                                         policy=transport.retry), READ_SIZE)
 
 
-__all__ = ["BlobStream", "Progress", "chunks_of", "fetch_url", "hasher_for", "verified_digest"]
+__all__ = ["BlobStream", "Progress", "fetch_url", "hasher_for"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any, BinaryIO, Literal, overload
 from urllib.parse import urljoin
@@ -21,11 +22,12 @@ import requests
 from cib_core import mediatypes
 from cib_core.authn.challenge import ScopedAuth, repository_scope
 from cib_core.authn.credentials import Credentials
+from cib_core.callbacks import Progress
 from cib_core.digest import ALGORITHMS, sha256_digest
 from cib_core.documents import canonical_json, json_object, manifest_media_type
-from cib_core.errors import DigestMismatch, ManifestError, NotFound, RegistryError
+from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound, RegistryError
 from cib_core.redact import redact_url
-from cib_core.remote.blobs import BlobStream, Progress, fetch_url, hasher_for
+from cib_core.remote.blobs import BlobStream, fetch_url, hasher_for
 from cib_core.remote.body import READ_SIZE, BodyBrokenOff
 from cib_core.remote.errors import media_type_of
 from cib_core.remote.session import DEFAULT_CHUNK_SIZE, RepositorySession, is_digest_ref
@@ -42,6 +44,26 @@ MAX_PAGES = 10_000
 MAX_LIST_ENTRIES = 1_000_000
 """The most tags or repositories ``tags()`` and ``catalog()`` collect in memory (the
 ``iter_`` forms stream, bounded by ``MAX_PAGES`` only)."""
+
+
+def is_digest(ref: str) -> bool:
+    """True when ``ref`` (a tag or a digest) has the digest grammar: tags have no colon."""
+    return is_digest_ref(ref)
+
+
+def _manifest_subject(ref: str) -> str:
+    """How a message names a manifest reference: ``tag 'v1'`` or ``manifest sha256:...``."""
+    return f"manifest {ref}" if is_digest_ref(ref) else f"tag {ref!r}"
+
+
+def referrers_tag(digest: str) -> str:
+    """The distribution spec's referrers tag for ``digest``: the algorithm cut to 32
+    characters, ``-``, the encoded part cut to 64, anything a tag cannot hold turned into ``-``
+    (``sha256:ab..`` -> ``sha256-ab..``)."""
+    algorithm, sep, encoded = digest.partition(":")
+    if not sep or not algorithm or not encoded:
+        raise InvalidReference(digest, "not a digest (expected algorithm:hex)")
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", f"{algorithm[:32]}-{encoded[:64]}")
 
 
 class RegistryClient(RepositorySession):
@@ -66,6 +88,13 @@ class RegistryClient(RepositorySession):
                          progress=progress)
         self.uploads = BlobUploader(self)
 
+    def authenticate(self) -> Credentials:
+        """Settle now which credentials this client uses (the first request does otherwise):
+        the explicit options, or, after an anonymous ping, the credential providers' answer if
+        the registry asks for credentials. Call it before sharing the client with threads, so
+        the providers (which may import modules when first asked) run in the calling thread."""
+        return self.registry_auth.credentials
+
     # -- manifests ----------------------------------------------------------------------------
     def manifest_raw(self, ref: str) -> tuple[bytes, str, str]:
         """The exact stored bytes, media type and digest of a manifest or index (tag or digest).
@@ -77,7 +106,8 @@ class RegistryClient(RepositorySession):
     def _manifest_raw(self, ref: str) -> tuple[bytes, str, str]:
         what = f"manifest {ref}"
         resp = self.check(self.send("GET", self.path("manifests", ref),
-                                    headers={"Accept": mediatypes.ACCEPT}), (200,), what)
+                                    headers={"Accept": mediatypes.ACCEPT}), (200,), what,
+                          missing=_manifest_subject(ref))
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > MAX_MANIFEST_SIZE:
             resp.close()
@@ -120,7 +150,7 @@ class RegistryClient(RepositorySession):
         if resp.status_code == 404:
             resp.close()
             return False
-        self.check(resp, (200,), f"manifest {ref}").close()
+        self.check(resp, (200,), f"manifest {ref}", missing=_manifest_subject(ref)).close()
         return True
 
     def manifest_digest(self, ref: str) -> str:
@@ -129,7 +159,8 @@ class RegistryClient(RepositorySession):
             return ref
         self.check_ref(ref)
         resp = self.check(self.send("HEAD", self.path("manifests", ref),
-                                    headers={"Accept": mediatypes.ACCEPT}), (200,), f"manifest {ref}")
+                                    headers={"Accept": mediatypes.ACCEPT}), (200,),
+                          f"manifest {ref}", missing=_manifest_subject(ref))
         resp.close()
         digest = resp.headers.get("Docker-Content-Digest")
         return digest if digest and is_digest_ref(digest) else self.manifest_raw(ref)[2]
@@ -154,14 +185,16 @@ class RegistryClient(RepositorySession):
         if answered and answered.startswith("sha256:") and answered != digest:
             raise DigestMismatch(f"manifest pushed to {self.name}", digest, answered)
         log.debug("pushed manifest %s to %s as %s", digest, self.name, ref)
-        return UploadResult(resp.status_code, digest, len(raw), body)
+        subject = resp.headers.get("OCI-Subject") or None
+        return UploadResult(resp.status_code, digest, len(raw), body, subject)
 
     def delete_manifest(self, ref: str) -> None:
         """Delete a manifest (a tag is resolved to its digest first; registries delete by digest)."""
         digest = self.manifest_digest(ref)
         resp = self.send("DELETE", self.path("manifests", digest),
                          scope=self.scoped("delete", [repository_scope(self.repository, "pull")]))
-        self.check(resp, (200, 202, 204), f"delete of manifest {ref}").close()
+        self.check(resp, (200, 202, 204), f"delete of manifest {ref}",
+                   missing=_manifest_subject(digest)).close()
 
     # -- listing --------------------------------------------------------------------------------
     def _pages(self, first: str, key: str, scope: ScopedAuth, what: str,
@@ -249,7 +282,8 @@ class RegistryClient(RepositorySession):
         what = f"blob {digest} from {self.name}"
         hasher_for(digest, what)
         path = self.path("blobs", digest)
-        resp = self.check(self.send("GET", path, expected_size=size), (200,), f"blob {digest}")
+        resp = self.check(self.send("GET", path, expected_size=size), (200,), f"blob {digest}",
+                          missing=f"blob {digest}")
 
         def reopen(offset: int) -> requests.Response:
             rest = None if size is None else max(0, size - offset)
@@ -300,15 +334,16 @@ class RegistryClient(RepositorySession):
         return self.uploads.upload(blob, content_length, digest, force=force, progress=progress,
                                    chunk_size=chunk_size)
 
-    def upload_stream(self, pieces: Iterable[bytes], *,
-                      progress: Progress | None = None) -> UploadResult:
+    def upload_stream(self, pieces: Iterable[bytes], *, progress: Progress | None = None,
+                      label: str = "new blob") -> UploadResult:
         """Upload a blob whose digest is not known yet in one streamed ``PATCH`` (chunked
         transfer encoding), hashed on the way, then the closing ``PUT``: the way docker, crane
         and skopeo push a layer while it is being made. The registry takes the bytes as they
         come, with no round trip per chunk and no per-chunk bookkeeping, but nothing can be
         resumed: this is for a producer that can make the bytes again (a layer build), and a
-        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way."""
-        return self.uploads.stream(pieces, progress=progress)
+        break-off is a temporary ``RegistryError``. ``upload`` is the resumable way.
+        ``label`` names the blob to ``progress`` while its digest is not known."""
+        return self.uploads.stream(pieces, progress=progress, label=label)
 
     def copy_blob_to(self, target: RegistryClient, digest: str, size: int | None = None, *,
                      progress: Progress | None = None, force: bool = False) -> UploadResult:
@@ -336,9 +371,8 @@ class RegistryClient(RepositorySession):
             index = self.read_json(resp, MAX_MANIFEST_SIZE, f"referrers of {digest}")
         elif resp.status_code in (200, 404, 405, 400):
             resp.close()
-            fallback_tag = digest.replace(":", "-", 1)
             try:
-                index = self.manifest(fallback_tag)
+                index = self.manifest(referrers_tag(digest))
             except NotFound:
                 index = None
         else:
@@ -353,4 +387,4 @@ class RegistryClient(RepositorySession):
 
 
 __all__ = ["MAX_LIST_ENTRIES", "MAX_MANIFEST_SIZE", "MAX_PAGES", "RegistryClient", "UploadResult",
-           "fetch_url"]
+           "fetch_url", "is_digest", "referrers_tag"]

@@ -43,6 +43,8 @@ NOT_FOUND_CODES = frozenset({"BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "NAME_UNKNOWN",
 TEMPORARY_CODES = frozenset({"TOOMANYREQUESTS", "UNAVAILABLE"})
 """Codes that say "later" whatever the status (Docker Hub's rate limit, distribution's 503)."""
 
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
 _MAX_DETAILS = 20
 _MAX_DETAIL_MESSAGE = 300
 
@@ -84,12 +86,13 @@ def _details(doc: Any, secrets: Sequence[str]) -> list[RegistryErrorDetail]:
 
 def registry_error(resp: requests.Response, what: str, *, registry: str,
                    repository: str | None = None, anonymous: bool = True,
-                   secrets: Sequence[str] = ()) -> RegistryError:
+                   secrets: Sequence[str] = (), missing: str | None = None) -> RegistryError:
     """The error for an unexpected answer ``resp`` to the request about ``what``; closes
     ``resp``. ``anonymous`` says whether credentials were sent (for the hint of a 401);
-    ``secrets`` are removed from anything the registry wrote."""
+    ``secrets`` are removed from anything the registry wrote; ``missing`` names the thing a
+    404 means is absent (``tag 'v1'``), for a message that says so."""
     status = resp.status_code
-    method = resp.request.method if resp.request is not None else None
+    method = ((resp.request.method if resp.request is not None else None) or "").upper()
     body, whole = (b"", True) if method == "HEAD" else read_error_body(resp)
     resp.close()
     details: list[RegistryErrorDetail] = []
@@ -104,6 +107,8 @@ def registry_error(resp: requests.Response, what: str, *, registry: str,
             details = _details(doc, secrets)
         elif ctype == "text/html" or body.lstrip()[:1] == b"<":
             note = "; it answered with an HTML page, not the registry API (is this a registry?)"
+        elif status == 405:
+            note = ""  # distribution's plain "Method not allowed"; the status says it all
         elif doc is None:
             note = "; its answer was not valid JSON" + ("" if whole else " (it was cut off)")
         else:
@@ -127,19 +132,47 @@ def registry_error(resp: requests.Response, what: str, *, registry: str,
     if status == 403 or "DENIED" in codes:
         return AuthorizationError(f"{base}: access denied for these credentials", **common)
     if status == 404 or (codes and set(codes) <= NOT_FOUND_CODES):
+        answer = redact_text(f"HTTP {status}" + (f", {summary}" if summary else ""), secrets)
+        if "NAME_UNKNOWN" in codes:
+            return NotFound(f"repository {where} not found ({what}: {answer})", **common)
+        if missing is not None:
+            return NotFound(f"{missing} not found in {where} ({answer})", **common)
         return NotFound(base, **common)
+    if status == 405 and method in _WRITE_METHODS:
+        return _write_refused(resp, method, what, codes, base, common)
     temporary = status in TEMPORARY_STATUSES or any(c in TEMPORARY_CODES for c in codes)
     return RegistryError(base, temporary=temporary, **common)
 
 
+def _write_refused(resp: requests.Response, method: str, what: str, codes: tuple[str, ...],
+                   base: str, common: dict[str, Any]) -> RegistryError:
+    """A 405 to a write: deletes switched off, or a registry that takes no writes at all
+    (distribution's ``maintenance.readonly``, which answers every write with a plain 405
+    and ``Allow: GET, HEAD``)."""
+    registry = common["registry"]
+    if method == "DELETE" and "UNSUPPORTED" in codes:
+        return RegistryError(f"{base}: registry {registry} does not allow deletes "
+                             "(docker-registry needs storage.delete.enabled: true)", **common)
+    allow = [m.strip().upper() for m in resp.headers.get("Allow", "").split(",") if m.strip()]
+    takes_writes = any(m in _WRITE_METHODS for m in allow) if allow else bool(codes)
+    if takes_writes:
+        return RegistryError(base, **common)  # this one request refused, not every write
+    allowed = f", it allows only {', '.join(allow)}" if allow else ""
+    target = f" to repository {common['repository']}" if common["repository"] else ""
+    return RegistryError(
+        f"registry {registry} refuses writes{target}: it is read-only, for example in "
+        f"maintenance mode ({what}: HTTP 405{allowed}); try again once it takes writes, or "
+        "write to another registry", **common)
+
+
 def check_error(resp: requests.Response, ok: Iterable[int], what: str, *, registry: str,
                 repository: str | None = None, anonymous: bool = True,
-                secrets: Sequence[str] = ()) -> requests.Response:
+                secrets: Sequence[str] = (), missing: str | None = None) -> requests.Response:
     """``resp`` when its status is one of ``ok``; otherwise the ``registry_error`` is raised."""
     if resp.status_code in set(ok):
         return resp
     raise registry_error(resp, what, registry=registry, repository=repository,
-                         anonymous=anonymous, secrets=secrets)
+                         anonymous=anonymous, secrets=secrets, missing=missing)
 
 
 __all__ = ["ERROR_CODES", "MAX_ERROR_BODY", "NOT_FOUND_CODES", "TEMPORARY_CODES", "check_error",

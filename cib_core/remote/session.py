@@ -18,15 +18,16 @@ import requests
 from cib_core.authn.challenge import RegistryAuth, ScopedAuth, merge_scopes, repository_scope
 from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
+from cib_core.callbacks import Progress
 from cib_core.digest import GRAMMAR
 from cib_core.errors import ConfigurationError, InvalidReference, RegistryError
 from cib_core.redact import secret_forms
-from cib_core.remote.blobs import Progress, hasher_for
+from cib_core.reference import DOCKER_HUB_API_HOST, is_docker_hub
+from cib_core.remote.blobs import hasher_for
 from cib_core.remote.errors import check_error, registry_error
 from cib_core.remote.transport import Transport, TransportOptions, TransportPool
 
 DEFAULT_CHUNK_SIZE = 8 * 1024 * 1024
-DOCKER_HUB_API_HOST = "registry-1.docker.io"
 
 
 def is_digest_ref(ref: str) -> bool:
@@ -54,7 +55,7 @@ class RepositorySession:
                                      f"got {registry!r} and {repository!r}")
         self.registry = registry
         self.repository = repository
-        self.api_host = DOCKER_HUB_API_HOST if registry in ("docker.io", "index.docker.io") else registry
+        self.api_host = DOCKER_HUB_API_HOST if is_docker_hub(registry) else registry
         self.chunk_size = chunk_size
         self.progress = progress
         if transport is None:
@@ -135,15 +136,21 @@ class RepositorySession:
                                       stream=True, retry=retry, allow_redirects=allow_redirects,
                                       expected_size=expected_size)
 
-    def error(self, resp: requests.Response, what: str) -> RegistryError:
-        """The typed error for an unexpected answer; closes ``resp``."""
+    def error(self, resp: requests.Response, what: str, *,
+              missing: str | None = None) -> RegistryError:
+        """The typed error for an unexpected answer; closes ``resp``. ``what`` names the
+        request (``upload of blob sha256:...``); ``missing`` names the thing a 404 means is
+        absent (``tag 'v1'``), for a message that says so."""
         return registry_error(resp, what, registry=self.registry, repository=self.repository,
-                              anonymous=self.credentials.anonymous, secrets=self.known_secrets())
+                              anonymous=self.credentials.anonymous, secrets=self.known_secrets(),
+                              missing=missing)
 
-    def check(self, resp: requests.Response, ok: Iterable[int], what: str) -> requests.Response:
+    def check(self, resp: requests.Response, ok: Iterable[int], what: str, *,
+              missing: str | None = None) -> requests.Response:
         """``resp`` when its status is one of ``ok``; otherwise its typed error is raised."""
         return check_error(resp, ok, what, registry=self.registry, repository=self.repository,
-                           anonymous=self.credentials.anonymous, secrets=self.known_secrets())
+                           anonymous=self.credentials.anonymous, secrets=self.known_secrets(),
+                           missing=missing)
 
     def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes:
         """At most ``cap`` bytes of the body (a short one is an error); closes ``resp``."""

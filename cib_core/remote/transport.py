@@ -12,16 +12,25 @@ HTTPS without verification first, then plain HTTP.
 from __future__ import annotations
 
 import logging
+
+# requests imports netrc on the first request of a session that trusts the environment and
+# sends no credentials of its own; that request may come from a worker thread, and no import
+# may happen there (one racing another thread's can fail or deadlock)
+import netrc  # noqa: F401
 import os
 import re
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+import urllib3
 
 from cib_core.authn.challenge import RegistryAuth, TokenCache
 from cib_core.authn.credentials import Credentials
@@ -49,6 +58,62 @@ def user_agent() -> str:
 
 def is_loopback(host: str) -> bool:
     return is_loopback_host(host)
+
+
+# Registries that serve HTTPS with publicly trusted certificates and never plain HTTP: naming
+# one insecure is never the cure for a failure to reach it.
+_PUBLIC_TLS_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "gcr.io",
+                               "ghcr.io", "quay.io", "public.ecr.aws", "mcr.microsoft.com",
+                               "registry.gitlab.com", "nvcr.io", "registry.k8s.io"})
+_PUBLIC_TLS_SUFFIXES = (".gcr.io", ".pkg.dev", ".amazonaws.com", ".azurecr.io")
+
+
+def may_be_insecure(host: str) -> bool:
+    """Whether ``host`` could be a registry without TLS or without a trusted certificate, so
+    that naming it insecure could help: not a loopback host (those may always use plain HTTP)
+    and not one of the big public registries."""
+    name = (urlsplit(f"//{host}").hostname or host).lower()
+    if is_loopback(host) or name in _PUBLIC_TLS_HOSTS:
+        return False
+    return not name.endswith(_PUBLIC_TLS_SUFFIXES)
+
+
+ConnectionFailure = Literal["dns", "tls", "refused", "timeout"]
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it, outermost first: ``__cause__``/``__context__``, and the
+    wrapped errors requests and urllib3 keep in ``args[0]`` and ``reason``."""
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        chain.append(cur)
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
+            nxt = cur.args[0]
+        reason = getattr(cur, "reason", None)
+        if nxt is None and isinstance(reason, BaseException):
+            nxt = reason
+        cur = nxt
+    return chain
+
+
+def connection_failure(exc: BaseException) -> ConnectionFailure | None:
+    """What kept a request from getting an answer, read from ``exc`` and its causes: ``"dns"``
+    (the host name did not resolve), ``"tls"``, ``"refused"``, ``"timeout"``, or None."""
+    chain = _causes(exc)
+    kinds: list[tuple[tuple[type[BaseException], ...], ConnectionFailure]] = [
+        ((socket.gaierror, urllib3.exceptions.NameResolutionError), "dns"),
+        ((ssl.SSLError, urllib3.exceptions.SSLError, requests.exceptions.SSLError), "tls"),
+        ((ConnectionRefusedError,), "refused"),
+        ((TimeoutError, urllib3.exceptions.TimeoutError, requests.exceptions.Timeout), "timeout"),
+    ]
+    for types, kind in kinds:
+        if any(isinstance(e, types) for e in chain):
+            return kind
+    return None
 
 
 def _env_number(name: str, default: float) -> float:
@@ -107,22 +172,42 @@ def _replay_position(data: Any) -> tuple[bool, int | None]:
 
 def _root_cause(exc: BaseException) -> str:
     """A short reason for a connection failure, without the URL requests puts in its text."""
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    last: BaseException = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        last = cur
-        nxt = cur.__cause__ or cur.__context__
-        if nxt is None and cur.args and isinstance(cur.args[0], BaseException):
-            nxt = cur.args[0]
-        reason = getattr(cur, "reason", None)
-        if nxt is None and isinstance(reason, BaseException):
-            nxt = reason
-        cur = nxt
+    last = _causes(exc)[-1]
     text = re.sub(r"url: \S+", "url: <redacted>", str(last))
     text = re.sub(r"https?://\S+", lambda m: redact_url(m.group(0)), text)
     return f"{type(last).__name__}: {text}" if text else type(last).__name__
+
+
+class _UnverifiedHTTPSPool(urllib3.HTTPSConnectionPool):
+    """HTTPS connections as urllib3 makes them, without its ``InsecureRequestWarning`` for a
+    connection whose certificate is not checked.
+
+    cib makes such connections only to hosts its caller named insecure, and logs that once.
+    Silencing the warning any other way takes the process-wide warnings filters (or
+    ``warnings.catch_warnings``, which swaps them for every thread at once): those belong to
+    the program that embeds cib. A pool class is local to the pool manager that uses it.
+    """
+
+    def _validate_conn(self, conn: Any) -> None:
+        # urllib3's HTTPS pool connects here (so that TLS fails before the request is sent)
+        # and then warns when the connection is unverified; this does the first only
+        urllib3.HTTPConnectionPool._validate_conn(self, conn)
+        if conn.sock is None:
+            conn.connect()
+
+
+def _quiet_unverified_https(adapter: requests.adapters.BaseAdapter) -> None:
+    """Make ``adapter``'s direct HTTPS connections use :class:`_UnverifiedHTTPSPool`.
+
+    Only a ``requests`` ``HTTPAdapter`` (the builtin transport's, or a plugin's subclass) has
+    urllib3 pool managers to set this on; other adapters make their own connections. Through
+    a proxy requests makes pool managers of its own on the way, and urllib3 still warns
+    there (once per host under Python's default warning filters).
+    """
+    if isinstance(adapter, requests.adapters.HTTPAdapter):
+        manager = adapter.poolmanager
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme,
+                                          "https": _UnverifiedHTTPSPool}
 
 
 class Transport:
@@ -153,6 +238,11 @@ class Transport:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.verify: bool | str = self._verify(insecure)
+        if self.insecure_hosts:
+            # Only hosts the caller named insecure get unverified HTTPS: keep urllib3 from
+            # warning about each such connection (which would also break the CLI's one-line
+            # error contract).
+            _quiet_unverified_https(adapter)
         if insecure:
             log.info("registry %s is named insecure: TLS certificates are not checked", self.registry)
 
@@ -162,7 +252,7 @@ class Transport:
             pm = get_plugin_manager()
         try:
             adapter = pm.hook.cib_transport(registry=self.registry)
-        except Exception as exc:  # noqa: BLE001 - a plugin's failure, named
+        except Exception as exc:
             raise PluginError("cib_transport", f"failed for registry {self.registry}: "
                               f"{type(exc).__name__}: {exc}") from exc
         if adapter is None:
@@ -271,10 +361,13 @@ class Transport:
                     timeout=(self.options.connect_timeout, deadline.read_timeout_now()))
             except requests.exceptions.SSLError as exc:
                 # a certificate problem does not go away by asking again
+                cure = "give a CA bundle (REQUESTS_CA_BUNDLE or SSL_CERT_FILE)"
+                tls_host = host_of(url) or self.registry
+                if may_be_insecure(tls_host) and not self.named_insecure(tls_host):
+                    cure += " or name the registry as insecure"
                 raise RegistryError(
                     f"TLS with {self._where(url)} failed ({method} {redact_url(url)}): "
-                    f"{_root_cause(exc)}; give a CA bundle (REQUESTS_CA_BUNDLE or SSL_CERT_FILE) or "
-                    "name the registry as insecure", registry=self.registry) from exc
+                    f"{_root_cause(exc)}; {cure}", registry=self.registry) from exc
             except requests.exceptions.TooManyRedirects as exc:
                 raise RegistryError(
                     f"{self._where(url)} redirected {method} {redact_url(url)} in a loop (more "
@@ -297,6 +390,11 @@ class Transport:
                     attempt += 1
                     policy.sleep(delay)
                     continue
+                if connection_failure(exc) == "dns":
+                    raise RegistryError(
+                        f"the host name of {self._where(url)} could not be resolved "
+                        f"({method} {redact_url(url)}): {_root_cause(exc)}",
+                        registry=self.registry, temporary=True) from exc
                 raise RegistryError(
                     f"cannot reach {self._where(url)} ({method} {redact_url(url)}): "
                     f"{_root_cause(exc)}", registry=self.registry, temporary=True) from exc

@@ -24,6 +24,8 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 from cib_core.authn.challenge import ScopedAuth
+from cib_core.callbacks import Progress
+from cib_core.digest import verified_digest
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -32,7 +34,8 @@ from cib_core.errors import (
     NotFound,
     RegistryError,
 )
-from cib_core.remote.blobs import Progress, chunks_of, hasher_for, verified_digest
+from cib_core.fileio import chunks
+from cib_core.remote.blobs import hasher_for
 from cib_core.remote.body import READ_SIZE
 from cib_core.remote.session import RepositorySession
 from cib_core.retry import TEMPORARY_STATUSES, parse_retry_after
@@ -45,12 +48,15 @@ MAX_ANSWER_BODY = 64 * 1024
 @dataclass(frozen=True)
 class UploadResult:
     """What an upload did: the HTTP ``status`` of the request that finished it, the
-    ``digest`` now present, its ``size``, and (for manifests) the registry's answer ``body``."""
+    ``digest`` now present, its ``size``, and (for manifests) the registry's answer ``body``
+    and its ``OCI-Subject`` header: the subject digest a registry with the referrers API
+    indexed the manifest under (``None``: the client must keep the fallback tag itself)."""
 
     status: int
     digest: str
     size: int = 0
     body: bytes = b""
+    subject: str | None = None
 
 
 class UploadLost(RegistryError):
@@ -258,9 +264,11 @@ class BlobUploader:
         return UploadResult(resp.status_code, digest, sent)
 
     # -- one streamed PATCH, digest unknown -------------------------------------------------------
-    def stream(self, pieces: Iterable[bytes], *, progress: Progress | None = None) -> UploadResult:
+    def stream(self, pieces: Iterable[bytes], *, progress: Progress | None = None,
+               label: str = "new blob") -> UploadResult:
         """See ``RegistryClient.upload_stream``."""
         s = self.session
+        progress = progress or s.progress
         scope = s.scoped("push")
         location, _ = self.start(scope)
         hasher = hashlib.sha256()
@@ -277,7 +285,7 @@ class BlobUploader:
                 hasher.update(piece)
                 sent += len(piece)
                 if progress is not None:
-                    progress("", sent, None)
+                    progress(label, sent, None)
                 yield piece
 
         try:
@@ -295,6 +303,8 @@ class BlobUploader:
             raise
         location = urljoin(resp.url, resp.headers.get("Location") or location)
         result = self.finish(location, "sha256:" + hasher.hexdigest(), sent, scope)
+        if progress is not None:
+            progress(label, sent, sent)  # the size is known now: the bar can finish
         log.debug("uploaded %s (%d bytes) to %s in one streamed PATCH", result.digest, sent,
                   self.name)
         return result
@@ -365,12 +375,12 @@ class BlobUploader:
         hasher = None if verified and digest else (
             hasher_for(digest, "a blob upload") if digest else hashlib.sha256())
         algo = digest.split(":", 1)[0] if digest else "sha256"
-        label = digest or ""
+        label = digest or "new blob"
         offset = 0
         try:
-            chunks = chunks_of(blob, size)
+            pieces = chunks(blob, size)
             while True:
-                chunk = next(chunks, None)
+                chunk = next(pieces, None)
                 if chunk is None:
                     break
                 if hasher is not None:
@@ -390,6 +400,8 @@ class BlobUploader:
             self.cancel(location, scope)
             raise
         result = self.finish(location, actual, offset, scope)
+        if progress is not None and content_length is None:
+            progress(label, offset, offset)  # the size is known now: the bar can finish
         log.debug("uploaded %s (%d bytes) to %s in chunks of %d", actual, offset, self.name, size)
         return result
 

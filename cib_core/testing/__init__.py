@@ -310,6 +310,9 @@ class TokenServer:
         self.tokens_issued = 0  # every JWT signed, whatever clear_requests() dropped
         self._issued_lock = threading.Lock()
         self._key_pem, self.cert_pem, self._cert_der = self._make_key_and_cert()
+        # the request threads sign tokens with PyJWT (``issue``): imported here, in the
+        # caller's thread, so that no import happens in them
+        import jwt  # noqa: F401
         self._server = _LoopbackServer(_TokenHandler, self)
         self._thread = _ServerThread(self._server, "cib-token-server")
 
@@ -609,6 +612,7 @@ class RegistryServer:
     pid: int | None = None
     log_path: Path | None = None
     tls: bool = False  # served over HTTPS with a certificate from ``run_registry(tls=...)``
+    read_only: bool = False  # started with ``run_registry(read_only=True)``: answers 405 to writes
 
     @property
     def url(self) -> str:
@@ -634,14 +638,17 @@ class RegistryServer:
 
 
 def _registry_config(port: int, storage: Path, auth: Mapping[str, Any] | None,
-                     tls: tuple[Path, Path] | None = None) -> dict[str, Any]:
+                     tls: tuple[Path, Path] | None = None, *,
+                     read_only: bool = False, deletes: bool = True) -> dict[str, Any]:
     config: dict[str, Any] = {
         "version": 0.1,
         "log": {"level": "info", "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
-            "delete": {"enabled": True},
-            "maintenance": {"uploadpurging": {"enabled": False}},
+            "delete": {"enabled": deletes},
+            # readonly: distribution's maintenance mode, in which every write is refused
+            "maintenance": {"uploadpurging": {"enabled": False},
+                            "readonly": {"enabled": read_only}},
         },
         "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
         # Non-distributable (foreign) layers name URLs; distribution refuses every URL unless
@@ -709,12 +716,18 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = None,
                  password: str | None = None, token_server: TokenServer | None = None,
                  startup_timeout: float = 30.0,
-                 tls: tuple[Path, Path] | None = None) -> Iterator[RegistryServer]:
+                 tls: tuple[Path, Path] | None = None,
+                 read_only: bool = False, deletes: bool = True) -> Iterator[RegistryServer]:
     """Start ``docker-registry serve`` on a free loopback port and stop it (by PID) on exit.
 
     ``mode`` is ``"open"``, ``"basic"`` (htpasswd with a bcrypt hash) or ``"token"`` (a
     :class:`TokenServer` is started unless one is given). Credentials are generated unless given.
     ``tls`` is a (certificate, key) pair of PEM files: the registry then serves HTTPS only.
+    ``read_only`` starts it in distribution's maintenance mode (``maintenance.readonly``): reads
+    work, every write is answered 405. The storage is ``workdir/storage``, so a registry started
+    again on the same ``workdir`` serves what an earlier one stored: push into a writable one,
+    stop it, and start a read-only one there. ``deletes=False`` turns deletes off
+    (``storage.delete.enabled``), as in distribution's default configuration.
     """
     binary = require_tool("docker-registry")
     if mode not in ("open", "basic", "token"):
@@ -755,7 +768,9 @@ def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = N
             port = free_port()
             config_path = workdir / "config.yml"
             # JSON is YAML: no YAML library needed.
-            config_path.write_text(json.dumps(_registry_config(port, storage, auth, tls), indent=2))
+            config_path.write_text(json.dumps(
+                _registry_config(port, storage, auth, tls, read_only=read_only, deletes=deletes),
+                indent=2))
             with log_path.open("ab") as log_file:
                 proc = subprocess.Popen([binary, "serve", str(config_path)], stdin=subprocess.DEVNULL,
                                         stdout=log_file, stderr=subprocess.STDOUT,
@@ -781,7 +796,7 @@ def run_registry(workdir: Path, *, mode: Mode = "open", username: str | None = N
         log.debug("docker-registry (%s) on %s, pid %d", mode, host, proc.pid)
         yield RegistryServer(host=host, mode=mode, storage=storage, username=username,
                              password=password, token_server=token_server, pid=proc.pid,
-                             log_path=log_path, tls=tls is not None)
+                             log_path=log_path, tls=tls is not None, read_only=read_only)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cib_core import mediatypes as mt
-from cib_core.formats.docker_archive import DockerArchiveStore, layer_is_compressed
+from cib_core.formats.docker_archive import DockerArchiveReader, DockerArchiveWriter
 from cib_core.formats.flatten import export_filesystem
 from cib_core.formats.oci_layout import OCILayoutStore
 
@@ -46,7 +46,7 @@ def make_layer(files: dict[str, bytes]) -> tuple[bytes, bytes]:
     return plain, gzip.compress(plain, mtime=0)
 
 
-def build_into(store: OCILayoutStore | DockerArchiveStore, marker: str, tag: str | None,
+def build_into(store: OCILayoutStore | DockerArchiveWriter, marker: str, tag: str | None,
                *, docker: bool = False) -> tuple[str, str, list[str]]:
     """An image of one gzip layer: (manifest digest, config digest, diff_ids)."""
     plain, gz = make_layer({"etc/marker": marker.encode(), "hello.txt": b"hi\n"})
@@ -93,12 +93,12 @@ def test_skopeo_docker_archive_read_by_our_reader(tmp_path: Path) -> None:
     _, config_digest, diff_ids = build_into(store, "x", "t")
     archive = tmp_path / "skopeo.tar"
     run("skopeo", "copy", "-q", f"oci:{layout}:t", f"docker-archive:{archive}:example/app:7")
-    reader = DockerArchiveStore.open(archive)
+    reader = DockerArchiveReader(archive)
     raw, media_type, digest = reader.get_manifest("example/app:7")
     manifest = json.loads(raw)
     assert manifest["config"]["digest"] == config_digest
     assert [layer["digest"] for layer in manifest["layers"]] == diff_ids   # stored uncompressed
-    assert not any(layer_is_compressed(layer) for layer in manifest["layers"])
+    assert all(layer["mediaType"] == mt.DOCKER_LAYER for layer in manifest["layers"])
     config = json.loads(reader.open_blob(config_digest).read())
     assert config["rootfs"]["diff_ids"] == diff_ids
     for layer in manifest["layers"]:
@@ -111,7 +111,7 @@ def test_skopeo_docker_archive_read_by_our_reader(tmp_path: Path) -> None:
         assert member is not None and member.read() == b"x"
     # and back out through our writer: uncompressed layers pass as they are; skopeo reads the result
     again = tmp_path / "again.tar"
-    with DockerArchiveStore.create(again, "example/again:1") as writer:
+    with DockerArchiveWriter(again, "example/again:1") as writer:
         for desc in [manifest["config"], *manifest["layers"]]:
             with reader.open_blob(desc["digest"]) as stream:
                 writer.put_blob(stream, digest=desc["digest"], size=desc["size"])
@@ -119,12 +119,12 @@ def test_skopeo_docker_archive_read_by_our_reader(tmp_path: Path) -> None:
     reader.close()
     config = json.loads(run("skopeo", "inspect", "--config", f"docker-archive:{again}"))
     assert config["rootfs"]["diff_ids"] == diff_ids
-    assert DockerArchiveStore.open(again).get_manifest("example/again:1")[2] == digest
+    assert DockerArchiveReader(again).get_manifest("example/again:1")[2] == digest
 
 
 def test_our_docker_archive_read_by_skopeo(tmp_path: Path) -> None:
     archive = tmp_path / "ours.tar"
-    with DockerArchiveStore.create(archive, "example.com/app:1") as store:
+    with DockerArchiveWriter(archive, "example.com/app:1") as store:
         _, config_digest, diff_ids = build_into(store, "d", "1", docker=True)
         store.put_manifest(store.get_manifest("example.com/app:1")[0], mt.DOCKER_MANIFEST, "2")
     for number, suffix in enumerate(("", ":example.com/app:1", ":example.com/app:2")):

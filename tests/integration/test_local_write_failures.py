@@ -29,7 +29,7 @@ from click.testing import CliRunner
 from cib_core import CibError, Image, LocalWriteError
 from cib_core.cli.app import cli
 from cib_core.copy import copy_image
-from cib_core.formats.docker_archive import DockerArchiveStore
+from cib_core.formats.docker_archive import DockerArchiveWriter
 from cib_core.formats.flatten import export_filesystem
 from cib_core.formats.oci_layout import OCILayoutStore
 from cib_core.testing import PushedImage, in_ci, skopeo_inspect
@@ -402,7 +402,7 @@ def test_a_docker_archive_given_up_takes_no_more_writes(bed: Bed) -> None:
     """After a failed write the archive's blobs are gone at once (they only held the disk
     space) and every later write says why the archive was given up."""
     target = bed.full / "image.tar"
-    store = DockerArchiveStore.create(target, "app:v1")
+    store = DockerArchiveWriter(target, "app:v1")
     with pytest.raises(LocalWriteError, match="no space left on the device"):
         store.put_blob(os.urandom(BIG))
     assert os.listdir(bed.full) == []

@@ -7,7 +7,11 @@ registry's TLS, certificate verification, CA bundles from the environment, --ins
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
+import requests
+import urllib3
 from click.testing import CliRunner
 
 import cib_core.remote.transport as transport_module
@@ -61,6 +65,22 @@ def test_insecure_registry_gets_unverified_https_not_plain_http(tls_registry, re
     client = RegistryClient(server.host, "tls/insecure", insecure=True)
     _round_trip(client)
     assert client.transport.verify is False
+
+
+def test_insecure_registry_warns_nothing_and_sets_no_warning_filter(tls_registry, remote_rules):
+    server, _ca = tls_registry
+    filters_outside = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # record every warning, each time
+        filters = list(warnings.filters)
+        _round_trip(RegistryClient(server.host, "tls/quiet", insecure=True))
+        assert warnings.filters == filters
+        quiet = [w for w in caught if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)]
+        # the same unverified request without cib does warn: the recording works
+        requests.get(f"{server.url}/v2/", verify=False, timeout=10).close()
+        loud = [w for w in caught if issubclass(w.category, urllib3.exceptions.InsecureRequestWarning)]
+    assert quiet == [] and len(loud) == 1
+    assert warnings.filters == filters_outside
 
 
 def test_cli_insecure_registry_flag(tls_registry, remote_rules):

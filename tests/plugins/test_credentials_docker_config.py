@@ -11,8 +11,7 @@ import subprocess
 import pytest
 from credentials_support import all_log_text, b64, make_cred_env
 
-from cib_core import Credentials
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore
 from cib_core.errors import ConfigurationError
 from cib_plugins import docker_config
 

@@ -7,8 +7,7 @@ import logging
 import pytest
 from credentials_support import all_log_text, b64, make_cred_env
 
-from cib_core import Credentials
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore
 from cib_plugins import dockerhub
 
 HUB_NAMES = ("docker.io", "index.docker.io", "registry-1.docker.io")
@@ -63,7 +62,7 @@ def test_identity_token_from_docker_login(cred_env):
         "auth": b64("hubuser:"), "identitytoken": "hub-refresh-token"}}})
     creds = ask("docker.io")
     assert creds == Credentials(username="<token>", secret="hub-refresh-token")
-    assert credstore.is_identity_token(creds)
+    assert creds.is_identity_token
 
 
 def test_auth_json_namespaced_keys(cred_env):

@@ -9,8 +9,7 @@ import time
 import pytest
 from credentials_support import all_log_text, make_cred_env
 
-from cib_core import AuthenticationError, Credentials
-from cib_core.authn import credstore
+from cib_core import AuthenticationError, Credentials, credstore
 from cib_core.errors import ConfigurationError
 from cib_plugins import credential_helper
 
@@ -92,9 +91,9 @@ def test_identity_token_is_username_token_marker(cred_env, caplog):
 
     creds = ask("127.0.0.1:5000")
 
-    assert creds == Credentials(username=credstore.IDENTITY_TOKEN_USERNAME, secret=token)
-    assert credstore.is_identity_token(creds)
-    assert not credstore.is_identity_token(Credentials(username="alice", secret="pw"))
+    assert creds == Credentials(username=credstore.IDENTITY_TOKEN_USER, secret=token)
+    assert creds.is_identity_token
+    assert not Credentials(username="alice", secret="pw").is_identity_token
     assert token not in repr(creds)
     assert token not in all_log_text(caplog.records)
 

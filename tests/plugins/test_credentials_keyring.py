@@ -9,8 +9,7 @@ import keyring.backends.fail
 import pytest
 from credentials_support import DictKeyring, all_log_text, make_cred_env
 
-from cib_core import Credentials
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore
 from cib_core.errors import ConfigurationError
 from cib_plugins import keyring_store
 

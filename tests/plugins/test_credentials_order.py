@@ -15,8 +15,7 @@ from credentials_support import (
     write_service_account,
 )
 
-from cib_core import Credentials, hookimpl
-from cib_core.authn import credstore
+from cib_core import Credentials, credstore, hookimpl
 from cib_core.plugins import CibPluginManager, create_plugin_manager
 
 CREDENTIAL_PLUGINS = ("credential-helper", "docker-config", "dockerhub", "gcr", "keyring")

@@ -1,4 +1,4 @@
-"""DockerArchiveStore: the writer's tarball, and reading classic, skopeo-style and OCI-style archives."""
+"""docker-archive: the writer's tarball, and reading classic, skopeo-style and OCI-style archives."""
 
 from __future__ import annotations
 
@@ -13,12 +13,7 @@ import pytest
 
 from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError, DigestMismatch, ManifestError, NotFound
-from cib_core.formats.docker_archive import (
-    DOCKER_LAYER,
-    DockerArchiveStore,
-    layer_is_compressed,
-    normalize_repo_tag,
-)
+from cib_core.formats.docker_archive import DockerArchiveReader, DockerArchiveWriter, normalize_repo_tag
 
 
 def sha(data: bytes) -> str:
@@ -49,7 +44,7 @@ def image_blobs(marker: str = "a") -> tuple[bytes, bytes, bytes, bytes]:
     return plain, gz, config, manifest
 
 
-def write_image(store: DockerArchiveStore, marker: str, *tags: str | None) -> tuple[bytes, bytes, bytes]:
+def write_image(store: DockerArchiveWriter, marker: str, *tags: str | None) -> tuple[bytes, bytes, bytes]:
     plain, gz, config, manifest = image_blobs(marker)
     store.put_blob(io.BytesIO(gz), digest=sha(gz), size=len(gz))
     store.put_blob([config])
@@ -69,7 +64,7 @@ def members(path: Path) -> dict[str, bytes]:
 
 def test_writer_produces_docker_save_layout(tmp_path: Path) -> None:
     path = tmp_path / "img.tar"
-    store = DockerArchiveStore.create(path, "example.com/app:1")
+    store = DockerArchiveWriter(path, "example.com/app:1")
     plain, config, manifest = write_image(store, "a", None, "2", "other/name:x")
     assert not path.exists()              # written at close
     assert store.get_manifest("")[0] == manifest
@@ -89,10 +84,10 @@ def test_writer_produces_docker_save_layout(tmp_path: Path) -> None:
 
 def test_reader_synthesizes_manifest_of_stored_files(tmp_path: Path) -> None:
     path = tmp_path / "img.tar"
-    with DockerArchiveStore.create(path) as store:
+    with DockerArchiveWriter(path) as store:
         plain, config, _ = write_image(store, "a", "app:1")
         plain_b, config_b, _ = write_image(store, "b", "app:2")
-    reader = DockerArchiveStore.open(path)
+    reader = DockerArchiveReader(path)
     assert reader.repo_tags() == ["app:1", "app:2"]
     raw, media_type, digest = reader.get_manifest("docker.io/library/app:2")
     assert media_type == mt.DOCKER_MANIFEST and digest == sha(raw)
@@ -100,8 +95,7 @@ def test_reader_synthesizes_manifest_of_stored_files(tmp_path: Path) -> None:
     assert manifest["config"] == {"mediaType": mt.DOCKER_CONFIG, "digest": sha(config_b),
                                   "size": len(config_b)}
     [layer] = manifest["layers"]
-    assert layer == {"mediaType": DOCKER_LAYER, "digest": sha(plain_b), "size": len(plain_b)}
-    assert not layer_is_compressed(layer)
+    assert layer == {"mediaType": mt.DOCKER_LAYER, "digest": sha(plain_b), "size": len(plain_b)}
     assert reader.open_blob(sha(plain_b)).read() == plain_b
     assert reader.open_blob(sha(config_b)).read() == config_b
     assert reader.get_manifest(digest)[0] == raw
@@ -133,11 +127,10 @@ def test_reader_follows_skopeo_style_symlinks_and_gzip_layers(tmp_path: Path) ->
         add("manifest.json", json.dumps([{"Config": "cfg.json", "RepoTags": ["docker.io/x/y:t"],
                                           "Layers": ["0123/layer.tar"]}]).encode())
     path.write_bytes(gzip.compress(buf.getvalue()))       # docker load takes gzip'd archives too
-    reader = DockerArchiveStore.open(path, "x/y:t")
+    reader = DockerArchiveReader(path, "x/y:t")
     manifest = json.loads(reader.get_manifest("")[0])
     [layer] = manifest["layers"]
     assert layer == {"mediaType": mt.DOCKER_LAYER_GZIP, "digest": sha(gz), "size": len(gz)}
-    assert layer_is_compressed(layer)
     assert reader.open_blob(sha(gz)).read() == gz
     reader.close()
 
@@ -162,7 +155,7 @@ def test_reader_prefers_real_manifest_of_oci_style_archive(tmp_path: Path) -> No
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    reader = DockerArchiveStore.open(path)
+    reader = DockerArchiveReader(path)
     assert reader.get_manifest("app:9") == (manifest, mt.OCI_MANIFEST, sha(manifest))
     assert reader.get_manifest("") == (manifest, mt.OCI_MANIFEST, sha(manifest))
     assert reader.open_blob(sha(plain)).read() == plain
@@ -170,18 +163,18 @@ def test_reader_prefers_real_manifest_of_oci_style_archive(tmp_path: Path) -> No
 
 def test_corrupt_layer_in_archive_is_detected(tmp_path: Path) -> None:
     path = tmp_path / "img.tar"
-    with DockerArchiveStore.create(path, "app:1") as store:
+    with DockerArchiveWriter(path, "app:1") as store:
         plain, _, _ = write_image(store, "a", "1")
     data = path.read_bytes()
     path.write_bytes(data.replace(b"hello a", b"hello b"))
-    reader = DockerArchiveStore.open(path)
+    reader = DockerArchiveReader(path)
     layer = json.loads(reader.get_manifest("app:1")[0])["layers"][0]
     with pytest.raises(DigestMismatch):
         reader.open_blob(layer["digest"]).read()
 
 
 def test_writer_refuses_index_wrong_diff_id_and_missing_blobs(tmp_path: Path) -> None:
-    store = DockerArchiveStore.create(tmp_path / "a.tar", "app:1")
+    store = DockerArchiveWriter(tmp_path / "a.tar", "app:1")
     with pytest.raises(ManifestError, match="single-platform"):
         store.put_manifest(b'{"manifests": []}', mt.OCI_INDEX, "1")
     _, gz, _, manifest = image_blobs()
@@ -190,7 +183,7 @@ def test_writer_refuses_index_wrong_diff_id_and_missing_blobs(tmp_path: Path) ->
         store.close()
     assert not (tmp_path / "a.tar").exists()
 
-    store = DockerArchiveStore.create(tmp_path / "b.tar", "app:1")
+    store = DockerArchiveWriter(tmp_path / "b.tar", "app:1")
     other_plain = layer_tar({"x": b"y"})
     config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [sha(other_plain)]}}).encode()
     store.put_blob(gz)
@@ -205,7 +198,7 @@ def test_writer_refuses_index_wrong_diff_id_and_missing_blobs(tmp_path: Path) ->
 
 
 def test_discard_writes_nothing(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError), DockerArchiveStore.create(tmp_path / "a.tar") as store:
+    with pytest.raises(RuntimeError), DockerArchiveWriter(tmp_path / "a.tar") as store:
         write_image(store, "a", "x:1")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []

@@ -136,17 +136,28 @@ def test_hard_links_within_and_across_layers() -> None:
     assert out2["l"] == ("f", b"lower")
 
 
-def test_callables_open_one_layer_at_a_time_top_first() -> None:
-    opened: list[str] = []
+def test_callables_open_one_layer_at_a_time_bottom_first() -> None:
+    events: list[tuple[str, str]] = []
+
+    class Tracked(io.BytesIO):
+        def __init__(self, name: str, data: bytes) -> None:
+            super().__init__(data)
+            self.label = name
+
+        def close(self) -> None:
+            if not self.closed:
+                events.append(("close", self.label))
+            super().close()
 
     def opener(name: str, stream: io.BytesIO) -> Callable[[], io.BytesIO]:
         def open_() -> io.BytesIO:
-            opened.append(name)
-            return stream
+            events.append(("open", name))
+            return Tracked(name, stream.getvalue())
         return open_
 
     out = export(opener("base", layer(("a", "f", "1"))), opener("top", layer(("b", "f", "2"))))
-    assert opened == ["top", "base"]
+    # each source is read once, and closed before the next one is opened
+    assert events == [("open", "base"), ("close", "base"), ("open", "top"), ("close", "top")]
     assert set(out) == {"a", "b"}
 
 
@@ -154,3 +165,33 @@ def test_large_file_streams_through() -> None:
     big = b"\x01\x02" * (3 << 20)
     out = export(layer(("big", "f", big), compress="gzip"))
     assert out["big"] == ("f", big)
+
+
+def test_a_layer_that_is_not_a_tar_or_not_valid_compression_names_the_layer() -> None:
+    tar_bytes = layer(("a", "f", "1")).getvalue()
+    cases = {
+        b"random bytes, neither compressed nor a tar archive" * 20: "is not a valid tar archive",
+        gzip.compress(b"gzip, but what is inside is no tar" * 40): "is not a valid tar archive",
+        gzip.compress(tar_bytes)[:-10]: "ends inside a gzip frame",
+        zstandard.ZstdCompressor().compress(tar_bytes)[:-7]: "ends inside a zstd frame",
+        b"\x1f\x8b\x08\x00" + b"not deflate data" * 30: "is not valid gzip",
+    }
+    for blob, message in cases.items():
+        with pytest.raises(LayerSourceError, match=f"layer 2 of 2 \\(sha256:abc\\): {message}"):
+            export_filesystem([layer(("ok", "f", "1")), io.BytesIO(blob)], io.BytesIO(),
+                              names=["sha256:123", "sha256:abc"])
+
+
+def test_an_empty_blob_is_an_empty_layer() -> None:
+    assert export(io.BytesIO(b""), layer(("a", "f", "1"))) == {"a": ("f", b"1")}
+
+
+def test_entries_written_once_with_clean_headers() -> None:
+    """A long name (PAX path record), a renamed hard link, a duplicate in one layer: one entry
+    each, and no stale PAX record overriding the name written."""
+    long_name = "d/" + "n" * 150
+    base = layer(("d", "d", None), (long_name, "f", "long"), ("d/t", "f", "first"), ("d/t", "f", "last"))
+    top = layer(("d/link", "h", long_name), ("./" + long_name, "f", "replaced"))
+    out = export(base, top)
+    assert out == {"d": ("d", ""), long_name: ("f", b"replaced"), "d/t": ("f", b"last"),
+                   "d/link": ("f", b"long")}

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
 
 from cib_core import mediatypes as mt
+from cib_core.digest import verified_reader
 from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound
-from cib_core.formats.oci_layout import OCILayoutStore, verified_reader
+from cib_core.formats.oci_layout import OCILayoutStore
 
 
 def sha(data: bytes) -> str:
@@ -156,3 +159,55 @@ def test_index_entry_size_is_checked(tmp_path: Path) -> None:
     with pytest.raises(DigestMismatch):
         store.get_manifest("t")
     assert store.get_manifest(digest)[0] == raw
+
+
+def _not_a_file(path: Path, kind: str) -> None:
+    """Put a FIFO, a socket or a directory where a file of the layout belongs."""
+    path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        # a socket path is limited to 108 bytes: bind through a descriptor of the directory
+        directory = os.open(path.parent, os.O_RDONLY)
+        server = socket.socket(socket.AF_UNIX)
+        try:
+            server.bind(f"/proc/self/fd/{directory}/{path.name}")
+        finally:
+            server.close()
+            os.close(directory)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("kind", ["fifo", "socket", "directory"])
+def test_layout_files_that_are_not_regular_files_are_refused_at_once(tmp_path: Path, kind: str) -> None:
+    store = OCILayoutStore(tmp_path, create=True)
+    raw = manifest_for(store)
+    digest = store.put_manifest(raw, mt.OCI_MANIFEST, "v1")
+    config_digest = json.loads(raw)["config"]["digest"]
+    expected = "FIFO" if kind == "fifo" else kind
+
+    _not_a_file(store.blob_path(config_digest), kind)
+    with pytest.raises(ManifestError, match=f"blob {config_digest} is a.*{expected}.*damaged"):
+        store.open_blob(config_digest)
+    _not_a_file(store.blob_path(digest), kind)
+    for ref in ("v1", digest):
+        with pytest.raises(ManifestError, match=f"blob {digest} is a.*{expected}"):
+            store.get_manifest(ref)
+    _not_a_file(tmp_path / "index.json", kind)
+    with pytest.raises(ManifestError, match=f"index.json is a.*{expected}"):
+        OCILayoutStore(tmp_path).tags()
+    _not_a_file(tmp_path / "oci-layout", kind)
+    with pytest.raises(ManifestError, match=f"oci-layout is a.*{expected}"):
+        OCILayoutStore(tmp_path)
+
+
+def test_layout_documents_that_are_not_json_name_the_file(tmp_path: Path) -> None:
+    OCILayoutStore(tmp_path, create=True)
+    (tmp_path / "index.json").write_bytes(b"\xff not json")
+    with pytest.raises(ManifestError, match="index.json is not valid JSON"):
+        OCILayoutStore(tmp_path).tags()
+    (tmp_path / "oci-layout").write_text("[]")
+    with pytest.raises(ManifestError, match="unsupported imageLayoutVersion"):
+        OCILayoutStore(tmp_path)

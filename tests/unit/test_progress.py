@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from cib_core.cli.progress import ProgressRenderer, TransferSummary, format_duration, format_size
+from cib_core.callbacks import LABEL_WIDTH, ProgressReader, label_for, report_step
+from cib_core.cli.bars import ProgressRenderer, TransferSummary, format_duration, format_size
 
 
 class FakeClock:
@@ -113,3 +114,53 @@ def test_restart_on_a_terminal_resets_the_bar():
     renderer(digest, 200, 1000)
     renderer(digest, 1000, 1000)
     assert renderer.close().bytes == 1000
+
+
+def test_labels_are_short_digests_or_the_label_itself():
+    assert label_for("sha256:" + "ab12" * 16) == "ab12ab12ab12"
+    assert label_for("new layer /app") == "new layer /app"
+    long = label_for("new layer /srv/www, /etc/nginx, /usr/local/bin")
+    assert len(long) == LABEL_WIDTH and long.endswith("...")
+
+
+def test_a_streamed_layer_gets_a_labelled_bar_and_counts_once():
+    term = Terminal()
+    renderer = ProgressRenderer("wrote", stream=term)
+    for done in range(1000, 6000, 1000):
+        renderer("new layer /app", done, None)  # its size is not known while it is made
+    renderer("new layer /app", 5000, 5000)  # ... until the end
+    summary = renderer.close()
+    drawn = term.getvalue()
+    assert "new layer /app" in drawn
+    assert summary == TransferSummary(blobs=1, bytes=5000, seconds=summary.seconds)
+    assert drawn.rstrip().endswith("wrote 1 blob, 5.0 kB in " + format_duration(summary.seconds))
+
+
+def test_steps_draw_a_bar_of_their_own_and_are_not_counted():
+    term = Terminal()
+    renderer = ProgressRenderer("wrote", stream=term)
+    renderer("sha256:" + "1" * 64, 300, 300)
+    for done in (100, 600, 1000):
+        report_step(renderer, "write 111111111111", done, 1000)
+    summary = renderer.close()
+    assert "write 111111111111" in term.getvalue()
+    assert (summary.blobs, summary.bytes) == (1, 300)
+
+    quiet_file = io.StringIO()  # not a terminal: no bars, steps are silent
+    plain = ProgressRenderer("wrote", stream=quiet_file)
+    report_step(plain, "write 111111111111", 10, 10)
+    assert quiet_file.getvalue() == "" and plain.close().blobs == 0
+
+
+def test_report_step_passes_over_a_callback_without_steps():
+    calls = []
+    report_step(lambda *args: calls.append(args), "write x", 1, 2)
+    assert calls == []
+
+
+def test_progress_reader_reports_what_was_read():
+    seen = []
+    source = io.BytesIO(b"x" * 250_000)
+    with io.BufferedReader(ProgressReader(source, seen.append), 65536) as reader:
+        assert reader.read() == b"x" * 250_000
+    assert seen[-1] == 250_000 and seen == sorted(seen)

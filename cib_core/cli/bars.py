@@ -1,14 +1,8 @@
-"""Transfer progress: the callback the library reports through, and the CLI's renderer.
+"""The command line's progress bars: a ``cib_core.callbacks.Progress`` callback that draws.
 
-The library never draws anything. Whatever moves blobs (``RegistryClient.upload``, the
-stores, ``Image``, ``copy_image``) takes an optional ``progress`` callable and calls it as
-``progress(digest, done, total)``: ``done`` is the number of bytes of ``digest`` moved so far
-(it only grows, except when an upload restarts), ``total`` the blob's size when known. Calls
-come from several threads at once, because several blobs move at once.
-
-:class:`ProgressRenderer` is the command line's callback: on a terminal it draws one tqdm bar
-per blob and a total bar with transfer rates; elsewhere it stays silent during the transfer
-and prints one summary line at the end (``pushed 3 blobs, 205.1 MB in 1.8 s``).
+:class:`ProgressRenderer` is the command line's callback: on a terminal it draws one labelled
+tqdm bar per blob or step and a total bar with transfer rates; it prints one summary line at
+the end (``pushed 3 blobs, 205.1 MB in 1.8 s``), and elsewhere only that line.
 """
 
 from __future__ import annotations
@@ -19,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-Progress = Callable[[str, int, "int | None"], None]
-"""``progress(digest, done, total)``: bytes of ``digest`` moved so far, and its size if known."""
+from cib_core.callbacks import LABEL_WIDTH, label_for
 
 _UNITS = ("B", "kB", "MB", "GB", "TB")
 
@@ -79,12 +72,19 @@ class ProgressRenderer:
             isatty = getattr(self.stream, "isatty", None)
             bars = bool(isatty and isatty())
         self.bars = bars and not quiet
+        if self.bars:
+            # the callback draws from the threads that move blobs, and no import may happen
+            # there: tqdm, and what its first bar imports to make its write lock, load here
+            from tqdm import tqdm
+
+            tqdm.get_lock()
         self._clock = clock
         self._started = clock()
         self._lock = threading.Lock()
         self._done: dict[str, int] = {}
         self._totals: dict[str, int | None] = {}
         self._blob_bars: dict[str, Any] = {}
+        self._step_bars: dict[str, Any] = {}
         self._total_bar: Any = None
         self._closed = False
         self._summary: TransferSummary | None = None
@@ -105,14 +105,12 @@ class ProgressRenderer:
         from tqdm import tqdm
 
         if self._total_bar is None:
-            self._total_bar = tqdm(total=None, desc="total", unit="B", unit_scale=True,
-                                   file=self.stream, position=0, leave=True,
+            self._total_bar = tqdm(total=None, desc=f"{'total':<{LABEL_WIDTH}}", unit="B",
+                                   unit_scale=True, file=self.stream, position=0, leave=True,
                                    dynamic_ncols=True, mininterval=0.2)
         bar = self._blob_bars.get(digest)
         if bar is None:
-            short = digest.split(":", 1)[-1][:12]
-            bar = tqdm(total=total, desc=short, unit="B", unit_scale=True, file=self.stream,
-                       leave=False, dynamic_ncols=True, mininterval=0.2)
+            bar = self._bar(digest, total)
             self._blob_bars[digest] = bar
         elif total is not None and bar.total != total:
             bar.total = total
@@ -130,6 +128,29 @@ class ProgressRenderer:
             bar.close()
             del self._blob_bars[digest]
 
+    def _bar(self, name: str, total: int | None) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"{label_for(name):<{LABEL_WIDTH}}", unit="B",
+                    unit_scale=True, file=self.stream, leave=False, dynamic_ncols=True,
+                    mininterval=0.2)
+
+    def step(self, label: str, done: int, total: int | None) -> None:
+        """Work that moves no blob (writing a docker-archive): a bar of its own on a terminal,
+        not counted in the summary."""
+        with self._lock:
+            if self._closed or not self.bars:
+                return
+            bar = self._step_bars.get(label)
+            if bar is None:
+                bar = self._step_bars[label] = self._bar(label, total)
+            elif total is not None and bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+            if total is not None and done >= total:
+                bar.close()
+                del self._step_bars[label]
+
     # -- the end -----------------------------------------------------------------------------
     def summary(self) -> TransferSummary:
         with self._lock:
@@ -145,9 +166,10 @@ class ProgressRenderer:
                 assert self._summary is not None
                 return self._summary
             self._closed = True
-            for bar in self._blob_bars.values():
+            for bar in [*self._blob_bars.values(), *self._step_bars.values()]:
                 bar.close()
             self._blob_bars.clear()
+            self._step_bars.clear()
             if self._total_bar is not None:
                 self._total_bar.close()
                 self._total_bar = None
