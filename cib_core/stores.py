@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
-import time
+import threading
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from cib_core import mediatypes as mt
@@ -22,6 +20,7 @@ from cib_core.documents import json_object
 from cib_core.errors import ConfigurationError, ManifestError, RegistryError
 from cib_core.layers.build import compress_layer
 from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.retry import DEFAULT_POLICY, RetryPolicy
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -31,15 +30,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-COPY_ATTEMPTS = 3
-"""How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure."""
-COPY_BACKOFF = 1.0
-"""Seconds (times 0.5-1, doubling) ``transfer_blob`` waits before starting a copy over."""
+COPY_RESTARTS = 2
+"""How often ``transfer_blob`` starts a streamed blob copy over after a temporary failure
+(each request in it has had the transport's retries already)."""
 
 
 def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
-    """Call ``fn`` on every item, ``jobs`` at a time; the first failure cancels what has not
+    """Call ``fn`` on every item, ``jobs`` at a time; the first failure stops what has not
     started and is raised once the running calls end.
+
+    The workers are daemon threads and an interrupt (Ctrl-C) in the calling thread is raised at
+    once, without waiting for the calls in flight: a blob halfway through a slow download must
+    not hold the process for its remaining seconds. The workers start nothing new after it.
 
     ``fn`` runs in worker threads, which must find every module they use imported and never
     call a plugin: open the stores it uses and pass them to ``ready_for_threads`` first.
@@ -49,16 +51,40 @@ def run_parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> 
         for item in todo:
             fn(item)
         return
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cib-transfer")
+    lock = threading.Lock()
+    remaining = iter(todo)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while not stop.is_set():
+            with lock:
+                item = next(remaining, _END)
+            if item is _END:
+                return
+            try:
+                fn(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                with lock:
+                    failures.append(exc)
+                stop.set()
+                return
+
+    workers = [threading.Thread(target=work, name="cib-transfer", daemon=True)
+               for _ in range(min(jobs, len(todo)))]
+    for worker in workers:
+        worker.start()
     try:
-        futures = [pool.submit(fn, item) for item in todo]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            failure = future.exception() if future.done() else None
-            if failure is not None:
-                raise failure
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for worker in workers:
+            worker.join()
+    except BaseException:
+        stop.set()
+        raise
+    if failures:
+        raise failures[0]
+
+
+_END = object()
 
 
 @runtime_checkable
@@ -184,7 +210,11 @@ def open_store(
             "scratch is an empty base image; it can only be used as a base (--from scratch)")
     from cib_core.authn.resolve import options_for_registry
     from cib_core.remote.client import RegistryClient
+    from cib_core.remote.transport import TransportPool
 
+    insecure = tuple(insecure)
+    if pool is None:  # a pool of its own knows every host named insecure (a token realm's too)
+        pool = TransportPool(pm=pm, insecure=insecure)
     options = options_for_registry(ref.registry, auth)
     client = RegistryClient(
         ref.registry, ref.repository, options,
@@ -208,23 +238,29 @@ def transfer_blob(src: BlobStore, dst: BlobStore, digest: str, size: int | None,
             log.debug("mounted %s from %s into %s", digest, src.name, dst.name)
             return "mounted"
         log.debug("%s declined to mount %s from %s; copying", dst.name, digest, src.repository)
-    for attempt in range(COPY_ATTEMPTS):
-        try:
-            with src.open_blob(digest) as stream:
-                dst.put_blob(stream, digest=digest, size=size)
-            return "copied"
-        except RegistryError as exc:
-            # a streamed copy cannot rewind its source: after an upload the destination lost
-            # (or a download that broke off for good), start the blob over, a bounded number of times
-            if not exc.temporary or attempt + 1 >= COPY_ATTEMPTS:
-                raise
-            # a streamed request is not retried by the transport (its body cannot be sent
-            # again), so back off here: a 429 or 503 burst gets time to pass
-            delay = random.uniform(0.5, 1.0) * COPY_BACKOFF * (2 ** attempt)  # noqa: S311
-            log.debug("copying %s from %s to %s failed (%s); starting it over in %.1fs", digest,
-                      src.name, dst.name, exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    def copy() -> str:
+        with src.open_blob(digest) as stream:
+            dst.put_blob(stream, digest=digest, size=size)
+        return "copied"
+
+    # A streamed copy cannot rewind its source: after an upload the destination lost (or a
+    # download that broke off for good), start the blob over, a bounded number of times. A
+    # streamed request is not retried by the transport (its body cannot be sent again), so the
+    # policy's waits give a 429 or 503 burst time to pass.
+    policy = _retry_policy(dst, src).with_retries(COPY_RESTARTS)
+    return policy.run(
+        copy, retryable=lambda exc: isinstance(exc, RegistryError) and exc.temporary,
+        on_retry=lambda exc, attempt, delay: log.debug(
+            "copying %s from %s to %s failed (%s); starting it over in %.1fs", digest, src.name,
+            dst.name, exc, delay))
+
+
+def _retry_policy(*stores: BlobStore) -> RetryPolicy:
+    """The retry policy of the first registry among ``stores`` (local stores have none)."""
+    for store in stores:
+        if isinstance(store, RegistryStore):
+            return store.client.transport.retry
+    return DEFAULT_POLICY
 
 
 MAX_CONFIG_SIZE = 4 * 1024 * 1024

@@ -6,6 +6,11 @@ what the request needs. Tokens are cached per registry, credentials and scope se
 expire. The ``Authorization`` header is only ever set on requests to the registry's own host:
 a redirect to blob storage never carries it.
 
+Credentials never travel in clear to a token realm: a realm must be HTTPS unless it is on the
+registry's own host and that host is loopback or named insecure (go-containerregistry's
+``bearer.go`` has the same rule); other schemes are refused, and so are redirects of the token
+request that break the rule.
+
 This module knows nothing of sessions or retries; it sends through a :class:`Requester`
 (``cib_core.remote.transport.Transport`` is one).
 """
@@ -20,13 +25,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import urljoin
 
 import requests
 import requests.auth
 
 from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
+from cib_core.authn.realm import host_of, realm_problem
 from cib_core.errors import AuthenticationError, AuthorizationError, RegistryError
+from cib_core.redact import redact_url
+from cib_core.retry import TEMPORARY_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TOKEN_LIFETIME = 60
 CLIENT_ID = "cib"
 _MAX_TOKEN_BODY = 1 << 20
+_MAX_DRAIN = 64 * 1024
+MAX_TOKEN_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 # -- WWW-Authenticate ----------------------------------------------------------------------------
@@ -224,7 +235,8 @@ def _covers(have: tuple[str, ...], want: tuple[str, ...]) -> bool:
 # -- the requester and the token cache --------------------------------------------------------
 
 class Requester(Protocol):
-    """What the auth needs from a transport: its base URL and a way to send a request."""
+    """What the auth needs from a transport: its base URL, a way to send a request and to read
+    an answer's body within its deadline, and the hosts the caller named insecure."""
 
     registry: str
 
@@ -235,6 +247,10 @@ class Requester(Protocol):
                 params: Any = None, data: Any = None, auth: Any = None,
                 allow_redirects: bool = True, stream: bool = False,
                 retry: bool = True) -> requests.Response: ...
+
+    def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes: ...
+
+    def named_insecure(self, host: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -274,13 +290,14 @@ class TokenCache:
             self._tokens = {k: t for k, t in self._tokens.items() if t.expires_at > now}
             self._tokens[(identity, scopes)] = _Token(value, now + lifetime - margin)
 
+    def values(self) -> tuple[str, ...]:
+        """Every token held (to remove from text a registry sends back)."""
+        with self._lock:
+            return tuple(t.value for t in self._tokens.values())
+
     def discard(self, value: str) -> None:
         with self._lock:
             self._tokens = {k: t for k, t in self._tokens.items() if t.value != value}
-
-
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc.lower()
 
 
 def _identity(creds: Credentials) -> str:
@@ -312,7 +329,7 @@ class RegistryAuth:
         with self._lock:
             if not self._pinged:
                 resp = self.requester.request("GET", self.requester.base_url + "/v2/",
-                                              allow_redirects=True)
+                                              allow_redirects=True, stream=True)
                 try:
                     if resp.status_code == 401:
                         self._challenges = tuple(
@@ -374,6 +391,7 @@ class RegistryAuth:
             if cached is not None:
                 return cached
             realm = challenge.realm or ""
+            self._check_realm(realm, "asks for its token at")
             resp = None
             if creds.username == IDENTITY_TOKEN_USER and creds.secret:
                 resp = self._oauth_post(realm, challenge, scopes, {
@@ -393,7 +411,7 @@ class RegistryAuth:
                     basic = requests.auth.HTTPBasicAuth(creds.username, creds.secret or "")
                 log.debug("token request for %s at %s, scopes %s (%s)", self.registry,
                           host_of(realm), list(scopes), "basic" if basic else "anonymous")
-                resp = self.requester.request("GET", realm, params=params, auth=basic, stream=True)
+                resp = self._token_request("GET", realm, params=params, auth=basic)
             value, lifetime = self._token_from(resp, repository)
             self.tokens.put(_identity(creds), scopes, value, lifetime)
             return value
@@ -408,15 +426,47 @@ class RegistryAuth:
             data["scope"] = " ".join(scopes)
         log.debug("OAuth2 token request (%s) for %s at %s, scopes %s", form["grant_type"],
                   self.registry, host_of(realm), list(scopes))
-        resp = self.requester.request(
-            "POST", realm, data=data, stream=True,
-            headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = self._token_request(
+            "POST", realm, data=data, headers={"Content-Type": "application/x-www-form-urlencoded"})
         if resp.status_code in (404, 405):
             # docker does the same: a token server without the OAuth2 form takes the GET
             resp.close()
             log.debug("token server at %s has no OAuth2 endpoint; using GET", host_of(realm))
             return None
         return resp
+
+    def _check_realm(self, url: str, how: str) -> None:
+        trouble = realm_problem(url, self.requester.base_url, self.requester.named_insecure)
+        if trouble is not None:
+            raise RegistryError(f"registry {self.registry} {how} {redact_url(url)}, and {trouble}; "
+                                "refusing to send credentials there", registry=self.registry)
+
+    def _token_request(self, method: str, url: str, *, params: Any = None, data: Any = None,
+                       auth: Any = None, headers: Mapping[str, str] | None = None) -> requests.Response:
+        """A request to the token server whose redirects are followed only where the realm
+        rule lets credentials go; Basic credentials and an OAuth2 form stay on the realm's host."""
+        first_host = host_of(url)
+        for _ in range(MAX_TOKEN_REDIRECTS + 1):
+            resp = self.requester.request(method, url, params=params, data=data, auth=auth,
+                                          headers=headers, stream=True, allow_redirects=False)
+            location = resp.headers.get("Location")
+            if resp.status_code not in _REDIRECTS or not location:
+                return resp
+            resp.close()
+            target = urljoin(resp.url or url, location)
+            self._check_realm(target, "redirects its token request to")
+            if host_of(target) != first_host:
+                if data is not None:
+                    raise RegistryError(
+                        f"the token server of registry {self.registry} redirects the OAuth2 "
+                        f"request to another host ({host_of(target)}); refusing to send the "
+                        "credentials there", registry=self.registry)
+                auth = None
+            if resp.status_code == 303 or (resp.status_code in (301, 302) and method == "POST"):
+                method, data = "GET", None
+            url, params = target, None
+        raise RegistryError(f"the token server of registry {self.registry} redirects more than "
+                            f"{MAX_TOKEN_REDIRECTS} times; giving up", registry=self.registry)
 
     def _token_from(self, resp: requests.Response, repository: str | None) -> tuple[str, float]:
         where = f"registry {self.registry}" + (f", repository {repository}" if repository else "")
@@ -435,8 +485,12 @@ class RegistryAuth:
                 raise RegistryError(
                     f"the token server of {where} answered {resp.status_code}",
                     status=resp.status_code, registry=self.registry, repository=repository,
-                    temporary=resp.status_code >= 500 or resp.status_code == 429)
-            raw = resp.raw.read(_MAX_TOKEN_BODY + 1, decode_content=True) if resp.raw else b""
+                    temporary=resp.status_code in TEMPORARY_STATUSES)
+            raw = self.requester.read_body(resp, _MAX_TOKEN_BODY + 1, f"the token server of {where}")
+            if len(raw) > _MAX_TOKEN_BODY:
+                raise RegistryError(f"the token server of {where} answered with more than "
+                                    f"{_MAX_TOKEN_BODY} bytes", status=resp.status_code,
+                                    registry=self.registry, repository=repository)
             try:
                 body = json.loads(raw)
             except ValueError:
@@ -459,6 +513,18 @@ class RegistryAuth:
 
     def scoped(self, scopes: Iterable[str], repository: str | None = None) -> ScopedAuth:
         return ScopedAuth(self, merge_scopes(scopes), repository)
+
+
+def _drain(requester: Requester, resp: requests.Response) -> None:
+    """Read a little of a 401's body so its connection can be reused, then close it; a body
+    larger than an error page is not read (its connection is simply not reused)."""
+    try:
+        if int(resp.headers.get("Content-Length") or _MAX_DRAIN + 1) <= _MAX_DRAIN:
+            requester.read_body(resp, _MAX_DRAIN, "a 401 answer")
+    except (ValueError, RegistryError) as exc:  # best effort: closing is what matters
+        log.debug("a 401 answer of %s was not drained: %s", requester.registry, exc)
+    finally:
+        resp.close()
 
 
 _RETRIED_ATTR = "_cib_auth_retried"
@@ -523,8 +589,7 @@ class ScopedAuth(requests.auth.AuthBase):
             if pos is None:
                 return r  # a stream that cannot be replayed: let the caller see the 401
             body.seek(pos)
-        r.content  # noqa: B018 - drain so the connection can be reused
-        r.close()
+        _drain(ra.requester, r)
         prep = r.request.copy()
         prep.headers["Authorization"] = header
         setattr(prep, _RETRIED_ATTR, True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -60,7 +61,13 @@ def _logging(verbosity: int, quiet: bool, secrets: Secrets) -> Iterator[None]:
             lg.setLevel(logging.WARNING)
     root.addHandler(handler)
     try:
-        yield
+        with warnings.catch_warnings():
+            # a host named with --insecure-registry is said once, at -v, by the transport;
+            # urllib3's warning per host would break the one-line output
+            import urllib3
+
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+            yield
     finally:
         root.removeHandler(handler)
         root.setLevel(saved[0])

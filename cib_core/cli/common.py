@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from cib_core.errors import (
     NotFound,
     RegistryError,
 )
+from cib_core.redact import redact_text
 
 if TYPE_CHECKING:
     from cib_core.models import Descriptor, Index, Manifest
@@ -48,27 +48,6 @@ login check): a ``RegistryClient`` is per repository, but nothing is read from t
 # ---------------------------------------------------------------------------------------------
 # secrets and logging
 # ---------------------------------------------------------------------------------------------
-
-_REDACTIONS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
-    (re.compile(r"(?i)\b((?:proxy-)?authorization['\"]?\s*[:=]\s*['\"]?)(?:(basic|bearer)\s+)?[^'\",}\s]+"),
-     lambda m: m.group(1) + (m.group(2) + " " if m.group(2) else "") + "***"),
-    (re.compile(r"(?i)\b(basic|bearer)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
-    (re.compile(r"(?i)(['\"](?:password|secret|token|access_token|refresh_token|identitytoken|"
-                r"registrytoken|auth)['\"]\s*:\s*['\"])[^'\"]*"), r"\1***"),
-    (re.compile(r"(?i)\b((?:password|secret|access_token|refresh_token|token)=)[^&\s'\"]+"), r"\1***"),
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1***@"),
-)
-
-
-def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """Remove anything that looks like a credential from a diagnostic line."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
-
 
 class Secrets:
     """Literal secrets this run knows (a password read for ``auth login``), redacted everywhere."""
@@ -104,7 +83,7 @@ class CliLogHandler(logging.Handler):
                 line = f"{PROG}: {record.levelname.lower()}: {message}"
             else:
                 line = f"{PROG}: [{record.name}] {message}"
-            click.echo(redact(line, self.secrets.values), err=True)
+            click.echo(redact_text(line, self.secrets.values), err=True)
         except Exception:  # noqa: BLE001 - logging must never break the command
             self.handleError(record)
 
@@ -164,7 +143,7 @@ def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = Fals
     hint = error_hint(exc, login=login, insecure=insecure)
     if hint and hint not in message:
         message = f"{message}; {hint}"
-    return redact(f"{PROG}: error: {message}", secrets)
+    return redact_text(f"{PROG}: error: {message}", secrets)
 
 
 def fail(exc: CibError, ctx: click.Context | None = None) -> NoReturn:
@@ -242,10 +221,13 @@ def registry_ref(text: str, what: str) -> Reference:
 
 def registry_client(ref: Reference) -> RegistryClient:
     from cib_core.remote.client import RegistryClient
+    from cib_core.remote.transport import TransportPool
 
     state = cli_state()
+    # a pool knows every host named insecure, a token realm's among them
+    pool = TransportPool(pm=state.pm, insecure=state.insecure)
     return RegistryClient(ref.registry, ref.repository, None,
-                          insecure=ref.registry in state.insecure, pm=state.pm)
+                          insecure=ref.registry in state.insecure, pm=state.pm, pool=pool)
 
 
 def progress_renderer(verb: str) -> Any:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Iterable
 
 import click
 
 from cib_core.cli.common import (
     CHUNK,
     PROBE_REPOSITORY,
-    echo_json,
     parse_spec,
     registry_client,
     registry_ref,
@@ -23,6 +24,23 @@ from cib_core.errors import (
 from cib_core.reference import parse_registry_host
 
 log = logging.getLogger(__name__)
+
+
+def echo_list(items: Iterable[str], as_json: bool) -> None:
+    """Print ``items`` as they come, one a line or as the JSON list ``echo_json`` would print
+    (with ``indent=2``), holding one item back to know where the list ends."""
+    if not as_json:
+        for item in items:
+            click.echo(item)
+        return
+    held: str | None = None
+    for item in items:
+        if held is None:
+            click.echo("[")
+        else:
+            click.echo(f"  {json.dumps(held)},")
+        held = item
+    click.echo("[]" if held is None else f"  {json.dumps(held)}\n]")
 
 @click.command(name="ls", epilog="""\b
 Examples:
@@ -44,14 +62,11 @@ def ls_(repo: str, as_json: bool) -> None:
         assert local.path is not None
         if not os.path.isdir(local.path):
             raise NotFound(f"{repo}: no OCI layout at {local.path}")
-        tags = OCILayoutStore(local.path).tags()
+        tags: Iterable[str] = OCILayoutStore(local.path).tags()
     else:
-        tags = registry_client(parse_repository(repo)).tags()
-    if as_json:
-        echo_json(tags)
-    else:
-        for tag in tags:
-            click.echo(tag)
+        # page by page as the registry sends them: an endless list costs time, never memory
+        tags = registry_client(parse_repository(repo)).iter_tags()
+    echo_list(tags, as_json)
 
 
 @click.command(epilog="""\b
@@ -66,12 +81,7 @@ def catalog(registry: str, as_json: bool) -> None:
 
     host = parse_registry_host(registry)
     # A client is per repository; the catalog request does not use the name.
-    repositories = registry_client(Reference(host, PROBE_REPOSITORY)).catalog()
-    if as_json:
-        echo_json(repositories)
-    else:
-        for name in repositories:
-            click.echo(name)
+    echo_list(registry_client(Reference(host, PROBE_REPOSITORY)).iter_catalog(), as_json)
 
 
 @click.command(epilog="""\b

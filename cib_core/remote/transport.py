@@ -1,16 +1,16 @@
-"""One HTTP session per registry host: timeouts, bounded retries, TLS rules, redacted logs.
+"""One HTTP session per registry host: timeouts, deadlines, bounded retries, TLS rules, redacted logs.
 
 The adapter comes from the ``cib_transport`` hook (the builtin ``http-transport`` plugin gives a
-pooled one); everything around it is cib's: a ``User-Agent``, a timeout on every request,
-retries with exponential backoff and jitter on connection errors and on 408/429/5xx answers
-(honouring ``Retry-After``) for requests whose body can be sent again, and the scheme rules:
-HTTPS with certificate checks, plain HTTP for loopback hosts, and for hosts the caller names
-insecure HTTPS without verification first, then plain HTTP.
+pooled one); everything around it is cib's: a ``User-Agent``, a connect and a read timeout on
+every request and an overall deadline that grows with the bytes expected (``remote.body``),
+retries by the one ``RetryPolicy`` on connection errors and on 408/429/5xx answers (honouring
+``Retry-After``) for requests whose body can be sent again, and the scheme rules: HTTPS with
+certificate checks, plain HTTP for loopback hosts, and for hosts the caller names insecure
+HTTPS without verification first, then plain HTTP.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 
 # requests imports netrc on the first request of a session that trusts the environment and
@@ -18,17 +18,15 @@ import logging
 # may happen there (one racing another thread's can fail or deadlock)
 import netrc  # noqa: F401
 import os
-import random
 import re
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
@@ -36,16 +34,17 @@ import urllib3
 
 from cib_core.authn.challenge import RegistryAuth, TokenCache
 from cib_core.authn.credentials import Credentials
-from cib_core.errors import PluginError, RegistryError
+from cib_core.authn.realm import host_of, named_insecure
+from cib_core.errors import CibError, ConfigurationError, PluginError, RegistryError
+from cib_core.redact import redact_headers, redact_text, redact_url, secret_forms
 from cib_core.reference import is_loopback_host
+from cib_core.remote.body import Deadline, attach_deadline, read_body
+from cib_core.retry import TEMPORARY_STATUSES, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-SENSITIVE_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
-                               "x-registry-auth", "x-amz-security-token"})
-_SENSITIVE_QUERY = re.compile(
-    r"(token|secret|password|passwd|signature|sig|credential|key|auth|code|session|_state)", re.I)
+DEADLINE_ENV = "CIB_REQUEST_DEADLINE"
+MIN_RATE_ENV = "CIB_MIN_TRANSFER_RATE"
 
 
 def _version() -> str:
@@ -117,73 +116,45 @@ def connection_failure(exc: BaseException) -> ConnectionFailure | None:
     return None
 
 
-# -- redaction ------------------------------------------------------------------------------------
-
-def redact_url(url: str) -> str:
-    """A URL fit for logs and messages: no user info, sensitive query values replaced."""
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
     try:
-        parts = urlsplit(url)
+        value = float(raw)
     except ValueError:
-        return "<unparseable URL>"
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _SENSITIVE_QUERY.search(k) else v) for k, v in pairs],
-                          safe="*:/,")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
-
-
-_URL_HEADERS = frozenset({"location", "content-location"})
-_LINK_TARGET = re.compile(r"<([^>]*)>")
-
-
-def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Headers fit for logs: credentials masked, and the URLs in ``Location`` and ``Link``
-    redacted like any URL (a redirect to blob storage carries a pre-signed signature)."""
-    out: dict[str, str] = {}
-    for key, value in headers.items():
-        lower = key.lower()
-        if lower in SENSITIVE_HEADERS:
-            value = "***"
-        elif lower in _URL_HEADERS:
-            value = redact_url(value)
-        elif lower == "link":
-            value = _LINK_TARGET.sub(lambda m: f"<{redact_url(m.group(1))}>", value)
-        out[key] = value
-    return out
-
-
-# -- retries --------------------------------------------------------------------------------------
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = datetime.now(timezone.utc).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - current)
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigurationError(f"{name}={raw!r} is not a positive number")
+    return value
 
 
 @dataclass(frozen=True)
 class TransportOptions:
-    """Timeouts (seconds), retry bounds and TLS options of a :class:`Transport`."""
+    """Timeouts (seconds), the retry policy, the deadline rule and TLS options of a
+    :class:`Transport`.
+
+    A request must be done within ``request_deadline`` seconds plus the time its expected bytes
+    take at ``min_rate`` bytes a second (when the size is not known, the bytes received so far);
+    ``read_timeout`` bounds each single read, ``connect_timeout`` the connection.
+    ``from_environment()`` reads ``CIB_REQUEST_DEADLINE`` and ``CIB_MIN_TRANSFER_RATE``.
+    """
 
     connect_timeout: float = 15.0
     read_timeout: float = 120.0
-    max_retries: int = 4
-    backoff_base: float = 0.5
-    backoff_max: float = 20.0
-    retry_after_max: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    request_deadline: float = 300.0
+    min_rate: float = 32 * 1024
     ca_bundle: str | None = None
+
+    @classmethod
+    def from_environment(cls) -> TransportOptions:
+        return cls(request_deadline=_env_number(DEADLINE_ENV, cls.request_deadline),
+                   min_rate=_env_number(MIN_RATE_ENV, cls.min_rate))
+
+    def deadline(self, expected: int | None = None, registry: str | None = None) -> Deadline:
+        return Deadline(self.request_deadline, self.min_rate, self.read_timeout, expected,
+                        registry)
 
 
 def _replay_position(data: Any) -> tuple[bool, int | None]:
@@ -243,17 +214,20 @@ class Transport:
     """The HTTP session of one registry host. Safe to share between threads and clients.
 
     ``request()`` takes absolute URLs (a redirect target or a token realm may be elsewhere);
-    ``base_url`` is ``scheme://host`` of the registry, decided on first use.
+    ``base_url`` is ``scheme://host`` of the registry, decided on first use. ``insecure_hosts``
+    are the hosts the caller named insecure (this registry among them when ``insecure``).
     """
 
     def __init__(self, registry: str, *, insecure: bool = False, pm: Any = None,
                  options: TransportOptions | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 insecure_hosts: Iterable[str] = ()) -> None:
         self.registry = registry
         self.insecure = insecure
-        self.options = options or TransportOptions()
+        self.options = options or TransportOptions.from_environment()
+        self.retry = self.options.retry
         self.loopback = is_loopback(registry)
-        self._sleep = sleep
+        self.insecure_hosts = frozenset(h.lower() for h in insecure_hosts) | (
+            {registry.lower()} if insecure else set())
         self._lock = threading.Lock()
         self._base_url: str | None = None
         self._auths: dict[tuple[str | None, str | None, str | None], RegistryAuth] = {}
@@ -263,12 +237,13 @@ class Transport:
         adapter = self._adapter(pm)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
-        self.verify: bool | str = self._verify()
-        if insecure:
-            # The caller named this registry insecure: say so once here, and keep urllib3 from
-            # warning about it on every connection (which would also break the CLI's one-line
+        self.verify: bool | str = self._verify(insecure)
+        if self.insecure_hosts:
+            # Only hosts the caller named insecure get unverified HTTPS: keep urllib3 from
+            # warning about each such connection (which would also break the CLI's one-line
             # error contract).
             _quiet_unverified_https(adapter)
+        if insecure:
             log.info("registry %s is named insecure: TLS certificates are not checked", self.registry)
 
     def _adapter(self, pm: Any) -> requests.adapters.BaseAdapter:
@@ -287,8 +262,8 @@ class Transport:
                               f"{self.registry}, not a requests adapter")
         return adapter
 
-    def _verify(self) -> bool | str:
-        if self.insecure:
+    def _verify(self, insecure: bool) -> bool | str:
+        if insecure:
             return False
         if self.options.ca_bundle:
             return self.options.ca_bundle
@@ -299,6 +274,19 @@ class Transport:
             if cert_file:
                 return cert_file
         return True
+
+    def _verify_for(self, url: str) -> bool | str:
+        """The registry's TLS rule for its own host and hosts named insecure; full
+        verification anywhere else (a token realm on another host gets credentials)."""
+        host = host_of(url)
+        if host == self.registry.lower() or self.named_insecure(host):
+            return self.verify
+        return self._verify(False)
+
+    def named_insecure(self, host: str) -> bool:
+        """Whether the caller named ``host`` (``name[:port]``) insecure, or it is the same
+        machine as a host named insecure."""
+        return named_insecure(host, self.insecure_hosts)
 
     # -- scheme -------------------------------------------------------------------------------
     @property
@@ -340,82 +328,118 @@ class Transport:
             return ra
 
     # -- requests -----------------------------------------------------------------------------
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        opts = self.options
-        delay = random.uniform(0, min(opts.backoff_max, opts.backoff_base * (2 ** attempt)))  # noqa: S311
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, opts.retry_after_max))
-        return delay
+    def _where(self, url: str) -> str:
+        host = host_of(url)
+        return f"registry {self.registry}" if host in ("", self.registry.lower()) else host
 
     def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None,
                 params: Any = None, data: Any = None, auth: Any = None,
                 allow_redirects: bool = True, stream: bool = False, retry: bool = True,
-                timeout: tuple[float, float] | None = None) -> requests.Response:
-        """Send one request, retrying when that is safe. Connection failures that survive the
-        retries raise ``RegistryError`` with ``status=None`` and ``temporary=True``."""
+                expected_size: int | None = None) -> requests.Response:
+        """Send one request, retrying when that is safe. The answer carries its deadline
+        (``expected_size``: the bytes the body should have, when known) for ``remote.body``.
+        Connection failures that survive the retries raise ``RegistryError`` with
+        ``status=None`` and ``temporary=True``; a redirect loop or a redirect to something
+        that is not HTTP raises a plain ``RegistryError``."""
         replayable, pos = _replay_position(data)
         can_retry = retry and replayable
-        limit = self.options.max_retries if can_retry else 0
-        tmo = timeout or (self.options.connect_timeout, self.options.read_timeout)
+        policy = self.retry
+        limit = policy.retries if can_retry else 0
+        verify = self._verify_for(url)
         attempt = 0
         while True:
             if pos is not None:
                 data.seek(pos)
+            deadline = self.options.deadline(expected_size, self.registry)
             started = time.monotonic()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("--> %s %s", method, redact_url(url))
             try:
-                resp = self.session.request(method, url, headers=dict(headers or {}), params=params,
-                                            data=data, auth=auth, allow_redirects=allow_redirects,
-                                            stream=stream, timeout=tmo, verify=self.verify)
+                resp = self.session.request(
+                    method, url, headers=dict(headers or {}), params=params, data=data, auth=auth,
+                    allow_redirects=allow_redirects, stream=stream, verify=verify,
+                    timeout=(self.options.connect_timeout, deadline.read_timeout_now()))
             except requests.exceptions.SSLError as exc:
                 # a certificate problem does not go away by asking again
                 cure = "give a CA bundle (REQUESTS_CA_BUNDLE or SSL_CERT_FILE)"
-                if may_be_insecure(self.registry) and not self.insecure:
+                tls_host = host_of(url) or self.registry
+                if may_be_insecure(tls_host) and not self.named_insecure(tls_host):
                     cure += " or name the registry as insecure"
                 raise RegistryError(
-                    f"TLS with registry {self.registry} failed ({method} {redact_url(url)}): "
+                    f"TLS with {self._where(url)} failed ({method} {redact_url(url)}): "
                     f"{_root_cause(exc)}; {cure}", registry=self.registry) from exc
+            except requests.exceptions.TooManyRedirects as exc:
+                raise RegistryError(
+                    f"{self._where(url)} redirected {method} {redact_url(url)} in a loop (more "
+                    f"than {self.session.max_redirects} redirects)", registry=self.registry) from exc
+            except CibError:
+                raise  # cib's own, from the auth hook: already says what is wrong
+            except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
+                    requests.exceptions.MissingSchema, ValueError) as exc:
+                # ValueError: urllib's parser on a redirect's Location that is no URL
+                raise RegistryError(
+                    f"{self._where(url)} sent {method} {redact_url(url)} to a location cib cannot "
+                    f"follow (only http and https are): {_root_cause(exc)}",
+                    registry=self.registry) from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
                 if attempt < limit:
-                    delay = self._backoff(attempt, None)
+                    delay = policy.delay(attempt)
                     log.debug("%s %s failed (%s); retry %d/%d in %.2fs", method, redact_url(url),
                               type(exc).__name__, attempt + 1, limit, delay)
                     attempt += 1
-                    self._sleep(delay)
+                    policy.sleep(delay)
                     continue
                 if connection_failure(exc) == "dns":
                     raise RegistryError(
-                        f"the host name of registry {self.registry} could not be resolved "
+                        f"the host name of {self._where(url)} could not be resolved "
                         f"({method} {redact_url(url)}): {_root_cause(exc)}",
                         registry=self.registry, temporary=True) from exc
                 raise RegistryError(
-                    f"cannot reach registry {self.registry} ({method} {redact_url(url)}): "
+                    f"cannot reach {self._where(url)} ({method} {redact_url(url)}): "
                     f"{_root_cause(exc)}", registry=self.registry, temporary=True) from exc
+            attach_deadline(resp, deadline)
             self._log_response(resp, started)
-            if resp.status_code in RETRY_STATUSES and attempt < limit:
+            if resp.status_code in TEMPORARY_STATUSES and attempt < limit:
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                delay = self._backoff(attempt, retry_after)
+                delay = policy.delay(attempt, retry_after)
                 log.debug("%s %s answered %d; retry %d/%d in %.2fs", method, redact_url(url),
                           resp.status_code, attempt + 1, limit, delay)
                 resp.close()
                 attempt += 1
-                self._sleep(delay)
+                policy.sleep(delay)
                 continue
             return resp
 
-    @staticmethod
-    def _log_response(resp: requests.Response, started: float) -> None:
+    def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes:
+        """The whole body of an answer of this transport, within its deadline (at most
+        ``cap`` bytes read); a short body is an error, never a short success."""
+        return read_body(resp, cap, what)
+
+    def known_secrets(self) -> tuple[str, ...]:
+        """Every spelling of the credentials and tokens used with this registry, to remove
+        from anything the registry sent before it is logged."""
+        with self._lock:
+            auths = list(self._auths.values())
+        forms: list[str] = list(self.token_cache.values())
+        for ra in auths:
+            creds = ra.credentials
+            forms.extend(secret_forms(creds.username, creds.secret, creds.token))
+        return tuple(forms)
+
+    def _log_response(self, resp: requests.Response, started: float) -> None:
         if not log.isEnabledFor(logging.DEBUG):
             return
+        secrets = self.known_secrets()
         for r in [*resp.history, resp]:
             req = r.request
-            # one line a request (what `cib -v` shows), then the redacted headers (`-vv`)
-            log.debug("<-- %d %s %s (%.0f ms)", r.status_code, req.method, redact_url(r.url or ""),
+            # one line a request (what `cib -v` shows), then the redacted headers (`-vv`); a
+            # registry may echo credentials anywhere, in a Location path or a header of its own
+            log.debug("<-- %d %s %s (%.0f ms)", r.status_code, req.method,
+                      redact_text(redact_url(r.url or ""), secrets),
                       (time.monotonic() - started) * 1000)
-            log.debug("    request headers %s", redact_headers(req.headers))
-            log.debug("    response headers %s", redact_headers(r.headers))
+            log.debug("    request headers %s", redact_text(str(redact_headers(req.headers)), secrets))
+            log.debug("    response headers %s", redact_text(str(redact_headers(r.headers)), secrets))
 
     def close(self) -> None:
         self.session.close()
@@ -439,7 +463,8 @@ class TransportPool:
         with self._lock:
             t = self._transports.get(key)
             if t is None:
-                t = Transport(registry, insecure=insecure, pm=self.pm, options=self.options)
+                t = Transport(registry, insecure=insecure, pm=self.pm, options=self.options,
+                              insecure_hosts=self.insecure)
                 self._transports[key] = t
             return t
 

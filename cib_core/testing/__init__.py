@@ -1174,7 +1174,8 @@ class FaultProxy:
     the upstream are rewritten to the proxy. ``rate`` (0..1, seeded by ``seed``) picks the
     eligible requests (``methods``, ``path_pattern`` regex) that get one of ``kinds``;
     ``inject_next`` queues exact faults first; ``max_faults`` caps them. ``counts`` tells what was
-    injected. With ``paginate=N`` tag lists and the catalog are paged N at a time with ``Link``
+    injected. ``throttle`` (bytes a second) sends every response body no faster than that.
+    With ``paginate=N`` tag lists and the catalog are paged N at a time with ``Link``
     headers (the upstream's full list is fetched and cut). Use as a context manager or
     ``start()``/``close()``; ``close`` cuts open connections and returns within seconds.
     """
@@ -1184,7 +1185,8 @@ class FaultProxy:
                  slow_seconds: float = 0.5, paginate: int | None = None,
                  methods: Iterable[str] | None = None, path_pattern: str | None = None,
                  max_faults: int | None = None, timeout: float = _HTTP_TIMEOUT,
-                 add_headers: Mapping[str, Mapping[str, str]] | None = None) -> None:
+                 add_headers: Mapping[str, Mapping[str, str]] | None = None,
+                 throttle: float | None = None) -> None:
         host = upstream.host if isinstance(upstream, RegistryServer) else upstream
         host = host.removeprefix("http://").rstrip("/")
         self.upstream_host = host
@@ -1203,6 +1205,9 @@ class FaultProxy:
         self.path_pattern = re.compile(path_pattern) if path_pattern else None
         self.max_faults = max_faults
         self.timeout = timeout
+        if throttle is not None and throttle <= 0:
+            raise ConfigurationError(f"throttle={throttle} must be a positive rate in bytes a second")
+        self.throttle = throttle
         self._rng = random.Random(seed)  # noqa: S311 - test fault selection, not crypto
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
@@ -1488,13 +1493,18 @@ class _ProxyHandler(_QuietHandler):
         self.send_header("Content-Length", str(length))
         self.end_headers()
         to_send = length // 2 if cut else length
+        # a throttled body goes out in tenths of a second's worth
+        piece = max(1, min(_CHUNK, int(proxy.throttle / 10))) if proxy.throttle else _CHUNK
         while to_send > 0:
-            data = response.read(min(_CHUNK, to_send))
+            data = response.read(min(piece, to_send))
             if not data:
                 self.close_connection = True  # the upstream fell short: so must we
                 return
             self.wfile.write(data)
             to_send -= len(data)
+            if proxy.throttle:
+                self.wfile.flush()
+                time.sleep(len(data) / proxy.throttle)
         if cut:
             assert kind is not None
             proxy._count(kind)

@@ -38,6 +38,7 @@ from cib_core.errors import (
 from cib_core.plugins import CibPluginManager, hookimpl
 from cib_core.remote.client import RegistryClient
 from cib_core.remote.transport import TransportOptions, TransportPool
+from cib_core.retry import RetryPolicy
 from cib_core.testing import (
     FaultProxy,
     RegistryServer,
@@ -224,7 +225,7 @@ def test_retries_temporary_answers(registry: RegistryServer,
     proxy = fault_proxy(registry, methods=["GET", "HEAD"])
     data = os.urandom(10_000)
     _client(registry, repo).upload(data)
-    client = _client(proxy, repo, options=TransportOptions(backoff_base=0.01))
+    client = _client(proxy, repo, options=TransportOptions(retry=RetryPolicy(base=0.01)))
     client.blob_exists(_sha(data))  # ping first, so the faults hit the blob requests
     proxy.inject_next("503")
     proxy.inject_next("reset")
@@ -410,12 +411,12 @@ def test_insufficient_scope_reauthenticates_once(token_registry: RegistryServer)
     client = _client(token_registry, repo)
     ts.clear_requests()
     # a push request signed with a pull-only token: the registry answers 401 insufficient_scope
-    resp = client._send("POST", client._path("blobs", "uploads/"), scope=client._scoped("pull"))
+    resp = client.send("POST", client.path("blobs", "uploads/"), scope=client.scoped("pull"))
     assert resp.status_code == 202
     assert [r.status_code for r in resp.history] == [401]
     scopes = [r.scopes for r in ts.requests]
     assert scopes == [(f"repository:{repo}:pull",), (f"repository:{repo}:pull,push",)]
-    client._cancel_upload(resp.headers["Location"], client._scoped("push"))
+    client.uploads.cancel(resp.headers["Location"], client.scoped("push"))
 
 
 def test_invalid_cached_token_is_replaced(token_registry: RegistryServer) -> None:
@@ -790,8 +791,8 @@ def test_unreachable_registry_is_a_temporary_error_after_bounded_retries() -> No
     sleeps: list[float] = []
     from cib_core.remote.transport import Transport
 
-    transport = Transport("127.0.0.1:1", pm=_pm(), options=TransportOptions(max_retries=2, backoff_base=0.01),
-                          sleep=sleeps.append)
+    policy = RetryPolicy(retries=2, base=0.01, sleep=sleeps.append)
+    transport = Transport("127.0.0.1:1", pm=_pm(), options=TransportOptions(retry=policy))
     with pytest.raises(RegistryError, match="cannot reach registry 127.0.0.1:1") as err:
         RegistryClient("127.0.0.1:1", "x/y", pm=_pm(), transport=transport).manifest("latest")
     assert err.value.status is None and err.value.temporary

@@ -7,10 +7,7 @@ registry's TLS, certificate verification, CA bundles from the environment, --ins
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import warnings
-from pathlib import Path
 
 import pytest
 import requests
@@ -22,48 +19,15 @@ from cib_core import RegistryError
 from cib_core.cli.app import cli
 from cib_core.remote.client import RegistryClient
 from cib_core.testing import run_registry
+from cib_core.testing.hostile import write_test_certificates
 
 pytestmark = pytest.mark.integration
-
-
-def _write_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cib test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return ca_path, cert_path, key_path
 
 
 @pytest.fixture(scope="module")
 def tls_registry(tmp_path_factory):
     directory = tmp_path_factory.mktemp("registry-tls")
-    ca, cert, key = _write_ca_and_server_cert(directory)
+    ca, cert, key = write_test_certificates(directory)
     with run_registry(directory / "run", mode="open", tls=(cert, key)) as server:
         yield server, ca
 

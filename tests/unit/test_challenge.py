@@ -1,8 +1,8 @@
-"""WWW-Authenticate parsing, scopes, the token cache, and the transport's pure helpers."""
+"""WWW-Authenticate parsing, scopes, the token cache, credentials from options and the realm rule."""
 
 from __future__ import annotations
 
-import email.utils
+from collections.abc import Callable
 
 import pytest
 
@@ -14,8 +14,8 @@ from cib_core.authn.challenge import (
     repository_scope,
 )
 from cib_core.authn.credentials import Credentials
+from cib_core.authn.realm import named_insecure, realm_problem
 from cib_core.authn.resolve import credentials_from_options, options_for_registry
-from cib_core.remote.transport import parse_retry_after, redact_headers, redact_url
 
 CASES = [
     ('Basic realm="Registry Realm"', [Challenge("basic", {"realm": "Registry Realm"})]),
@@ -96,25 +96,6 @@ def test_token_cache_expiry_and_superset() -> None:
     assert cache.get("user:u", pull) is None
 
 
-def test_retry_after() -> None:
-    assert parse_retry_after("7") == 7.0
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("soon") is None
-    date = email.utils.formatdate(1_000_030, usegmt=True)
-    assert parse_retry_after(date, now=1_000_000) == pytest.approx(30.0)
-    assert parse_retry_after(date, now=2_000_000) == 0.0
-
-
-def test_redaction() -> None:
-    url = "https://user:pw@blob.example/x/y?X-Amz-Signature=abc&token=zzz&n=10&_state=st"
-    out = redact_url(url)
-    for secret in ("pw", "abc", "zzz", "st"):
-        assert f"={secret}" not in out and f":{secret}@" not in out
-    assert "n=10" in out and "blob.example/x/y" in out
-    headers = redact_headers({"Authorization": "Bearer tok", "Accept": "a", "Cookie": "c=1"})
-    assert headers == {"Authorization": "***", "Accept": "a", "Cookie": "***"}
-
-
 @pytest.mark.parametrize(("opts", "expected"), [
     ({"Username": "u", "Secret": "s"}, Credentials("u", "s")),
     ({"username": "u", "secret": "s"}, Credentials("u", "s")),
@@ -135,16 +116,60 @@ def test_options_for_registry_matches_hosts_and_docker_hub_aliases() -> None:
     assert options_for_registry("gcr.io", opts) is None
 
 
-def test_redaction_of_urls_in_headers() -> None:
-    headers = redact_headers({
-        "Location": "https://bucket.s3.example/blob?X-Amz-Signature=abc123&X-Amz-Expires=60",
-        "Content-Location": "https://user:pw@cdn.example/x?sig=zzz",
-        "Link": '</v2/_catalog?n=2&last=b&token=t0k>; rel="next"',
-        "Docker-Upload-UUID": "u-1",
-    })
-    text = repr(headers)
-    for secret in ("abc123", "pw@", "zzz", "t0k"):
-        assert secret not in text
-    assert headers["Location"].startswith("https://bucket.s3.example/blob?")
-    assert headers["Link"].startswith("</v2/_catalog?n=2&last=b&") and headers["Link"].endswith('rel="next"')
-    assert headers["Docker-Upload-UUID"] == "u-1"
+# -- where credentials may go: the token realm rule ------------------------------------------------
+
+def _named(*hosts: str) -> Callable[[str], bool]:
+    return lambda host: named_insecure(host, hosts)
+
+
+@pytest.mark.parametrize(("realm", "registry", "insecure", "allowed"), [
+    # HTTPS goes anywhere
+    ("https://auth.docker.io/token", "https://registry-1.docker.io", (), True),
+    ("https://10.231.7.2:8443/token", "http://127.0.0.1:5000", (), True),
+    # plain HTTP on the registry's own loopback machine (any loopback name, any port)
+    ("http://127.0.0.1:5001/token", "http://127.0.0.1:5000", (), True),
+    ("http://localhost:5001/token", "http://127.0.0.1:5000", (), True),
+    ("http://[::1]:5001/token", "http://localhost:5000", (), True),
+    # plain HTTP to another host: never, named insecure or not
+    ("http://10.231.7.2:8080/token", "http://127.0.0.1:5000", (), False),
+    ("http://10.231.7.2:8080/token", "http://127.0.0.1:5000", ("10.231.7.2:8080",), False),
+    ("http://other-host/token", "https://registry.example", (), False),
+    ("http://vm:5001/token", "http://127.0.0.1:5000", (), False),  # a name, not loopback
+    # plain HTTP on the registry's own host: only when that host is named insecure
+    ("http://registry.example:5001/token", "https://registry.example", (), False),
+    ("http://registry.example:5001/token", "http://registry.example:5000",
+     ("registry.example:5000",), True),
+    ("http://REGISTRY.example/token", "https://registry.example", ("registry.example",), True),
+    # other schemes, and what is no URL
+    ("file:///etc/passwd", "http://127.0.0.1:5000", (), False),
+    ("ftp://127.0.0.1/token", "http://127.0.0.1:5000", (), False),
+    ("gopher://127.0.0.1:70/token", "http://127.0.0.1:5000", (), False),
+    ("javascript:alert(1)", "http://127.0.0.1:5000", (), False),
+    ("/token", "http://127.0.0.1:5000", (), False),
+    ("", "http://127.0.0.1:5000", (), False),
+    ("https://127.0.0.1:99999/token", "http://127.0.0.1:5000", (), False),
+])
+def test_realm_rule(realm: str, registry: str, insecure: tuple[str, ...], allowed: bool) -> None:
+    trouble = realm_problem(realm, registry, _named(*insecure))
+    assert (trouble is None) == allowed, trouble
+    if trouble is not None:
+        assert "\n" not in trouble
+
+
+def test_named_insecure_is_the_host_or_its_machine() -> None:
+    names = ("registry.example:5000", "[fd00::1]:5000")
+    assert named_insecure("registry.example:5000", names)
+    assert named_insecure("REGISTRY.example:5001", names)  # its token server on another port
+    assert named_insecure("[fd00::1]:8080", names)
+    assert not named_insecure("other.example:5000", names)
+    assert not named_insecure("registry.example.evil:5000", names)
+    assert not named_insecure("registry.example:5000", ())
+
+
+def test_realm_rule_names_the_way_out_only_where_there_is_one() -> None:
+    same_host = realm_problem("http://registry.example:5001/t", "https://registry.example", _named())
+    assert same_host is not None and "--insecure-registry registry.example:5001" in same_host
+    elsewhere = realm_problem("http://10.231.7.2/t", "http://127.0.0.1:5000", _named())
+    assert elsewhere is not None and "--insecure-registry" not in elsewhere and "https" in elsewhere
+    scheme = realm_problem("file:///etc/passwd", "http://127.0.0.1:5000", _named())
+    assert scheme is not None and "file:" in scheme
