@@ -10,7 +10,7 @@ from the text the registry sent (a registry may quote the decoded ``user:passwor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -82,12 +82,18 @@ def _details(doc: Any, secrets: Sequence[str]) -> list[RegistryErrorDetail]:
     return details
 
 
+Secrets = Sequence[str] | Callable[[], Sequence[str]]
+"""Known secrets, or how to gather them (only done when an error is made)."""
+
+
 def registry_error(resp: requests.Response, what: str, *, registry: str,
                    repository: str | None = None, anonymous: bool = True,
-                   secrets: Sequence[str] = ()) -> RegistryError:
+                   secrets: Secrets = ()) -> RegistryError:
     """The error for an unexpected answer ``resp`` to the request about ``what``; closes
     ``resp``. ``anonymous`` says whether credentials were sent (for the hint of a 401);
     ``secrets`` are removed from anything the registry wrote."""
+    if callable(secrets):
+        secrets = secrets()
     status = resp.status_code
     method = resp.request.method if resp.request is not None else None
     body, whole = (b"", True) if method == "HEAD" else read_error_body(resp)
@@ -134,7 +140,7 @@ def registry_error(resp: requests.Response, what: str, *, registry: str,
 
 def check_error(resp: requests.Response, ok: Iterable[int], what: str, *, registry: str,
                 repository: str | None = None, anonymous: bool = True,
-                secrets: Sequence[str] = ()) -> requests.Response:
+                secrets: Secrets = ()) -> requests.Response:
     """``resp`` when its status is one of ``ok``; otherwise the ``registry_error`` is raised."""
     if resp.status_code in set(ok):
         return resp

@@ -138,12 +138,12 @@ class RepositorySession:
     def error(self, resp: requests.Response, what: str) -> RegistryError:
         """The typed error for an unexpected answer; closes ``resp``."""
         return registry_error(resp, what, registry=self.registry, repository=self.repository,
-                              anonymous=self.credentials.anonymous, secrets=self.known_secrets())
+                              anonymous=self.credentials.anonymous, secrets=self.known_secrets)
 
     def check(self, resp: requests.Response, ok: Iterable[int], what: str) -> requests.Response:
         """``resp`` when its status is one of ``ok``; otherwise its typed error is raised."""
         return check_error(resp, ok, what, registry=self.registry, repository=self.repository,
-                           anonymous=self.credentials.anonymous, secrets=self.known_secrets())
+                           anonymous=self.credentials.anonymous, secrets=self.known_secrets)
 
     def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes:
         """At most ``cap`` bytes of the body (a short one is an error); closes ``resp``."""
