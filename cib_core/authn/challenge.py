@@ -340,7 +340,7 @@ class RegistryAuth:
                             "it may be down, try again later",
                             status=resp.status_code, registry=self.registry, temporary=True)
                 finally:
-                    resp.close()
+                    _drain(self.requester, resp)
                 self._pinged = True
                 log.debug("registry %s challenges: %s", self.registry,
                           [c.scheme for c in self._challenges] or "none")
@@ -516,13 +516,14 @@ class RegistryAuth:
 
 
 def _drain(requester: Requester, resp: requests.Response) -> None:
-    """Read a little of a 401's body so its connection can be reused, then close it; a body
-    larger than an error page is not read (its connection is simply not reused)."""
+    """Read a small answer (the ping's ``{}``, a 401's error) so its connection can be reused,
+    then close it; a body larger than an error page is not read (the connection is simply not
+    reused)."""
     try:
         if int(resp.headers.get("Content-Length") or _MAX_DRAIN + 1) <= _MAX_DRAIN:
-            requester.read_body(resp, _MAX_DRAIN, "a 401 answer")
+            requester.read_body(resp, _MAX_DRAIN, f"an answer of {requester.registry}")
     except (ValueError, RegistryError) as exc:  # best effort: closing is what matters
-        log.debug("a 401 answer of %s was not drained: %s", requester.registry, exc)
+        log.debug("an answer of %s was not drained: %s", requester.registry, exc)
     finally:
         resp.close()
 

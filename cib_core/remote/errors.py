@@ -10,7 +10,7 @@ from the text the registry sent (a registry may quote the decoded ``user:passwor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,13 +84,19 @@ def _details(doc: Any, secrets: Sequence[str]) -> list[RegistryErrorDetail]:
     return details
 
 
+Secrets = Sequence[str] | Callable[[], Sequence[str]]
+"""Known secrets, or how to gather them (only done when an error is made)."""
+
+
 def registry_error(resp: requests.Response, what: str, *, registry: str,
                    repository: str | None = None, anonymous: bool = True,
-                   secrets: Sequence[str] = (), missing: str | None = None) -> RegistryError:
+                   secrets: Secrets = (), missing: str | None = None) -> RegistryError:
     """The error for an unexpected answer ``resp`` to the request about ``what``; closes
     ``resp``. ``anonymous`` says whether credentials were sent (for the hint of a 401);
     ``secrets`` are removed from anything the registry wrote; ``missing`` names the thing a
     404 means is absent (``tag 'v1'``), for a message that says so."""
+    if callable(secrets):
+        secrets = secrets()
     status = resp.status_code
     method = ((resp.request.method if resp.request is not None else None) or "").upper()
     body, whole = (b"", True) if method == "HEAD" else read_error_body(resp)
@@ -167,7 +173,7 @@ def _write_refused(resp: requests.Response, method: str, what: str, codes: tuple
 
 def check_error(resp: requests.Response, ok: Iterable[int], what: str, *, registry: str,
                 repository: str | None = None, anonymous: bool = True,
-                secrets: Sequence[str] = (), missing: str | None = None) -> requests.Response:
+                secrets: Secrets = (), missing: str | None = None) -> requests.Response:
     """``resp`` when its status is one of ``ok``; otherwise the ``registry_error`` is raised."""
     if resp.status_code in set(ok):
         return resp

@@ -142,14 +142,14 @@ class RepositorySession:
         request (``upload of blob sha256:...``); ``missing`` names the thing a 404 means is
         absent (``tag 'v1'``), for a message that says so."""
         return registry_error(resp, what, registry=self.registry, repository=self.repository,
-                              anonymous=self.credentials.anonymous, secrets=self.known_secrets(),
+                              anonymous=self.credentials.anonymous, secrets=self.known_secrets,
                               missing=missing)
 
     def check(self, resp: requests.Response, ok: Iterable[int], what: str, *,
               missing: str | None = None) -> requests.Response:
         """``resp`` when its status is one of ``ok``; otherwise its typed error is raised."""
         return check_error(resp, ok, what, registry=self.registry, repository=self.repository,
-                           anonymous=self.credentials.anonymous, secrets=self.known_secrets(),
+                           anonymous=self.credentials.anonymous, secrets=self.known_secrets,
                            missing=missing)
 
     def read_body(self, resp: requests.Response, cap: int, what: str) -> bytes:
