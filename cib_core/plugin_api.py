@@ -33,7 +33,9 @@ Tarballs
 To unpack a tarball's members under a target, name it explicitly: a :class:`TarballSource`
 object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); the builtin
 *tarball* plugin claims only those. A tarball added "as it is", as a layer of its own, is
-``cib_core.layers.build.layer_from_tarball``.
+``cib_core.layers.build.layer_from_tarball``. A source that reads compressed files uses
+:func:`decompressed`, which recognizes gzip, zstd, xz and bzip2 from the content and refuses
+a file cut off inside a frame.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import IO, Any, Protocol, runtime_checkable
 
+from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "LazyFile",
     "Readable",
     "TarballSource",
+    "decompressed",
     "dir_entry",
     "file_entry",
     "keep_fields",
@@ -96,7 +100,7 @@ class LayerOptions:
 
 @dataclass(frozen=True)
 class TarballSource:
-    """A ``.tar``, ``.tar.gz``/``.tgz`` or ``.tar.zst`` whose members go under the target."""
+    """A tarball (plain, gzip, zstd, xz or bzip2) whose members go under the target."""
 
     path: str | os.PathLike[str]
 

@@ -3,7 +3,7 @@
 Claims ``cib_core.plugin_api.TarballSource(path)`` objects and strings ``"tar:PATH"``
 (``cib build --add tar:rootfs.tar.gz:/``). A plain local path to a tarball is *not* claimed:
 ``add_files({"/app": "x.tar"})`` puts the file ``x.tar`` at ``/app``. Plain, gzip (one or
-more members) and zstd tarballs are recognized from their content.
+more members), zstd, xz and bzip2 tarballs are recognized from their content.
 
 Members keep their types, modes, owners (uid/gid) and mtimes, and their extended attributes;
 user and group names are cleared. Member names may not contain ``..``; hard links refer to
@@ -13,17 +13,16 @@ cib can read the members in path order without decompressing the stream again an
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO
 
 import cib_core
 from cib_core import LayerSourceError
-from cib_core.plugin_api import Entry, FileSlice, TarballSource, keep_fields
+from cib_core.plugin_api import Entry, FileSlice, TarballSource, decompressed, keep_fields
 
 PREFIX = "tar:"
 _CHUNK = 1 << 20
@@ -47,38 +46,24 @@ def _open_plain(path: str) -> IO[bytes]:
         src = open(path, "rb")  # noqa: SIM115 - kept open by the slices, closed when dropped
     except OSError as exc:
         raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
-    head = src.read(4)
-    src.seek(0)
-    if head[:2] == b"\x1f\x8b":
-        return _unpack(src, path, "gzip")
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return _unpack(src, path, "zstd")
-    return src
-
-
-def _unpack(src: IO[bytes], path: str, kind: str) -> IO[bytes]:
-    out = tempfile.TemporaryFile(prefix="cib-tarball-")  # noqa: SIM115 - returned
     try:
-        with src:
-            if kind == "gzip":
-                gzip_module: Any
-                try:
-                    gzip_module = importlib.import_module("isal.igzip")
-                except ImportError:  # pragma: no cover
-                    gzip_module = importlib.import_module("gzip")
-                with gzip_module.open(src, "rb") as reader:
-                    shutil.copyfileobj(reader, out, _CHUNK)
-            else:
-                import zstandard
-
-                reader = zstandard.ZstdDecompressor().stream_reader(src, read_across_frames=True)
-                shutil.copyfileobj(reader, out, _CHUNK)
-    except LayerSourceError:
-        out.close()
+        plain, kind = decompressed(src, path)
+        if kind is None:
+            src.seek(0)
+            return src
+        out = tempfile.TemporaryFile(prefix="cib-tarball-")  # noqa: SIM115 - returned
+        try:
+            shutil.copyfileobj(plain, out, _CHUNK)
+        except BaseException:
+            out.close()
+            raise
+    except OSError as exc:
+        src.close()
+        raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
+    except BaseException:
+        src.close()
         raise
-    except Exception as exc:  # noqa: BLE001 - gzip/zstd/OS errors all mean "cannot unpack"
-        out.close()
-        raise LayerSourceError(path, f"cannot be decompressed as {kind}: {exc}") from None
+    src.close()
     out.flush()
     out.seek(0)
     return out

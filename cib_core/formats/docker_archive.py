@@ -38,11 +38,11 @@ from typing import IO, Any, BinaryIO
 
 from cib_core import mediatypes as mt
 from cib_core.callbacks import ProgressReader, label_for, report_step
+from cib_core.compression import SNIFF_SIZE, decompressed, sniff
 from cib_core.digest import is_digest, new_hasher, sha256_digest
 from cib_core.documents import canonical_json, manifest_media_type
 from cib_core.errors import ConfigurationError, DigestMismatch, LocalWriteError, ManifestError, NotFound
 from cib_core.fileio import replacing, writing_to
-from cib_core.formats.flatten import decompressed, sniff_compression
 from cib_core.formats.oci_layout import (
     CHUNK,
     CONTAINERD_NAME,
@@ -205,12 +205,12 @@ class DockerArchiveStore:
         self._tar_path = self.path
         self._temp: Any = None
         with self.path.open("rb") as handle:
-            kind = sniff_compression(handle.read(6))
+            kind = sniff(handle.read(SNIFF_SIZE))
         if kind is not None:
             # Random access into a compressed tar would re-read it for every blob.
             temp = tempfile.NamedTemporaryFile(prefix="cib-archive-", suffix=".tar")
             with self.path.open("rb") as handle:
-                plain, _ = decompressed(handle)
+                plain, _ = decompressed(handle, str(self.path))
                 shutil.copyfileobj(plain, temp, CHUNK)
             temp.flush()
             self._temp = temp
@@ -316,7 +316,7 @@ class DockerArchiveStore:
         for i, layer_name in enumerate(entry["Layers"]):
             member = self._clean(str(layer_name))
             with self._open_member(member) as stream:
-                compression = sniff_compression(stream.read(6))
+                compression = sniff(stream.read(SNIFF_SIZE))
             match = _BLOB_PATH_RE.match(member)
             if match:
                 digest = f"{match.group(1)}:{match.group(2)}"
@@ -551,7 +551,7 @@ class DockerArchiveStore:
         report = self._step(f"check {label_for(digest)}", stored)
         with self._layout.open_blob(digest) as opened:
             blob = io.BufferedReader(ProgressReader(opened, report), CHUNK)
-            plain, _ = decompressed(blob)
+            plain, _ = decompressed(blob, f"layer {digest}")
             with plain:
                 for block in iter(lambda: plain.read(CHUNK), b""):
                     hasher.update(block)
@@ -615,7 +615,7 @@ class DockerArchiveStore:
                     raise DigestMismatch(f"uncompressed layer {digest} for {self.name}", str(diff_id), actual)
                 self._add(tar, f"{diff_hex}/", None)
                 with self._layout.open_blob(digest) as blob:
-                    plain, _ = decompressed(blob)
+                    plain, _ = decompressed(blob, f"layer {digest}")
                     report = self._step(f"write {label_for(digest)}", size)
                     with plain, ProgressReader(plain, report) as counted:
                         self._add(tar, member, io.BufferedReader(counted, CHUNK), size)

@@ -16,17 +16,14 @@ failure to write the output is a ``LocalWriteError`` naming it.
 
 from __future__ import annotations
 
-import bz2
 import copy
-import gzip
-import io
 import logging
-import lzma
 import os
 import tarfile
 from collections.abc import Callable, Iterable
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, BinaryIO, cast
 
+from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError
 from cib_core.fileio import GuardedWriter, replacing
 
@@ -35,90 +32,6 @@ log = logging.getLogger(__name__)
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 CHUNK = 1 << 16
-
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-BZIP2_MAGIC = b"BZh"
-XZ_MAGIC = b"\xfd7zXZ\x00"
-
-
-def sniff_compression(head: bytes) -> str | None:
-    """``"gzip"``, ``"zstd"``, ``"bzip2"``, ``"xz"`` from a stream's first bytes, or None (plain)."""
-    if head.startswith(GZIP_MAGIC):
-        return "gzip"
-    if head.startswith(ZSTD_MAGIC):
-        return "zstd"
-    if head.startswith(XZ_MAGIC):
-        return "xz"
-    if head.startswith(BZIP2_MAGIC):
-        return "bzip2"
-    return None
-
-
-class _Prefixed(io.RawIOBase):
-    """A stream whose first bytes were already read: gives them back, then the rest.
-
-    Closing it leaves the underlying stream open: whoever opened that closes it.
-    """
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        super().__init__()
-        self._head = head
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        if self._head:
-            n = min(len(view), len(self._head))
-            view[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        data = self._rest.read(len(view))
-        view[:len(data)] = data
-        return len(data)
-
-
-def _read_head(stream: BinaryIO, n: int) -> bytes:
-    head = b""
-    while len(head) < n:
-        block = stream.read(n - len(head))
-        if not block:
-            break
-        head += block
-    return head
-
-
-def decompressed(stream: BinaryIO) -> tuple[BinaryIO, str | None]:
-    """``stream`` decompressed according to its magic bytes, and the compression found.
-
-    The result does not close ``stream``; the caller still owns it.
-    """
-    head = _read_head(stream, 6)
-    kind = sniff_compression(head)
-    raw: BinaryIO = io.BufferedReader(_Prefixed(head, stream), buffer_size=CHUNK)
-    if kind is None:
-        return raw, None
-    if kind == "gzip":
-        try:
-            from isal import igzip
-
-            return cast(BinaryIO, igzip.IGzipFile(fileobj=raw, mode="rb")), kind  # type: ignore[no-untyped-call,unused-ignore]
-        except ImportError:  # pragma: no cover - isal is a dependency; zlib still works
-            return gzip.GzipFile(fileobj=raw, mode="rb"), kind  # type: ignore[return-value]
-    if kind == "zstd":
-        try:
-            import zstandard
-        except ImportError as exc:
-            raise LayerSourceError("layer", "is zstd-compressed; install cib[zstd] to read it") from exc
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=CHUNK), kind
-    if kind == "xz":
-        return lzma.LZMAFile(raw, "rb"), kind  # type: ignore[return-value]
-    return bz2.BZ2File(raw, "rb"), kind  # type: ignore[return-value]
-
 
 def clean_name(name: str, where: str) -> str:
     """A member name relative to the root ("" for the root itself); refuses escapes."""
@@ -170,7 +83,7 @@ class _Flattener:
         return True
 
     def layer(self, stream: BinaryIO, where: str) -> None:
-        plain, kind = decompressed(stream)
+        plain, kind = decompressed(stream, where)
         log.debug("exporting %s (%s)", where, kind or "uncompressed")
         new_removed: set[str] = set()
         new_opaque: set[str] = set()

@@ -45,6 +45,7 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol, cast
 
 from cib_core import mediatypes
+from cib_core.compression import SNIFF_SIZE, Frames, sniff
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
 from cib_core.plugin_api import Entry, LayerOptions, LazyFile, Readable, kept_fields
 
@@ -899,69 +900,6 @@ def write_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], sink: S
 # --------------------------------------------------------------------------------------------
 # Tarballs as they are
 # --------------------------------------------------------------------------------------------
-class _Decompressor(Protocol):
-    def feed(self, data: bytes) -> bytes: ...
-
-    def end(self) -> None: ...
-
-
-class _Frames:
-    """Decompresses a stream of one or more independent frames (gzip members, zstd frames),
-    as ``gzip -d`` and ``zstd -d`` do; ``end`` refuses a stream cut off inside a frame."""
-
-    def __init__(self, name: str, kind: str, new: Callable[[], Any], *,
-                 padding_allowed: bool = False) -> None:
-        self._name = name
-        self._kind = kind
-        self._new = new
-        self._padding_allowed = padding_allowed  # gzip tolerates trailing zero bytes
-        self._d: Any = new()
-        self._between = False
-
-    def feed(self, data: bytes) -> bytes:
-        parts: list[bytes] = []
-        while data:
-            if self._between:
-                if self._padding_allowed and not data.lstrip(b"\0"):
-                    return b"".join(parts)
-                self._d = self._new()
-                self._between = False
-            try:
-                parts.append(self._d.decompress(data))
-            except Exception as exc:  # noqa: BLE001 - zlib.error, IsalError, ZstdError
-                raise LayerSourceError(self._name, f"is not valid {self._kind}: {exc}") from None
-            if self._d.eof:
-                data = self._d.unused_data
-                self._between = True
-            else:
-                data = b""
-        return b"".join(parts)
-
-    def end(self) -> None:
-        if not self._between:
-            raise LayerSourceError(self._name, f"{self._kind} stream ends early (truncated file?)")
-
-
-def _gunzip_members(name: str) -> _Frames:
-    lib: Any = _isal_zlib if _isal_zlib is not None else zlib
-    return _Frames(name, "gzip", lambda: lib.decompressobj(31), padding_allowed=True)
-
-
-def _unzstd(name: str) -> _Frames:
-    import zstandard
-
-    return _Frames(name, "zstd", lambda: zstandard.ZstdDecompressor().decompressobj())
-
-
-def sniff_compression(head: bytes) -> str:
-    """``"gzip"``, ``"zstd"`` or ``"none"`` from a file's first bytes."""
-    if head[:2] == b"\x1f\x8b":
-        return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        return "zstd"
-    return "none"
-
-
 class _TarCheck:
     """Checks that a stream starts like a tar archive (a valid first header or zeros)."""
 
@@ -1012,18 +950,20 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
     except OSError as exc:
         raise LayerSourceError(name, f"cannot be read: {exc.strerror or exc}") from exc
     with src:
-        given = sniff_compression(src.read(4))
+        given = sniff(src.read(SNIFF_SIZE)) or "none"
         src.seek(0)
+        if given not in COMPRESSIONS:
+            raise LayerSourceError(name, f"is {given}-compressed; a layer is a plain, gzip or "
+                                   "zstd tarball")
         if given == "zstd" and docker_flavour:
-            return _to_file(lambda sink: _recompress(src, name, _unzstd(name), "gzip", level,
-                                                     True, sink), dir)
+            return _to_file(lambda sink: _recompress(src, name, Frames("zstd", name),
+                                                     "gzip", level, True, sink), dir)
         if given == "none" and compression != "none":
             return _to_file(lambda sink: _recompress(src, name, None, compression, level,
                                                      docker_flavour, sink), dir)
         media_type = mediatypes.layer_media_type(docker_flavour, given)
         file_hash, tar_hash = hashlib.sha256(), hashlib.sha256()
-        decomp: _Decompressor | None = (_gunzip_members(name) if given == "gzip"
-                                        else _unzstd(name) if given == "zstd" else None)
+        decomp = Frames(given, name) if given != "none" else None
         check = _TarCheck(name)
         size = 0
         while True:
@@ -1032,9 +972,9 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
                 break
             size += len(chunk)
             file_hash.update(chunk)
-            raw = decomp.feed(chunk) if decomp is not None else chunk
-            check.feed(raw)
-            tar_hash.update(raw)
+            for raw in decomp.feed(chunk) if decomp is not None else (chunk,):
+                check.feed(raw)
+                tar_hash.update(raw)
         if decomp is not None:
             decomp.end()
         check.end()
@@ -1043,18 +983,18 @@ def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip
     return BuiltLayer(info, os.path.abspath(name), owned=False)
 
 
-def _recompress(src: IO[bytes], name: str, decomp: _Decompressor | None, compression: str,
+def _recompress(src: IO[bytes], name: str, decomp: Frames | None, method: str,
                 level: int | None, docker_flavour: bool, sink: Sink) -> LayerInfo:
-    pipe = _Pipeline(_compressor(compression, level), sink)
+    pipe = _Pipeline(_compressor(method, level), sink)
     check = _TarCheck(name)
     try:
         while True:
             chunk = src.read(CHUNK)
             if not chunk:
                 break
-            raw = decomp.feed(chunk) if decomp is not None else chunk
-            check.feed(raw)
-            pipe.write(raw)
+            for raw in decomp.feed(chunk) if decomp is not None else (chunk,):
+                check.feed(raw)
+                pipe.write(raw)
         if decomp is not None:
             decomp.end()
         check.end()
@@ -1062,7 +1002,7 @@ def _recompress(src: IO[bytes], name: str, decomp: _Decompressor | None, compres
     finally:
         pipe.abort()
     return LayerInfo(digest=digest, diff_id=diff_id, size=size,
-                     media_type=mediatypes.layer_media_type(docker_flavour, compression))
+                     media_type=mediatypes.layer_media_type(docker_flavour, method))
 
 
 def compress_layer(stream: IO[bytes], name: str, *, compression: str = "gzip",
