@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from cib_core.authn.resolve import auth
     from cib_core.copy import CopyResult, copy_image
     from cib_core.image import Image, ImageData, SaveResult
-    from cib_core.layers.build import CustomFile, LayerInfo
+    from cib_core.layers.custom_file import CustomFile
+    from cib_core.layers.pipeline import LayerInfo
     from cib_core.remote.client import RegistryClient, UploadResult
 
 # The heavy parts (requests, the builder) load on first use so `import cib_core` stays cheap
@@ -47,8 +48,8 @@ _LAZY = {
     "SaveResult": "cib_core.image",
     "RegistryClient": "cib_core.remote.client",
     "UploadResult": "cib_core.remote.client",
-    "CustomFile": "cib_core.layers.build",
-    "LayerInfo": "cib_core.layers.build",
+    "CustomFile": "cib_core.layers.custom_file",
+    "LayerInfo": "cib_core.layers.pipeline",
     "auth": "cib_core.authn.resolve",
     "copy_image": "cib_core.copy",
     "CopyResult": "cib_core.copy",

@@ -32,14 +32,10 @@ from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
 from cib_core.image_config import ConfigAttribute
-from cib_core.layers.build import (
-    BuiltLayer,
-    LayerBuilder,
-    LayerInfo,
-    layer_from_tarball,
-    prepare_layer,
-    source_date_epoch,
-)
+from cib_core.layers.build import LayerBuilder, prepare_layer
+from cib_core.layers.pipeline import BuiltLayer, LayerInfo
+from cib_core.layers.tar import source_date_epoch
+from cib_core.layers.tarball import layer_from_tarball
 from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.seed_forms import (

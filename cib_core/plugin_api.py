@@ -33,7 +33,7 @@ Tarballs
 To unpack a tarball's members under a target, name it explicitly: a :class:`TarballSource`
 object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); the builtin
 *tarball* plugin claims only those. A tarball added "as it is", as a layer of its own, is
-``cib_core.layers.build.layer_from_tarball``. A source that reads compressed files uses
+``cib_core.layers.tarball.layer_from_tarball``. A source that reads compressed files uses
 :func:`decompressed`, which recognizes gzip, zstd, xz and bzip2 from the content and refuses
 a file cut off inside a frame.
 """

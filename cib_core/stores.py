@@ -264,7 +264,7 @@ def transfer_layer(src: BlobStore, dst: BlobStore, descriptor: dict[str, Any], *
     """
     digest = descriptor["digest"]
     if descriptor.get("mediaType") == mt.DOCKER_LAYER and isinstance(dst, RegistryStore):
-        from cib_core.layers.build import compress_layer
+        from cib_core.layers.tarball import compress_layer
 
         with src.open_blob(digest) as stream, \
                 compress_layer(stream, f"{src.name}@{digest}", docker_flavour=docker_flavour) as built:

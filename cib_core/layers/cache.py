@@ -24,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cib_core.layers.build import LayerInfo
+from cib_core.layers.pipeline import LayerInfo
 
 log = logging.getLogger(__name__)
 

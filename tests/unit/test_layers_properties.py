@@ -189,21 +189,21 @@ def tar_infos(draw: st.DrawFn) -> tarfile.TarInfo:
 @settings(max_examples=2000, deadline=None)
 @given(tar_infos())
 def test_fast_tar_header_is_tarfiles_byte_for_byte(info: tarfile.TarInfo) -> None:
-    from cib_core.layers.build import _tar_header
+    from cib_core.layers.tar import tar_header
 
     try:
         expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     except ValueError as exc:  # what tarfile refuses, the fast path must refuse too
         with pytest.raises(type(exc)):
-            _tar_header(info)
+            tar_header(info)
         return
-    assert _tar_header(info) == expected
+    assert tar_header(info) == expected
 
 
 def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The property above would pass with every entry sent to tarfile; these, what a source
     tree is made of, must not be."""
-    from cib_core.layers.build import _tar_header
+    from cib_core.layers.tar import tar_header
 
     entries = []
     for name, kind, link in [("app/main.py", tarfile.REGTYPE, ""), ("app", tarfile.DIRTYPE, ""),
@@ -220,7 +220,7 @@ def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(tarfile.TarInfo, "tobuf", refuse)
     for info, expected in entries:
-        assert _tar_header(info) == expected, info.name
+        assert tar_header(info) == expected, info.name
 
 
 @settings(max_examples=3000, deadline=None)
@@ -228,12 +228,12 @@ def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
        st.text(alphabet="a./é", max_size=12))
 def test_fast_path_join_agrees_with_the_segment_by_segment_one(base: str, name: str) -> None:
     from cib_core.errors import LayerSourceError
-    from cib_core.layers.build import _join, _join_parts
+    from cib_core.layers.tar import join, join_parts
 
     try:
-        expected = _join_parts(base, name, "src")
+        expected = join_parts(base, name, "src")
     except LayerSourceError:
         with pytest.raises(LayerSourceError, match="'..'"):
-            _join(base, name, "src")
+            join(base, name, "src")
         return
-    assert _join(base, name, "src") == expected
+    assert join(base, name, "src") == expected
