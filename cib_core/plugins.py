@@ -26,6 +26,7 @@ import pluggy
 from cib_core import hookspecs
 from cib_core.authn.credentials import Credentials
 from cib_core.errors import CibError, PluginError
+from cib_core.plugin_api import SortedEntries
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,13 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
         if result is None:
             return None
         if hook_name == "cib_layer_source":
-            return _named_entries(plugin_name, result)
+            named = _named_entries(plugin_name, result)
+            if not isinstance(result, SortedEntries):
+                return named
+            # the promise of layer order survives the guard, which keeps the order
+            identity = result.identity
+            return SortedEntries(named, identity=None if identity is None else _guarded(
+                plugin_name, "cib_layer_source (identity)", identity))
         if hook_name == "cib_credentials" and not isinstance(result, Credentials):
             raise PluginError(plugin_name, f"cib_credentials returned {type(result).__name__}, "
                               "not Credentials")
