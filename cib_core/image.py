@@ -22,7 +22,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cib_core import image_config
 from cib_core import mediatypes as mt
@@ -460,52 +460,72 @@ class Image:
         ignore_files = self._patterns("ignore_files", ignore_files)
         if not sources:
             raise ConfigurationError("add_files was given no files")
-        # the first layer: read the base (a few round trips) while the sources are listed
-        loading = None if self._images is not None or self._is_scratch else _in_background(
-            self._load, "cib-read-base")
-        mtime = None if self._created == "now" else int(source_date().timestamp())
         import cib_core.layers.cache as layer_cache
 
+        mtime = None if self._created == "now" else int(source_date().timestamp())
+        pm = self._plugin_manager
+        # the first layer: read the base (a few round trips) while the sources are walked
+        loading = None if self._images is not None or self._is_scratch else _in_background(
+            self._load, "cib-read-base")
+        checked = False
         try:
             builder = prepare_layer(
-                self._plugin_manager, sources, ignores=tuple(ignores),
-                ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                compression=self._compression, mtime=mtime)
+                pm, sources, ignores=tuple(ignores), ignore_files=tuple(ignore_files),
+                follow_symlinks=follow_symlinks, compression=self._compression, mtime=mtime)
+            recipe = builder.recipe() if layer_cache.cache_dir() is not None else None
+            # Built before from these sources: see whether anything changed (a walk with
+            # stat) before building. Never built: start building and uploading at once, and
+            # remember what it took for the next time.
+            if recipe is not None and layer_cache.seen(recipe):
+                builder.fingerprint(layer_cache.RACY_SECONDS)
+                checked = True
+            store = self.target_store
         except BaseException:
             if loading is not None:
                 loading.result()  # a base that cannot be read is reported first, as ever
             raise
-        if loading is not None:
-            loading.result()
-        else:
-            self._load()
-        # the layer's media type follows the base's flavour, known now
-        builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
-        store = self.target_store
-        key = builder.fingerprint(layer_cache.RACY_SECONDS)
-        cached = layer_cache.load(key) if key is not None else None
+        cached = None
+        if checked:
+            self._wait_for_base(loading)
+            builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
+            key = builder.fingerprint(layer_cache.RACY_SECONDS)
+            cached = layer_cache.load(key) if key is not None else None
         if cached is not None and store.has_blob(cached.digest):
             # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
             info = cached
             self._present.add(info.digest)
-        elif isinstance(store, StreamingStore):
-            def rebuild() -> LayerBuilder:
-                return prepare_layer(
-                    self._plugin_manager, sources, ignores=tuple(ignores),
-                    ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                    compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime)
-
-            label = "new layer " + ", ".join(sorted(sources))
-            info = self._stream_layer(builder, store, rebuild, label)
         else:
-            info = self._upload_built(builder, store)
-        if key is not None and cached != info:
-            layer_cache.store(key, info)
+            racy = None if recipe is None else layer_cache.RACY_SECONDS
+            try:
+                if isinstance(store, StreamingStore):
+                    label = "new layer " + ", ".join(sorted(sources))
+                    info = self._stream_layer(builder, store, label, loading, racy)
+                else:
+                    info = self._upload_built(builder, store, racy)
+            except BaseException:
+                if loading is not None:
+                    loading.result()  # a base that cannot be read is reported first, as ever
+                raise
+            self._wait_for_base(loading)
+            # the layer's media type follows the base's flavour, known now
+            builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
+            info = dataclasses.replace(info, media_type=builder.media_type)
+            if recipe is not None:
+                key = builder.fingerprint(layer_cache.RACY_SECONDS)
+                if key is not None:
+                    layer_cache.store(key, info)
+                    layer_cache.remember(recipe)
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
             info.diff_id, {"created_by": created_by, "comment": "cib"})
         return info
+
+    def _wait_for_base(self, loading: concurrent.futures.Future[Any] | None) -> None:
+        if loading is not None:
+            loading.result()
+        else:
+            self._load()
 
     @staticmethod
     def _sources(files: object, target_dir: object) -> dict[str, object]:
@@ -543,15 +563,17 @@ class Image:
                                          "must be a str")
         return patterns
 
-    def _stream_layer(self, builder: LayerBuilder, store: StreamingStore,
-                      rebuild: Callable[[], LayerBuilder], label: str) -> LayerInfo:
+    def _stream_layer(self, builder: LayerBuilder, store: StreamingStore, label: str,
+                      loading: concurrent.futures.Future[Any] | None,
+                      racy: float | None) -> LayerInfo:
         """Write the layer straight into the target as it is made (one streamed upload request
-        into a registry): tar, compression and upload or write run side by side, with no
-        temporary file, memory bounded by a few pieces, and the blob hashed once (by the store).
-        ``label`` names it to the progress callback until its digest is known. Should an upload
-        fail for a temporary reason (a stream cannot be rewound), list the sources again
-        (``rebuild``), build the layer into a temporary file and upload that, which can resume
-        and retry."""
+        into a registry): walking the sources, tar, compression and upload or write run side
+        by side, with no temporary file, memory bounded by a few pieces, and the blob hashed
+        once (by the store). ``label`` names it to the progress callback until its digest is
+        known. A base that turns out unreadable (``loading``) stops it. Should an upload fail
+        for a temporary reason (a stream cannot be rewound), list the sources again, build
+        the layer into a temporary file and upload that, which can resume and retry.
+        ``racy``: compute the rebuild cache's key on the way (see ``LayerBuilder.write``)."""
         pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         result: list[tuple[str, int]] = []
@@ -583,6 +605,8 @@ class Image:
         def sink(data: bytes) -> None:
             if failure:
                 raise failure[0]
+            if loading is not None and loading.done() and loading.exception() is not None:
+                raise cast(BaseException, loading.exception())
             pieces.put(data)
 
         abort = False
@@ -590,7 +614,7 @@ class Image:
         thread.start()
         try:
             # the upload hashes the blob as it sends it: no second sha256 of it here
-            info = builder.write(sink, digest=False)
+            info = builder.write(sink, digest=False, fingerprint=racy)
         except BaseException:
             abort = True
             pieces.put(None)
@@ -598,7 +622,7 @@ class Image:
             if failure and isinstance(failure[0], RegistryError) and failure[0].temporary:
                 log.debug("streamed upload of a layer failed (%s); building it into a file",
                           failure[0])
-                return self._upload_built(rebuild(), store)
+                return self._upload_built(builder, store, racy)
             raise
         pieces.put(None)
         thread.join()
@@ -606,7 +630,7 @@ class Image:
             if isinstance(failure[0], RegistryError) and failure[0].temporary:
                 log.debug("streamed upload of %s failed (%s); uploading from a file", info.digest,
                           failure[0])
-                return self._upload_built(rebuild(), store)
+                return self._upload_built(builder, store, racy)
             raise failure[0]
         digest, size = result[0]
         if size != info.size:
@@ -615,8 +639,8 @@ class Image:
         self._present.add(digest)
         return dataclasses.replace(info, digest=digest)
 
-    def _upload_built(self, builder: LayerBuilder, store: BlobStore) -> LayerInfo:
-        with builder.build() as built:
+    def _upload_built(self, builder: LayerBuilder, store: BlobStore, racy: float | None) -> LayerInfo:
+        with builder.build(fingerprint=racy) as built:
             return self._put_built(built, store)
 
     def _put_built(self, built: BuiltLayer, store: BlobStore) -> LayerInfo:

@@ -1,7 +1,7 @@
-"""Layers from layer sources: ``collect_entries`` asks the ``cib_layer_source`` plugins for
-each source of an ``add_files`` call, :class:`LayerBuilder` normalizes the entries (sorted
-paths, parents, owners, times) and writes them through the pipeline (``layers.pipeline``) to
-a temporary file (:class:`BuiltLayer`) or any sink callable. :func:`build_layer` does all of it.
+"""Layers from layer sources: ``prepare_layer`` asks the ``cib_layer_source`` plugins for each
+source of an ``add_files`` call, :class:`LayerBuilder` normalizes the entries (sorted paths,
+parents, owners, times) and writes them through the pipeline (``layers.pipeline``) to a
+temporary file (:class:`BuiltLayer`) or any sink callable. :func:`build_layer` does all of it.
 
 Reproducibility: every parent directory is present (mode 0755); uid/gid are 0 and user/group
 names empty; mtimes are ``SOURCE_DATE_EPOCH`` or 0 (unless a source marks explicit values to
@@ -11,22 +11,27 @@ keep, as ``CustomFile`` does); see ``layers.tar`` for the order and the headers 
 When two entries of one layer have the same path, the one from the source listed last wins
 (``add_files``' mapping order, then the order a source yields). A path that is a file in one
 source and a directory (or a parent directory) in another is an error.
+
+Two ways to the same bytes. When every source promises its entries in layer order
+(``plugin_api.SortedEntries``, as local directories do) and no target lies inside another,
+the sources are walked in target order and each entry is written as it comes: the upload
+starts while the tree is still being walked, and nothing is kept per file. Otherwise every
+entry becomes one :class:`~cib_core.layers.tar.Record` (a few integers and the path), and
+the records are sorted, overridden and their hard links resolved before anything is written.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import gc
+import bisect
 import hashlib
 import logging
 import os
 import stat
+import struct
 import tarfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, cast
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, cast
 
 from cib_core import mediatypes
 from cib_core.errors import LayerSourceError, PluginError
@@ -41,52 +46,112 @@ from cib_core.layers.pipeline import (
     to_file,
 )
 from cib_core.layers.tar import (
+    DEVICE_TYPES,
     KEPT_PAX_PREFIXES,
     OTHER_TYPES,
     REGULAR,
+    Headers,
+    Record,
     join,
     normalize_target,
     sort_key,
     source_date_epoch,
-    tar_header,
 )
-from cib_core.plugin_api import Entry, LayerOptions, LazyFile, Readable, kept_fields
+from cib_core.plugin_api import (
+    KEEP_ATTRIBUTE,
+    Entry,
+    LayerOptions,
+    LazyFile,
+    Readable,
+    SortedEntries,
+    SourceIdentity,
+)
 
 if TYPE_CHECKING:
     import pluggy
 
 log = logging.getLogger(__name__)
 
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Listing and planning a tree allocate several objects per file and free almost none,
-    so the cyclic garbage collector would walk the growing heap again and again for nothing
-    (a quarter of the planning time of 20,000 files). Paused meanwhile, it goes on after."""
-    if not gc.isenabled():  # paused by the caller, or by another thread listing: theirs
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+_REGTYPE, _DIRTYPE, _LNKTYPE, _SYMTYPE = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE
+_NOTHING_KEPT: frozenset[str] = frozenset()
+_BLOCK = tarfile.BLOCKSIZE
+_PADDING = [bytes(n) for n in range(_BLOCK)]
+_IDENTITY = struct.Struct("<QQQqq")  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+ENTRIES_KEY_VERSION = b"cib-layer-cache-2\0"
+SOURCES_KEY_VERSION = b"cib-layer-sources-1\0"
 
 
-@dataclass
-class _Record:
-    info: tarfile.TarInfo
-    fileobj: Readable | None
-    origin: str  # for messages: where the entry came from
+def file_identity(st: os.stat_result) -> bytes:
+    """What says a local file is unchanged (as git's index does): device, inode, size, and
+    modification and change times in nanoseconds; 40 bytes."""
+    return _IDENTITY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+_Asked = tuple[str, str, Iterable[Entry]]
+"""A source claimed by a plugin: its target, its description for messages, its entries."""
 
-class _Planned(NamedTuple):
-    info: tarfile.TarInfo
-    fileobj: Readable | None
-    origin: str
-    header: bytes  # the entry's tar header block(s), PAX ones included
 
+class _Fingerprint:
+    """The rebuild cache's key. Either from the sources' own identities (``add_source``: what
+    each source's entries depend on, which local directories tell from a walk with ``stat``
+    and nothing else), or hashed entry by entry as the layer is listed or written (``add``:
+    each tar header and, for each regular file, the identity of the local file it is read
+    from).
+
+    ``cacheable`` turns False for content that is not a plain local file, or a file changed
+    within ``racy_seconds`` (its next change might keep the same timestamps).
+    """
+
+    def __init__(self, seed: bytes, racy_seconds: float) -> None:
+        self._hash = hashlib.sha256(seed)
+        self._limit = time.time_ns() - int(racy_seconds * 1e9)
+        self.racy_seconds = racy_seconds
+        self.cacheable = True
+
+    def add_source(self, target: str, identity: SourceIdentity) -> None:
+        digest, newest = identity
+        self._hash.update(b"%s\0%s" % (target.encode("utf-8", "surrogateescape"), digest))
+        if newest >= self._limit:
+            self.cacheable = False
+
+    def add(self, header: bytes, rec: Record) -> bool:
+        """Hash one entry; False once the layer turned out not cacheable."""
+        self._hash.update(header)
+        if rec.size:
+            content = rec.content
+            if isinstance(content, str):
+                ident = rec.ident
+                if ident is None:
+                    return self._not_cacheable()
+                _, _, size, mtime_ns, ctime_ns = _IDENTITY.unpack(ident)
+            else:
+                if type(content) is not LazyFile or content.closed or content.opened:
+                    return self._not_cacheable()
+                st = content.stat_result  # from the listing, a moment ago
+                if st is None:
+                    try:
+                        st = os.stat(content.name)
+                    except OSError:
+                        return self._not_cacheable()
+                if not stat.S_ISREG(st.st_mode):
+                    return self._not_cacheable()
+                size, mtime_ns, ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                ident = file_identity(st)
+            if size != rec.size or mtime_ns >= self._limit or ctime_ns >= self._limit:
+                return self._not_cacheable()
+            self._hash.update(ident)
+        return True
+
+    def _not_cacheable(self) -> bool:
+        self.cacheable = False
+        return False
+
+    def key(self, media_type: str) -> str | None:
+        if not self.cacheable:
+            return None
+        h = self._hash.copy()
+        h.update(b"\0" + media_type.encode())
+        return h.hexdigest()
 
 
 class LayerBuilder:
@@ -94,8 +159,10 @@ class LayerBuilder:
 
     ``add_source(target, entries)`` takes entries as a ``cib_layer_source`` plugin yields them
     (names relative to ``target``); ``add(info, fileobj)`` takes an entry whose name is already
-    the full path in the layer. ``write(sink)`` or ``build()`` then produce the layer; a
-    builder can write more than once only if its file objects can be read again.
+    the full path in the layer; ``ask(pm, sources, options)`` has the plugins list
+    ``{target: source}`` when the layer is written (and again for each write). ``write(sink)``
+    or ``build()`` then produce the layer; entries given with ``add`` and ``add_source`` can
+    be written more than once only if their file objects can be read again.
     """
 
     def __init__(self, *, compression: str = "gzip", level: int | None = None,
@@ -105,232 +172,425 @@ class LayerBuilder:
         make_compressor(compression, level)  # validate early
         self.media_type = media_type or mediatypes.layer_media_type(docker_flavour, compression)
         self.mtime = source_date_epoch() if mtime is None else int(mtime)
-        self._records: dict[str, _Record] = {}
-        self._planned: list[_Planned] | None = None  # until the next add
+        self._given: list[Record] = []  # entries from add/add_source, in the order given
+        self._pm: pluggy.PluginManager | None = None
+        self._sources: dict[str, object] = {}
+        self._options = LayerOptions()
+        self._asked: list[_Asked] | None = None  # claimed, not yet listed
+        self._plan: list[Record] | None = None  # sorted and resolved, until written
+        self._planned_from: list[_Asked] = []  # the sources listed into the plan
+        self._fingerprint: _Fingerprint | None = None
+        self.entries = 0
+        """Entries written by the last ``write``, parent directories included."""
 
     # -- collecting ---------------------------------------------------------------------------
     def add(self, info: tarfile.TarInfo, fileobj: Readable | None = None, *,
             origin: str | None = None) -> None:
-        path = join("", info.name, origin or info.name)
-        if info.type == tarfile.LNKTYPE:
-            info.linkname = join("", info.linkname, origin or info.name)
-        self._put(path, info, fileobj, origin or path)
+        rec = self._record("", info, fileobj, origin or info.name)
+        if rec is not None:
+            self._given.append(_detached(rec if origin else rec._replace(origin=rec.path)))
+        self._plan = None
 
     def add_source(self, target: str, entries: Iterable[Entry], *, origin: str | None = None) -> None:
         base = normalize_target(target)
+        what = origin or base
         for info, fileobj in entries:
-            what = origin or base
-            path = join(base, info.name, what)
-            if info.type == tarfile.LNKTYPE:
-                info.linkname = join(base, info.linkname, what)
-            self._put(path, info, fileobj, what)
+            rec = self._record(base, info, fileobj, what)
+            if rec is not None:
+                self._given.append(_detached(rec))
+        self._plan = None
 
-    def _put(self, path: str, info: tarfile.TarInfo, fileobj: Readable | None, origin: str) -> None:
-        if not path:
-            if info.type == tarfile.DIRTYPE:
-                return  # the image root itself is never an entry
-            raise LayerSourceError(origin, "cannot place a file at the image root '/'; "
-                                   "name a target path for it")
-        if info.type not in REGULAR and info.type not in OTHER_TYPES:
-            raise LayerSourceError(origin, f"entry {path!r} has tar type {info.type!r}, which "
-                                   "cib does not put into layers (sparse or vendor-specific)")
-        if info.type in REGULAR and info.size > 0 and fileobj is None:
-            raise LayerSourceError(origin, f"entry {path!r} is a file of {info.size} bytes "
-                                   "without a file object")
-        old = self._records.get(path)
-        if old is not None and old.fileobj is not None and old.fileobj is not fileobj:
-            old.fileobj.close()
-        self._records[path] = _Record(info, fileobj, origin)
-        self._planned = None
+    def ask(self, pm: pluggy.PluginManager, sources: Mapping[str, object],
+            options: LayerOptions | None = None) -> None:
+        """Have the ``cib_layer_source`` plugins claim every ``{target: source}`` item now (a
+        source none claims raises ``LayerSourceError``); they list the entries when the
+        layer is written."""
+        self._pm = pm
+        self._sources = dict(sources)
+        self._options = options or LayerOptions()
+        self._asked = _ask_all(pm, self._sources, self._options)
+        self._plan = None
 
     def __len__(self) -> int:
-        return len(self._records)
+        """Entries given with ``add`` and ``add_source`` (sources are listed only when written)."""
+        return len(self._given)
 
-    # -- normalizing --------------------------------------------------------------------------
-    def _normalized(self, path: str, rec: _Record) -> tarfile.TarInfo:
-        src = rec.info
-        keep = kept_fields(src)
-        out = tarfile.TarInfo(path)
-        out.type = tarfile.REGTYPE if src.type in REGULAR else src.type
-        out.mode = stat.S_IMODE(src.mode)
-        out.uid = src.uid if "uid" in keep else 0
-        out.gid = src.gid if "gid" in keep else 0
-        out.mtime = int(src.mtime) if "mtime" in keep else self.mtime
-        out.uname = out.gname = ""
-        out.size = src.size if out.type == tarfile.REGTYPE else 0
-        if out.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
-            out.linkname = src.linkname
-        if out.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-            out.devmajor, out.devminor = src.devmajor, src.devminor
-        out.pax_headers = {k: v for k, v in src.pax_headers.items()
-                           if k.startswith(KEPT_PAX_PREFIXES)}
-        return out
+    def _record(self, base: str, info: tarfile.TarInfo, fileobj: Readable | None,
+                origin: str) -> Record | None:
+        """``info`` under ``base``, normalized; ``None`` for the image root's own entry."""
+        path = join(base, info.name, origin)
+        kind = info.type
+        if not path:
+            if kind == _DIRTYPE:
+                if fileobj is not None:
+                    fileobj.close()
+                return None  # the image root itself is never an entry
+            raise LayerSourceError(origin, "cannot place a file at the image root '/'; "
+                                   "name a target path for it")
+        if kind in REGULAR:
+            kind = _REGTYPE
+        elif kind not in OTHER_TYPES:
+            raise LayerSourceError(origin, f"entry {path!r} has tar type {kind!r}, which "
+                                   "cib does not put into layers (sparse or vendor-specific)")
+        size = int(info.size) if kind == _REGTYPE else 0
+        if size > 0 and fileobj is None:
+            raise LayerSourceError(origin, f"entry {path!r} is a file of {size} bytes "
+                                   "without a file object")
+        if fileobj is not None and not size:
+            fileobj.close()  # nothing will be read from it
+            fileobj = None
+        keep: frozenset[str] = getattr(info, KEEP_ATTRIBUTE, _NOTHING_KEPT)
+        link = ""
+        if kind == _LNKTYPE:
+            link = join(base, info.linkname, origin)
+        elif kind == _SYMTYPE:
+            link = info.linkname
+        extra = None
+        if info.pax_headers or kind in DEVICE_TYPES:
+            pax = {k: v for k, v in info.pax_headers.items() if k.startswith(KEPT_PAX_PREFIXES)}
+            if pax or kind in DEVICE_TYPES:
+                extra = tarfile.TarInfo()
+                extra.pax_headers = pax
+                extra.devmajor, extra.devminor = info.devmajor, info.devminor
+        # kept numbers as whole numbers, as tarfile writes them
+        return Record(path, kind, stat.S_IMODE(info.mode),
+                      int(info.uid) if "uid" in keep else 0, int(info.gid) if "gid" in keep else 0,
+                      int(info.mtime) if "mtime" in keep else self.mtime,
+                      size, link, fileobj, None, origin, extra)
 
-    def _plan(self) -> list[_Planned]:
-        """The layer's entries in order, normalized, with their tar headers; computed once
-        (the rebuild cache's fingerprint and the write share it) until the next add."""
-        if self._planned is None:
-            with _gc_paused():
-                self._planned = [_Planned(info, fileobj, origin, tar_header(info))
-                                 for info, fileobj, origin in self._entries()]
-        return self._planned
+    # -- listing in layer order -----------------------------------------------------------------
+    def _streams(self, asked: list[_Asked]) -> bool:
+        """Whether the sources can be written as they are listed (see the module's text):
+        each promises its order, and no target is another's or inside it. In layer order a
+        target's descendants follow it at once, so comparing neighbours finds every nesting."""
+        if self._given or not asked:
+            return False
+        bases = sorted((base for base, _, _ in asked), key=sort_key)
+        return (all(isinstance(entries, SortedEntries) for _, _, entries in asked)
+                and not any(inner == outer or inner.startswith(outer.rstrip("/") + "/")
+                            for outer, inner in zip(bases, bases[1:], strict=False)))
 
-    def _entries(self) -> list[tuple[tarfile.TarInfo, Readable | None, str]]:
-        records = self._records
-        # Parent directories, and paths that are both a file and a parent.
-        for path in list(records):
-            parts = path.split("/")
-            for i in range(1, len(parts)):
-                parent = "/".join(parts[:i])
-                rec = records.get(parent)
-                if rec is None:
-                    info = tarfile.TarInfo(parent)
-                    info.type = tarfile.DIRTYPE
-                    info.mode = 0o755
-                    records[parent] = _Record(info, None, parent)
-                elif rec.info.type != tarfile.DIRTYPE:
-                    raise LayerSourceError(rec.origin, f"{parent!r} is not a directory in the layer "
-                                           f"but {path!r} is under it; two sources disagree")
-        order = sorted(records, key=sort_key)
-        position = {p: i for i, p in enumerate(order)}
-        infos = {p: self._normalized(p, records[p]) for p in order}
-        files: dict[str, Readable | None] = {p: records[p].fileobj for p in order}
+    def _listing(self) -> tuple[Iterator[Record], list[Record] | None, list[_Asked]]:
+        """The layer's entries in order (parents not yet added); the plan they come from,
+        ``None`` when they come straight from sorted sources in an order still to be checked;
+        and the sources listed. After a write the plugins are asked again."""
+        if self._plan is not None:
+            return iter(self._plan), self._plan, self._planned_from
+        if self._asked is None and self._pm is not None:
+            self._asked = _ask_all(self._pm, self._sources, self._options)
+        asked, self._asked = self._asked or [], None
+        if self._streams(asked):
+            return self._streamed(sorted(asked, key=lambda a: sort_key(a[0]))), None, asked
+        records = list(self._given)
+        for base, what, entries in asked:
+            for info, fileobj in _named(what, entries):
+                rec = self._record(base, info, fileobj, what)
+                if rec is not None:
+                    records.append(_detached(rec))
+        self._plan = _planned(records)
+        self._planned_from = asked
+        return iter(self._plan), self._plan, asked
 
-        # Hard links: the first of a group in path order carries the content.
-        groups: dict[str, list[str]] = {}
-        for p in order:
-            if infos[p].type != tarfile.LNKTYPE:
-                continue
-            root, seen = p, {p}
-            while infos[root].type == tarfile.LNKTYPE:
-                nxt = infos[root].linkname
-                if nxt not in infos:
-                    raise LayerSourceError(records[p].origin, f"{p!r} is a hard link to {nxt!r}, "
-                                           "which is not in the layer")
-                if nxt in seen:
-                    raise LayerSourceError(records[p].origin, f"{p!r} is part of a hard-link cycle")
-                seen.add(nxt)
-                root = nxt
-            if infos[root].type == tarfile.DIRTYPE:
-                raise LayerSourceError(records[p].origin, f"{p!r} is a hard link to the directory "
-                                       f"{root!r}")
-            groups.setdefault(root, [root]).append(p)
-        for root, members in groups.items():
-            members.sort(key=position.__getitem__)
-            first = members[0]
-            if first != root:
-                moved = copy.copy(infos[root])
-                moved.name = first
-                moved.pax_headers = dict(infos[root].pax_headers)
-                infos[first], files[first] = moved, files[root]
-                files[root] = None
-            for m in members[1:]:
-                link = infos[m]
-                link.type = tarfile.LNKTYPE
-                link.linkname = first
-                link.size = 0
-                link.pax_headers = {}
-                files[m] = None
-        return [(infos[p], files[p], records[p].origin) for p in order]
+    def _identities(self, asked: list[_Asked]) -> list[Callable[[], SourceIdentity]] | None:
+        """Every source's ``identity``, or ``None`` when some source (or an entry given by
+        ``add``) has none: then the cache key is hashed entry by entry."""
+        if self._given or not asked:
+            return None
+        found = [entries.identity for _, _, entries in asked if isinstance(entries, SortedEntries)]
+        return None if len(found) != len(asked) or None in found else cast(
+            "list[Callable[[], SourceIdentity]]", found)
+
+    def _new_fingerprint(self, by_sources: bool, racy_seconds: float) -> _Fingerprint:
+        if by_sources:
+            return _Fingerprint(SOURCES_KEY_VERSION + repr((
+                self._compressor_args, GZIP_IMPLEMENTATION, self.mtime, self._options)).encode(),
+                racy_seconds)
+        return _Fingerprint(ENTRIES_KEY_VERSION + repr((
+            self._compressor_args, GZIP_IMPLEMENTATION)).encode(), racy_seconds)
+
+    def _streamed(self, asked: list[_Asked]) -> Iterator[Record]:
+        for base, what, entries in asked:
+            for info, fileobj in _named(what, entries):
+                rec = self._record(base, info, fileobj, what)
+                if rec is not None:
+                    yield rec
+
+    def _laid_out(self, records: Iterator[Record], check_order: bool) -> Iterator[Record]:
+        """``records`` with their missing parent directories (mode 0755) before them; a path
+        under a non-directory is an error, and so, in a source's own order, is a path that
+        does not come after the one before it."""
+        dirs: list[str] = []  # the directories enclosing the last entry, outermost first
+        last = last_origin = ""
+        last_key = b""
+        last_is_dir = True
+        mtime = self.mtime
+        for rec in records:
+            path = rec.path
+            if check_order:
+                key = sort_key(path)
+                if key <= last_key:
+                    raise LayerSourceError(rec.origin, (
+                        f"listed {path!r} twice" if path == last else
+                        f"listed {path!r} after {last!r}") + ", against the layer order its "
+                        "layer source promised (a bug of the plugin that reads it)")
+                if rec.type == _LNKTYPE and sort_key(rec.link) >= key:
+                    raise LayerSourceError(rec.origin, f"{path!r} is a hard link to {rec.link!r}, "
+                                           "which its sorted layer source did not list before it")
+                last_key = key
+            while dirs and not path.startswith(dirs[-1] + "/"):
+                dirs.pop()
+            parent = path.rpartition("/")[0]
+            if parent and (not dirs or dirs[-1] != parent):
+                start = len(dirs[-1]) + 1 if dirs else 0
+                for i in range(start, len(parent) + 1):
+                    if i == len(parent) or parent[i] == "/":
+                        ancestor = parent[:i]
+                        if ancestor == last and not last_is_dir:
+                            raise LayerSourceError(last_origin, f"{ancestor!r} is not a directory in "
+                                                   f"the layer but {path!r} is under it; two "
+                                                   "sources disagree")
+                        yield Record(ancestor, _DIRTYPE, 0o755, 0, 0, mtime, 0, "", None, None,
+                                     ancestor, None)
+                        dirs.append(ancestor)
+            yield rec
+            last, last_origin = path, rec.origin
+            last_is_dir = rec.type == _DIRTYPE
+            if last_is_dir:
+                dirs.append(path)
 
     # -- writing ------------------------------------------------------------------------------
-    def write(self, sink: Sink, *, digest: bool = True) -> LayerInfo:
+    def write(self, sink: Sink, *, digest: bool = True,
+              fingerprint: float | None = None) -> LayerInfo:
         """Write the layer to ``sink`` (called with successive chunks of the blob).
 
         ``digest=False`` is for a sink that hashes the blob itself (an upload): the blob is
         not hashed a second time here and the returned ``digest`` is empty, for the caller to
-        fill in from the sink."""
-        plan = self._plan()
+        fill in from the sink. ``fingerprint`` (the racy window in seconds) computes the
+        rebuild cache's key on the way, for :meth:`fingerprint` to return without listing
+        again."""
+        records, plan, asked = self._listing()
+        identities = self._identities(asked)
+        fp = None
+        if fingerprint is not None:
+            fp = self._new_fingerprint(identities is not None, fingerprint)
+        self._fingerprint = None
         pipe = Pipeline(make_compressor(*self._compressor_args), sink, digest=digest)
         try:
-            _write_tar(plan, pipe)
+            self.entries = _write_tar(self._laid_out(records, plan is None), pipe,
+                                      fp if identities is None else None)
             diff_id, blob_digest, size = pipe.finish()
+            if fp is not None and identities is not None:
+                for (base, _, _), identity in zip(asked, identities, strict=True):
+                    fp.add_source(base, identity())  # what the finished listing computed
+            self._fingerprint = fp
         finally:
             pipe.abort()
-            for entry in plan:
-                if entry.fileobj is not None:
-                    entry.fileobj.close()
+            for rec in plan or ():  # what a failure left unread
+                if rec.content is not None and not isinstance(rec.content, str):
+                    rec.content.close()
+            if self._pm is not None:
+                self._plan = None  # its file objects are read: list the sources again
         log.debug("layer %s (diff_id %s): %d entries, %d bytes", blob_digest or "(hashed by the sink)",
-                  diff_id, len(plan), size)
+                  diff_id, self.entries, size)
         return LayerInfo(digest=blob_digest, diff_id=diff_id, size=size, media_type=self.media_type)
 
     def fingerprint(self, racy_seconds: float = 2.0) -> str | None:
         """A key for the layer cache (see ``cib_core.layers.cache``), or ``None`` when the layer
         cannot be cached: some content is not a plain local file, or a file changed within
-        ``racy_seconds``. Cheap: one ``stat`` per file, nothing read."""
-        limit = time.time_ns() - int(racy_seconds * 1e9)
-        h = hashlib.sha256(b"cib-layer-cache-1\0")
-        h.update(repr((self._compressor_args, self.media_type,
-                       GZIP_IMPLEMENTATION)).encode())
-        for info, fileobj, _, header in self._plan():
-            h.update(header)
-            if info.type != tarfile.REGTYPE or not info.size:
-                continue
-            if type(fileobj) is not LazyFile or fileobj.closed:
+        ``racy_seconds``. After ``write(..., fingerprint=racy_seconds)`` it is the key of what
+        was written; otherwise the entries are listed for it: one ``stat`` per file, nothing
+        read, nothing kept per file when the sources stream."""
+        fp = self._fingerprint
+        if fp is None or fp.racy_seconds != racy_seconds:
+            fp = self._fingerprint = self._check(racy_seconds)
+        return fp.key(self.media_type)
+
+    def _check(self, racy_seconds: float) -> _Fingerprint:
+        if self._plan is None and self._asked is None and self._pm is not None:
+            self._asked = _ask_all(self._pm, self._sources, self._options)
+        identities = None if self._plan is not None else self._identities(self._asked or [])
+        if identities is not None:
+            # each source tells its own identity from a walk that lists nothing; the entries
+            # stay unlisted for the write
+            fp = self._new_fingerprint(True, racy_seconds)
+            for (base, _, _), identity in zip(self._asked or [], identities, strict=True):
+                fp.add_source(base, identity())
+            return fp
+        records, plan, asked = self._listing()
+        identities = self._identities(asked)
+        fp = self._new_fingerprint(identities is not None, racy_seconds)
+        if identities is not None:  # a plan listed its sources to the end: they know theirs
+            for (base, _, _), identity in zip(asked, identities, strict=True):
+                fp.add_source(base, identity())
+            return fp
+        header = Headers()
+        for rec in self._laid_out(records, plan is None):
+            if not fp.add(header(rec), rec):
+                if plan is None and rec.content is not None and not isinstance(rec.content, str):
+                    rec.content.close()  # the check stops here; the write lists again
+                break
+        return fp
+
+    def build(self, dir: str | None = None, *, fingerprint: float | None = None) -> BuiltLayer:
+        """Write the layer to a temporary file (in ``dir``, default the system's temp dir);
+        ``fingerprint`` as for :meth:`write`."""
+        return to_file(lambda sink: self.write(sink, fingerprint=fingerprint), dir)
+
+    def recipe(self) -> str | None:
+        """What the layer is asked to be made of, as a key: the targets and the sources as
+        named (local paths made absolute), the options, the compressor and the layer time;
+        ``None`` when a source is not a path or a string (a ``CustomFile``, an object of a
+        plugin). The rebuild cache remembers the recipes it has seen, so that a layer never
+        built before goes straight to building, with no check first."""
+        named = []
+        for target, source in self._sources.items():
+            if isinstance(source, (str, os.PathLike)):
+                named.append((normalize_target(target), os.path.abspath(os.fsdecode(os.fspath(source)))))
+            else:
                 return None
-            st = fileobj.stat_result  # from the listing, a moment ago
-            if st is None:
-                try:
-                    st = os.stat(fileobj.name)
-                except OSError:
-                    return None
-            if (st.st_size != info.size or not stat.S_ISREG(st.st_mode)
-                    or max(st.st_mtime_ns, st.st_ctime_ns) >= limit):
-                return None
-            h.update(f"\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\0"
-                     .encode())
-        return h.hexdigest()
-
-    def build(self, dir: str | None = None) -> BuiltLayer:
-        """Write the layer to a temporary file (in ``dir``, default the system's temp dir)."""
-        return to_file(self.write, dir)
+        if not named or self._given:
+            return None
+        return hashlib.sha256(b"cib-layer-recipe-1\0" + repr((
+            named, self._compressor_args, GZIP_IMPLEMENTATION, self.mtime, self._options)).encode()
+        ).hexdigest()
 
 
-def _write_tar(plan: list[_Planned], pipe: Pipeline) -> None:
+def _detached(rec: Record) -> Record:
+    """``rec`` keeping a local file by its path and identity rather than by a ``LazyFile``
+    holding the listing's ``stat`` result: the form a planned record waits in."""
+    content = rec.content
+    if type(content) is LazyFile and not content.opened and not content.closed:
+        st = content.stat_result
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return rec._replace(content=content.name, ident=file_identity(st))
+    return rec
+
+
+def _planned(records: list[Record]) -> list[Record]:
+    """``records`` (in the order given) sorted, the last of each path kept, hard links
+    resolved: the first entry of a group in path order carries the content, the others
+    link to it."""
+    records.sort(key=lambda r: sort_key(r.path))  # stable: the last given of a path is last
+    plan: list[Record] = []
+    for rec in records:
+        if plan and plan[-1].path == rec.path:
+            old = plan[-1].content
+            if old is not None and not isinstance(old, str) and old is not rec.content:
+                old.close()
+            plan[-1] = rec
+        else:
+            plan.append(rec)
+    links = [i for i, rec in enumerate(plan) if rec.type == _LNKTYPE]
+    if not links:
+        return plan
+
+    def find(path: str) -> int | None:
+        i = bisect.bisect_left(plan, sort_key(path), key=lambda r: sort_key(r.path))
+        return i if i < len(plan) and plan[i].path == path else None
+
+    groups: dict[int, list[int]] = {}
+    for i in links:
+        root, seen = i, {i}
+        while plan[root].type == _LNKTYPE:
+            nxt = find(plan[root].link)
+            if nxt is None:
+                raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is a hard link to "
+                                       f"{plan[root].link!r}, which is not in the layer")
+            if nxt in seen:
+                raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is part of a hard-link cycle")
+            seen.add(nxt)
+            root = nxt
+        if plan[root].type == _DIRTYPE:
+            raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is a hard link to the "
+                                   f"directory {plan[root].path!r}")
+        groups.setdefault(root, [root]).append(i)
+    for root, members in groups.items():
+        members.sort()  # indices of a sorted list: path order
+        first = members[0]
+        if first != root:
+            plan[first] = plan[root]._replace(path=plan[first].path)
+        for m in members[1:]:
+            plan[m] = plan[m]._replace(type=_LNKTYPE, link=plan[first].path, size=0,
+                                       content=None, ident=None, extra=None)
+    return plan
+
+
+def _write_tar(records: Iterator[Record], pipe: Pipeline, fp: _Fingerprint | None) -> int:
+    """Write ``records`` as a tar into ``pipe``; the number of entries."""
     buf = bytearray()
     total = 0
-    for info, fileobj, origin, header in plan:
+    count = 0
+    make_header = Headers()
+    for rec in records:
+        count += 1
+        header = make_header(rec)
+        if fp is not None and not fp.add(header, rec):
+            fp = None
         buf += header
         total += len(header)
-        if info.type == tarfile.REGTYPE and info.size:
-            assert fileobj is not None  # noqa: S101 - checked in _put
-            name = getattr(fileobj, "name", None) or origin
-            remaining = info.size
-            while remaining:
-                chunk = fileobj.read(min(remaining, CHUNK))
-                if not chunk:
-                    raise LayerSourceError(name, f"changed size while being read: expected "
-                                           f"{info.size} bytes, got {info.size - remaining}; "
-                                           "build again once it has stopped changing")
-                if len(chunk) > remaining:
-                    raise LayerSourceError(name, f"changed size while being read: more than the "
-                                           f"{info.size} bytes it had when listed")
-                remaining -= len(chunk)
-                if len(chunk) >= CHUNK // 4:
-                    if buf:
-                        pipe.write(buf)
-                        buf = bytearray()
-                    pipe.write(chunk)
+        size = rec.size
+        if size:
+            content = rec.content
+            fileobj = LazyFile(content) if isinstance(content, str) else content
+            assert fileobj is not None  # noqa: S101 - checked in _record
+            try:
+                if size < CHUNK and type(fileobj) is LazyFile:
+                    # one read that would also see a file grown since it was listed
+                    data = fileobj.read(size + 1)
+                    if len(data) != size:
+                        raise _changed_size(fileobj.name, size, len(data))
+                    buf += data
                 else:
-                    buf += chunk
-            if fileobj.read(1):
-                raise LayerSourceError(name, f"changed size while being read: grew past the "
-                                       f"{info.size} bytes it had when listed; build again once "
-                                       "it has stopped changing")
-            fileobj.close()
-            pad = -info.size % tarfile.BLOCKSIZE
-            buf += bytes(pad)
-            total += info.size + pad
+                    buf = _copy(fileobj, size, rec.origin, buf, pipe)
+            finally:
+                fileobj.close()
+            pad = -size % _BLOCK
+            buf += _PADDING[pad]
+            total += size + pad
         if len(buf) >= CHUNK:
             pipe.write(buf)
             buf = bytearray()
-    end = 2 * tarfile.BLOCKSIZE
+    end = 2 * _BLOCK
     end += -(total + end) % tarfile.RECORDSIZE  # pad to a full record, as tar and tarfile do
     buf += bytes(end)
     pipe.write(buf)
+    return count
 
 
+def _copy(fileobj: Readable, size: int, origin: str, buf: bytearray, pipe: Pipeline) -> bytearray:
+    """``size`` bytes of ``fileobj`` after ``buf`` into ``pipe``; what is left to send."""
+    name = getattr(fileobj, "name", None) or origin
+    remaining = size
+    while remaining:
+        chunk = fileobj.read(min(remaining, CHUNK))
+        if not chunk:
+            raise _changed_size(name, size, size - remaining)
+        if len(chunk) > remaining:
+            raise _changed_size(name, size, size + 1)
+        remaining -= len(chunk)
+        if len(chunk) >= CHUNK // 4:
+            if buf:
+                pipe.write(buf)
+                buf = bytearray()
+            pipe.write(chunk)
+        else:
+            buf += chunk
+    if fileobj.read(1):
+        raise _changed_size(name, size, size + 1)
+    return buf
 
+
+def _changed_size(name: str, listed: int, got: int) -> LayerSourceError:
+    if got < listed:
+        return LayerSourceError(name, f"changed size while being read: expected {listed} bytes, "
+                                f"got {got}; build again once it has stopped changing")
+    return LayerSourceError(name, f"changed size while being read: grew past the {listed} "
+                            "bytes it had when listed; build again once it has stopped changing")
+
+
+# --------------------------------------------------------------------------------------------
+# Sources → entries
+# --------------------------------------------------------------------------------------------
 def _describe(source: object) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fsdecode(os.fspath(source))
@@ -346,23 +606,11 @@ def _ask_plugins(pm: pluggy.PluginManager, source: object, target: str,
     return None if result is None else cast("Iterable[Entry]", result)
 
 
-def _named(source: object, entries: Iterable[Entry]) -> Iterator[Entry]:
-    try:
-        yield from entries
-    except PluginError as exc:
-        raise PluginError(exc.plugin, f"{exc.reason} (source {_describe(source)!r})") from exc
-
-
-def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
-                    options: LayerOptions | None = None) -> list[Entry]:
-    """Ask the ``cib_layer_source`` plugins for every ``{target: source}`` item.
-
-    Returns entries whose names (and hard-link names) are full paths in the layer, without a
-    leading ``/``, in the order the sources were given. Every source gets the same
-    ``options``; a source no plugin claims raises ``LayerSourceError``.
-    """
-    options = options or LayerOptions()
-    out: list[Entry] = []
+def _ask_all(pm: pluggy.PluginManager, sources: Mapping[str, object],
+             options: LayerOptions) -> list[tuple[str, str, Iterable[Entry]]]:
+    """``(target, description, entries)`` of every source, in the order given; a source no
+    plugin claims raises ``LayerSourceError``."""
+    asked = []
     for target, source in sources.items():
         base = normalize_target(target)
         entries = _ask_plugins(pm, source, base, options)
@@ -372,7 +620,28 @@ def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
                 what,
                 "no layer source claims it: it is not an existing local file or directory, "
                 "a CustomFile, 'tar:PATH', or a prefix of an installed plugin (see `cib plugins`)")
-        for info, fileobj in _named(source, entries):
+        asked.append((base, what, entries))
+    return asked
+
+
+def _named(source: object, entries: Iterable[Entry]) -> Iterator[Entry]:
+    try:
+        yield from entries
+    except PluginError as exc:
+        raise PluginError(exc.plugin, f"{exc.reason} (source {_describe(source)!r})") from exc
+
+
+def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
+                    options: LayerOptions | None = None) -> list[Entry]:
+    """Ask the ``cib_layer_source`` plugins for every ``{target: source}`` item and list them.
+
+    Returns entries whose names (and hard-link names) are full paths in the layer, without a
+    leading ``/``, in the order the sources were given. Every source gets the same
+    ``options``; a source no plugin claims raises ``LayerSourceError``.
+    """
+    out: list[Entry] = []
+    for base, what, entries in _ask_all(pm, sources, options or LayerOptions()):
+        for info, fileobj in _named(what, entries):
             info.name = join(base, info.name, what)
             if not info.name and info.type != tarfile.DIRTYPE:
                 raise LayerSourceError(what, "cannot place a file at the image root '/'; "
@@ -388,22 +657,11 @@ def prepare_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
                   ignores: Iterable[str] = (), ignore_files: Iterable[str] = (),
                   follow_symlinks: bool = True, level: int | None = None,
                   mtime: int | None = None) -> LayerBuilder:
-    """The :class:`LayerBuilder` of ``{target: source}`` with every entry listed, not yet
-    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``."""
-    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
-                        ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime)
-
-
-def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, compression: str,
-                 docker_flavour: bool, ignores: Iterable[str], ignore_files: Iterable[str],
-                 follow_symlinks: bool, level: int | None, mtime: int | None) -> LayerBuilder:
+    """The :class:`LayerBuilder` of ``{target: source}``, every source claimed by a plugin
+    and nothing listed yet: ``fingerprint()`` it, then ``write(sink)`` or ``build()``."""
     builder = LayerBuilder(compression=compression, level=level, docker_flavour=docker_flavour,
                            mtime=mtime)
-    with _gc_paused():
-        options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks)
-        for info, fileobj in collect_entries(pm, sources, options=options):
-            builder.add(info, fileobj)
+    builder.ask(pm, sources, LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks))
     return builder
 
 
@@ -417,9 +675,9 @@ def build_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
     ``mtime`` overrides the layer time (default ``SOURCE_DATE_EPOCH`` or 0); ``level`` the
     compression level (isal gzip 0-3, default 2; zlib 0-9, default 6; zstd default 3).
     """
-    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
-                        ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime).build(dir)
+    return prepare_layer(pm, sources, compression=compression, docker_flavour=docker_flavour,
+                         ignores=ignores, ignore_files=ignore_files,
+                         follow_symlinks=follow_symlinks, level=level, mtime=mtime).build(dir)
 
 
 def write_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], sink: Sink, *,
@@ -429,7 +687,6 @@ def write_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], sink: S
                 mtime: int | None = None) -> LayerInfo:
     """Like :func:`build_layer`, but stream the blob to ``sink`` (called with each chunk, from
     a worker thread, in order) -- for a chunked upload that needs no temporary file."""
-    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
-                        ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime).write(sink)
-
+    return prepare_layer(pm, sources, compression=compression, docker_flavour=docker_flavour,
+                         ignores=ignores, ignore_files=ignore_files,
+                         follow_symlinks=follow_symlinks, level=level, mtime=mtime).write(sink)
