@@ -49,10 +49,12 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = [
     "KEEP_ATTRIBUTE",
@@ -72,6 +74,18 @@ __all__ = [
     "kept_fields",
     "symlink_entry",
 ]
+
+
+def decompressed(stream: BinaryIO, name: str, *, chunk: int = 1 << 16) -> tuple[BinaryIO, str | None]:
+    """``stream`` decompressed as its first bytes say (gzip, zstd, xz, bzip2; each frame or
+    member in turn, a stream cut off inside one refused), and the compression found (``None``:
+    it was not compressed and passes through as it is). Reading the result to its end checks
+    that the stream was complete; the result does not close ``stream``. ``name`` says what is
+    read, in errors."""
+    # the decompressors load when a source reads a compressed file, not with every plugin
+    from cib_core.compression import decompressed as decompress
+
+    return decompress(stream, name, chunk=chunk)
 
 
 @runtime_checkable

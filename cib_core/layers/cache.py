@@ -29,6 +29,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from cib_core.caches import cache_root
 from cib_core.layers.pipeline import LayerInfo
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,8 @@ RACY_SECONDS = 2.0
 
 def cache_dir() -> Path | None:
     """Where entries live, or ``None`` when the cache is off."""
-    configured = os.environ.get("CIB_CACHE_DIR")
-    if configured is not None:
-        return Path(configured) / "layers" if configured.strip() else None
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "cib" / "layers"
+    root = cache_root()
+    return None if root is None else root / "layers"
 
 
 def _entry(key: str) -> Path | None:
