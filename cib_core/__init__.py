@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from cib_core.authn.credentials import Credentials
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -21,35 +20,33 @@ from cib_core.errors import (
     PluginError,
     RegistryError,
 )
-from cib_core.plugins import DISTRIBUTION as _DISTRIBUTION
-from cib_core.plugins import hookimpl
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
-
-    # the name pip knows (cib-core), not the import name
-    __version__ = version(_DISTRIBUTION)
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0+unknown"
+__version__ = "0.1.0"
+"""The version of the ``cib-core`` distribution (``pyproject.toml`` reads it from here)."""
 
 if TYPE_CHECKING:
     from cib_core.authn import credstore
+    from cib_core.authn.credentials import Credentials
     from cib_core.authn.resolve import auth
     from cib_core.copy import CopyResult, copy_image
+    from cib_core.hookspecs import hookimpl
     from cib_core.image import Image, ImageData, SaveResult
-    from cib_core.layers.build import CustomFile, LayerInfo
+    from cib_core.layers.custom_file import CustomFile
+    from cib_core.layers.pipeline import LayerInfo
     from cib_core.remote.client import RegistryClient, UploadResult
 
-# The heavy parts (requests, the builder) load on first use so `import cib_core` stays cheap
-# for plugins that only need `hookimpl` and `Credentials`.
+# Everything but the errors loads on first use, so that `import cib_core` stays cheap for plugins
+# and for the command line's start-up (`hookimpl` needs pluggy).
 _LAZY = {
+    "hookimpl": "cib_core.hookspecs",
+    "Credentials": "cib_core.authn.credentials",
     "Image": "cib_core.image",
     "ImageData": "cib_core.image",
     "SaveResult": "cib_core.image",
     "RegistryClient": "cib_core.remote.client",
     "UploadResult": "cib_core.remote.client",
-    "CustomFile": "cib_core.layers.build",
-    "LayerInfo": "cib_core.layers.build",
+    "CustomFile": "cib_core.layers.custom_file",
+    "LayerInfo": "cib_core.layers.pipeline",
     "auth": "cib_core.authn.resolve",
     "copy_image": "cib_core.copy",
     "CopyResult": "cib_core.copy",

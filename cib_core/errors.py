@@ -8,7 +8,7 @@ digests and paths, never from headers, URLs with credentials or token bodies.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class CibError(Exception):
@@ -28,9 +28,9 @@ class ConfigurationError(CibError, ValueError):
     """An option or argument that cannot work (a contradictory platform, a bad flag value)."""
 
 
-@dataclass(frozen=True)
-class RegistryErrorDetail:
-    """One entry of the distribution spec's `errors` list."""
+class RegistryErrorDetail(NamedTuple):
+    """One entry of the distribution spec's `errors` list (a named tuple rather than a
+    dataclass: this module is imported by every command, and dataclasses is not cheap)."""
 
     code: str
     message: str = ""

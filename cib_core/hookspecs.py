@@ -16,13 +16,14 @@ for an older spec keeps working when a spec gains an argument.
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pluggy
 
 if TYPE_CHECKING:
+    import tarfile
+
     import click
     import requests.adapters
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from cib_core.plugin_api import AppImage, AppOptions, BaseImage, LayerOptions
 
 hookspec = pluggy.HookspecMarker("cib")
+hookimpl = pluggy.HookimplMarker("cib")
+"""Marks a plugin's hook implementations: ``@cib_core.hookimpl``."""
 
 
 @hookspec(firstresult=True)

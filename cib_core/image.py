@@ -22,7 +22,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import urlsplit
 
 from cib_core import image_config
@@ -33,15 +33,10 @@ from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
 from cib_core.errors import CibError, ConfigurationError, NotFound, RegistryError
 from cib_core.image_config import ConfigAttribute
-from cib_core.layers.build import (
-    BuiltLayer,
-    LayerBuilder,
-    LayerInfo,
-    gzip_implementation,
-    layer_from_tarball,
-    prepare_layer,
-    source_date_epoch,
-)
+from cib_core.layers.build import LayerBuilder, prepare_layer
+from cib_core.layers.pipeline import BuiltLayer, LayerInfo, gzip_implementation
+from cib_core.layers.tar import source_date_epoch
+from cib_core.layers.tarball import layer_from_tarball
 from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
 from cib_core.plugin_api import AppImage, AppLayer, AppOptions
@@ -571,7 +566,7 @@ class Image:
             layer_platform = str(images[0].platform)
         else:
             images = None
-            # the first layer: read the base (a few round trips) while the sources are listed
+            # the first layer: read the base (a few round trips) while the sources are walked
             if self._images is None and not self._is_scratch:
                 # the reading thread only sends requests: the store is opened and its
                 # credentials settled here (plugins and credential providers may import modules)
@@ -580,31 +575,56 @@ class Image:
         mtime = self._layer_mtime()
         import cib_core.layers.cache as layer_cache
 
-        try:
-            builder = prepare_layer(
+        def make() -> LayerBuilder:
+            # the base's flavour may not be known yet: the media type is set once it is
+            return prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
                 ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
                 compression=self._compression, mtime=mtime, platform=layer_platform)
+
+        checked = False
+        try:
+            builder = make()
+            recipe = builder.recipe() if layer_cache.cache_dir() is not None else None
+            # Built before from these sources: see whether anything changed (a walk with
+            # stat) before building. Never built: start building and uploading at once, and
+            # remember what it took for the next time.
+            if recipe is not None and layer_cache.seen(recipe):
+                builder.fingerprint(layer_cache.RACY_SECONDS)
+                checked = True
+            store = self.target_store
         except BaseException:
             if loading is not None:
                 loading.result()  # a base that cannot be read is reported first, as ever
             raise
-        if loading is not None:
-            loading.result()
+        cached = None
+        if checked:
+            self._wait_for_base(loading)
+            builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
+            key = builder.fingerprint(layer_cache.RACY_SECONDS)
+            cached = layer_cache.load(key) if key is not None else None
+        if cached is not None and store.has_blob(cached.digest):
+            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
+            info = cached
+            self._present.add(info.digest)
         else:
-            self._load()
-        # the layer's media type follows the base's flavour, known now
-        builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
-
-        def rebuild() -> LayerBuilder:
-            return prepare_layer(
-                self._plugin_manager, sources, ignores=tuple(ignores),
-                ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime,
-                platform=layer_platform)
-
-        info = self._put_layer(builder, rebuild, "new layer " + ", ".join(sorted(sources)),
-                               builder.fingerprint(layer_cache.RACY_SECONDS))
+            racy = None if recipe is None else layer_cache.RACY_SECONDS
+            try:
+                info = self._write_layer(builder, store, make, "new layer "
+                                         + ", ".join(sorted(sources)), loading, racy)
+            except BaseException:
+                if loading is not None:
+                    loading.result()  # a base that cannot be read is reported first, as ever
+                raise
+            self._wait_for_base(loading)
+            # the layer's media type follows the base's flavour, known now
+            builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
+            info = dataclasses.replace(info, media_type=builder.media_type)
+            if recipe is not None:
+                key = builder.fingerprint(layer_cache.RACY_SECONDS)
+                if key is not None:
+                    layer_cache.store(key, info)
+                    layer_cache.remember(recipe)
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
@@ -630,10 +650,7 @@ class Image:
             return cached
         if builder is None:
             builder = make()
-        if isinstance(store, StreamingStore):
-            info = self._stream_layer(builder, store, make, label)
-        else:
-            info = self._upload_built(builder, store)
+        info = self._write_layer(builder, store, make, label, None, None)
         if key is not None and cached != info:
             layer_cache.store(key, info)
         return info
@@ -738,7 +755,7 @@ class Image:
                      index_url: str | None, find_links: Iterable[str | os.PathLike[str]],
                      entrypoint: str | Iterable[str] | None, app_dir: str,
                      settings: Mapping[str, Any] | None, *, dry_run: bool) -> AppOptions:
-        import cib_core.layers.cache as layer_cache
+        from cib_core.caches import cache_root
 
         if isinstance(find_links, (str, os.PathLike)):
             find_links = [find_links]
@@ -755,7 +772,7 @@ class Image:
                                      'like "/app"')
         if index_url is not None and not isinstance(index_url, str):
             raise ConfigurationError(f"index_url must be a str URL, not {type(index_url).__name__}")
-        root = layer_cache.cache_root()
+        root = cache_root()
         return AppOptions(
             kind=kind, lock=os.fspath(lock) if lock is not None else None,
             index_url=index_url, find_links=tuple(os.fspath(f) for f in find_links),
@@ -823,6 +840,12 @@ class Image:
         report_step(self._progress, label, 1, 1)
         return info
 
+    def _wait_for_base(self, loading: concurrent.futures.Future[Any] | None) -> None:
+        if loading is not None:
+            loading.result()
+        else:
+            self._load()
+
     @staticmethod
     def _sources(files: object, target_dir: object) -> dict[str, object]:
         """add_files' sources as ``{image_path: source}``, whichever form they came in."""
@@ -859,15 +882,28 @@ class Image:
                                          "must be a str")
         return patterns
 
+    def _write_layer(self, builder: LayerBuilder, store: BlobStore,
+                     make: Callable[[], LayerBuilder], label: str,
+                     loading: concurrent.futures.Future[Any] | None,
+                     racy: float | None) -> LayerInfo:
+        """Build ``builder``'s layer into ``store``: streamed where the store takes a stream,
+        else through a temporary file (see :meth:`_stream_layer`)."""
+        if isinstance(store, StreamingStore):
+            return self._stream_layer(builder, store, make, label, loading, racy)
+        return self._upload_built(builder, store, racy)
+
     def _stream_layer(self, builder: LayerBuilder, store: StreamingStore,
-                      rebuild: Callable[[], LayerBuilder], label: str) -> LayerInfo:
+                      make: Callable[[], LayerBuilder], label: str,
+                      loading: concurrent.futures.Future[Any] | None,
+                      racy: float | None) -> LayerInfo:
         """Write the layer straight into the target as it is made (one streamed upload request
-        into a registry): tar, compression and upload or write run side by side, with no
-        temporary file, memory bounded by a few pieces, and the blob hashed once (by the store).
-        ``label`` names it to the progress callback until its digest is known. Should an upload
-        fail for a temporary reason (a stream cannot be rewound), list the sources again
-        (``rebuild``), build the layer into a temporary file and upload that, which can resume
-        and retry."""
+        into a registry): walking the sources, tar, compression and upload or write run side
+        by side, with no temporary file, memory bounded by a few pieces, and the blob hashed
+        once (by the store). ``label`` names it to the progress callback until its digest is
+        known. A base that turns out unreadable (``loading``) stops it. Should an upload fail
+        for a temporary reason (a stream cannot be rewound), list the sources again (``make``),
+        build the layer into a temporary file and upload that, which can resume and retry.
+        ``racy``: compute the rebuild cache's key on the way (see ``LayerBuilder.write``)."""
         pieces: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
         failure: list[BaseException] = []
         result: list[tuple[str, int]] = []
@@ -899,6 +935,8 @@ class Image:
         def sink(data: bytes) -> None:
             if failure:
                 raise failure[0]
+            if loading is not None and loading.done() and loading.exception() is not None:
+                raise cast(BaseException, loading.exception())
             pieces.put(data)
 
         abort = False
@@ -907,7 +945,7 @@ class Image:
         thread.start()
         try:
             # the upload hashes the blob as it sends it: no second sha256 of it here
-            info = builder.write(sink, digest=False)
+            info = builder.write(sink, digest=False, fingerprint=racy)
         except BaseException:
             abort = True
             pieces.put(None)
@@ -915,7 +953,7 @@ class Image:
             if failure and isinstance(failure[0], RegistryError) and failure[0].temporary:
                 log.debug("streamed upload of a layer failed (%s); building it into a file",
                           failure[0])
-                return self._upload_built(rebuild(), store)
+                return self._upload_built(make(), store, racy)
             raise
         pieces.put(None)
         thread.join()
@@ -923,7 +961,7 @@ class Image:
             if isinstance(failure[0], RegistryError) and failure[0].temporary:
                 log.debug("streamed upload of %s failed (%s); uploading from a file", info.digest,
                           failure[0])
-                return self._upload_built(rebuild(), store)
+                return self._upload_built(make(), store, racy)
             raise failure[0]
         digest, size = result[0]
         if size != info.size:
@@ -932,8 +970,8 @@ class Image:
         self._present.add(digest)
         return dataclasses.replace(info, digest=digest)
 
-    def _upload_built(self, builder: LayerBuilder, store: BlobStore) -> LayerInfo:
-        with builder.build() as built:
+    def _upload_built(self, builder: LayerBuilder, store: BlobStore, racy: float | None) -> LayerInfo:
+        with builder.build(fingerprint=racy) as built:
             return self._put_built(built, store)
 
     def _put_built(self, built: BuiltLayer, store: BlobStore) -> LayerInfo:

@@ -262,7 +262,7 @@ class PlanningStore:
         digest = descriptor["digest"]
         size = descriptor.get("size")
         if descriptor.get("mediaType") == mt.DOCKER_LAYER and self.kind == "registry":
-            from cib_core.layers.build import compress_layer
+            from cib_core.layers.tarball import compress_layer
 
             with src.open_blob(digest) as stream, \
                     compress_layer(stream, f"{src.name}@{digest}",

@@ -10,6 +10,10 @@ A layer source turns one source the user named into entries ``(TarInfo, fileobj)
   only after every source has been listed and in path order, so yield :class:`LazyFile` (opens
   on first read) or :class:`FileSlice` objects rather than open files: a source can then list
   thousands of files without holding thousands of descriptors. cib closes each one after use.
+* A source that can list its entries in layer order returns them wrapped in
+  :class:`SortedEntries`: cib then writes each entry as it comes (the upload starts while the
+  source is still being listed, and nothing is kept per entry) and reads each file right
+  after it is yielded. The builtin *local-dir* and *custom-files* sources do.
 * cib sorts the entries by path, adds missing parent directories (mode 0755), clears user and
   group names, sets uid/gid to 0 and mtime to ``SOURCE_DATE_EPOCH`` (or 0) -- unless the
   plugin marks fields to keep with :func:`keep_fields` (``CustomFile`` does this for its
@@ -33,7 +37,7 @@ Tarballs
 To unpack a tarball's members under a target, name it explicitly: a :class:`TarballSource`
 object, or the string ``"tar:PATH"`` (``cib build --add tar:layer.tar.gz:/``); the builtin
 *tarball* plugin claims only those. A tarball added "as it is", as a layer of its own, is
-``cib_core.layers.build.layer_from_tarball``. A source that reads compressed files uses
+``cib_core.layers.tarball.layer_from_tarball``. A source that reads compressed files uses
 :func:`decompressed`, which recognizes gzip, zstd, xz and bzip2 from the content and refuses
 a file cut off inside a frame.
 
@@ -55,14 +59,16 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from cib_core.callbacks import Progress, report_step
-from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError, PackagingError
 from cib_core.fileio import FileSlice
+
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 __all__ = [
     "KEEP_ATTRIBUTE",
@@ -79,6 +85,8 @@ __all__ = [
     "PackagingError",
     "Progress",
     "Readable",
+    "SortedEntries",
+    "SourceIdentity",
     "TarballSource",
     "decompressed",
     "dir_entry",
@@ -88,6 +96,18 @@ __all__ = [
     "report_step",
     "symlink_entry",
 ]
+
+
+def decompressed(stream: BinaryIO, name: str, *, chunk: int = 1 << 16) -> tuple[BinaryIO, str | None]:
+    """``stream`` decompressed as its first bytes say (gzip, zstd, xz, bzip2; each frame or
+    member in turn, a stream cut off inside one refused), and the compression found (``None``:
+    it was not compressed and passes through as it is). Reading the result to its end checks
+    that the stream was complete; the result does not close ``stream``. ``name`` says what is
+    read, in errors."""
+    # the decompressors load when a source reads a compressed file, not with every plugin
+    from cib_core.compression import decompressed as decompress
+
+    return decompress(stream, name, chunk=chunk)
 
 
 @runtime_checkable
@@ -132,39 +152,54 @@ class LazyFile:
     """A read-only binary file that opens ``path`` on its first ``read``.
 
     Open failures raise ``LayerSourceError`` naming the path. ``stat_result``, the file's
-    ``os.stat`` when it was listed, spares the rebuild cache a second ``stat`` of it.
+    ``os.stat`` when it was listed, spares the rebuild cache a second ``stat`` of it (cib keeps
+    only the few numbers it needs once the entry is taken).
     """
 
-    __slots__ = ("_file", "closed", "name", "stat_result")
+    __slots__ = ("_fd", "closed", "name", "stat_result")
 
     def __init__(self, path: str | os.PathLike[str], stat_result: os.stat_result | None = None) -> None:
         self.name = os.fspath(path)
         self.stat_result = stat_result
-        self._file: IO[bytes] | None = None
+        self._fd: int | None = None
         self.closed = False
 
-    def _open(self) -> IO[bytes]:
-        if self._file is None:
+    @property
+    def opened(self) -> bool:
+        """Whether the file was opened (read from) already."""
+        return self._fd is not None
+
+    def _open(self) -> int:
+        if self._fd is None:
             if self.closed:
                 raise ValueError(f"read from closed LazyFile {self.name!r}")
             try:
-                self._file = open(self.name, "rb", buffering=0)
+                # a descriptor and os.read: a third of the cost of a file object for the
+                # small files that trees are mostly made of
+                self._fd = os.open(self.name, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise LayerSourceError(self.name, f"cannot be read: {exc.strerror or exc}") from exc
-        return self._file
+        return self._fd
 
     def read(self, size: int = -1, /) -> bytes:
-        f = self._open()
+        fd = self._fd if self._fd is not None else self._open()
         if size is None or size < 0:
-            return f.read()
-        parts: list[bytes] = []
-        while size > 0:  # FileIO may return short reads; give callers full ones
-            chunk = f.read(size)
+            parts = []
+            while chunk := os.read(fd, 1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
+        chunk = os.read(fd, size)
+        if len(chunk) == size or not chunk:
+            return chunk
+        parts = [chunk]  # a short read: give callers full ones, up to the end of the file
+        size -= len(chunk)
+        while size > 0:
+            chunk = os.read(fd, size)
             if not chunk:
                 break
             parts.append(chunk)
             size -= len(chunk)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return b"".join(parts)
 
     def readable(self) -> bool:
         return True
@@ -174,9 +209,9 @@ class LazyFile:
 
     def close(self) -> None:
         self.closed = True
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __enter__(self) -> LazyFile:
         return self
@@ -186,6 +221,42 @@ class LazyFile:
 
     def __repr__(self) -> str:
         return f"LazyFile({self.name!r})"
+
+
+SourceIdentity = tuple[bytes, int]
+"""What :attr:`SortedEntries.identity` returns: a digest and the newest change time (ns)."""
+
+
+class SortedEntries:
+    """Entries a layer source promises in layer order, so that cib writes (and uploads) each
+    one as it comes instead of listing the whole source first.
+
+    The promise: names in the order of their paths compared component by component, each
+    component's UTF-8 (or file-system) bytes in byte order (``"a/z"`` before ``"a.d"``),
+    which puts a directory right before its contents; every name once; a hard link after
+    the regular file it names. cib checks the order as it goes and stops the build with a
+    ``LayerSourceError`` when it is broken. Such entries are read while the source is being
+    listed (each right after it is yielded), not once every source is listed.
+
+    ``identity``, when given, makes the rebuild cache's no-change check as cheap as the
+    source can make it: a callable returning ``(digest, newest)``, where ``digest`` changes
+    whenever the entries would (their names, types, modes, sizes, link targets, and each
+    file's content, judged without reading it: device, inode, size, modification and change
+    times, as git's index does) and ``newest`` is the newest change time among the files,
+    in nanoseconds since the epoch (a layer with a file changed within the last seconds is
+    not cached). cib calls it either instead of iterating the entries (the check) or after
+    iterating them to the end, when the source may return what it computed on the way.
+    """
+
+    __slots__ = ("_entries", "identity")
+
+    def __init__(self, entries: Iterable[Entry], *,
+                 identity: Callable[[], SourceIdentity] | None = None) -> None:
+        self._entries = entries
+        self.identity = identity
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self._entries)
 
 
 KEEP_ATTRIBUTE = "_cib_keep"

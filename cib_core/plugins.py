@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.metadata
+import hashlib
+import importlib
+import json
 import logging
 import os
-import tarfile
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from cib_core import hookspecs
 from cib_core.authn.credentials import Credentials
+from cib_core.caches import cache_root
 from cib_core.errors import CibError, PluginError
-from cib_core.plugin_api import AppImage, AppLayer
+from cib_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from cib_core.plugin_api import AppImage
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +43,9 @@ AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
 DISTRIBUTION = "cib-core"
 BUILTIN_MODULE_PREFIX = "cib_plugins."
 
-hookimpl = pluggy.HookimplMarker("cib")
+__all__ = ["AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "CibPluginManager", "EntryPoint", "PluginInfo",
+           "create_plugin_manager", "entry_points", "get_plugin_manager", "hookimpl",
+           "set_plugin_manager"]
 
 @dataclass(frozen=True)
 class PluginInfo:
@@ -50,14 +59,90 @@ class PluginInfo:
                 "builtin": self.builtin}
 
 
+@dataclass(frozen=True)
+class EntryPoint:
+    """One entry point of the ``cib`` group, as the plugin host needs it."""
+
+    name: str
+    value: str
+    """``module`` or ``module:attribute``."""
+    version: str
+    """Of the distribution that declares it."""
+    builtin: bool
+    """Declared by the core distribution (``cib-core``)."""
+
+    def load(self) -> object:
+        module, _, attribute = self.value.partition(":")
+        loaded: object = importlib.import_module(module.strip())
+        for part in filter(None, attribute.strip().split(".")):
+            loaded = getattr(loaded, part)
+        return loaded
 
 
-def _is_builtin(ep: importlib.metadata.EntryPoint) -> bool:
-    dist = getattr(ep, "dist", None)
-    name = getattr(dist, "name", None)
-    if name is not None:
-        return str(name).lower().replace("_", "-") == DISTRIBUTION
-    return ep.value.startswith(BUILTIN_MODULE_PREFIX)
+def entry_points() -> list[EntryPoint]:
+    """Every entry point of the ``cib`` group, sorted by name.
+
+    Finding them reads the metadata of every installed distribution (``importlib.metadata``,
+    some 20 ms); the list is kept in the cache directory, for a ``sys.path`` whose
+    directories have not changed since (installing or removing a distribution changes its
+    directory), so that a command that loads no plugin, or only a few, does not pay it.
+    """
+    signature = [[entry, _mtime(entry)] for entry in sys.path]
+    path = _entry_points_cache()
+    if path is not None:
+        try:
+            cached = json.loads(path.read_text())
+            if cached["signature"] == signature:
+                return [EntryPoint(**ep) for ep in cached["entry_points"]]
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.debug("ignoring the unreadable entry-point cache %s: %s", path, exc)
+    found = sorted(_scan_entry_points(), key=lambda ep: ep.name)
+    if path is not None:
+        payload = json.dumps({"signature": signature,
+                              "entry_points": [asdict(ep) for ep in found]})
+        try:
+            import tempfile
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(payload)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError as exc:
+            log.debug("cannot write the entry-point cache %s: %s", path, exc)
+    return found
+
+
+def _mtime(entry: str) -> int | None:
+    try:
+        return os.stat(entry or ".").st_mtime_ns
+    except OSError:
+        return None
+
+
+def _entry_points_cache() -> Path | None:
+    root = cache_root()
+    if root is None:
+        return None
+    key = hashlib.sha256(repr((sys.executable, sys.path)).encode()).hexdigest()[:32]
+    return root / "plugins" / f"{key}.json"
+
+
+def _scan_entry_points() -> Iterator[EntryPoint]:
+    import importlib.metadata
+
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        name = getattr(dist, "name", None)
+        builtin = (str(name).lower().replace("_", "-") == DISTRIBUTION if name is not None
+                   else ep.value.startswith(BUILTIN_MODULE_PREFIX))
+        yield EntryPoint(ep.name, ep.value, str(getattr(dist, "version", None) or "unknown"), builtin)
 
 
 def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -82,7 +167,15 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
         if result is None:
             return None
         if hook_name == "cib_layer_source":
-            return _named_entries(plugin_name, result)
+            from cib_core.plugin_api import SortedEntries  # with the first layer, not at start-up
+
+            named = _named_entries(plugin_name, result)
+            if not isinstance(result, SortedEntries):
+                return named
+            # the promise of layer order survives the guard, which keeps the order
+            identity = result.identity
+            return SortedEntries(named, identity=None if identity is None else _guarded(
+                plugin_name, "cib_layer_source (identity)", identity))
         if hook_name == "cib_app_packager":
             return _named_app_images(plugin_name, result)
         if hook_name == "cib_credentials" and not isinstance(result, Credentials):
@@ -95,6 +188,8 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
 
 def _named_entries(plugin_name: str, entries: Iterable[Any],
                    what: str = "cib_layer_source") -> Iterator[Any]:
+    import tarfile
+
     try:
         for item in entries:
             if (not isinstance(item, tuple) or len(item) != 2
@@ -112,6 +207,8 @@ def _named_entries(plugin_name: str, entries: Iterable[Any],
 def _named_app_images(plugin_name: str, result: Any) -> list[AppImage]:
     """A packager's answer checked, with the entries of its layers (listed later, when a
     layer is built) failing in the packager's name."""
+    from cib_core.plugin_api import AppImage, AppLayer  # with the first app, not at start-up
+
     if not isinstance(result, (list, tuple)) or not all(isinstance(i, AppImage) for i in result):
         raise PluginError(plugin_name, "cib_app_packager returned "
                           f"{type(result).__name__}, not a list of AppImage")
@@ -180,11 +277,7 @@ class CibPluginManager(pluggy.PluginManager):
                             registered, caller.name, impl.function)
         return registered
 
-    def _entry_points(self, builtin: bool) -> list[importlib.metadata.EntryPoint]:
-        found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        return sorted((ep for ep in found if _is_builtin(ep) == builtin), key=lambda e: e.name)
-
-    def _load(self, eps: Sequence[importlib.metadata.EntryPoint], builtin: bool) -> None:
+    def _load(self, eps: Sequence[EntryPoint]) -> None:
         # pluggy calls the most recently registered implementation first: register in reverse
         # so that the sorted order is the call order.
         for ep in reversed(eps):
@@ -196,18 +289,17 @@ class CibPluginManager(pluggy.PluginManager):
                 raise PluginError(ep.name, f"failed to import {ep.value}: "
                                   f"{type(exc).__name__}: {exc}") from exc
             self.register(plugin, name=ep.name)
-            dist = getattr(ep, "dist", None)
-            self._versions[ep.name] = getattr(dist, "version", None) or "unknown"
-            if builtin:
+            self._versions[ep.name] = ep.version
+            if ep.builtin:
                 self._builtin_names.add(ep.name)
 
     def load_builtins(self) -> None:
         """The core distribution's own plugins (asked after every other plugin)."""
-        self._load(self._entry_points(builtin=True), builtin=True)
+        self._load([ep for ep in entry_points() if ep.builtin])
 
     def load_entry_points(self) -> None:
         """Every other distribution's plugins (asked before the builtins)."""
-        self._load(self._entry_points(builtin=False), builtin=False)
+        self._load([ep for ep in entry_points() if not ep.builtin])
 
     def load_all(self) -> None:
         self.load_builtins()

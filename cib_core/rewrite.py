@@ -43,7 +43,7 @@ from cib_core.stores import (
 )
 
 if TYPE_CHECKING:
-    from cib_core.layers.build import BuiltLayer
+    from cib_core.layers.pipeline import BuiltLayer
     from cib_core.plugins import CibPluginManager
     from cib_core.remote.transport import TransportPool
 

@@ -31,7 +31,7 @@ from cib_core.rewrite import (
 from cib_core.stores import BlobStore
 
 if TYPE_CHECKING:
-    from cib_core.layers.build import BuiltLayer
+    from cib_core.layers.pipeline import BuiltLayer
     from cib_core.plugins import CibPluginManager
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _check_flattenable(image: SourceImage) -> None:
 def _flatten_one(image: SourceImage, entry: Descriptor | None, temp_dir: str | None,
                  built: list[BuiltLayer]) -> NewImage:
     from cib_core.formats.flatten import export_filesystem
-    from cib_core.layers.build import layer_from_writer
+    from cib_core.layers.tarball import layer_from_writer
 
     assert image.store is not None and image.digest is not None
     store = image.store

@@ -18,7 +18,6 @@ from cib_core import mediatypes as mt
 from cib_core.callbacks import Progress
 from cib_core.documents import json_object
 from cib_core.errors import ConfigurationError, ManifestError, RegistryError
-from cib_core.layers.build import compress_layer
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.retry import DEFAULT_POLICY, RetryPolicy
 
@@ -314,6 +313,8 @@ def transfer_layer(src: BlobStore, dst: BlobStore, descriptor: dict[str, Any], *
     """
     digest = descriptor["digest"]
     if descriptor.get("mediaType") == mt.DOCKER_LAYER and isinstance(dst, RegistryStore):
+        from cib_core.layers.tarball import compress_layer
+
         with src.open_blob(digest) as stream, \
                 compress_layer(stream, f"{src.name}@{digest}", docker_flavour=docker_flavour) as built:
             info = built.info

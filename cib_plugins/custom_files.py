@@ -10,14 +10,14 @@ import tarfile
 from collections.abc import Iterator
 
 import cib_core
-from cib_core.plugin_api import Entry, file_entry, keep_fields
+from cib_core.plugin_api import Entry, SortedEntries, file_entry, keep_fields
 
 
 @cib_core.hookimpl
-def cib_layer_source(source: object, target: str) -> Iterator[Entry] | None:
+def cib_layer_source(source: object, target: str) -> SortedEntries | None:
     if not isinstance(source, cib_core.CustomFile):
         return None
-    return _entries(source)
+    return SortedEntries(_entries(source))  # one entry: in order
 
 
 def _entries(source: cib_core.CustomFile) -> Iterator[Entry]:

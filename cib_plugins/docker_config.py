@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import logging
 
-from cib_core import Credentials, credstore, hookimpl
+from cib_core import Credentials, hookimpl
 
 log = logging.getLogger(__name__)
 
 
 @hookimpl
 def cib_credentials(registry: str, repository: str | None) -> Credentials | None:
+    from cib_core import credstore  # loaded when asked: plugins load at every start-up
+
     if credstore.is_docker_hub(registry):
         return None
     config = credstore.load_docker_config()

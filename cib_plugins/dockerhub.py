@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 
-from cib_core import Credentials, credstore, hookimpl
+from cib_core import Credentials, hookimpl
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def _from_environment() -> Credentials | None:
 
 @hookimpl
 def cib_credentials(registry: str, repository: str | None) -> Credentials | None:
+    from cib_core import credstore  # loaded when asked: plugins load at every start-up
+
     if not credstore.is_docker_hub(registry):
         return None
     found = _from_environment()

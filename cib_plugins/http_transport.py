@@ -6,9 +6,12 @@ retries are off here: a request is never sent twice behind cib's back.
 
 from __future__ import annotations
 
-import requests.adapters
+from typing import TYPE_CHECKING
 
 from cib_core import hookimpl
+
+if TYPE_CHECKING:
+    import requests.adapters
 
 POOL_CONNECTIONS = 4
 POOL_MAXSIZE = 16
@@ -16,5 +19,9 @@ POOL_MAXSIZE = 16
 
 @hookimpl(trylast=True)
 def cib_transport(registry: str) -> requests.adapters.BaseAdapter | None:
+    # imported here: loading the plugins (a command's start-up) must not cost requests'
+    # import; whoever asks for a transport has imported requests already
+    import requests.adapters
+
     return requests.adapters.HTTPAdapter(
         pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_MAXSIZE, max_retries=0)

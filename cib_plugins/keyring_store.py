@@ -7,9 +7,11 @@ nothing is stored or no keyring backend works (logged at debug level); never rai
 
 from __future__ import annotations
 
-from cib_core import Credentials, credstore, hookimpl
+from cib_core import Credentials, hookimpl
 
 
 @hookimpl
 def cib_credentials(registry: str, repository: str | None) -> Credentials | None:
+    from cib_core import credstore  # loaded when asked: plugins load at every start-up
+
     return credstore.get_keyring_credentials(registry)

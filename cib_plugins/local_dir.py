@@ -23,32 +23,40 @@ is not an existing path is not ours: the core then reports that no source claims
   dangling link raise ``LayerSourceError`` naming the path.
 * FIFOs, sockets and device files raise ``LayerSourceError`` naming the path.
 * Files with several hard links on disk become one file and hard links to it.
+* Entries come in layer order (``SortedEntries``): depth first, each directory's names in
+  byte order, so cib writes them as the walk goes.
 * File names that are not UTF-8 keep their bytes (PAX ``hdrcharset=BINARY``).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
+import struct
+import sys
 import tarfile
 from collections.abc import Iterator
+from typing import Any
 
 import cib_core
 from cib_core import LayerSourceError
-from cib_core.plugin_api import Entry, LayerOptions, LazyFile, dir_entry, file_entry, symlink_entry
+from cib_core.plugin_api import Entry, LayerOptions, LazyFile, SortedEntries
 
 # What keeps a symlink as a link instead of following it, as add_files spells it; the command
 # line puts its own flag in its place.
 _KEEP_SYMLINKS = "follow_symlinks=False"
+_IDENTITY_VERSION = b"cib local-dir 1\0"
 
 
 @cib_core.hookimpl(tryfirst=True)
-def cib_layer_source(source: object, options: LayerOptions) -> Iterator[Entry] | None:
+def cib_layer_source(source: object, options: LayerOptions) -> SortedEntries | None:
     if not (isinstance(source, os.PathLike)
             or (isinstance(source, str) and source and os.path.lexists(source))):
         return None
-    return _entries(os.fsdecode(os.fspath(source)), options)
+    walk = _Walk(os.fsdecode(os.fspath(source)), options)
+    return SortedEntries(walk.entries(), identity=walk.identity)
 
 
 def _stat_source(path: str) -> os.stat_result:
@@ -75,18 +83,6 @@ def _refuse_special(path: str, mode: int) -> None:
         raise LayerSourceError(path, "is a device file; cib does not copy device files from "
                                "disk: remove it or add it to the ignores")
     raise LayerSourceError(path, f"has an unsupported file type ({stat.filemode(mode)})")
-
-
-def _entries(root: str, options: LayerOptions) -> Iterator[Entry]:
-    st = _stat_source(root)
-    if stat.S_ISREG(st.st_mode):
-        yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
-        return
-    if not stat.S_ISDIR(st.st_mode):
-        _refuse_special(root, st.st_mode)
-    spec = _ignore_spec(root, options)
-    yield dir_entry("", 0o755)
-    yield from _walk(root, spec, options.follow_symlinks, (st.st_dev, st.st_ino))
 
 
 class _Ignores:
@@ -129,74 +125,164 @@ def _ignore_spec(root: str, options: LayerOptions) -> _Ignores | None:
         raise LayerSourceError(root, f"invalid ignore pattern: {exc}") from None
 
 
-def _walk(root: str, spec: _Ignores | None, follow: bool,
-          root_id: tuple[int, int]) -> Iterator[Entry]:
-    # Depth first, each directory's names in byte order; `ancestors` are the (dev, ino) of
-    # the directories from the root down, for loop detection when following symlinks.
-    seen_inodes: dict[tuple[int, int], str] = {}
-    stack: list[tuple[str, str, frozenset[tuple[int, int]]]] = [
-        (root, "", frozenset({root_id}))]
-    while stack:
-        dir_path, dir_rel, ancestors = stack.pop()
-        try:
-            with os.scandir(dir_path) as it:
-                children = sorted(it, key=lambda e: os.fsencode(e.name))
-        except OSError as exc:
-            raise LayerSourceError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
-        subdirs: list[tuple[str, str, frozenset[tuple[int, int]]]] = []
-        for child in children:
-            path = child.path
-            rel = f"{dir_rel}/{child.name}" if dir_rel else child.name
-            try:
-                lst = child.stat(follow_symlinks=False)
-            except OSError as exc:
-                raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
-            is_link = stat.S_ISLNK(lst.st_mode)
-            if is_link and follow:
-                try:
-                    st = _stat_link(path)
-                except LayerSourceError:
-                    if spec is not None and spec.excluded(rel, False):
-                        continue  # an ignored dangling or looping link is no error
-                    raise
-            else:
-                st = lst
-            is_dir = stat.S_ISDIR(st.st_mode)
-            ignored = spec is not None and spec.excluded(rel, is_dir)
-            if ignored and not (is_dir and spec is not None and spec.has_negation):
-                continue
-            if is_dir:
-                ident = (st.st_dev, st.st_ino)
-                if ident in ancestors:
-                    if ignored:
-                        continue
-                    raise LayerSourceError(path, "is a symlink loop: it leads back to a directory "
-                                           "that contains it; remove it or ignore it",
-                                           option=_KEEP_SYMLINKS)
-                if not ignored:
-                    yield dir_entry(rel, st.st_mode)
-                subdirs.append((path, rel, ancestors | {ident}))
-            elif stat.S_ISREG(st.st_mode):
-                if not is_link and st.st_nlink > 1:
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+_STATS = struct.Struct("<IQQQqq")  # mode, size, device, inode, mtime and ctime in ns
+
+
+def _fs_bytes(name: str) -> bytes:
+    return name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode without its Python-level call
+
+
+def _sorted_names(dir_path: str) -> list[str]:
+    try:
+        names = os.listdir(dir_path)
+    except OSError as exc:
+        raise LayerSourceError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
+    names.sort()
+    if not all(map(str.isascii, names)):
+        # a name's file-system bytes decide its place; for ASCII names their str order is it
+        names.sort(key=_fs_bytes)
+    return names
+
+
+class _Walk:
+    """One source path, walked in layer order: depth first, each directory's names in byte
+    order, descending into a directory as soon as it is met, so cib writes each entry as it
+    comes.
+
+    Every walk hashes what the entries depend on: each path with its type, mode and size
+    and, for files and kept links, device, inode and modification and change times (as
+    git's index does; the content is never read). ``identity()`` is that hash and the newest
+    change time of a file: the one a finished ``entries()`` computed, or a walk of its own
+    that makes no entries at all, for cib's no-change check.
+    """
+
+    def __init__(self, root: str, options: LayerOptions) -> None:
+        self.root = root
+        self.options = options
+        self._identity: tuple[bytes, int] | None = None
+
+    def identity(self) -> tuple[bytes, int]:
+        if self._identity is None:
+            for _ in self._stats(hashlib.sha256(_IDENTITY_VERSION)):
+                pass
+        assert self._identity is not None  # noqa: S101 - set by the finished walk
+        return self._identity
+
+    def entries(self) -> Iterator[Entry]:
+        seen_inodes: dict[tuple[int, int], str] = {}
+        regular, directory, symlink = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE
+        for rel, path, st, followed in self._stats(hashlib.sha256(_IDENTITY_VERSION)):
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                if st.st_nlink > 1 and not followed:
                     ident = (st.st_dev, st.st_ino)
                     first = seen_inodes.get(ident)
                     if first is not None:
                         info = tarfile.TarInfo(rel)
                         info.type = tarfile.LNKTYPE
                         info.linkname = first
-                        info.mode = stat.S_IMODE(st.st_mode)
+                        info.mode = mode & 0o7777
                         yield info, None
                         continue
                     seen_inodes[ident] = rel
-                yield file_entry(rel, st.st_size, LazyFile(path, st), st.st_mode)
-            elif stat.S_ISLNK(st.st_mode):
+                # file_entry's work, inlined: this runs once per file of the tree
+                info = tarfile.TarInfo(rel)
+                info.type = regular
+                info.size = st.st_size
+                info.mode = mode & 0o7777
+                yield info, LazyFile(path, st)
+            elif stat.S_ISDIR(mode):
+                info = tarfile.TarInfo(rel)
+                info.type = directory
+                info.mode = mode & 0o7777 if rel else 0o755
+                yield info, None
+            else:  # a kept symlink; _stats refused every other type
                 try:
-                    yield symlink_entry(rel, os.readlink(path))
+                    target = os.readlink(path)
                 except OSError as exc:
                     raise LayerSourceError(path, f"cannot read symlink: {exc.strerror or exc}") from None
+                info = tarfile.TarInfo(rel)
+                info.type = symlink
+                info.linkname = target
+                info.mode = 0o777
+                yield info, None
+
+    def _stats(self, hasher: Any) -> Iterator[tuple[str, str, os.stat_result, bool]]:
+        """``(rel, path, stat, followed)`` of every entry the layer gets, the root (``""``)
+        first; the stat is the link's own for a kept symlink and the target's for a followed
+        one (``followed``). Hashes each into ``hasher`` and sets ``_identity`` at the end."""
+        root = self.root
+        st = _stat_source(root)
+        newest = 0
+        update, pack = hasher.update, _STATS.pack
+        if stat.S_ISREG(st.st_mode):
+            update(pack(st.st_mode, st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
+            yield "", root, st, True
+            self._identity = hasher.digest(), max(st.st_mtime_ns, st.st_ctime_ns)
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            _refuse_special(root, st.st_mode)
+        spec = _ignore_spec(root, self.options)
+        follow = self.options.follow_symlinks
+        yield "", root, st, True
+        # each frame: a directory's path and name in the layer with a trailing "/", the
+        # (dev, ino) of the directories from the root down (loops, when following links),
+        # and its names still to walk
+        prefix = root if root.endswith("/") else root + "/"
+        stack: list[tuple[str, str, frozenset[tuple[int, int]], Iterator[str]]] = [
+            (prefix, "", frozenset({(st.st_dev, st.st_ino)}), iter(_sorted_names(root)))]
+        while stack:
+            dir_prefix, dir_rel, ancestors, names = stack[-1]
+            for name in names:
+                path = dir_prefix + name
+                rel = dir_rel + name
+                try:
+                    st = os.lstat(path)
+                except OSError as exc:
+                    raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
+                mode = st.st_mode
+                followed = follow and stat.S_ISLNK(mode)
+                if followed:
+                    try:
+                        st = _stat_link(path)
+                    except LayerSourceError:
+                        if spec is not None and spec.excluded(rel, False):
+                            continue  # an ignored dangling or looping link is no error
+                        raise
+                    mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    ignored = spec is not None and spec.excluded(rel, True)
+                    if ignored and not spec.has_negation:  # type: ignore[union-attr]
+                        continue
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in ancestors:
+                        if ignored:
+                            continue
+                        raise LayerSourceError(path, "is a symlink loop: it leads back to a "
+                                               "directory that contains it; remove it or ignore "
+                                               "it", option=_KEEP_SYMLINKS)
+                    if not ignored:
+                        update(_fs_bytes(rel) + b"/\0%o\0" % mode)
+                        yield rel, path, st, followed
+                    stack.append((path + "/", rel + "/", ancestors | {ident},
+                                  iter(_sorted_names(path))))
+                    break  # into it now; this directory's other names come after its contents
+                if spec is not None and spec.excluded(rel, False):
+                    continue
+                if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+                    update(_fs_bytes(rel) + b"\0" + pack(mode, st.st_size, st.st_dev, st.st_ino,
+                                                         st.st_mtime_ns, st.st_ctime_ns))
+                    if st.st_mtime_ns > newest:
+                        newest = st.st_mtime_ns
+                    if st.st_ctime_ns > newest:
+                        newest = st.st_ctime_ns
+                    yield rel, path, st, followed
+                else:
+                    _refuse_special(path, mode)
             else:
-                _refuse_special(path, st.st_mode)
-        stack.extend(reversed(subdirs))
+                stack.pop()
+        self._identity = hasher.digest(), newest
 
 
 def _stat_link(path: str) -> os.stat_result:

@@ -14,9 +14,7 @@ cib can read the members in path order without decompressing the stream again an
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from typing import IO
 
@@ -42,6 +40,9 @@ def cib_layer_source(source: object, target: str) -> Iterator[Entry] | None:
 
 
 def _open_plain(path: str) -> IO[bytes]:
+    import shutil
+    import tempfile
+
     try:
         src = open(path, "rb")  # noqa: SIM115 - kept open by the slices, closed when dropped
     except OSError as exc:

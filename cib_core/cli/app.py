@@ -14,7 +14,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -29,6 +29,7 @@ from cib_core.cli.common import (
     HIDDEN_COMMANDS_KEY,
     PLUGIN_COMMANDS_KEY,
     PLUGIN_OPTION_NAMES,
+    PLUGIN_OPTIONS_KEY,
     PM_KEY,
     PROG,
     VALUE_OPTIONS,
@@ -126,13 +127,18 @@ def build_plugin_manager(plugin_options: Sequence[str]) -> CibPluginManager:
 
 
 class CibGroup(click.Group):
-    """Builds the run's plugin manager before parsing, so plugin subcommands can be found, and
-    turns ``CibError`` into one line."""
+    """Builds the run's plugin manager when the run first needs it (not for ``--version``), so
+    plugin subcommands can be found, and turns ``CibError`` into one line."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault(PLUGIN_OPTIONS_KEY, prescan_plugin_options(args))
+        return super().parse_args(ctx, args)
+
+    def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
+        """The plugins' subcommands; loads the plugins (and their commands) the first time."""
         if PM_KEY not in ctx.meta:
             try:
-                pm = build_plugin_manager(prescan_plugin_options(args))
+                pm = build_plugin_manager(ctx.meta.get(PLUGIN_OPTIONS_KEY, ()))
                 extra = click.Group(name=PROG)
                 try:
                     pm.hook.cib_commands(cli=extra)
@@ -149,16 +155,16 @@ class CibGroup(click.Group):
             ctx.meta[PLUGIN_COMMANDS_KEY] = {
                 name: cmd for name, cmd in extra.commands.items() if name not in self.commands}
             ctx.meta[HIDDEN_COMMANDS_KEY] = sorted(set(extra.commands) & set(self.commands))
-        return super().parse_args(ctx, args)
+        commands: dict[str, click.Command] = ctx.meta[PLUGIN_COMMANDS_KEY]
+        return commands
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        plugin_commands = self._plugin_commands(ctx)
         command = super().get_command(ctx, cmd_name)
-        if command is None:
-            command = ctx.meta.get(PLUGIN_COMMANDS_KEY, {}).get(cmd_name)
-        return command
+        return command if command is not None else plugin_commands.get(cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(ctx.meta.get(PLUGIN_COMMANDS_KEY, {})))
+        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands(ctx)))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -214,6 +220,8 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
     """
     from cib_core.plugins import set_plugin_manager
 
+    if PM_KEY not in ctx.meta:
+        cast(CibGroup, ctx.command)._plugin_commands(ctx)
     pm: CibPluginManager = ctx.meta[PM_KEY]
     state = CliState(pm=pm, insecure=tuple(insecure), verbose=0 if quiet else verbose, quiet=quiet)
     ctx.obj = state

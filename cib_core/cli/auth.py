@@ -12,7 +12,6 @@ from cib_core.errors import (
     AuthenticationError,
     RegistryError,
 )
-from cib_core.reference import parse_registry_host
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -91,6 +90,8 @@ def login(registry: str, username: str, password_stdin: bool, store: str) -> Non
     from cib_core.authn import credstore
 
     state = cli_state()
+    from cib_core.reference import parse_registry_host  # not at start-up: it costs hashlib and more
+
     host = parse_registry_host(registry)
     if password_stdin:
         secret = sys.stdin.read()
@@ -125,6 +126,8 @@ def logout(registry: str) -> None:
     from cib_core.authn import credstore
 
     state = cli_state()
+    from cib_core.reference import parse_registry_host  # not at start-up: it costs hashlib and more
+
     host = parse_registry_host(registry)
     removed = []
     if credstore.erase_credentials(host):

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PROG = "cib"
 CHUNK = 1 << 16
 PM_KEY = "cib.plugin_manager"
+PLUGIN_OPTIONS_KEY = "cib.plugin_options"
 PLUGIN_COMMANDS_KEY = "cib.plugin_commands"
 HIDDEN_COMMANDS_KEY = "cib.hidden_plugin_commands"
 LOGIN_KEY = "cib.login"

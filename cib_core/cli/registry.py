@@ -21,7 +21,6 @@ from cib_core.errors import (
     InvalidReference,
     NotFound,
 )
-from cib_core.reference import parse_registry_host
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def catalog(registry: str, as_json: bool) -> None:
     """List every repository of REGISTRY, one a line."""
-    from cib_core.reference import Reference
+    from cib_core.reference import Reference, parse_registry_host
 
     host = parse_registry_host(registry)
     # A client is per repository; the catalog request does not use the name.

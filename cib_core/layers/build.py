@@ -1,523 +1,157 @@
-"""Layers: deterministic tarballs from layer sources, compressed and hashed in one pass.
+"""Layers from layer sources: ``prepare_layer`` asks the ``cib_layer_source`` plugins for each
+source of an ``add_files`` call, :class:`LayerBuilder` normalizes the entries (sorted paths,
+parents, owners, times) and writes them through the pipeline (``layers.pipeline``) to a
+temporary file (:class:`BuiltLayer`) or any sink callable. :func:`build_layer` does all of it.
 
-The flow is ``collect_entries`` (ask the ``cib_layer_source`` plugins for each source of an
-``add_files`` call) → :class:`LayerBuilder` (normalize: sorted paths, parents, owners, times)
-→ a compressor and two sha256 hashers in one streaming pass → a temporary file
-(:class:`BuiltLayer`) or any sink callable. :func:`build_layer` does all of it.
-
-Reproducibility: entries are sorted by path components (byte order of the file-system
-encoding), so a directory's contents follow it; every parent directory is present (mode
-0755); uid/gid are 0 and user/group names empty; mtimes are ``SOURCE_DATE_EPOCH`` or 0
-(unless a source marks explicit values to keep, as ``CustomFile`` does); the tar is PAX
-format (USTAR headers, PAX records only for long or non-ASCII names and big numbers); gzip
-headers carry no time or name and a fixed OS byte. The compressed bytes (the ``digest``) are
-stable for one compressor implementation and level: ``isal`` and ``zlib`` produce different
-deflate streams, so the fallback changes digests but never ``diff_id``.
+Reproducibility: every parent directory is present (mode 0755); uid/gid are 0 and user/group
+names empty; mtimes are ``SOURCE_DATE_EPOCH`` or 0 (unless a source marks explicit values to
+keep, as ``CustomFile`` does); see ``layers.tar`` for the order and the headers and
+``layers.pipeline`` for the compressed bytes.
 
 When two entries of one layer have the same path, the one from the source listed last wins
 (``add_files``' mapping order, then the order a source yields). A path that is a file in one
 source and a directory (or a parent directory) in another is an error.
+
+Two ways to the same bytes. When every source promises its entries in layer order
+(``plugin_api.SortedEntries``, as local directories do) and no target lies inside another,
+the sources are walked in target order and each entry is written as it comes: the upload
+starts while the tree is still being walked, and nothing is kept per file. Otherwise every
+entry becomes one :class:`~cib_core.layers.tar.Record` (a few integers and the path), and
+the records are sorted, overridden and their hard links resolved before anything is written.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-import importlib
-import io
 import logging
 import os
-import queue
-import re
 import stat
 import struct
 import tarfile
-import tempfile
-import threading
 import time
-import weakref
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 from cib_core import mediatypes
-from cib_core.compression import SNIFF_SIZE, Frames, sniff
-from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
-from cib_core.fileio import FileSlice
-from cib_core.plugin_api import Entry, LayerOptions, LazyFile, Readable, kept_fields
+from cib_core.errors import LayerSourceError, PluginError
+from cib_core.layers.pipeline import (
+    CHUNK,
+    GZIP_IMPLEMENTATION,
+    BuiltLayer,
+    LayerInfo,
+    Pipeline,
+    Sink,
+    make_compressor,
+    to_file,
+)
+from cib_core.layers.tar import (
+    DEVICE_TYPES,
+    KEPT_PAX_PREFIXES,
+    OTHER_TYPES,
+    REGULAR,
+    Headers,
+    Record,
+    join,
+    normalize_target,
+    sort_key,
+    source_date_epoch,
+)
+from cib_core.plugin_api import (
+    KEEP_ATTRIBUTE,
+    Entry,
+    LayerOptions,
+    LazyFile,
+    Readable,
+    SortedEntries,
+    SourceIdentity,
+)
 
 if TYPE_CHECKING:
     import pluggy
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
-"""Size of the writes through the compressor and the reads of files and tarballs."""
-
-SPOOL_THRESHOLD = 8 << 20
-"""A non-seekable ``CustomFile`` stream is kept in memory up to this size, then on disk."""
-
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-"""Magic, deflate, no flags, mtime 0, no extra flags, OS 255 (unknown), as Go and Python write."""
-
-COMPRESSIONS = ("gzip", "zstd", "none")
-
-_isal_zlib: Any
-try:
-    _isal_zlib = importlib.import_module("isal.isal_zlib")
-except ImportError:  # pragma: no cover - isal is a dependency, but keep a working fallback
-    _isal_zlib = None
-
-# Measured on a 200 MB tree (text, random, 2000 small files): level 1 is 6% faster than 2,
-# level 2 is 3% smaller than 1, level 3 takes 1.5x as long for 1% less.
-DEFAULT_GZIP_LEVEL_ISAL = 2
-DEFAULT_GZIP_LEVEL_ZLIB = 6
-DEFAULT_ZSTD_LEVEL = 3
-
-Sink = Callable[[bytes], object]
+_REGTYPE, _DIRTYPE, _LNKTYPE, _SYMTYPE = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE
+_NOTHING_KEPT: frozenset[str] = frozenset()
+_BLOCK = tarfile.BLOCKSIZE
+_PADDING = [bytes(n) for n in range(_BLOCK)]
+_IDENTITY = struct.Struct("<QQQqq")  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+ENTRIES_KEY_VERSION = b"cib-layer-cache-2\0"
+SOURCES_KEY_VERSION = b"cib-layer-sources-1\0"
 
 
-# --------------------------------------------------------------------------------------------
-# Value objects
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LayerInfo:
-    """A layer as a manifest and a config name it."""
-
-    digest: str
-    """sha256 of the (compressed) blob: the manifest's layer digest."""
-    diff_id: str
-    """sha256 of the uncompressed tar: the config's ``rootfs.diff_ids`` entry."""
-    size: int
-    """Bytes of the blob."""
-    media_type: str
+def file_identity(st: os.stat_result) -> bytes:
+    """What says a local file is unchanged (as git's index does): device, inode, size, and
+    modification and change times in nanoseconds; 40 bytes."""
+    return _IDENTITY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class CustomFile:
-    """An in-memory file for ``add_files``: ``{"/etc/motd": CustomFile("hello\\n")}``.
+_Asked = tuple[str, str, Iterable[Entry]]
+"""A source claimed by a plugin: its target, its description for messages, its entries."""
 
-    ``data`` is bytes, a str (UTF-8 encoded) or a binary file object read when the layer is
-    built. A seekable stream is read from its current position to its end; a non-seekable one
-    is spooled once (in memory up to 8 MiB, then to a temporary file) to learn its size.
-    ``mtime`` (seconds since the epoch, or a datetime) and ``uid``/``gid`` are kept as given;
-    with ``mtime=None`` the layer's time applies (``SOURCE_DATE_EPOCH`` or 0).
+
+class _Fingerprint:
+    """The rebuild cache's key. Either from the sources' own identities (``add_source``: what
+    each source's entries depend on, which local directories tell from a walk with ``stat``
+    and nothing else), or hashed entry by entry as the layer is listed or written (``add``:
+    each tar header and, for each regular file, the identity of the local file it is read
+    from).
+
+    ``cacheable`` turns False for content that is not a plain local file, or a file changed
+    within ``racy_seconds`` (its next change might keep the same timestamps).
     """
 
-    __slots__ = ("_bytes", "_start", "_stream", "gid", "mode", "mtime", "size", "uid")
-
-    def __init__(self, data: bytes | str | BinaryIO | IO[bytes], *, mode: int = 0o644,
-                 mtime: float | datetime | None = None, uid: int = 0, gid: int = 0) -> None:
-        self.mode = stat.S_IMODE(mode)
-        if isinstance(mtime, datetime):
-            mtime = mtime.timestamp()
-        self.mtime: int | None = None if mtime is None else int(mtime)
-        if uid < 0 or gid < 0:
-            raise ConfigurationError(f"CustomFile uid/gid must not be negative (got {uid}/{gid})")
-        self.uid = uid
-        self.gid = gid
-        self._bytes: bytes | None = None
-        self._stream: IO[bytes] | None = None
-        self._start = 0
-        if isinstance(data, str):
-            data = data.encode("utf-8")
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            self._bytes = bytes(data)
-            self.size = len(self._bytes)
-            return
-        if not hasattr(data, "read"):
-            raise ConfigurationError(
-                f"CustomFile data must be bytes, str or a binary file object, not {type(data).__name__}")
-        stream: IO[bytes] = data
-        seekable = False
-        try:
-            seekable = bool(stream.seekable())
-        except (AttributeError, OSError, ValueError):
-            seekable = False
-        if seekable:
-            self._start = stream.tell()
-            end = stream.seek(0, io.SEEK_END)
-            stream.seek(self._start)
-            self._stream = stream
-            self.size = end - self._start
-        else:
-            spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_THRESHOLD)
-            size = 0
-            while True:
-                chunk = stream.read(CHUNK)
-                if not chunk:
-                    break
-                if not isinstance(chunk, bytes | bytearray):
-                    raise ConfigurationError("CustomFile stream must be binary (read() gave str)")
-                spool.write(chunk)
-                size += len(chunk)
-            spool.seek(0)
-            self._stream = spool
-            self.size = size
-
-    def open(self) -> Readable:
-        """A new reader of the content from its start.
-
-        Readers of one stream may be used in turns: each seeks to its own position.
-        """
-        if self._bytes is not None:
-            return io.BytesIO(self._bytes)
-        assert self._stream is not None  # noqa: S101
-        return FileSlice(self._stream, self._start, self.size, name="<CustomFile stream>")
-
-    def __repr__(self) -> str:
-        return (f"CustomFile(<{self.size} bytes>, mode={self.mode:#o}, mtime={self.mtime!r}, "
-                f"uid={self.uid}, gid={self.gid})")
-
-
-# --------------------------------------------------------------------------------------------
-# Compression and hashing
-# --------------------------------------------------------------------------------------------
-class _Compressor(Protocol):
-    def compress(self, data: bytes | bytearray) -> bytes: ...
-
-    def flush(self) -> bytes: ...
-
-
-class _GzipCompressor:
-    """Raw deflate framed by a fixed gzip header and the crc32/size trailer."""
-
-    def __init__(self, level: int | None) -> None:
-        if _isal_zlib is not None:
-            lvl = DEFAULT_GZIP_LEVEL_ISAL if level is None else level
-            if not 0 <= lvl <= 3:
-                raise ConfigurationError(f"isal gzip levels are 0 to 3, not {lvl}")
-            self._z: Any = _isal_zlib.compressobj(lvl, _isal_zlib.DEFLATED, -15)
-            self._crc32: Callable[[Any, int], int] = _isal_zlib.crc32
-        else:
-            lvl = DEFAULT_GZIP_LEVEL_ZLIB if level is None else level
-            if not 0 <= lvl <= 9:
-                raise ConfigurationError(f"gzip levels are 0 to 9, not {lvl}")
-            self._z = zlib.compressobj(lvl, zlib.DEFLATED, -15)
-            self._crc32 = zlib.crc32
-        self._crc = 0
-        self._length = 0
-        self._header = GZIP_HEADER
-
-    def compress(self, data: bytes | bytearray) -> bytes:
-        self._crc = self._crc32(data, self._crc)
-        self._length += len(data)
-        out: bytes = self._z.compress(data)
-        if self._header and out:
-            out, self._header = self._header + out, b""
-        return out
-
-    def flush(self) -> bytes:
-        tail: bytes = self._z.flush()
-        out = self._header + tail + struct.pack("<II", self._crc & 0xFFFFFFFF,
-                                                self._length & 0xFFFFFFFF)
-        self._header = b""
-        return out
-
-
-class _ZstdCompressor:
-    def __init__(self, level: int | None) -> None:
-        try:
-            import zstandard
-        except ImportError as exc:
-            raise ConfigurationError("compression 'zstd' needs the zstandard package: "
-                                     "pip install 'cib-core[zstd]'") from exc
-        self._z: Any = zstandard.ZstdCompressor(
-            level=DEFAULT_ZSTD_LEVEL if level is None else level).compressobj()
-
-    def compress(self, data: bytes | bytearray) -> bytes:
-        out: bytes = self._z.compress(data)
-        return out
-
-    def flush(self) -> bytes:
-        out: bytes = self._z.flush()
-        return out
-
-
-def gzip_implementation() -> str:
-    """``"isal"`` or ``"zlib"``: they make different gzip bytes of the same tar, so a cache of
-    built layers keys on it."""
-    return "isal" if _isal_zlib is not None else "zlib"
-
-
-def _compressor(compression: str, level: int | None) -> _Compressor | None:
-    if compression == "gzip":
-        return _GzipCompressor(level)
-    if compression == "zstd":
-        return _ZstdCompressor(level)
-    if compression == "none":
-        return None
-    raise ConfigurationError(f"unknown layer compression {compression!r}; "
-                             f"use one of {', '.join(COMPRESSIONS)}")
-
-
-def _sha256(h: Any) -> str:
-    return f"sha256:{h.hexdigest()}"
-
-
-class _Pipeline:
-    """Uncompressed chunks in; sha256 of them here, compression, sha256 and sink in a thread.
-
-    hashlib, isal, zlib and zstandard all release the GIL on large buffers, so on two cores
-    the tar writer (reading files, hashing the tar) and the compressor run side by side.
-    """
-
-    def __init__(self, compressor: _Compressor | None, sink: Sink, *, digest: bool = True) -> None:
-        self._compressor = compressor
-        self._sink = sink
-        self._uncompressed = hashlib.sha256()
-        # ``digest=False``: the sink hashes what it is given (an upload does), so hashing the
-        # blob here too would only burn a core's time
-        self._compressed = hashlib.sha256() if compressor is not None and digest else None
-        self.uncompressed_size = 0
-        self.size = 0
-        self._error: BaseException | None = None
-        self._queue: queue.Queue[bytes | bytearray | None] = queue.Queue(maxsize=6)
-        self._thread = threading.Thread(target=self._run, name="cib-layer-compress", daemon=True)
-        self._finished = False
-        self._aborted = False
-        self._thread.start()
-
-    def write(self, chunk: bytes | bytearray) -> None:
-        """Queue ``chunk``; the caller must not change it afterwards."""
-        if not chunk:
-            return
-        if self._error is not None:
-            raise self._error
-        self._uncompressed.update(chunk)
-        self.uncompressed_size += len(chunk)
-        self._queue.put(chunk)
-
-    def _emit(self, data: bytes) -> None:
-        if data:
-            if self._compressed is not None:
-                self._compressed.update(data)
-            self.size += len(data)
-            self._sink(data)
-
-    def _run(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                break
-            if self._error is not None:
-                continue  # keep draining so the producer never blocks
-            try:
-                self._emit(self._compressor.compress(chunk) if self._compressor else bytes(chunk))
-            except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
-                self._error = exc
-        if self._error is None and self._compressor is not None and not self._aborted:
-            try:
-                self._emit(self._compressor.flush())
-            except BaseException as exc:  # noqa: BLE001
-                self._error = exc
-
-    def finish(self) -> tuple[str, str, int]:
-        """Flush; return ``(diff_id, digest, size)``."""
-        self._finished = True
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        diff_id = _sha256(self._uncompressed)
-        if self._compressed is not None:
-            digest = _sha256(self._compressed)
-        else:
-            digest = diff_id if self._compressor is None else ""  # uncompressed: one hash
-        return diff_id, digest, self.size
-
-    def abort(self) -> None:
-        if not self._finished:
-            self._finished = True
-            self._aborted = True
-            self._queue.put(None)
-            self._thread.join()
-
-
-# --------------------------------------------------------------------------------------------
-# Built layers
-# --------------------------------------------------------------------------------------------
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-class BuiltLayer:
-    """A layer blob on disk with its :class:`LayerInfo`.
-
-    ``close()`` deletes the file when cib created it (a tarball added as it is stays).
-    Usable as a context manager.
-    """
-
-    def __init__(self, info: LayerInfo, path: str, *, owned: bool = True) -> None:
-        self.info = info
-        self.path = path
-        self.owned = owned
-        self._finalizer = weakref.finalize(self, _unlink, path) if owned else None
-
-    def open(self) -> BinaryIO:
-        """The blob's bytes, from the start."""
-        return open(self.path, "rb")
-
-    def close(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def __enter__(self) -> BuiltLayer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"BuiltLayer({self.info.digest}, size={self.info.size}, path={self.path!r})"
-
-
-def _temp_blob(dir: str | None) -> tuple[str, IO[bytes]]:
-    fd, path = tempfile.mkstemp(prefix="cib-layer-", suffix=".blob", dir=dir)
-    return path, os.fdopen(fd, "wb", buffering=0)
-
-
-def _to_file(write: Callable[[Sink], LayerInfo], dir: str | None) -> BuiltLayer:
-    path, f = _temp_blob(dir)
-    try:
-        with f:
-            info = write(f.write)
-    except BaseException:
-        _unlink(path)
-        raise
-    return BuiltLayer(info, path)
-
-
-# --------------------------------------------------------------------------------------------
-# Normalizing entries
-# --------------------------------------------------------------------------------------------
-def normalize_target(target: str) -> str:
-    """``target`` as an absolute, normalized path in the image (``"app/"`` → ``"/app"``).
-
-    A relative target is taken from the image root; ``..`` may not leave the root.
-    """
-    if not isinstance(target, str) or "\0" in target:
-        raise ConfigurationError(f"target path {target!r} must be a string without NUL bytes")
-    parts: list[str] = []
-    for part in target.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not parts:
-                raise ConfigurationError(f"target path {target!r} leaves the image root through '..'")
-            parts.pop()
-            continue
-        parts.append(part)
-    return "/" + "/".join(parts)
-
-
-# a relative path with no empty, "." or ".." segment: joined as it is
-_CLEAN_RELATIVE = re.compile(r"(?!\.\.?(?:/|\Z))[^/]+(?:/(?!\.\.?(?:/|\Z))[^/]+)*\Z")
-
-
-def _join(base: str, name: str, what: object) -> str:
-    """``name`` (relative, as a source yields it) under ``base`` (``""`` or a path from
-    ``normalize_target``)."""
-    if _CLEAN_RELATIVE.match(name):  # the usual entry: one match instead of a split and scan
-        head = base.strip("/")
-        return f"{head}/{name}" if head else name
-    return _join_parts(base, name, what)
-
-
-def _join_parts(base: str, name: str, what: object) -> str:
-    parts = [p for p in base.split("/") if p]
-    for part in name.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            raise LayerSourceError(what, f"entry {name!r} contains '..'; entries must stay "
-                                   "under their target")
-        parts.append(part)
-    return "/".join(parts)
-
-
-def _sort_key(path: str) -> bytes:
-    """Orders paths component by component in byte order (a directory right before its
-    contents): "/" becomes NUL, which sorts below every byte a name can hold. A bytes key
-    rather than a list of components: one object the garbage collector does not track."""
-    return os.fsencode(path).replace(b"/", b"\0")  # "/" is b"/" in every filesystem encoding
-
-
-_USTAR_LIMIT = 8 ** 11  # sizes and times that fit the 12-byte octal fields
-_ID_LIMIT = 8 ** 7  # uids and gids that fit the 8-byte fields
-_DEVICE_TYPES = (tarfile.CHRTYPE, tarfile.BLKTYPE)
-
-
-def _tar_header(info: tarfile.TarInfo) -> bytes:
-    """``info.tobuf(PAX_FORMAT, "utf-8", "surrogateescape")``, byte for byte.
-
-    The common entry (an ASCII name and link of at most 100 bytes, no PAX records, no owner
-    names, no device numbers, numbers that fit their octal fields) needs no PAX header, and
-    its ustar block is built here about four times faster than tarfile does it, which counts
-    for trees of tens of thousands of files (a node_modules). Anything else goes to tarfile.
-    The unit tests hold the two equal.
-    """
-    name, link = info.name, info.linkname
-    if info.type == tarfile.DIRTYPE and not name.endswith("/"):
-        name += "/"
-    size, mtime, uid, gid = info.size, info.mtime, info.uid, info.gid
-    if (info.pax_headers or info.uname or info.gname or info.type in _DEVICE_TYPES
-            or len(name) > 100 or len(link) > 100 or not name.isascii() or not link.isascii()
-            or type(size) is not int or type(mtime) is not int or type(uid) is not int
-            or type(gid) is not int or type(info.mode) is not int
-            or not (0 <= size < _USTAR_LIMIT and 0 <= mtime < _USTAR_LIMIT
-                    and 0 <= uid < _ID_LIMIT and 0 <= gid < _ID_LIMIT)):
-        return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    raw_name, raw_link = name.encode("ascii"), link.encode("ascii")
-    block = b"".join((
-        raw_name, bytes(100 - len(raw_name)),
-        b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (info.mode & 0o7777, uid, gid, size, mtime),
-        b"        ",  # the checksum field counts as spaces
-        info.type, raw_link, bytes(100 - len(raw_link)), tarfile.POSIX_MAGIC,
-        bytes(32 + 32 + 8 + 8 + 155 + 12),  # uname, gname, devmajor, devminor, prefix, padding
-    ))
-    return b"%s%06o\0%s" % (block[:148], sum(block), block[155:])
-
-
-_REGULAR = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
-_OTHER_TYPES = frozenset({tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.CHRTYPE,
-                          tarfile.BLKTYPE, tarfile.FIFOTYPE})
-_KEPT_PAX_PREFIXES = ("SCHILY.xattr.", "LIBARCHIVE.xattr.")
-
-
-def source_date_epoch() -> int:
-    """The layer time: ``SOURCE_DATE_EPOCH`` when set, else 0."""
-    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if not raw:
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"SOURCE_DATE_EPOCH={raw!r} is not an integer number of "
-                                 "seconds since the epoch") from None
-    if value < 0:
-        raise ConfigurationError(f"SOURCE_DATE_EPOCH={raw!r} must not be negative")
-    return value
-
-
-class _Plan(NamedTuple):
-    """The layer's entries in order, as parallel lists: each entry's tar header block(s), PAX
-    ones included; the bytes of content that follow it (0 for all but regular files with
-    data); its file object; and where it came from, for messages.
-
-    Lists rather than an object per entry, and the builder keeps its entries in dicts by path
-    for the same reason: the cyclic garbage collector runs after every few hundred new
-    objects it tracks and walks them, so per-file objects that stay alive (20,000 files gave
-    100,000 of them) made it a quarter of the planning time.
-    """
-
-    headers: list[bytes]
-    sizes: list[int]
-    files: list[Readable | None]
-    origins: list[str]
+    def __init__(self, seed: bytes, racy_seconds: float) -> None:
+        self._hash = hashlib.sha256(seed)
+        self._limit = time.time_ns() - int(racy_seconds * 1e9)
+        self.racy_seconds = racy_seconds
+        self.cacheable = True
+
+    def add_source(self, target: str, identity: SourceIdentity) -> None:
+        digest, newest = identity
+        self._hash.update(b"%s\0%s" % (target.encode("utf-8", "surrogateescape"), digest))
+        if newest >= self._limit:
+            self.cacheable = False
+
+    def add(self, header: bytes, rec: Record) -> bool:
+        """Hash one entry; False once the layer turned out not cacheable."""
+        self._hash.update(header)
+        if rec.size:
+            content = rec.content
+            if isinstance(content, str):
+                ident = rec.ident
+                if ident is None:
+                    return self._not_cacheable()
+                _, _, size, mtime_ns, ctime_ns = _IDENTITY.unpack(ident)
+            else:
+                if type(content) is not LazyFile or content.closed or content.opened:
+                    return self._not_cacheable()
+                st = content.stat_result  # from the listing, a moment ago
+                if st is None:
+                    try:
+                        st = os.stat(content.name)
+                    except OSError:
+                        return self._not_cacheable()
+                if not stat.S_ISREG(st.st_mode):
+                    return self._not_cacheable()
+                size, mtime_ns, ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                ident = file_identity(st)
+            if size != rec.size or mtime_ns >= self._limit or ctime_ns >= self._limit:
+                return self._not_cacheable()
+            self._hash.update(ident)
+        return True
+
+    def _not_cacheable(self) -> bool:
+        self.cacheable = False
+        return False
+
+    def key(self, media_type: str) -> str | None:
+        if not self.cacheable:
+            return None
+        h = self._hash.copy()
+        h.update(b"\0" + media_type.encode())
+        return h.hexdigest()
 
 
 class LayerBuilder:
@@ -525,260 +159,433 @@ class LayerBuilder:
 
     ``add_source(target, entries)`` takes entries as a ``cib_layer_source`` plugin yields them
     (names relative to ``target``); ``add(info, fileobj)`` takes an entry whose name is already
-    the full path in the layer. ``write(sink)`` or ``build()`` then produce the layer; a
-    builder can write more than once only if its file objects can be read again.
+    the full path in the layer; ``ask(pm, sources, options)`` has the plugins list
+    ``{target: source}`` when the layer is written (and again for each write). ``write(sink)``
+    or ``build()`` then produce the layer; entries given with ``add`` and ``add_source`` can
+    be written more than once only if their file objects can be read again.
     """
 
     def __init__(self, *, compression: str = "gzip", level: int | None = None,
                  docker_flavour: bool = False, media_type: str | None = None,
                  mtime: int | None = None) -> None:
         self._compressor_args = (compression, level)
-        _compressor(compression, level)  # validate early
+        make_compressor(compression, level)  # validate early
         self.media_type = media_type or mediatypes.layer_media_type(docker_flavour, compression)
         self.mtime = source_date_epoch() if mtime is None else int(mtime)
-        # the entries by full path: as listed, their file objects, where each came from
-        self._infos: dict[str, tarfile.TarInfo] = {}
-        self._files: dict[str, Readable | None] = {}
-        self._origins: dict[str, str] = {}
-        self._planned: _Plan | None = None  # until the next add
+        self._given: list[Record] = []  # entries from add/add_source, in the order given
+        self._pm: pluggy.PluginManager | None = None
+        self._sources: dict[str, object] = {}
+        self._options = LayerOptions()
+        self._asked: list[_Asked] | None = None  # claimed, not yet listed
+        self._plan: list[Record] | None = None  # sorted and resolved, until written
+        self._planned_from: list[_Asked] = []  # the sources listed into the plan
+        self._fingerprint: _Fingerprint | None = None
+        self.entries = 0
+        """Entries written by the last ``write``, parent directories included."""
 
     # -- collecting ---------------------------------------------------------------------------
     def add(self, info: tarfile.TarInfo, fileobj: Readable | None = None, *,
             origin: str | None = None) -> None:
-        path = _join("", info.name, origin or info.name)
-        if info.type == tarfile.LNKTYPE:
-            info.linkname = _join("", info.linkname, origin or info.name)
-        self._put(path, info, fileobj, origin or path)
+        rec = self._record("", info, fileobj, origin or info.name)
+        if rec is not None:
+            self._given.append(_detached(rec if origin else rec._replace(origin=rec.path)))
+        self._plan = None
 
     def add_source(self, target: str, entries: Iterable[Entry], *, origin: str | None = None) -> None:
         base = normalize_target(target)
+        what = origin or base
         for info, fileobj in entries:
-            what = origin or base
-            path = _join(base, info.name, what)
-            if info.type == tarfile.LNKTYPE:
-                info.linkname = _join(base, info.linkname, what)
-            self._put(path, info, fileobj, what)
+            rec = self._record(base, info, fileobj, what)
+            if rec is not None:
+                self._given.append(_detached(rec))
+        self._plan = None
 
-    def _put(self, path: str, info: tarfile.TarInfo, fileobj: Readable | None, origin: str) -> None:
-        if not path:
-            if info.type == tarfile.DIRTYPE:
-                return  # the image root itself is never an entry
-            raise LayerSourceError(origin, "cannot place a file at the image root '/'; "
-                                   "name a target path for it")
-        if info.type not in _REGULAR and info.type not in _OTHER_TYPES:
-            raise LayerSourceError(origin, f"entry {path!r} has tar type {info.type!r}, which "
-                                   "cib does not put into layers (sparse or vendor-specific)")
-        if info.type in _REGULAR and info.size > 0 and fileobj is None:
-            raise LayerSourceError(origin, f"entry {path!r} is a file of {info.size} bytes "
-                                   "without a file object")
-        old = self._files.get(path)
-        if old is not None and old is not fileobj:
-            old.close()
-        self._infos[path] = info
-        self._files[path] = fileobj
-        self._origins[path] = origin
-        self._planned = None
+    def ask(self, pm: pluggy.PluginManager, sources: Mapping[str, object],
+            options: LayerOptions | None = None) -> None:
+        """Have the ``cib_layer_source`` plugins claim every ``{target: source}`` item now (a
+        source none claims raises ``LayerSourceError``); they list the entries when the
+        layer is written."""
+        self._pm = pm
+        self._sources = dict(sources)
+        self._options = options or LayerOptions()
+        self._asked = _ask_all(pm, self._sources, self._options)
+        self._plan = None
 
     def __len__(self) -> int:
-        return len(self._infos)
+        """Entries given with ``add`` and ``add_source`` (sources are listed only when written)."""
+        return len(self._given)
 
-    # -- normalizing --------------------------------------------------------------------------
-    def _normalized(self, path: str, src: tarfile.TarInfo) -> tarfile.TarInfo:
-        keep = kept_fields(src)
-        out = tarfile.TarInfo(path)
-        out.type = tarfile.REGTYPE if src.type in _REGULAR else src.type
-        out.mode = stat.S_IMODE(src.mode)
-        out.uid = src.uid if "uid" in keep else 0
-        out.gid = src.gid if "gid" in keep else 0
-        out.mtime = int(src.mtime) if "mtime" in keep else self.mtime
-        out.uname = out.gname = ""
-        out.size = src.size if out.type == tarfile.REGTYPE else 0
-        if out.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
-            out.linkname = src.linkname
-        if out.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
-            out.devmajor, out.devminor = src.devmajor, src.devminor
-        out.pax_headers = {k: v for k, v in src.pax_headers.items()
-                           if k.startswith(_KEPT_PAX_PREFIXES)}
-        return out
+    def _record(self, base: str, info: tarfile.TarInfo, fileobj: Readable | None,
+                origin: str) -> Record | None:
+        """``info`` under ``base``, normalized; ``None`` for the image root's own entry."""
+        path = join(base, info.name, origin)
+        kind = info.type
+        if not path:
+            if kind == _DIRTYPE:
+                if fileobj is not None:
+                    fileobj.close()
+                return None  # the image root itself is never an entry
+            raise LayerSourceError(origin, "cannot place a file at the image root '/'; "
+                                   "name a target path for it")
+        if kind in REGULAR:
+            kind = _REGTYPE
+        elif kind not in OTHER_TYPES:
+            raise LayerSourceError(origin, f"entry {path!r} has tar type {kind!r}, which "
+                                   "cib does not put into layers (sparse or vendor-specific)")
+        size = int(info.size) if kind == _REGTYPE else 0
+        if size > 0 and fileobj is None:
+            raise LayerSourceError(origin, f"entry {path!r} is a file of {size} bytes "
+                                   "without a file object")
+        if fileobj is not None and not size:
+            fileobj.close()  # nothing will be read from it
+            fileobj = None
+        keep: frozenset[str] = getattr(info, KEEP_ATTRIBUTE, _NOTHING_KEPT)
+        link = ""
+        if kind == _LNKTYPE:
+            link = join(base, info.linkname, origin)
+        elif kind == _SYMTYPE:
+            link = info.linkname
+        extra = None
+        if info.pax_headers or kind in DEVICE_TYPES:
+            pax = {k: v for k, v in info.pax_headers.items() if k.startswith(KEPT_PAX_PREFIXES)}
+            if pax or kind in DEVICE_TYPES:
+                extra = tarfile.TarInfo()
+                extra.pax_headers = pax
+                extra.devmajor, extra.devminor = info.devmajor, info.devminor
+        # kept numbers as whole numbers, as tarfile writes them
+        return Record(path, kind, stat.S_IMODE(info.mode),
+                      int(info.uid) if "uid" in keep else 0, int(info.gid) if "gid" in keep else 0,
+                      int(info.mtime) if "mtime" in keep else self.mtime,
+                      size, link, fileobj, None, origin, extra)
 
-    def _plan(self) -> _Plan:
-        """The layer's entries in order, normalized, with their tar headers; computed once
-        (the rebuild cache's fingerprint and the write share it) until the next add."""
-        if self._planned is None:
-            self._planned = self._make_plan()
-        return self._planned
+    # -- listing in layer order -----------------------------------------------------------------
+    def _streams(self, asked: list[_Asked]) -> bool:
+        """Whether the sources can be written as they are listed (see the module's text):
+        each promises its order, and no target is another's or inside it. In layer order a
+        target's descendants follow it at once, so comparing neighbours finds every nesting."""
+        if self._given or not asked:
+            return False
+        bases = sorted((base for base, _, _ in asked), key=sort_key)
+        return (all(isinstance(entries, SortedEntries) for _, _, entries in asked)
+                and not any(inner == outer or inner.startswith(outer.rstrip("/") + "/")
+                            for outer, inner in zip(bases, bases[1:], strict=False)))
 
-    def _make_plan(self) -> _Plan:
-        infos, files, origins = self._infos, self._files, self._origins
-        # Parent directories, and paths that are both a file and a parent.
-        for path in list(infos):
-            parts = path.split("/")
-            for i in range(1, len(parts)):
-                parent = "/".join(parts[:i])
-                found = infos.get(parent)
-                if found is None:
-                    info = tarfile.TarInfo(parent)
-                    info.type = tarfile.DIRTYPE
-                    info.mode = 0o755
-                    infos[parent], files[parent], origins[parent] = info, None, parent
-                elif found.type != tarfile.DIRTYPE:
-                    raise LayerSourceError(origins[parent], f"{parent!r} is not a directory in the "
-                                           f"layer but {path!r} is under it; two sources disagree")
-        order = sorted(infos, key=_sort_key)
-        link_to, content_of = self._hard_links(order)
+    def _listing(self) -> tuple[Iterator[Record], list[Record] | None, list[_Asked]]:
+        """The layer's entries in order (parents not yet added); the plan they come from,
+        ``None`` when they come straight from sorted sources in an order still to be checked;
+        and the sources listed. After a write the plugins are asked again."""
+        if self._plan is not None:
+            return iter(self._plan), self._plan, self._planned_from
+        if self._asked is None and self._pm is not None:
+            self._asked = _ask_all(self._pm, self._sources, self._options)
+        asked, self._asked = self._asked or [], None
+        if self._streams(asked):
+            return self._streamed(sorted(asked, key=lambda a: sort_key(a[0]))), None, asked
+        records = list(self._given)
+        for base, what, entries in asked:
+            for info, fileobj in _named(what, entries):
+                rec = self._record(base, info, fileobj, what)
+                if rec is not None:
+                    records.append(_detached(rec))
+        self._plan = _planned(records)
+        self._planned_from = asked
+        return iter(self._plan), self._plan, asked
 
-        plan = _Plan([], [], [], [])
-        for p in order:
-            first = link_to.get(p)
-            if first is not None:
-                info = self._normalized(p, infos[p])
-                info.type = tarfile.LNKTYPE
-                info.linkname = first
-                info.size = 0
-                info.pax_headers = {}
-                fileobj = None
-            else:
-                source = content_of.get(p, p)
-                info = self._normalized(p, infos[source])
-                fileobj = files[source]
-            plan.headers.append(_tar_header(info))
-            plan.sizes.append(info.size if info.type == tarfile.REGTYPE else 0)
-            plan.files.append(fileobj)
-            plan.origins.append(origins[p])
-        return plan
+    def _identities(self, asked: list[_Asked]) -> list[Callable[[], SourceIdentity]] | None:
+        """Every source's ``identity``, or ``None`` when some source (or an entry given by
+        ``add``) has none: then the cache key is hashed entry by entry."""
+        if self._given or not asked:
+            return None
+        found = [entries.identity for _, _, entries in asked if isinstance(entries, SortedEntries)]
+        return None if len(found) != len(asked) or None in found else cast(
+            "list[Callable[[], SourceIdentity]]", found)
 
-    def _hard_links(self, order: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-        """Hard links: the first of a group in path order carries the content. Returns which
-        paths become links to which, and which path takes its content from another."""
-        infos, origins = self._infos, self._origins
-        groups: dict[str, list[str]] = {}
-        for p in order:
-            if infos[p].type != tarfile.LNKTYPE:
-                continue
-            root, seen = p, {p}
-            while infos[root].type == tarfile.LNKTYPE:
-                nxt = infos[root].linkname
-                if nxt not in infos:
-                    raise LayerSourceError(origins[p], f"{p!r} is a hard link to {nxt!r}, "
-                                           "which is not in the layer")
-                if nxt in seen:
-                    raise LayerSourceError(origins[p], f"{p!r} is part of a hard-link cycle")
-                seen.add(nxt)
-                root = nxt
-            if infos[root].type == tarfile.DIRTYPE:
-                raise LayerSourceError(origins[p], f"{p!r} is a hard link to the directory "
-                                       f"{root!r}")
-            groups.setdefault(root, [root]).append(p)
-        link_to: dict[str, str] = {}
-        content_of: dict[str, str] = {}
-        if not groups:
-            return link_to, content_of
-        position = {p: i for i, p in enumerate(order)}
-        for root, members in groups.items():
-            members.sort(key=position.__getitem__)
-            first = members[0]
-            if first != root:
-                content_of[first] = root
-            for m in members[1:]:
-                link_to[m] = first
-        return link_to, content_of
+    def _new_fingerprint(self, by_sources: bool, racy_seconds: float) -> _Fingerprint:
+        if by_sources:
+            return _Fingerprint(SOURCES_KEY_VERSION + repr((
+                self._compressor_args, GZIP_IMPLEMENTATION, self.mtime, self._options)).encode(),
+                racy_seconds)
+        return _Fingerprint(ENTRIES_KEY_VERSION + repr((
+            self._compressor_args, GZIP_IMPLEMENTATION)).encode(), racy_seconds)
+
+    def _streamed(self, asked: list[_Asked]) -> Iterator[Record]:
+        for base, what, entries in asked:
+            for info, fileobj in _named(what, entries):
+                rec = self._record(base, info, fileobj, what)
+                if rec is not None:
+                    yield rec
+
+    def _laid_out(self, records: Iterator[Record], check_order: bool) -> Iterator[Record]:
+        """``records`` with their missing parent directories (mode 0755) before them; a path
+        under a non-directory is an error, and so, in a source's own order, is a path that
+        does not come after the one before it."""
+        dirs: list[str] = []  # the directories enclosing the last entry, outermost first
+        last = last_origin = ""
+        last_key = b""
+        last_is_dir = True
+        mtime = self.mtime
+        for rec in records:
+            path = rec.path
+            if check_order:
+                key = sort_key(path)
+                if key <= last_key:
+                    raise LayerSourceError(rec.origin, (
+                        f"listed {path!r} twice" if path == last else
+                        f"listed {path!r} after {last!r}") + ", against the layer order its "
+                        "layer source promised (a bug of the plugin that reads it)")
+                if rec.type == _LNKTYPE and sort_key(rec.link) >= key:
+                    raise LayerSourceError(rec.origin, f"{path!r} is a hard link to {rec.link!r}, "
+                                           "which its sorted layer source did not list before it")
+                last_key = key
+            while dirs and not path.startswith(dirs[-1] + "/"):
+                dirs.pop()
+            parent = path.rpartition("/")[0]
+            if parent and (not dirs or dirs[-1] != parent):
+                start = len(dirs[-1]) + 1 if dirs else 0
+                for i in range(start, len(parent) + 1):
+                    if i == len(parent) or parent[i] == "/":
+                        ancestor = parent[:i]
+                        if ancestor == last and not last_is_dir:
+                            raise LayerSourceError(last_origin, f"{ancestor!r} is not a directory in "
+                                                   f"the layer but {path!r} is under it; two "
+                                                   "sources disagree")
+                        yield Record(ancestor, _DIRTYPE, 0o755, 0, 0, mtime, 0, "", None, None,
+                                     ancestor, None)
+                        dirs.append(ancestor)
+            yield rec
+            last, last_origin = path, rec.origin
+            last_is_dir = rec.type == _DIRTYPE
+            if last_is_dir:
+                dirs.append(path)
 
     # -- writing ------------------------------------------------------------------------------
-    def write(self, sink: Sink, *, digest: bool = True) -> LayerInfo:
+    def write(self, sink: Sink, *, digest: bool = True,
+              fingerprint: float | None = None) -> LayerInfo:
         """Write the layer to ``sink`` (called with successive chunks of the blob).
 
         ``digest=False`` is for a sink that hashes the blob itself (an upload): the blob is
         not hashed a second time here and the returned ``digest`` is empty, for the caller to
-        fill in from the sink."""
-        plan = self._plan()
-        pipe = _Pipeline(_compressor(*self._compressor_args), sink, digest=digest)
+        fill in from the sink. ``fingerprint`` (the racy window in seconds) computes the
+        rebuild cache's key on the way, for :meth:`fingerprint` to return without listing
+        again."""
+        records, plan, asked = self._listing()
+        identities = self._identities(asked)
+        fp = None
+        if fingerprint is not None:
+            fp = self._new_fingerprint(identities is not None, fingerprint)
+        self._fingerprint = None
+        pipe = Pipeline(make_compressor(*self._compressor_args), sink, digest=digest)
         try:
-            _write_tar(plan, pipe)
+            self.entries = _write_tar(self._laid_out(records, plan is None), pipe,
+                                      fp if identities is None else None)
             diff_id, blob_digest, size = pipe.finish()
+            if fp is not None and identities is not None:
+                for (base, _, _), identity in zip(asked, identities, strict=True):
+                    fp.add_source(base, identity())  # what the finished listing computed
+            self._fingerprint = fp
         finally:
             pipe.abort()
-            for fileobj in plan.files:
-                if fileobj is not None:
-                    fileobj.close()
+            for rec in plan or ():  # what a failure left unread
+                if rec.content is not None and not isinstance(rec.content, str):
+                    rec.content.close()
+            if self._pm is not None:
+                self._plan = None  # its file objects are read: list the sources again
         log.debug("layer %s (diff_id %s): %d entries, %d bytes", blob_digest or "(hashed by the sink)",
-                  diff_id, len(plan.headers), size)
+                  diff_id, self.entries, size)
         return LayerInfo(digest=blob_digest, diff_id=diff_id, size=size, media_type=self.media_type)
 
     def fingerprint(self, racy_seconds: float = 2.0) -> str | None:
         """A key for the layer cache (see ``cib_core.layers.cache``), or ``None`` when the layer
         cannot be cached: some content is not a plain local file, or a file changed within
-        ``racy_seconds``. Cheap: one ``stat`` per file, nothing read."""
-        limit = time.time_ns() - int(racy_seconds * 1e9)
-        h = hashlib.sha256(b"cib-layer-cache-1\0")
-        h.update(repr((self._compressor_args, self.media_type, gzip_implementation())).encode())
-        plan = self._plan()
-        for header, size, fileobj in zip(plan.headers, plan.sizes, plan.files, strict=True):
-            h.update(header)
-            if not size:
-                continue
-            if type(fileobj) is not LazyFile or fileobj.closed:
+        ``racy_seconds``. After ``write(..., fingerprint=racy_seconds)`` it is the key of what
+        was written; otherwise the entries are listed for it: one ``stat`` per file, nothing
+        read, nothing kept per file when the sources stream."""
+        fp = self._fingerprint
+        if fp is None or fp.racy_seconds != racy_seconds:
+            fp = self._fingerprint = self._check(racy_seconds)
+        return fp.key(self.media_type)
+
+    def _check(self, racy_seconds: float) -> _Fingerprint:
+        if self._plan is None and self._asked is None and self._pm is not None:
+            self._asked = _ask_all(self._pm, self._sources, self._options)
+        identities = None if self._plan is not None else self._identities(self._asked or [])
+        if identities is not None:
+            # each source tells its own identity from a walk that lists nothing; the entries
+            # stay unlisted for the write
+            fp = self._new_fingerprint(True, racy_seconds)
+            for (base, _, _), identity in zip(self._asked or [], identities, strict=True):
+                fp.add_source(base, identity())
+            return fp
+        records, plan, asked = self._listing()
+        identities = self._identities(asked)
+        fp = self._new_fingerprint(identities is not None, racy_seconds)
+        if identities is not None:  # a plan listed its sources to the end: they know theirs
+            for (base, _, _), identity in zip(asked, identities, strict=True):
+                fp.add_source(base, identity())
+            return fp
+        header = Headers()
+        for rec in self._laid_out(records, plan is None):
+            if not fp.add(header(rec), rec):
+                if plan is None and rec.content is not None and not isinstance(rec.content, str):
+                    rec.content.close()  # the check stops here; the write lists again
+                break
+        return fp
+
+    def build(self, dir: str | None = None, *, fingerprint: float | None = None) -> BuiltLayer:
+        """Write the layer to a temporary file (in ``dir``, default the system's temp dir);
+        ``fingerprint`` as for :meth:`write`."""
+        return to_file(lambda sink: self.write(sink, fingerprint=fingerprint), dir)
+
+    def recipe(self) -> str | None:
+        """What the layer is asked to be made of, as a key: the targets and the sources as
+        named (local paths made absolute), the options, the compressor and the layer time;
+        ``None`` when a source is not a path or a string (a ``CustomFile``, an object of a
+        plugin). The rebuild cache remembers the recipes it has seen, so that a layer never
+        built before goes straight to building, with no check first."""
+        named = []
+        for target, source in self._sources.items():
+            if isinstance(source, (str, os.PathLike)):
+                named.append((normalize_target(target), os.path.abspath(os.fsdecode(os.fspath(source)))))
+            else:
                 return None
-            st = fileobj.stat_result  # from the listing, a moment ago
-            if st is None:
-                try:
-                    st = os.stat(fileobj.name)
-                except OSError:
-                    return None
-            if (st.st_size != size or not stat.S_ISREG(st.st_mode)
-                    or max(st.st_mtime_ns, st.st_ctime_ns) >= limit):
-                return None
-            h.update(f"\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\0"
-                     .encode())
-        return h.hexdigest()
-
-    def build(self, dir: str | None = None) -> BuiltLayer:
-        """Write the layer to a temporary file (in ``dir``, default the system's temp dir)."""
-        return _to_file(self.write, dir)
+        if not named or self._given:
+            return None
+        return hashlib.sha256(b"cib-layer-recipe-1\0" + repr((
+            named, self._compressor_args, GZIP_IMPLEMENTATION, self.mtime, self._options)).encode()
+        ).hexdigest()
 
 
-def _write_tar(plan: _Plan, pipe: _Pipeline) -> None:
+def _detached(rec: Record) -> Record:
+    """``rec`` keeping a local file by its path and identity rather than by a ``LazyFile``
+    holding the listing's ``stat`` result: the form a planned record waits in."""
+    content = rec.content
+    if type(content) is LazyFile and not content.opened and not content.closed:
+        st = content.stat_result
+        if st is not None and stat.S_ISREG(st.st_mode):
+            return rec._replace(content=content.name, ident=file_identity(st))
+    return rec
+
+
+def _planned(records: list[Record]) -> list[Record]:
+    """``records`` (in the order given) sorted, the last of each path kept, hard links
+    resolved: the first entry of a group in path order carries the content, the others
+    link to it."""
+    records.sort(key=lambda r: sort_key(r.path))  # stable: the last given of a path is last
+    plan: list[Record] = []
+    for rec in records:
+        if plan and plan[-1].path == rec.path:
+            old = plan[-1].content
+            if old is not None and not isinstance(old, str) and old is not rec.content:
+                old.close()
+            plan[-1] = rec
+        else:
+            plan.append(rec)
+    links = [i for i, rec in enumerate(plan) if rec.type == _LNKTYPE]
+    if not links:
+        return plan
+
+    def find(path: str) -> int | None:
+        i = bisect.bisect_left(plan, sort_key(path), key=lambda r: sort_key(r.path))
+        return i if i < len(plan) and plan[i].path == path else None
+
+    groups: dict[int, list[int]] = {}
+    for i in links:
+        root, seen = i, {i}
+        while plan[root].type == _LNKTYPE:
+            nxt = find(plan[root].link)
+            if nxt is None:
+                raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is a hard link to "
+                                       f"{plan[root].link!r}, which is not in the layer")
+            if nxt in seen:
+                raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is part of a hard-link cycle")
+            seen.add(nxt)
+            root = nxt
+        if plan[root].type == _DIRTYPE:
+            raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is a hard link to the "
+                                   f"directory {plan[root].path!r}")
+        groups.setdefault(root, [root]).append(i)
+    for root, members in groups.items():
+        members.sort()  # indices of a sorted list: path order
+        first = members[0]
+        if first != root:
+            plan[first] = plan[root]._replace(path=plan[first].path)
+        for m in members[1:]:
+            plan[m] = plan[m]._replace(type=_LNKTYPE, link=plan[first].path, size=0,
+                                       content=None, ident=None, extra=None)
+    return plan
+
+
+def _write_tar(records: Iterator[Record], pipe: Pipeline, fp: _Fingerprint | None) -> int:
+    """Write ``records`` as a tar into ``pipe``; the number of entries."""
     buf = bytearray()
     total = 0
-    for header, size, fileobj, origin in zip(plan.headers, plan.sizes, plan.files, plan.origins,
-                                             strict=True):
+    count = 0
+    make_header = Headers()
+    for rec in records:
+        count += 1
+        header = make_header(rec)
+        if fp is not None and not fp.add(header, rec):
+            fp = None
         buf += header
         total += len(header)
+        size = rec.size
         if size:
-            assert fileobj is not None  # noqa: S101 - checked in _put
-            name = getattr(fileobj, "name", None) or origin
-            remaining = size
-            while remaining:
-                chunk = fileobj.read(min(remaining, CHUNK))
-                if not chunk:
-                    raise LayerSourceError(name, f"changed size while being read: expected "
-                                           f"{size} bytes, got {size - remaining}; "
-                                           "build again once it has stopped changing")
-                if len(chunk) > remaining:
-                    raise LayerSourceError(name, f"changed size while being read: more than the "
-                                           f"{size} bytes it had when listed")
-                remaining -= len(chunk)
-                if len(chunk) >= CHUNK // 4:
-                    if buf:
-                        pipe.write(buf)
-                        buf = bytearray()
-                    pipe.write(chunk)
+            content = rec.content
+            fileobj = LazyFile(content) if isinstance(content, str) else content
+            assert fileobj is not None  # noqa: S101 - checked in _record
+            try:
+                if size < CHUNK and type(fileobj) is LazyFile:
+                    # one read that would also see a file grown since it was listed
+                    data = fileobj.read(size + 1)
+                    if len(data) != size:
+                        raise _changed_size(fileobj.name, size, len(data))
+                    buf += data
                 else:
-                    buf += chunk
-            if fileobj.read(1):
-                raise LayerSourceError(name, f"changed size while being read: grew past the "
-                                       f"{size} bytes it had when listed; build again once "
-                                       "it has stopped changing")
-            fileobj.close()
-            pad = -size % tarfile.BLOCKSIZE
-            buf += bytes(pad)
+                    buf = _copy(fileobj, size, rec.origin, buf, pipe)
+            finally:
+                fileobj.close()
+            pad = -size % _BLOCK
+            buf += _PADDING[pad]
             total += size + pad
         if len(buf) >= CHUNK:
             pipe.write(buf)
             buf = bytearray()
-    end = 2 * tarfile.BLOCKSIZE
+    end = 2 * _BLOCK
     end += -(total + end) % tarfile.RECORDSIZE  # pad to a full record, as tar and tarfile do
     buf += bytes(end)
     pipe.write(buf)
+    return count
+
+
+def _copy(fileobj: Readable, size: int, origin: str, buf: bytearray, pipe: Pipeline) -> bytearray:
+    """``size`` bytes of ``fileobj`` after ``buf`` into ``pipe``; what is left to send."""
+    name = getattr(fileobj, "name", None) or origin
+    remaining = size
+    while remaining:
+        chunk = fileobj.read(min(remaining, CHUNK))
+        if not chunk:
+            raise _changed_size(name, size, size - remaining)
+        if len(chunk) > remaining:
+            raise _changed_size(name, size, size + 1)
+        remaining -= len(chunk)
+        if len(chunk) >= CHUNK // 4:
+            if buf:
+                pipe.write(buf)
+                buf = bytearray()
+            pipe.write(chunk)
+        else:
+            buf += chunk
+    if fileobj.read(1):
+        raise _changed_size(name, size, size + 1)
+    return buf
+
+
+def _changed_size(name: str, listed: int, got: int) -> LayerSourceError:
+    if got < listed:
+        return LayerSourceError(name, f"changed size while being read: expected {listed} bytes, "
+                                f"got {got}; build again once it has stopped changing")
+    return LayerSourceError(name, f"changed size while being read: grew past the {listed} "
+                            "bytes it had when listed; build again once it has stopped changing")
 
 
 # --------------------------------------------------------------------------------------------
@@ -799,26 +606,11 @@ def _ask_plugins(pm: pluggy.PluginManager, source: object, target: str,
     return None if result is None else cast("Iterable[Entry]", result)
 
 
-def _named(source: object, entries: Iterable[Entry]) -> Iterator[Entry]:
-    try:
-        yield from entries
-    except PluginError as exc:
-        raise PluginError(exc.plugin, f"{exc.reason} (source {_describe(source)!r})") from exc
-
-
-def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
-                    options: LayerOptions | None = None) -> list[Entry]:
-    """Ask the ``cib_layer_source`` plugins for every ``{target: source}`` item.
-
-    Returns entries whose names (and hard-link names) are full paths in the layer, without a
-    leading ``/``, in the order the sources were given. Every source gets the same
-    ``options``; a source no plugin claims raises ``LayerSourceError``.
-    """
-    return list(_iter_entries(pm, sources, options or LayerOptions()))
-
-
-def _iter_entries(pm: pluggy.PluginManager, sources: Mapping[str, object],
-                  options: LayerOptions) -> Iterator[Entry]:
+def _ask_all(pm: pluggy.PluginManager, sources: Mapping[str, object],
+             options: LayerOptions) -> list[tuple[str, str, Iterable[Entry]]]:
+    """``(target, description, entries)`` of every source, in the order given; a source no
+    plugin claims raises ``LayerSourceError``."""
+    asked = []
     for target, source in sources.items():
         base = normalize_target(target)
         entries = _ask_plugins(pm, source, base, options)
@@ -828,14 +620,36 @@ def _iter_entries(pm: pluggy.PluginManager, sources: Mapping[str, object],
                 what,
                 "no layer source claims it: it is not an existing local file or directory, "
                 "a CustomFile, 'tar:PATH', or a prefix of an installed plugin (see `cib plugins`)")
-        for info, fileobj in _named(source, entries):
-            info.name = _join(base, info.name, what)
+        asked.append((base, what, entries))
+    return asked
+
+
+def _named(source: object, entries: Iterable[Entry]) -> Iterator[Entry]:
+    try:
+        yield from entries
+    except PluginError as exc:
+        raise PluginError(exc.plugin, f"{exc.reason} (source {_describe(source)!r})") from exc
+
+
+def collect_entries(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
+                    options: LayerOptions | None = None) -> list[Entry]:
+    """Ask the ``cib_layer_source`` plugins for every ``{target: source}`` item and list them.
+
+    Returns entries whose names (and hard-link names) are full paths in the layer, without a
+    leading ``/``, in the order the sources were given. Every source gets the same
+    ``options``; a source no plugin claims raises ``LayerSourceError``.
+    """
+    out: list[Entry] = []
+    for base, what, entries in _ask_all(pm, sources, options or LayerOptions()):
+        for info, fileobj in _named(what, entries):
+            info.name = join(base, info.name, what)
             if not info.name and info.type != tarfile.DIRTYPE:
                 raise LayerSourceError(what, "cannot place a file at the image root '/'; "
                                        "name a target path for it")
             if info.type == tarfile.LNKTYPE:
-                info.linkname = _join(base, info.linkname, what)
-            yield info, fileobj
+                info.linkname = join(base, info.linkname, what)
+            out.append((info, fileobj))
+    return out
 
 
 def prepare_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
@@ -843,25 +657,14 @@ def prepare_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
                   ignores: Iterable[str] = (), ignore_files: Iterable[str] = (),
                   follow_symlinks: bool = True, level: int | None = None,
                   mtime: int | None = None, platform: str | None = None) -> LayerBuilder:
-    """The :class:`LayerBuilder` of ``{target: source}`` with every entry listed, not yet
-    written: ``fingerprint()`` it, then ``write(sink)`` or ``build()``. ``platform`` tells the
-    sources the one platform the layer is for (``None``: every platform)."""
-    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
-                        ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime,
-                        platform=platform)
-
-
-def _builder_for(pm: pluggy.PluginManager, sources: Mapping[str, object], *, compression: str,
-                 docker_flavour: bool, ignores: Iterable[str], ignore_files: Iterable[str],
-                 follow_symlinks: bool, level: int | None, mtime: int | None,
-                 platform: str | None = None) -> LayerBuilder:
+    """The :class:`LayerBuilder` of ``{target: source}``, every source claimed by a plugin
+    and nothing listed yet: ``fingerprint()`` it, then ``write(sink)`` or ``build()``.
+    ``platform`` tells the sources the one platform the layer is for (``None``: every
+    platform)."""
     builder = LayerBuilder(compression=compression, level=level, docker_flavour=docker_flavour,
                            mtime=mtime)
-    # entry by entry, not collected into a list first: no (info, fileobj) pair outlives its add
-    options = LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks, platform)
-    for info, fileobj in _iter_entries(pm, sources, options):
-        builder.add(info, fileobj)
+    builder.ask(pm, sources, LayerOptions(tuple(ignores), tuple(ignore_files), follow_symlinks,
+                                          platform))
     return builder
 
 
@@ -875,9 +678,9 @@ def build_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], *,
     ``mtime`` overrides the layer time (default ``SOURCE_DATE_EPOCH`` or 0); ``level`` the
     compression level (isal gzip 0-3, default 2; zlib 0-9, default 6; zstd default 3).
     """
-    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
-                        ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime).build(dir)
+    return prepare_layer(pm, sources, compression=compression, docker_flavour=docker_flavour,
+                         ignores=ignores, ignore_files=ignore_files,
+                         follow_symlinks=follow_symlinks, level=level, mtime=mtime).build(dir)
 
 
 def write_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], sink: Sink, *,
@@ -887,177 +690,6 @@ def write_layer(pm: pluggy.PluginManager, sources: Mapping[str, object], sink: S
                 mtime: int | None = None) -> LayerInfo:
     """Like :func:`build_layer`, but stream the blob to ``sink`` (called with each chunk, from
     a worker thread, in order) -- for a chunked upload that needs no temporary file."""
-    return _builder_for(pm, sources, compression=compression, docker_flavour=docker_flavour,
-                        ignores=ignores, ignore_files=ignore_files,
-                        follow_symlinks=follow_symlinks, level=level, mtime=mtime).write(sink)
-
-
-# --------------------------------------------------------------------------------------------
-# Tarballs as they are
-# --------------------------------------------------------------------------------------------
-class _TarCheck:
-    """Checks that a stream starts like a tar archive (a valid first header or zeros)."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._head = bytearray()
-        self.done = False
-
-    def feed(self, data: bytes | bytearray) -> None:
-        if self.done:
-            return
-        self._head += data[: tarfile.BLOCKSIZE - len(self._head)]
-        if len(self._head) >= tarfile.BLOCKSIZE:
-            self._check()
-
-    def _check(self) -> None:
-        self.done = True
-        block = bytes(self._head)
-        if block.count(0) == len(block) and block:
-            return
-        try:
-            tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-        except tarfile.HeaderError as exc:
-            raise LayerSourceError(self._name, f"is not a tar archive ({exc})") from None
-
-    def end(self) -> None:
-        if not self.done:
-            if not self._head:
-                raise LayerSourceError(self._name, "is empty, not a tar archive")
-            self._check()
-
-
-def layer_from_tarball(path: str | os.PathLike[str], *, compression: str = "gzip",
-                       docker_flavour: bool = False, level: int | None = None,
-                       dir: str | None = None) -> BuiltLayer:
-    """An existing ``.tar``, ``.tar.gz`` or ``.tar.zst`` as one layer, as it is.
-
-    The compression is recognized from the content. A gzip or zstd file is the blob itself
-    (its digest is the file's sha256; nothing is copied) and ``diff_id`` comes from
-    decompressing it in the same pass. A plain tar is compressed with ``compression`` into a
-    temporary file (or used as it is with ``"none"``). A zstd file in a Docker-flavoured image
-    (which only carries gzip) is recompressed to gzip. The content must start like a tar
-    archive; its members are not rewritten (no normalization).
-    """
-    name = os.fspath(path)
-    try:
-        src = open(name, "rb")
-    except OSError as exc:
-        raise LayerSourceError(name, f"cannot be read: {exc.strerror or exc}") from exc
-    with src:
-        given = sniff(src.read(SNIFF_SIZE)) or "none"
-        src.seek(0)
-        if given not in COMPRESSIONS:
-            raise LayerSourceError(name, f"is {given}-compressed; a layer is a plain, gzip or "
-                                   "zstd tarball")
-        if given == "zstd" and docker_flavour:
-            return _to_file(lambda sink: _recompress(src, name, Frames("zstd", name),
-                                                     "gzip", level, True, sink), dir)
-        if given == "none" and compression != "none":
-            return _to_file(lambda sink: _recompress(src, name, None, compression, level,
-                                                     docker_flavour, sink), dir)
-        media_type = mediatypes.layer_media_type(docker_flavour, given)
-        file_hash, tar_hash = hashlib.sha256(), hashlib.sha256()
-        decomp = Frames(given, name) if given != "none" else None
-        check = _TarCheck(name)
-        size = 0
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
-            size += len(chunk)
-            file_hash.update(chunk)
-            for raw in decomp.feed(chunk) if decomp is not None else (chunk,):
-                check.feed(raw)
-                tar_hash.update(raw)
-        if decomp is not None:
-            decomp.end()
-        check.end()
-    info = LayerInfo(digest=_sha256(file_hash), diff_id=_sha256(tar_hash), size=size,
-                     media_type=media_type)
-    return BuiltLayer(info, os.path.abspath(name), owned=False)
-
-
-def _recompress(src: IO[bytes], name: str, decomp: Frames | None, method: str,
-                level: int | None, docker_flavour: bool, sink: Sink) -> LayerInfo:
-    pipe = _Pipeline(_compressor(method, level), sink)
-    check = _TarCheck(name)
-    try:
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
-            for raw in decomp.feed(chunk) if decomp is not None else (chunk,):
-                check.feed(raw)
-                pipe.write(raw)
-        if decomp is not None:
-            decomp.end()
-        check.end()
-        diff_id, digest, size = pipe.finish()
-    finally:
-        pipe.abort()
-    return LayerInfo(digest=digest, diff_id=diff_id, size=size,
-                     media_type=mediatypes.layer_media_type(docker_flavour, method))
-
-
-def compress_layer(stream: IO[bytes], name: str, *, compression: str = "gzip",
-                   docker_flavour: bool = False, level: int | None = None,
-                   dir: str | None = None) -> BuiltLayer:
-    """Compress an uncompressed layer read from ``stream`` into a temporary blob.
-
-    Used where a layer stored as a plain tar (a ``docker save`` archive) goes somewhere that
-    wants it compressed, a registry; ``diff_id`` stays what it was, the digest is new.
-    """
-    return _to_file(lambda sink: _recompress(stream, name, None, compression, level,
-                                             docker_flavour, sink), dir)
-
-
-class _PipeWriter(io.RawIOBase):
-    """A writable file object over a :class:`_Pipeline`, gathering small writes (tarfile's
-    stream mode writes 10 kB records) into ``CHUNK``-sized pieces for the compressor thread."""
-
-    def __init__(self, pipe: _Pipeline) -> None:
-        super().__init__()
-        self._pipe = pipe
-        self._buf = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        self._buf += view
-        if len(self._buf) >= CHUNK:
-            self._pipe.write(bytes(self._buf))
-            self._buf.clear()
-        return len(view)
-
-    def drain(self) -> None:
-        if self._buf:
-            self._pipe.write(bytes(self._buf))
-            self._buf.clear()
-
-
-def layer_from_writer(write_tar: Callable[[BinaryIO], None], *, compression: str = "gzip",
-                      docker_flavour: bool = False, level: int | None = None,
-                      dir: str | None = None) -> BuiltLayer:
-    """A layer from a function that writes an uncompressed tar stream to the file object it
-    is given (never seeking), compressed and hashed as it is written, into a temporary blob.
-
-    Memory stays bounded by a few chunks whatever the size of the tar: this is how
-    ``cib flatten`` turns an image's merged filesystem into one layer.
-    """
-    media_type = mediatypes.layer_media_type(docker_flavour, compression)
-
-    def write(sink: Sink) -> LayerInfo:
-        pipe = _Pipeline(_compressor(compression, level), sink)
-        try:
-            writer = _PipeWriter(pipe)
-            write_tar(cast(BinaryIO, writer))
-            writer.drain()
-            diff_id, digest, size = pipe.finish()
-        finally:
-            pipe.abort()
-        return LayerInfo(digest=digest, diff_id=diff_id, size=size, media_type=media_type)
-
-    return _to_file(write, dir)
+    return prepare_layer(pm, sources, compression=compression, docker_flavour=docker_flavour,
+                         ignores=ignores, ignore_files=ignore_files,
+                         follow_symlinks=follow_symlinks, level=level, mtime=mtime).write(sink)

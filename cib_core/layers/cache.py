@@ -1,15 +1,20 @@
 """The rebuild cache: a layer whose inputs have not changed is not tarred, compressed or hashed
 again.
 
-A key is the sha256 of everything that decides a layer's bytes: the normalized tar headers in
-order (paths, modes, sizes, link targets, the layer time), the compressor and its level, the
-media type, and for each regular file the identity of the local file it is read from (device,
-inode, size, mtime and ctime in nanoseconds, as git's index keeps them). The value is the
-``LayerInfo`` the build produced. A hit is used only when the target already has the blob, so
-a wrong entry could at worst name a blob that exists; a key is never stored for a layer with
-a file changed within :data:`RACY_SECONDS` of the build (its next change might keep the same
-timestamps), nor for content that is not a plain local file (``CustomFile``, tarball members,
-plugin sources), which is always built.
+A key is the sha256 of everything that decides a layer's bytes (``LayerBuilder.fingerprint``):
+the compressor and its level, the media type, the layer time, and either each source's own
+identity (a local directory's is its walk with ``stat``: paths, types, modes, sizes, and each
+file's device, inode, mtime and ctime in nanoseconds, as git's index keeps them) or, for other
+sources, the normalized tar headers in order with the identity of each local file read. The
+value is the ``LayerInfo`` the build produced. A hit is used only when the target already has
+the blob, so a wrong entry could at worst name a blob that exists; a key is never stored for a
+layer with a file changed within :data:`RACY_SECONDS` of the build (its next change might keep
+the same timestamps), nor for content that is not a plain local file (``CustomFile``, tarball
+members, plugin sources), which is always built.
+
+Beside the keys, the cache notes each *recipe* it has stored a layer for (the sources as
+named, the options, the compressor: ``LayerBuilder.recipe``). Only a layer whose recipe it
+has seen is checked before it is built; any other starts building (and uploading) at once.
 
 The cache lives in ``$CIB_CACHE_DIR/layers`` (default ``$XDG_CACHE_HOME/cib`` or
 ``~/.cache/cib``); ``CIB_CACHE_DIR=""`` turns it off. Entries are a few hundred bytes each;
@@ -20,28 +25,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from cib_core.caches import cache_root
 from cib_core.errors import LocalWriteError
 from cib_core.fileio import write_atomically
-from cib_core.layers.build import LayerInfo
+from cib_core.layers.pipeline import LayerInfo
 
 log = logging.getLogger(__name__)
 
 RACY_SECONDS = 2.0
 """Files changed this recently are not trusted to show their next change in their timestamps."""
-
-
-def cache_root() -> Path | None:
-    """cib's cache directory (``$CIB_CACHE_DIR``, else ``$XDG_CACHE_HOME/cib`` or
-    ``~/.cache/cib``), or ``None`` when ``CIB_CACHE_DIR=""`` turns caching off."""
-    configured = os.environ.get("CIB_CACHE_DIR")
-    if configured is not None:
-        return Path(configured) if configured.strip() else None
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    root = Path(xdg) if xdg else Path.home() / ".cache"
-    return root / "cib"
 
 
 def cache_dir() -> Path | None:
@@ -71,6 +65,30 @@ def load(key: str) -> LayerInfo | None:
         return None
     log.debug("layer cache hit %s -> %s", key, info.digest)
     return info
+
+
+def _recipe_entry(recipe: str) -> Path | None:
+    root = cache_dir()
+    return None if root is None else root / "recipes" / recipe[:2] / recipe
+
+
+def seen(recipe: str) -> bool:
+    """Whether a layer of this recipe (``LayerBuilder.recipe``) was cached before: only then
+    is it worth checking for an unchanged one before building."""
+    path = _recipe_entry(recipe)
+    return path is not None and path.exists()
+
+
+def remember(recipe: str) -> None:
+    """Note that a layer of this recipe is cached (errors are only logged)."""
+    path = _recipe_entry(recipe)
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        log.debug("cannot write the layer cache entry %s: %s", path, exc)
 
 
 def store(key: str, info: LayerInfo) -> None:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from cib_core import Image
-from cib_core.layers.build import LayerInfo
+from cib_core.layers.pipeline import LayerInfo
 from cib_core.testing import FaultProxy, PushedImage, RegistryServer, skopeo_copy, umoci_unpack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from cib_core import mediatypes
-from cib_core.layers.build import BuiltLayer, CustomFile, build_layer
+from cib_core.layers.build import build_layer
+from cib_core.layers.custom_file import CustomFile
+from cib_core.layers.pipeline import BuiltLayer
 
 pytestmark = pytest.mark.integration
 

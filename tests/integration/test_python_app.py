@@ -423,7 +423,7 @@ def test_the_same_inputs_give_the_same_digest_from_another_checkout_home_and_uma
 
 def test_a_build_backend_the_host_lacks_is_installed_once_from_the_index(
         tmp_path: Path, python_base: str, index: IndexServer, no_pip_config: None) -> None:
-    from cib_core.layers.cache import cache_root
+    from cib_core.caches import cache_root
 
     project = write_tiny_project(tmp_path / "tiny")
     for n in (1, 2):

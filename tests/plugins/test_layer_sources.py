@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cib_core.errors import LayerSourceError
-from cib_core.layers.build import BuiltLayer, CustomFile, LayerBuilder, build_layer, collect_entries
+from cib_core.layers.build import LayerBuilder, build_layer, collect_entries
+from cib_core.layers.custom_file import CustomFile
+from cib_core.layers.pipeline import BuiltLayer
 from cib_core.plugin_api import LayerOptions, TarballSource
 from cib_plugins import custom_files, local_dir
 

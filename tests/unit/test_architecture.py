@@ -18,7 +18,7 @@ ARCHITECTURE = ROOT / "docs" / "architecture.md"
 # matching prefix names a module's rank; docs/architecture.md shows the same table.
 RANKS: dict[str, int] = {
     "errors": 0,
-    "digest": 1, "mediatypes": 1, "callbacks": 1, "fileio": 1, "retry": 1, "redact": 1,
+    "digest": 1, "mediatypes": 1, "callbacks": 1, "fileio": 1, "caches": 1, "retry": 1, "redact": 1,
     "documents": 2, "reference": 2,
     "models": 3, "validate": 3, "mutate": 3,
     "authn.credentials": 4, "plugin_api": 4, "hookspecs": 4, "compression": 4,

@@ -17,18 +17,11 @@ import zstandard
 
 from cib_core import mediatypes
 from cib_core.errors import ConfigurationError, LayerSourceError, PluginError
-from cib_core.layers.build import (
-    GZIP_HEADER,
-    BuiltLayer,
-    CustomFile,
-    LayerBuilder,
-    LayerInfo,
-    build_layer,
-    collect_entries,
-    layer_from_tarball,
-    normalize_target,
-    write_layer,
-)
+from cib_core.layers.build import LayerBuilder, build_layer, collect_entries, write_layer
+from cib_core.layers.custom_file import CustomFile
+from cib_core.layers.pipeline import GZIP_HEADER, BuiltLayer, LayerInfo
+from cib_core.layers.tar import normalize_target
+from cib_core.layers.tarball import layer_from_tarball
 from cib_core.plugin_api import LayerOptions, dir_entry, file_entry, keep_fields, symlink_entry
 from cib_core.plugins import hookimpl
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from cib_core import Image
 from cib_core.layers.build import build_layer
+from cib_core.layers.tar import Record
 from cib_core.plugins import get_plugin_manager
 from cib_core.testing import umoci_unpack
 
@@ -186,24 +187,51 @@ def tar_infos(draw: st.DrawFn) -> tarfile.TarInfo:
     return info
 
 
-@settings(max_examples=2000, deadline=None)
-@given(tar_infos())
-def test_fast_tar_header_is_tarfiles_byte_for_byte(info: tarfile.TarInfo) -> None:
-    from cib_core.layers.build import _tar_header
+def _record(info: tarfile.TarInfo) -> Record:
+    """``info`` as a record, the rare fields (PAX records, devices) in ``extra`` as the
+    builder keeps them."""
+    extra = None
+    if info.pax_headers or info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE):
+        extra = tarfile.TarInfo()
+        extra.pax_headers = dict(info.pax_headers)
+        extra.devmajor, extra.devminor = info.devmajor, info.devminor
+    return Record(info.name, info.type, info.mode, info.uid, info.gid, int(info.mtime), info.size,
+                  info.linkname, None, None, "src", extra)
 
-    try:
-        expected = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    except ValueError as exc:  # what tarfile refuses, the fast path must refuse too
-        with pytest.raises(type(exc)):
-            _tar_header(info)
-        return
-    assert _tar_header(info) == expected
+
+def _as_tarfile_writes_it(rec: Record) -> bytes:
+    info = tarfile.TarInfo(rec.path)
+    info.type, info.mode, info.uid, info.gid = rec.type, rec.mode, rec.uid, rec.gid
+    info.mtime, info.size, info.linkname = rec.mtime, rec.size, rec.link
+    if rec.extra is not None:
+        info.pax_headers = dict(rec.extra.pax_headers)
+        info.devmajor, info.devminor = rec.extra.devmajor, rec.extra.devminor
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(tar_infos(), min_size=1, max_size=3))
+def test_fast_tar_header_is_tarfiles_byte_for_byte(infos: list[tarfile.TarInfo]) -> None:
+    from cib_core.layers.tar import Headers
+
+    header = Headers()  # one per layer: entries after the first reuse its formatted fields
+    for info in infos:
+        rec = _record(info)
+        try:
+            expected = _as_tarfile_writes_it(rec)
+        except ValueError as exc:  # what tarfile refuses, the fast path must refuse too
+            with pytest.raises(type(exc)):
+                header(rec)
+            continue
+        assert header(rec) == expected
+        assert header(rec._replace(size=rec.size // 2)) == _as_tarfile_writes_it(
+            rec._replace(size=rec.size // 2))
 
 
 def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The property above would pass with every entry sent to tarfile; these, what a source
     tree is made of, must not be."""
-    from cib_core.layers.build import _tar_header
+    from cib_core.layers.tar import Headers
 
     entries = []
     for name, kind, link in [("app/main.py", tarfile.REGTYPE, ""), ("app", tarfile.DIRTYPE, ""),
@@ -213,14 +241,15 @@ def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
         info = tarfile.TarInfo(name)
         info.type, info.linkname, info.mode, info.size = kind, link, 0o4755, 12345
         info.mtime, info.uid, info.gid, info.uname, info.gname = 8**11 - 1, 8**7 - 1, 1000, "", ""
-        entries.append((info, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")))
+        entries.append((_record(info), info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")))
 
     def refuse(*_: object, **__: object) -> bytes:
         raise AssertionError("went to tarfile")
 
     monkeypatch.setattr(tarfile.TarInfo, "tobuf", refuse)
-    for info, expected in entries:
-        assert _tar_header(info) == expected, info.name
+    header = Headers()
+    for rec, expected in entries:
+        assert header(rec) == expected, rec.path
 
 
 @settings(max_examples=3000, deadline=None)
@@ -228,12 +257,12 @@ def test_common_entries_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> N
        st.text(alphabet="a./é", max_size=12))
 def test_fast_path_join_agrees_with_the_segment_by_segment_one(base: str, name: str) -> None:
     from cib_core.errors import LayerSourceError
-    from cib_core.layers.build import _join, _join_parts
+    from cib_core.layers.tar import join, join_parts
 
     try:
-        expected = _join_parts(base, name, "src")
+        expected = join_parts(base, name, "src")
     except LayerSourceError:
         with pytest.raises(LayerSourceError, match="'..'"):
-            _join(base, name, "src")
+            join(base, name, "src")
         return
-    assert _join(base, name, "src") == expected
+    assert join(base, name, "src") == expected

@@ -12,7 +12,7 @@ import pytest
 
 from cib_core import mediatypes as mt
 from cib_core.errors import ConfigurationError
-from cib_core.layers.build import layer_from_writer
+from cib_core.layers.tarball import layer_from_writer
 from cib_core.mutate import (
     BASE_DIGEST_ANNOTATION,
     BASE_NAME_ANNOTATION,
