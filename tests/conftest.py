@@ -1,8 +1,8 @@
 """Shared test setup.
 
-The real-registry fixtures live in ``cib_core.testing``. An installed cib registers that module
-through its ``pytest11`` entry point; from a bare source tree (no entry point) it is registered
-here instead, and never twice.
+The real-registry fixtures live in ``cib_core.testing``, an opt-in pytest plugin (installing cib
+adds no fixture to anyone's test session): cib's own tests load it here, as a plugin author's
+tests do with ``pytest_plugins = ["cib_core.testing"]`` or ``pytest -p cib_core.testing``.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
-import cib_core.testing
 from cib_core import plugins
 from cib_core.plugins import CibPluginManager
+
+pytest_plugins = ["cib_core.testing"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,9 +30,6 @@ def pytest_configure(config: pytest.Config) -> None:
     cache = tempfile.mkdtemp(prefix="cib-test-cache-")
     os.environ["CIB_CACHE_DIR"] = cache
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
-    manager = config.pluginmanager
-    if not manager.is_registered(cib_core.testing) and not manager.is_blocked("cib"):
-        manager.register(cib_core.testing, "cib")
 
 
 @pytest.fixture(autouse=True)

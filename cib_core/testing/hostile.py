@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from cib_core.testing import _LoopbackServer, _QuietHandler, _ServerThread
+from cib_core.testing.common import _LoopbackServer, _QuietHandler, _ServerThread
 
 Route = Callable[["HostileHandler"], None]
 

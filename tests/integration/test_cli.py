@@ -113,9 +113,9 @@ def layer_names(blob: bytes) -> list[str]:
 # build
 # --------------------------------------------------------------------------------------------
 
-def test_build_pushes_and_prints_only_the_reference(registry, base_image, app_dir):
-    target = f"{registry.host}/cli/build:v1"
-    result = run("build", "--from", base_image.ref, "--to", target,
+def test_build_pushes_and_prints_only_the_reference(cib_registry, cib_base_image, app_dir):
+    target = f"{cib_registry.host}/cli/build:v1"
+    result = run("build", "--from", cib_base_image.ref, "--to", target,
                  "--add", f"{app_dir}:/app", "--ignore-file", ".dockerignore", "--ignore", "run.sh",
                  "--cmd", '["python3", "/app/src/main.py"]', "--entrypoint", "/bin/sh -c",
                  "--workdir", "/app", "--env", "LANG=en_US.UTF-8", "--env", "MODE=prod",
@@ -125,23 +125,23 @@ def test_build_pushes_and_prints_only_the_reference(registry, base_image, app_di
     lines = result.stdout.splitlines()
     assert len(lines) == 1
     name, _, digest = lines[0].partition("@")
-    assert name == f"{registry.host}/cli/build"
-    raw = skopeo_inspect(f"{registry.host}/cli/build:stable", raw=True)
+    assert name == f"{cib_registry.host}/cli/build"
+    raw = skopeo_inspect(f"{cib_registry.host}/cli/build:stable", raw=True)
     assert sha256(raw) == digest
-    assert skopeo_inspect(f"{registry.host}/cli/build:v1", raw=True) == raw
+    assert skopeo_inspect(f"{cib_registry.host}/cli/build:v1", raw=True) == raw
 
-    config = skopeo_inspect(f"{registry.host}/cli/build:v1", config=True)["config"]
+    config = skopeo_inspect(f"{cib_registry.host}/cli/build:v1", config=True)["config"]
     assert config["Cmd"] == ["python3", "/app/src/main.py"]
     assert config["Entrypoint"] == ["/bin/sh", "-c"]
     assert config["WorkingDir"] == "/app"
     assert config["User"] == "1000:1000"
     # LANG replaced in place, MODE appended after the base's entries
-    assert config["Env"] == [base_image.config["config"]["Env"][0], "LANG=en_US.UTF-8", "MODE=prod"]
+    assert config["Env"] == [cib_base_image.config["config"]["Env"][0], "LANG=en_US.UTF-8", "MODE=prod"]
     assert config["Labels"] == {"org.example.team": "builders"}
 
     manifest = json.loads(raw)
-    assert len(manifest["layers"]) == len(base_image.layers) + 1
-    new_layer = run("blob", f"{registry.host}/cli/build@{manifest['layers'][-1]['digest']}")
+    assert len(manifest["layers"]) == len(cib_base_image.layers) + 1
+    new_layer = run("blob", f"{cib_registry.host}/cli/build@{manifest['layers'][-1]['digest']}")
     names = layer_names(new_layer.stdout_bytes)
     assert "app/src/main.py" in names
     assert "app/debug.log" not in names and "app/run.sh" not in names
@@ -172,7 +172,7 @@ def test_build_scratch_to_oci_then_inspect_offline(tmp_path, app_dir):
     assert (rootfs / "app" / "src" / "main.py").read_text() == "print('hello')\n"
 
 
-def test_every_add_goes_into_one_layer(registry, base_image, app_dir, tmp_path):
+def test_every_add_goes_into_one_layer(cib_registry, cib_base_image, app_dir, tmp_path):
     tarball = tmp_path / "extra.tar"
     with tarfile.open(tarball, "w") as tar:
         data = b"from a tarball\n"
@@ -181,37 +181,37 @@ def test_every_add_goes_into_one_layer(registry, base_image, app_dir, tmp_path):
         tar.addfile(info, io.BytesIO(data))
     single = tmp_path / "notes.txt"
     single.write_text("notes\n")
-    result = run("build", "--from", base_image.ref, "--to", f"{registry.host}/cli/onelayer",
+    result = run("build", "--from", cib_base_image.ref, "--to", f"{cib_registry.host}/cli/onelayer",
                  "--add", f"{app_dir}:/app", "--add", f"tar:{tarball}:/", "--add", f"{single}:/doc/notes.txt",
                  "--json")
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["tags"] == ["latest"]
     manifest = json.loads(run("manifest", info["reference"]).stdout)
-    assert len(manifest["layers"]) == len(base_image.layers) + 1
-    names = layer_names(run("blob", f"{registry.host}/cli/onelayer@{manifest['layers'][-1]['digest']}")
+    assert len(manifest["layers"]) == len(cib_base_image.layers) + 1
+    names = layer_names(run("blob", f"{cib_registry.host}/cli/onelayer@{manifest['layers'][-1]['digest']}")
                         .stdout_bytes)
     assert {"app/src/main.py", "opt/extra.txt", "doc/notes.txt"} <= set(names)
 
 
-def test_build_one_platform_of_a_multiarch_base(registry, multiarch_base_image):
-    result = run("build", "--from", multiarch_base_image.ref, "--to", f"{registry.host}/cli/arm",
+def test_build_one_platform_of_a_multiarch_base(cib_registry, cib_multiarch_base_image):
+    result = run("build", "--from", cib_multiarch_base_image.ref, "--to", f"{cib_registry.host}/cli/arm",
                  "--platform", "linux/arm64", "--env", "X=1")
     assert result.exit_code == 0, result.stderr
-    config = json.loads(run("config", f"{registry.host}/cli/arm").stdout)
+    config = json.loads(run("config", f"{cib_registry.host}/cli/arm").stdout)
     assert config["architecture"] == "arm64"
     assert "X=1" in config["config"]["Env"]
 
-    every = run("build", "--from", multiarch_base_image.ref, "--to", f"{registry.host}/cli/all",
+    every = run("build", "--from", cib_multiarch_base_image.ref, "--to", f"{cib_registry.host}/cli/all",
                 "--platform", "all", "--label", "a=b")
     assert every.exit_code == 0, every.stderr
-    shown = json.loads(run("inspect", f"{registry.host}/cli/all", "--json").stdout)
+    shown = json.loads(run("inspect", f"{cib_registry.host}/cli/all", "--json").stdout)
     assert sorted(p["platform"] for p in shown["platforms"]) == ["linux/amd64", "linux/arm64/v8"]
     assert all(p["labels"] == {"a": "b"} for p in shown["platforms"])
 
 
-def test_build_usage_errors_exit_2(registry):
-    missing_from = run("build", "--to", f"{registry.host}/x")
+def test_build_usage_errors_exit_2(cib_registry):
+    missing_from = run("build", "--to", f"{cib_registry.host}/x")
     assert missing_from.exit_code == 2
     assert "--from" in missing_from.stderr and missing_from.stdout == ""
     no_dest = run("build", "--from", "scratch", "--to", "oci:/tmp/never", "--add", "just-a-path")
@@ -233,15 +233,15 @@ def test_build_missing_local_source_is_one_error_line(tmp_path):
     assert "does-not-exist" in line
 
 
-def test_build_quiet_and_summary_line(registry, base_image, app_dir):
-    target = f"{registry.host}/cli/summary"
-    loud = sub("build", "--from", base_image.ref, "--to", target, "--add", f"{app_dir}:/app")
+def test_build_quiet_and_summary_line(cib_registry, cib_base_image, app_dir):
+    target = f"{cib_registry.host}/cli/summary"
+    loud = sub("build", "--from", cib_base_image.ref, "--to", target, "--add", f"{app_dir}:/app")
     assert loud.returncode == 0, loud.stderr.decode()
     # not a terminal: no bars, one summary line about the pushed blobs
     stderr = loud.stderr.decode().splitlines()
     assert len(stderr) == 1 and stderr[0].startswith("pushed "), stderr
     assert " in " in stderr[0] and "\r" not in loud.stderr.decode()
-    quiet = sub("-q", "build", "--from", base_image.ref, "--to", target + "2", "--add",
+    quiet = sub("-q", "build", "--from", cib_base_image.ref, "--to", target + "2", "--add",
                 f"{app_dir}:/other")
     assert quiet.returncode == 0 and quiet.stderr == b""
     assert quiet.stdout.decode().startswith(f"{target}2@sha256:")
@@ -251,72 +251,72 @@ def test_build_quiet_and_summary_line(registry, base_image, app_dir):
 # copy, manifest, config, digest, inspect
 # --------------------------------------------------------------------------------------------
 
-def test_copy_between_registries_and_to_local_formats(registry, second_registry, multiarch_base_image,
-                                                      oci_base_image, tmp_path):
-    dst = f"{second_registry.host}/cli/copied:1"
-    result = run("copy", multiarch_base_image.ref, dst, "--json")
+def test_copy_between_registries_and_to_local_formats(cib_registry, cib_second_registry, cib_multiarch_base_image,
+                                                      cib_oci_base_image, tmp_path):
+    dst = f"{cib_second_registry.host}/cli/copied:1"
+    result = run("copy", cib_multiarch_base_image.ref, dst, "--json")
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["digest"] == multiarch_base_image.digest
-    assert info["reference"] == f"{second_registry.host}/cli/copied@{multiarch_base_image.digest}"
-    assert skopeo_inspect(dst, raw=True) == multiarch_base_image.raw
+    assert info["digest"] == cib_multiarch_base_image.digest
+    assert info["reference"] == f"{cib_second_registry.host}/cli/copied@{cib_multiarch_base_image.digest}"
+    assert skopeo_inspect(dst, raw=True) == cib_multiarch_base_image.raw
 
-    arm = run("copy", multiarch_base_image.ref, f"{second_registry.host}/cli/arm:1",
+    arm = run("copy", cib_multiarch_base_image.ref, f"{cib_second_registry.host}/cli/arm:1",
               "--platform", "linux/arm64")
     assert arm.exit_code == 0, arm.stderr
-    assert arm.stdout.strip().endswith(multiarch_base_image.platforms["linux/arm64/v8"].digest)
+    assert arm.stdout.strip().endswith(cib_multiarch_base_image.platforms["linux/arm64/v8"].digest)
 
     layout = tmp_path / "layout"
-    to_oci = run("copy", oci_base_image.ref, f"oci:{layout}:base")
+    to_oci = run("copy", cib_oci_base_image.ref, f"oci:{layout}:base")
     assert to_oci.exit_code == 0, to_oci.stderr
-    assert to_oci.stdout.strip() == f"oci:{layout}@{oci_base_image.digest}"
-    assert skopeo_inspect(f"oci:{layout}:base", raw=True) == oci_base_image.raw
+    assert to_oci.stdout.strip() == f"oci:{layout}@{cib_oci_base_image.digest}"
+    assert skopeo_inspect(f"oci:{layout}:base", raw=True) == cib_oci_base_image.raw
 
     archive = tmp_path / "base.tar"
     to_archive = run("copy", f"oci:{layout}:base", f"docker-archive:{archive}:cli/base:1")
     assert to_archive.exit_code == 0, to_archive.stderr
-    back = run("copy", f"docker-archive:{archive}", f"{second_registry.host}/cli/fromarchive:1")
+    back = run("copy", f"docker-archive:{archive}", f"{cib_second_registry.host}/cli/fromarchive:1")
     assert back.exit_code == 0, back.stderr
-    config = skopeo_inspect(f"{second_registry.host}/cli/fromarchive:1", config=True)
-    assert config["rootfs"] == oci_base_image.config["rootfs"]
+    config = skopeo_inspect(f"{cib_second_registry.host}/cli/fromarchive:1", config=True)
+    assert config["rootfs"] == cib_oci_base_image.config["rootfs"]
 
 
-def test_manifest_config_digest_are_exact(registry, base_image, multiarch_base_image):
-    manifest = run("manifest", base_image.ref)
+def test_manifest_config_digest_are_exact(cib_registry, cib_base_image, cib_multiarch_base_image):
+    manifest = run("manifest", cib_base_image.ref)
     assert manifest.exit_code == 0
-    assert manifest.stdout_bytes == base_image.raw
-    assert run("config", base_image.ref).stdout_bytes == base_image.config_raw
-    assert run("digest", base_image.ref).stdout == base_image.digest + "\n"
-    assert run("digest", base_image.ref_by_digest).stdout == base_image.digest + "\n"
+    assert manifest.stdout_bytes == cib_base_image.raw
+    assert run("config", cib_base_image.ref).stdout_bytes == cib_base_image.config_raw
+    assert run("digest", cib_base_image.ref).stdout == cib_base_image.digest + "\n"
+    assert run("digest", cib_base_image.ref_by_digest).stdout == cib_base_image.digest + "\n"
 
-    assert run("manifest", multiarch_base_image.ref).stdout_bytes == multiarch_base_image.raw
-    arm = multiarch_base_image.platforms["linux/arm64/v8"]
-    assert run("config", multiarch_base_image.ref, "--platform", "linux/arm64").stdout_bytes == arm.config_raw
+    assert run("manifest", cib_multiarch_base_image.ref).stdout_bytes == cib_multiarch_base_image.raw
+    arm = cib_multiarch_base_image.platforms["linux/arm64/v8"]
+    assert run("config", cib_multiarch_base_image.ref, "--platform", "linux/arm64").stdout_bytes == arm.config_raw
     host = host_platform_name()
     if host in ("linux/amd64", "linux/arm64"):
         key = "linux/arm64/v8" if host == "linux/arm64" else host
-        default = run("config", multiarch_base_image.ref)
-        assert default.stdout_bytes == multiarch_base_image.platforms[key].config_raw
-    missing = run("config", multiarch_base_image.ref, "--platform", "linux/s390x")
+        default = run("config", cib_multiarch_base_image.ref)
+        assert default.stdout_bytes == cib_multiarch_base_image.platforms[key].config_raw
+    missing = run("config", cib_multiarch_base_image.ref, "--platform", "linux/s390x")
     assert missing.exit_code == 1
     assert "linux/amd64" in one_error_line(missing.stderr)
 
 
-def test_inspect_text_and_json(registry, base_image, multiarch_base_image):
-    text = run("inspect", base_image.ref)
+def test_inspect_text_and_json(cib_registry, cib_base_image, cib_multiarch_base_image):
+    text = run("inspect", cib_base_image.ref)
     assert text.exit_code == 0, text.stderr
-    for expected in (base_image.digest, "linux/amd64", '["sh"]', "PATH=", "2 layers",
-                     base_image.layers[0]["digest"], "2024-01-01T00:00:00Z"):
+    for expected in (cib_base_image.digest, "linux/amd64", '["sh"]', "PATH=", "2 layers",
+                     cib_base_image.layers[0]["digest"], "2024-01-01T00:00:00Z"):
         assert expected in text.stdout
-    data = json.loads(run("inspect", multiarch_base_image.ref, "--json").stdout)
-    assert data["digest"] == multiarch_base_image.digest
+    data = json.loads(run("inspect", cib_multiarch_base_image.ref, "--json").stdout)
+    assert data["digest"] == cib_multiarch_base_image.digest
     assert [p["platform"] for p in data["platforms"]] == ["linux/amd64", "linux/arm64/v8"]
     for entry in data["platforms"]:
-        pushed = multiarch_base_image.platforms[entry["platform"]]
+        pushed = cib_multiarch_base_image.platforms[entry["platform"]]
         assert entry["digest"] == pushed.digest
         assert [layer["digest"] for layer in entry["layers"]] == [layer["digest"] for layer in pushed.layers]
         assert entry["size"] == sum(layer["size"] for layer in pushed.layers)
-    only = json.loads(run("inspect", multiarch_base_image.ref, "--platform", "linux/arm64", "--json").stdout)
+    only = json.loads(run("inspect", cib_multiarch_base_image.ref, "--platform", "linux/arm64", "--json").stdout)
     assert [p["platform"] for p in only["platforms"]] == ["linux/arm64/v8"]
 
 
@@ -324,54 +324,54 @@ def test_inspect_text_and_json(registry, base_image, multiarch_base_image):
 # ls, catalog, blob, delete, export
 # --------------------------------------------------------------------------------------------
 
-def test_ls_and_catalog(registry, base_image):
-    assert run("copy", base_image.ref, f"{registry.host}/cli/tags:a").exit_code == 0
-    assert run("copy", base_image.ref, f"{registry.host}/cli/tags:b").exit_code == 0
-    listed = run("ls", f"{registry.host}/cli/tags")
+def test_ls_and_catalog(cib_registry, cib_base_image):
+    assert run("copy", cib_base_image.ref, f"{cib_registry.host}/cli/tags:a").exit_code == 0
+    assert run("copy", cib_base_image.ref, f"{cib_registry.host}/cli/tags:b").exit_code == 0
+    listed = run("ls", f"{cib_registry.host}/cli/tags")
     assert listed.exit_code == 0
     assert sorted(listed.stdout.split()) == ["a", "b"]
-    assert sorted(json.loads(run("ls", f"{registry.host}/cli/tags", "--json").stdout)) == ["a", "b"]
-    with_tag = run("ls", f"{registry.host}/cli/tags:a")
+    assert sorted(json.loads(run("ls", f"{cib_registry.host}/cli/tags", "--json").stdout)) == ["a", "b"]
+    with_tag = run("ls", f"{cib_registry.host}/cli/tags:a")
     assert with_tag.exit_code == 1 and "repository" in one_error_line(with_tag.stderr)
 
-    repos = run("catalog", registry.host)
+    repos = run("catalog", cib_registry.host)
     assert repos.exit_code == 0
-    assert {"cli/tags", base_image.repository} <= set(repos.stdout.split())
-    assert "cli/tags" in json.loads(run("catalog", f"http://{registry.host}/", "--json").stdout)
+    assert {"cli/tags", cib_base_image.repository} <= set(repos.stdout.split())
+    assert "cli/tags" in json.loads(run("catalog", f"http://{cib_registry.host}/", "--json").stdout)
 
 
-def test_blob_is_verified_bytes(registry, base_image):
-    layer = base_image.layers[0]["digest"]
-    result = run("blob", f"{registry.host}/{base_image.repository}@{layer}")
+def test_blob_is_verified_bytes(cib_registry, cib_base_image):
+    layer = cib_base_image.layers[0]["digest"]
+    result = run("blob", f"{cib_registry.host}/{cib_base_image.repository}@{layer}")
     assert result.exit_code == 0
-    assert result.stdout_bytes == base_image.blobs[layer]
-    no_digest = run("blob", f"{registry.host}/{base_image.repository}:1")
+    assert result.stdout_bytes == cib_base_image.blobs[layer]
+    no_digest = run("blob", f"{cib_registry.host}/{cib_base_image.repository}:1")
     assert no_digest.exit_code == 1
     assert "REPO@sha256" in one_error_line(no_digest.stderr)
-    unknown = run("blob", f"{registry.host}/{base_image.repository}@sha256:" + "0" * 64)
+    unknown = run("blob", f"{cib_registry.host}/{cib_base_image.repository}@sha256:" + "0" * 64)
     assert unknown.exit_code == 1
     one_error_line(unknown.stderr)
 
 
-def test_delete_by_tag_and_digest(registry, base_image):
-    ref = f"{registry.host}/cli/deleteme:1"
-    assert run("copy", base_image.ref, ref).exit_code == 0
+def test_delete_by_tag_and_digest(cib_registry, cib_base_image):
+    ref = f"{cib_registry.host}/cli/deleteme:1"
+    assert run("copy", cib_base_image.ref, ref).exit_code == 0
     deleted = run("delete", ref)
     assert deleted.exit_code == 0, deleted.stderr
-    assert deleted.stdout.strip() == f"{registry.host}/cli/deleteme@{base_image.digest}"
+    assert deleted.stdout.strip() == f"{cib_registry.host}/cli/deleteme@{cib_base_image.digest}"
     gone = run("manifest", ref)
     assert gone.exit_code == 1
     one_error_line(gone.stderr)
-    again = run("delete", f"{registry.host}/cli/deleteme@{base_image.digest}")
+    again = run("delete", f"{cib_registry.host}/cli/deleteme@{cib_base_image.digest}")
     assert again.exit_code == 1
     one_error_line(again.stderr)
     local = run("delete", "oci:/tmp/somewhere:v1")
     assert local.exit_code == 1 and "registry references" in one_error_line(local.stderr)
 
 
-def test_export_file_and_stdout(registry, base_image, tmp_path):
+def test_export_file_and_stdout(cib_registry, cib_base_image, tmp_path):
     out = tmp_path / "rootfs.tar"
-    result = run("export", base_image.ref, str(out))
+    result = run("export", cib_base_image.ref, str(out))
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     with tarfile.open(out) as tar:
@@ -382,7 +382,7 @@ def test_export_file_and_stdout(registry, base_image, tmp_path):
     assert {"bin/busybox", "etc/os-release", "etc/passwd", "tmp"} <= names
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cib-export-")]
 
-    piped = sub("export", base_image.ref, "-")
+    piped = sub("export", cib_base_image.ref, "-")
     assert piped.returncode == 0, piped.stderr.decode()
     with tarfile.open(fileobj=io.BytesIO(piped.stdout)) as tar:
         assert set(tar.getnames()) == names
@@ -392,8 +392,8 @@ def test_export_file_and_stdout(registry, base_image, tmp_path):
 # auth login / logout
 # --------------------------------------------------------------------------------------------
 
-def test_login_wrong_password_stores_nothing(basic_registry, isolated_home):
-    result = run("auth", "login", basic_registry.host, "-u", basic_registry.username,
+def test_login_wrong_password_stores_nothing(cib_basic_registry, isolated_home):
+    result = run("auth", "login", cib_basic_registry.host, "-u", cib_basic_registry.username,
                  "--password-stdin", input="not-the-password\n")
     assert result.exit_code == 1
     line = one_error_line(result.stderr)
@@ -402,48 +402,48 @@ def test_login_wrong_password_stores_nothing(basic_registry, isolated_home):
     assert not (isolated_home / ".docker" / "config.json").exists()
 
 
-def test_login_then_use_then_logout(basic_registry, base_image, isolated_home):
-    target = f"{basic_registry.host}/cli/private:1"
-    anonymous = run("copy", base_image.ref, target)
+def test_login_then_use_then_logout(cib_basic_registry, cib_base_image, isolated_home):
+    target = f"{cib_basic_registry.host}/cli/private:1"
+    anonymous = run("copy", cib_base_image.ref, target)
     assert anonymous.exit_code == 1
     assert "cib auth login" in one_error_line(anonymous.stderr)
 
-    login = run("auth", "login", basic_registry.host, "-u", basic_registry.username,
-                "--password-stdin", input=basic_registry.password + "\n")
+    login = run("auth", "login", cib_basic_registry.host, "-u", cib_basic_registry.username,
+                "--password-stdin", input=cib_basic_registry.password + "\n")
     assert login.exit_code == 0, login.stderr
     config_file = isolated_home / ".docker" / "config.json"
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
-    stored = json.loads(config_file.read_text())["auths"][basic_registry.host]["auth"]
-    assert base64.b64decode(stored).decode() == f"{basic_registry.username}:{basic_registry.password}"
-    assert basic_registry.password not in login.stdout + login.stderr
+    stored = json.loads(config_file.read_text())["auths"][cib_basic_registry.host]["auth"]
+    assert base64.b64decode(stored).decode() == f"{cib_basic_registry.username}:{cib_basic_registry.password}"
+    assert cib_basic_registry.password not in login.stdout + login.stderr
 
-    copied = run("copy", base_image.ref, target)
+    copied = run("copy", cib_base_image.ref, target)
     assert copied.exit_code == 0, copied.stderr
-    assert skopeo_inspect(target, raw=True, creds=basic_registry.creds_arg()) == base_image.raw
+    assert skopeo_inspect(target, raw=True, creds=cib_basic_registry.creds_arg()) == cib_base_image.raw
 
-    logout = run("auth", "logout", basic_registry.host)
+    logout = run("auth", "logout", cib_basic_registry.host)
     assert logout.exit_code == 0, logout.stderr
-    assert basic_registry.host not in json.loads(config_file.read_text()).get("auths", {})
-    after = run("ls", f"{basic_registry.host}/cli/private")
+    assert cib_basic_registry.host not in json.loads(config_file.read_text()).get("auths", {})
+    after = run("ls", f"{cib_basic_registry.host}/cli/private")
     assert after.exit_code == 1
     one_error_line(after.stderr)
-    twice = run("auth", "logout", basic_registry.host)
+    twice = run("auth", "logout", cib_basic_registry.host)
     assert twice.exit_code == 0 and "not logged in" in twice.stderr
 
 
-def test_login_against_token_registry(token_registry, isolated_home):
-    bad = run("auth", "login", token_registry.host, "-u", token_registry.username,
+def test_login_against_token_registry(cib_token_registry, isolated_home):
+    bad = run("auth", "login", cib_token_registry.host, "-u", cib_token_registry.username,
               "--password-stdin", input="wrong")
     assert bad.exit_code == 1
     one_error_line(bad.stderr)
     assert not (isolated_home / ".docker" / "config.json").exists()
-    good = run("auth", "login", token_registry.host, "-u", token_registry.username,
-               "--password-stdin", input=token_registry.password)
+    good = run("auth", "login", cib_token_registry.host, "-u", cib_token_registry.username,
+               "--password-stdin", input=cib_token_registry.password)
     assert good.exit_code == 0, good.stderr
-    entry = credstore.load_docker_config().find(token_registry.host)
-    assert entry is not None and entry.credentials().username == token_registry.username
+    entry = credstore.load_docker_config().find(cib_token_registry.host)
+    assert entry is not None and entry.credentials().username == cib_token_registry.username
     # authenticated now: an unknown repository is a 404, not a refusal
-    empty = run("ls", f"{token_registry.host}/nothing/here")
+    empty = run("ls", f"{cib_token_registry.host}/nothing/here")
     assert empty.exit_code == 1
     assert "404" in one_error_line(empty.stderr)
 
@@ -478,35 +478,35 @@ def memory_keyring() -> Iterator[_MemoryKeyring]:
         keyring.core._keyring_backend = previous
 
 
-def test_login_to_keyring_is_read_back(basic_registry, base_image, memory_keyring, isolated_home):
-    login = run("auth", "login", basic_registry.host, "-u", basic_registry.username,
-                "--password-stdin", "--store", "keyring", input=basic_registry.password)
+def test_login_to_keyring_is_read_back(cib_basic_registry, cib_base_image, memory_keyring, isolated_home):
+    login = run("auth", "login", cib_basic_registry.host, "-u", cib_basic_registry.username,
+                "--password-stdin", "--store", "keyring", input=cib_basic_registry.password)
     assert login.exit_code == 0, login.stderr
-    assert memory_keyring.items[(f"cib:{basic_registry.host}", basic_registry.username)] \
-        == basic_registry.password
+    assert memory_keyring.items[(f"cib:{cib_basic_registry.host}", cib_basic_registry.username)] \
+        == cib_basic_registry.password
     assert not (isolated_home / ".docker" / "config.json").exists()
-    copied = run("copy", base_image.ref, f"{basic_registry.host}/cli/viakeyring:1")
+    copied = run("copy", cib_base_image.ref, f"{cib_basic_registry.host}/cli/viakeyring:1")
     assert copied.exit_code == 0, copied.stderr
-    assert run("auth", "logout", basic_registry.host).exit_code == 0
-    assert (f"cib:{basic_registry.host}", basic_registry.username) not in memory_keyring.items
+    assert run("auth", "logout", cib_basic_registry.host).exit_code == 0
+    assert (f"cib:{cib_basic_registry.host}", cib_basic_registry.username) not in memory_keyring.items
 
 
-def test_verbose_output_never_shows_secrets(basic_registry, base_image, isolated_home):
-    assert run("auth", "login", basic_registry.host, "-u", basic_registry.username,
-               "--password-stdin", input=basic_registry.password).exit_code == 0
-    assert run("copy", base_image.ref, f"{basic_registry.host}/cli/verbose:1").exit_code == 0
+def test_verbose_output_never_shows_secrets(cib_basic_registry, cib_base_image, isolated_home):
+    assert run("auth", "login", cib_basic_registry.host, "-u", cib_basic_registry.username,
+               "--password-stdin", input=cib_basic_registry.password).exit_code == 0
+    assert run("copy", cib_base_image.ref, f"{cib_basic_registry.host}/cli/verbose:1").exit_code == 0
     basic_value = base64.b64encode(
-        f"{basic_registry.username}:{basic_registry.password}".encode()).decode()
-    one = sub("-v", "ls", f"{basic_registry.host}/cli/verbose")
+        f"{cib_basic_registry.username}:{cib_basic_registry.password}".encode()).decode()
+    one = sub("-v", "ls", f"{cib_basic_registry.host}/cli/verbose")
     assert one.returncode == 0, one.stderr.decode()
     assert one.stdout.decode() == "1\n"
     assert "GET" in one.stderr.decode() and "/v2/" in one.stderr.decode()
     assert "headers" not in one.stderr.decode()
-    two = sub("-vv", "ls", f"{basic_registry.host}/cli/verbose")
+    two = sub("-vv", "ls", f"{cib_basic_registry.host}/cli/verbose")
     assert two.returncode == 0
     debug = two.stderr.decode()
     assert "authorization" in debug.lower()  # the header is there, with its value redacted
-    for secret in (basic_registry.password, basic_value):
+    for secret in (cib_basic_registry.password, basic_value):
         assert secret not in debug
         assert secret not in one.stderr.decode()
 
@@ -515,8 +515,8 @@ def test_verbose_output_never_shows_secrets(basic_registry, base_image, isolated
 # first-hit errors, exit codes, plugins
 # --------------------------------------------------------------------------------------------
 
-def test_unknown_image_is_one_line_exit_1(registry):
-    result = sub("inspect", f"{registry.host}/no/such/image:nope")
+def test_unknown_image_is_one_line_exit_1(cib_registry):
+    result = sub("inspect", f"{cib_registry.host}/no/such/image:nope")
     assert result.returncode == 1
     line = one_error_line(result.stderr.decode())
     assert "nope" in line or "no/such/image" in line

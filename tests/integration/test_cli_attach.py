@@ -147,8 +147,8 @@ def open_has_blob(server: RegistryServer, repo: str, digest: str) -> bool:
 # attach and referrers
 # --------------------------------------------------------------------------------------------
 
-def test_attach_pushes_an_artifact_that_skopeo_reads(any_registry, tmp_path, isolated_home):
-    server = any_registry
+def test_attach_pushes_an_artifact_that_skopeo_reads(cib_any_registry, tmp_path, isolated_home):
+    server = cib_any_registry
     log_in(isolated_home, server)
     repo = f"attach/{server.mode}"
     image = small_image(server, repo)
@@ -205,8 +205,8 @@ def test_attach_pushes_an_artifact_that_skopeo_reads(any_registry, tmp_path, iso
 
 
 @pytest.mark.parametrize("mode", ["open", "token"])
-def test_concurrent_attaches_in_threads_are_all_listed(mode, registry, token_registry, tmp_path):
-    server = registry if mode == "open" else token_registry
+def test_concurrent_attaches_in_threads_are_all_listed(mode, cib_registry, cib_token_registry, tmp_path):
+    server = cib_registry if mode == "open" else cib_token_registry
     rounds = 3 if mode == "open" else 1
     for n in range(rounds):
         repo = f"attach/threads-{mode}-{n}"
@@ -240,9 +240,9 @@ def test_concurrent_attaches_in_threads_are_all_listed(mode, registry, token_reg
             sorted(digests)
 
 
-def test_concurrent_attach_processes_are_all_listed(registry, tmp_path):
+def test_concurrent_attach_processes_are_all_listed(cib_registry, tmp_path):
     repo = "attach/processes"
-    image = small_image(registry, repo)
+    image = small_image(cib_registry, repo)
     procs = []
     for i in range(3):
         path = tmp_path / f"p{i}.sig"
@@ -256,7 +256,7 @@ def test_concurrent_attach_processes_are_all_listed(registry, tmp_path):
         assert proc.returncode == 0, err.decode()
         printed.append(out.decode().strip().split("@", 1)[1])
     assert len(set(printed)) == 3
-    found = listed(registry, repo, image.digest)["manifests"]
+    found = listed(cib_registry, repo, image.digest)["manifests"]
     assert sorted(m["digest"] for m in found) == sorted(printed)
     listing = run("referrers", image.ref)
     assert sorted(line.split("\t")[0] for line in listing.stdout.splitlines()) == sorted(printed)
@@ -294,14 +294,14 @@ def put_list(server: RegistryServer, repo: str, subject: str, raws: list[bytes])
     assert resp.status_code == 201, resp.text
 
 
-def test_a_stale_write_by_another_client_is_merged_again(registry):
+def test_a_stale_write_by_another_client_is_merged_again(cib_registry):
     """Another writer read the list before cib's write and writes its own after it: the real
     registry takes the overwrite, and cib must notice and merge again."""
     repo = "attach/stale"
-    image = small_image(registry, repo)
+    image = small_image(cib_registry, repo)
     tag = fallback_tag(image.digest)
-    other = push_artifact(registry, repo, image, "other writer")
-    ours = push_artifact(registry, repo, image, "ours")
+    other = push_artifact(cib_registry, repo, image, "other writer")
+    ours = push_artifact(cib_registry, repo, image, "ours")
 
     class OverwrittenOnce(RegistryStore):
         overwritten = False
@@ -310,62 +310,62 @@ def test_a_stale_write_by_another_client_is_merged_again(registry):
             digest = super().put_manifest(raw, media_type, tag_)
             if tag_ == tag and not self.overwritten:
                 self.overwritten = True
-                put_list(registry, repo, image.digest, [other])  # what it read: no entry of ours
+                put_list(cib_registry, repo, image.digest, [other])  # what it read: no entry of ours
             return digest
 
-    store = OverwrittenOnce(RegistryClient(registry.host, repo))
+    store = OverwrittenOnce(RegistryClient(cib_registry.host, repo))
     add_referrers(store, image.digest, [referrer_of(ours, mt.OCI_MANIFEST, "ours")], settle=0.3)
     assert store.overwritten
-    found = listed(registry, repo, image.digest)["manifests"]
+    found = listed(cib_registry, repo, image.digest)["manifests"]
     assert sorted(m["digest"] for m in found) == sorted([sha256(other), sha256(ours)])
 
 
-def test_an_entry_whose_manifest_was_deleted_is_dropped_from_the_list(registry, tmp_path):
+def test_an_entry_whose_manifest_was_deleted_is_dropped_from_the_list(cib_registry, tmp_path):
     """distribution refuses an index naming a manifest it lacks, so one deleted artifact
     would block every later attach."""
     repo = "attach/dangling"
-    image = small_image(registry, repo)
-    gone = push_artifact(registry, repo, image, "deleted later")
-    kept = push_artifact(registry, repo, image, "kept")
-    put_list(registry, repo, image.digest, [gone, kept])
-    resp = requests.delete(f"{registry.url}/v2/{repo}/manifests/{sha256(gone)}", timeout=30)
+    image = small_image(cib_registry, repo)
+    gone = push_artifact(cib_registry, repo, image, "deleted later")
+    kept = push_artifact(cib_registry, repo, image, "kept")
+    put_list(cib_registry, repo, image.digest, [gone, kept])
+    resp = requests.delete(f"{cib_registry.url}/v2/{repo}/manifests/{sha256(gone)}", timeout=30)
     assert resp.status_code == 202
     (sig,) = files(tmp_path, new_sig="new\n")
     result = attach(image.ref, [sig], artifact_type=SIG, settle=0.1)
-    found = listed(registry, repo, image.digest)["manifests"]
+    found = listed(cib_registry, repo, image.digest)["manifests"]
     assert [m["digest"] for m in found] == [sha256(kept), result.digest]
 
 
-def test_a_registry_with_the_referrers_api_keeps_the_list_itself(registry, fault_proxy, tmp_path):
+def test_a_registry_with_the_referrers_api_keeps_the_list_itself(cib_registry, cib_fault_proxy, tmp_path):
     repo = "attach/api"
-    image = small_image(registry, repo)
+    image = small_image(cib_registry, repo)
     # distribution 2.8 does not send OCI-Subject; a proxy adds it as an OCI 1.1 registry would
-    proxy = fault_proxy(registry, add_headers={"PUT": {"OCI-Subject": image.digest}})
+    proxy = cib_fault_proxy(cib_registry, add_headers={"PUT": {"OCI-Subject": image.digest}})
     (sig,) = files(tmp_path, app_sig="signature\n")
     result = attach(proxy.ref(repo, "1"), [sig], artifact_type=SIG)
     assert result.fallback_tag is None
     assert result.subject == image.digest
-    assert open_tags(registry, repo) == ["1"]  # no sha256-<hex> tag written
-    assert json.loads(raw_manifest(registry, f"{registry.host}/{repo}@{result.digest}"))["subject"] \
+    assert open_tags(cib_registry, repo) == ["1"]  # no sha256-<hex> tag written
+    assert json.loads(raw_manifest(cib_registry, f"{cib_registry.host}/{repo}@{result.digest}"))["subject"] \
         == {"mediaType": mt.OCI_MANIFEST, "digest": image.digest, "size": len(image.raw)}
 
 
-def test_attach_to_a_missing_subject_writes_nothing(registry, tmp_path):
+def test_attach_to_a_missing_subject_writes_nothing(cib_registry, tmp_path):
     (sig,) = files(tmp_path, app_sig="signature\n")
-    absent = run("attach", f"{registry.host}/attach/absent:1", "--artifact-type", SIG, str(sig))
+    absent = run("attach", f"{cib_registry.host}/attach/absent:1", "--artifact-type", SIG, str(sig))
     assert absent.exit_code == 1
     line = one_error_line(absent.stderr)
     assert "attach/absent" in line and "404" in line
-    assert open_tags(registry, "attach/absent") is None  # the repository was never created
+    assert open_tags(cib_registry, "attach/absent") is None  # the repository was never created
 
-    image = small_image(registry, "attach/present")
-    missing_tag = run("attach", f"{registry.host}/attach/present:nope", "--artifact-type", SIG,
+    image = small_image(cib_registry, "attach/present")
+    missing_tag = run("attach", f"{cib_registry.host}/attach/present:nope", "--artifact-type", SIG,
                       str(sig))
     assert missing_tag.exit_code == 1
     assert "nope" in one_error_line(missing_tag.stderr)
-    assert open_tags(registry, "attach/present") == ["1"]
+    assert open_tags(cib_registry, "attach/present") == ["1"]
     for digest in (sha256(sig.read_bytes()), EMPTY_DESCRIPTOR["digest"]):
-        assert not open_has_blob(registry, "attach/present", digest)
+        assert not open_has_blob(cib_registry, "attach/present", digest)
     assert image.tag == "1"
 
 
@@ -379,10 +379,10 @@ def test_attach_to_a_missing_subject_writes_nothing(registry, tmp_path):
     (["{dir}/a.sig"], 2, "--artifact-type"),
     (["--artifact-type", SIG], 2, "FILE"),
 ])
-def test_bad_attach_input_is_refused_before_anything_is_written(registry, tmp_path, args, status,
+def test_bad_attach_input_is_refused_before_anything_is_written(cib_registry, tmp_path, args, status,
                                                                 expected):
     repo = "attach/bad-input"
-    image = small_image(registry, repo)
+    image = small_image(cib_registry, repo)
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.sig").write_text("a\n")
     (tmp_path / "sub" / "a.sig").write_text("another a\n")
@@ -392,9 +392,9 @@ def test_bad_attach_input_is_refused_before_anything_is_written(registry, tmp_pa
         assert expected in one_error_line(result.stderr)
     else:
         assert expected in result.stderr
-    assert open_tags(registry, repo) == ["1"]
+    assert open_tags(cib_registry, repo) == ["1"]
     for digest in (sha256(b"a\n"), sha256(b"another a\n"), EMPTY_DESCRIPTOR["digest"]):
-        assert not open_has_blob(registry, repo, digest)
+        assert not open_has_blob(cib_registry, repo, digest)
 
 
 def test_attach_refuses_a_docker_archive(tmp_path):
@@ -406,8 +406,8 @@ def test_attach_refuses_a_docker_archive(tmp_path):
     assert not archive.exists()
 
 
-def test_attach_and_list_in_an_oci_layout(registry, tmp_path):
-    image = small_image(registry, "attach/layout-src")
+def test_attach_and_list_in_an_oci_layout(cib_registry, tmp_path):
+    image = small_image(cib_registry, "attach/layout-src")
     layout = tmp_path / "layout"
     skopeo_copy(image.ref, f"oci:{layout}:v1")
     (sig,) = files(tmp_path, app_sig="signature\n")
@@ -444,10 +444,10 @@ def _index_with_referrers(server: RegistryServer, repo: str, tmp_path: Path) -> 
             "sbom_sig": on_sbom.digest}
 
 
-def test_copy_carries_referrers_to_another_registry(registry, any_registry, tmp_path,
+def test_copy_carries_referrers_to_another_registry(cib_registry, cib_any_registry, tmp_path,
                                                     isolated_home):
-    src = _index_with_referrers(registry, "copyref/src", tmp_path)
-    dst_server = any_registry
+    src = _index_with_referrers(cib_registry, "copyref/src", tmp_path)
+    dst_server = cib_any_registry
     log_in(isolated_home, dst_server)
     dst_repo = f"copyref/dst-{dst_server.mode}"
     dst = f"{dst_server.host}/{dst_repo}:1"
@@ -458,7 +458,7 @@ def test_copy_carries_referrers_to_another_registry(registry, any_registry, tmp_
     assert sorted(out["referrers"]) == sorted([src["sbom"], src["sig"], src["sbom_sig"]])
     for artifact in (src["sbom"], src["sig"], src["sbom_sig"]):
         assert raw_manifest(dst_server, f"{dst_server.host}/{dst_repo}@{artifact}") == \
-            raw_manifest(registry, f"{registry.host}/copyref/src@{artifact}")
+            raw_manifest(cib_registry, f"{cib_registry.host}/copyref/src@{artifact}")
     # each subject's list in the destination, read by skopeo
     for subject, artifact in ((src["index"].digest, src["sbom"]), (src["amd64"].digest, src["sig"]),
                               (src["sbom"], src["sbom_sig"])):
@@ -473,8 +473,8 @@ def test_copy_carries_referrers_to_another_registry(registry, any_registry, tmp_
     assert listing.stdout == f"{src['sbom']}\t{SBOM}\n"
 
 
-def test_copy_referrers_into_an_oci_layout(registry, tmp_path):
-    src = _index_with_referrers(registry, "copyref/to-layout", tmp_path)
+def test_copy_referrers_into_an_oci_layout(cib_registry, tmp_path):
+    src = _index_with_referrers(cib_registry, "copyref/to-layout", tmp_path)
     layout = tmp_path / "layout"
     result = run("copy", src["index"].ref, f"oci:{layout}:1", "--referrers")
     assert result.exit_code == 0, result.stderr
@@ -489,19 +489,19 @@ def test_copy_referrers_into_an_oci_layout(registry, tmp_path):
         b"sbom\n"
 
 
-def test_copy_of_one_platform_leaves_the_index_referrers_behind_with_a_warning(registry, tmp_path):
-    src = _index_with_referrers(registry, "copyref/one-platform", tmp_path)
-    dst = f"{registry.host}/copyref/one-platform-dst:amd64"
+def test_copy_of_one_platform_leaves_the_index_referrers_behind_with_a_warning(cib_registry, tmp_path):
+    src = _index_with_referrers(cib_registry, "copyref/one-platform", tmp_path)
+    dst = f"{cib_registry.host}/copyref/one-platform-dst:amd64"
     result = run("copy", src["index"].ref, dst, "--platform", "linux/amd64", "--referrers", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["referrers"] == [src["sig"]]
     assert "stay behind" in result.stderr and src["index"].digest in result.stderr
-    assert open_tags(registry, "copyref/one-platform-dst") == sorted(
+    assert open_tags(cib_registry, "copyref/one-platform-dst") == sorted(
         ["amd64", fallback_tag(src["amd64"].digest)])
 
 
-def test_copy_referrers_to_a_docker_archive_is_refused_before_writing(registry, tmp_path):
-    image = small_image(registry, "copyref/archive")
+def test_copy_referrers_to_a_docker_archive_is_refused_before_writing(cib_registry, tmp_path):
+    image = small_image(cib_registry, "copyref/archive")
     archive = tmp_path / "app.tar"
     result = run("copy", image.ref, f"docker-archive:{archive}", "--referrers")
     assert result.exit_code == 1

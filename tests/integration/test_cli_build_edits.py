@@ -72,8 +72,8 @@ EDITS = ("--env", "NEW=1", "--unset-env", "LANG", "--annotation", f"{VERSION}=1.
          "--volume", "/data", "--cmd", "sh /app/main.sh")
 
 
-def test_config_edits_land_in_every_platform(any_registry, app, tmp_path):
-    server = any_registry
+def test_config_edits_land_in_every_platform(cib_any_registry, app, tmp_path):
+    server = cib_any_registry
     base = push_base_image(server, f"edits/base-{server.mode}", "1", flavour="multiarch")
     target = f"{server.host}/edits/app-{server.mode}:1"
     login(server)
@@ -103,11 +103,11 @@ def test_config_edits_land_in_every_platform(any_registry, app, tmp_path):
     assert process["args"] == ["sh", "/app/main.sh"]
 
 
-def test_a_dry_run_sends_nothing_and_plans_what_the_build_sends(any_registry, app, monkeypatch):
+def test_a_dry_run_sends_nothing_and_plans_what_the_build_sends(cib_any_registry, app, monkeypatch):
     # the rebuild cache would skip the new layer once its files are a few seconds old; off, the
     # layer is always built and sent, so what is planned does not depend on the clock
     monkeypatch.setenv("CIB_CACHE_DIR", "")
-    server = any_registry
+    server = cib_any_registry
     base = push_base_image(server, f"dry/base-{server.mode}", "1", flavour="multiarch")
     repo = f"dry/app-{server.mode}"
     target = f"{server.host}/{repo}:1"
@@ -152,13 +152,13 @@ def test_a_dry_run_sends_nothing_and_plans_what_the_build_sends(any_registry, ap
         assert [layer["present"] for layer in image["layers"]] == [True, True, False]
 
 
-def test_the_plan_as_text(registry, multiarch_base_image, app):
-    target = f"{registry.host}/dry/text:1"
-    result = run("build", "--from", multiarch_base_image.ref, "--to", target,
+def test_the_plan_as_text(cib_registry, cib_multiarch_base_image, app):
+    target = f"{cib_registry.host}/dry/text:1"
+    result = run("build", "--from", cib_multiarch_base_image.ref, "--to", target,
                  "--add", f"{app}:/app", "--port", "8080", "--dry-run")
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0] == f"dry run: nothing was sent to {registry.host}/dry/text:1"
+    assert lines[0] == f"dry run: nothing was sent to {cib_registry.host}/dry/text:1"
     platform_lines = [line for line in lines if re.match(r"linux/\S+: manifest sha256:", line)]
     assert [line.split(":")[0] for line in platform_lines] == ["linux/amd64", "linux/arm64/v8"]
     layer_lines = [line for line in lines if line.startswith("  layer ")]
@@ -167,32 +167,32 @@ def test_the_plan_as_text(registry, multiarch_base_image, app):
     assert sum("new (cib add_files /app), to upload" in line for line in layer_lines) == 2
     # three base layers (one shared), the new layer, two configs
     assert any(re.fullmatch(r"blobs to send: 6 \(\d+(\.\d)? kB\)", line) for line in lines), lines
-    assert lines[-1].startswith(f"would save: {registry.host}/dry/text@sha256:")
-    assert not repository_dir(registry, "dry/text").exists()
+    assert lines[-1].startswith(f"would save: {cib_registry.host}/dry/text@sha256:")
+    assert not repository_dir(cib_registry, "dry/text").exists()
 
 
-def test_a_dry_run_between_registries_plans_copies(registry, second_registry, base_image, app):
-    target = f"{second_registry.host}/dry/copied:1"
-    offset = access_log_size(second_registry)
-    plan = json.loads(run("build", "--from", base_image.ref, "--to", target,
+def test_a_dry_run_between_registries_plans_copies(cib_registry, cib_second_registry, cib_base_image, app):
+    target = f"{cib_second_registry.host}/dry/copied:1"
+    offset = access_log_size(cib_second_registry)
+    plan = json.loads(run("build", "--from", cib_base_image.ref, "--to", target,
                           "--add", f"{app}:/app", "--dry-run", "--json").stdout)
-    assert not [r for r, _ in _requests_since(second_registry, offset)
+    assert not [r for r, _ in _requests_since(cib_second_registry, offset)
                 if not r.startswith(("HEAD", "GET"))]
     copies = {b["digest"]: b["source"] for b in plan["blobs"] if b["action"] == "copy"}
-    assert copies == {layer["digest"]: f"{registry.host}/base/docker" for layer in base_image.layers}
-    pushed = json.loads(run("build", "--from", base_image.ref, "--to", target,
+    assert copies == {layer["digest"]: f"{cib_registry.host}/base/docker" for layer in cib_base_image.layers}
+    pushed = json.loads(run("build", "--from", cib_base_image.ref, "--to", target,
                             "--add", f"{app}:/app", "--json").stdout)
     assert pushed["digest"] == plan["digest"]
 
 
-def test_a_dry_run_from_a_docker_archive_plans_the_compressed_layers(registry, base_image, app,
+def test_a_dry_run_from_a_docker_archive_plans_the_compressed_layers(cib_registry, cib_base_image, app,
                                                                      tmp_path):
     archive = tmp_path / "base.tar"
-    skopeo_copy(base_image.ref, f"docker-archive:{archive}:base:1")
-    target = f"{registry.host}/dry/from-archive:1"
+    skopeo_copy(cib_base_image.ref, f"docker-archive:{archive}:base:1")
+    target = f"{cib_registry.host}/dry/from-archive:1"
     plan = json.loads(run("build", "--from", f"docker-archive:{archive}", "--to", target,
                           "--add", f"{app}:/app", "--dry-run", "--json").stdout)
-    assert not repository_dir(registry, "dry/from-archive").exists()
+    assert not repository_dir(cib_registry, "dry/from-archive").exists()
     pushed = json.loads(run("build", "--from", f"docker-archive:{archive}", "--to", target,
                             "--add", f"{app}:/app", "--json").stdout)
     assert pushed["digest"] == plan["digest"]
@@ -210,8 +210,8 @@ def test_a_dry_run_from_a_docker_archive_plans_the_compressed_layers(registry, b
     (("--env", "DEBUG=1", "--unset-env", "DEBUG"), "DEBUG is also set with --env"),
     (("--annotation", "novalue"), "'novalue' is not KEY=VALUE"),
 ])
-def test_bad_edits_are_usage_errors_before_anything_is_sent(any_registry, args, expected):
-    server = any_registry
+def test_bad_edits_are_usage_errors_before_anything_is_sent(cib_any_registry, args, expected):
+    server = cib_any_registry
     login(server)
     repo = f"edits/refused-{server.mode}"
     offset = access_log_size(server)
@@ -224,8 +224,8 @@ def test_bad_edits_are_usage_errors_before_anything_is_sent(any_registry, args, 
     assert not repository_dir(server, repo).exists()
 
 
-def test_unset_env_of_a_name_the_base_lacks_warns(registry, base_image, app):
-    result = run("build", "--from", base_image.ref, "--to", f"{registry.host}/edits/warn:1",
+def test_unset_env_of_a_name_the_base_lacks_warns(cib_registry, cib_base_image, app):
+    result = run("build", "--from", cib_base_image.ref, "--to", f"{cib_registry.host}/edits/warn:1",
                  "--unset-env", "NOPE")
     assert result.exit_code == 0, result.stderr
     assert "NOPE is not in the environment" in result.stderr

@@ -95,8 +95,8 @@ def tags_of(server: RegistryServer, repo: str) -> list[str]:
     return sorted(client(server, repo).tags())
 
 
-def test_records_written_listed_and_pruned(any_registry, tmp_path, isolated_home):
-    server = any_registry
+def test_records_written_listed_and_pruned(cib_any_registry, tmp_path, isolated_home):
+    server = cib_any_registry
     log_in(isolated_home, server)
     target, cache_repo = f"cache/app-{server.mode}", f"cache/records-{server.mode}"
     (old, old_blob), (middle, _), (new, _) = pushed_layers(server, target, 3)
@@ -163,24 +163,24 @@ def test_records_written_listed_and_pruned(any_registry, tmp_path, isolated_home
     assert [r.key for r in list_records(cache)] == [keys["new"]]
 
 
-def test_a_record_for_a_layer_in_another_registry_copies_the_blob(registry, second_registry):
-    (layer, blob), = pushed_layers(second_registry, "cache/elsewhere", 1)
-    cache = client(registry, "cache/cross")
-    record = write_record(cache, key_of("cross"), layer, source=client(second_registry,
+def test_a_record_for_a_layer_in_another_registry_copies_the_blob(cib_registry, cib_second_registry):
+    (layer, blob), = pushed_layers(cib_second_registry, "cache/elsewhere", 1)
+    cache = client(cib_registry, "cache/cross")
+    record = write_record(cache, key_of("cross"), layer, source=client(cib_second_registry,
                                                                       "cache/elsewhere"))
-    assert record.repository == f"{second_registry.host}/cache/elsewhere"
+    assert record.repository == f"{cib_second_registry.host}/cache/elsewhere"
     assert cache.blob(layer.digest) == blob
     assert abs(record.age().total_seconds()) < 120
 
 
-def test_a_record_without_its_blob_is_refused_and_one_whose_blob_is_gone_is_ignored(registry):
-    (layer, _), = pushed_layers(registry, "cache/poison-src", 1)
-    cache = client(registry, "cache/poison")
+def test_a_record_without_its_blob_is_refused_and_one_whose_blob_is_gone_is_ignored(cib_registry):
+    (layer, _), = pushed_layers(cib_registry, "cache/poison-src", 1)
+    cache = client(cib_registry, "cache/poison")
     with pytest.raises(NotFound, match="lacks the layer"):
         write_record(cache, key_of("no source"), layer)
-    assert cache_tags(registry, "cache/poison") is None
+    assert cache_tags(cib_registry, "cache/poison") is None
     key = key_of("poisoned")
-    write_record(cache, key, layer, source=client(registry, "cache/poison-src"))
+    write_record(cache, key, layer, source=client(cib_registry, "cache/poison-src"))
     cache.delete_blob(layer.digest)
     assert lookup(cache, key) is None
     kept = lookup(cache, key, check_blob=False)
@@ -192,37 +192,37 @@ def cache_tags(server: RegistryServer, repo: str) -> list[str] | None:
     return None if resp.status_code == 404 else sorted(resp.json().get("tags") or [])
 
 
-def test_tags_with_the_prefix_that_are_not_records_are_skipped(registry):
-    (layer, blob), = pushed_layers(registry, "cache/foreign", 1)
-    cache = client(registry, "cache/foreign")
+def test_tags_with_the_prefix_that_are_not_records_are_skipped(cib_registry):
+    (layer, blob), = pushed_layers(cib_registry, "cache/foreign", 1)
+    cache = client(cib_registry, "cache/foreign")
     key = key_of("foreign")
     # an image, not a record, under a record's tag
-    push_image(registry, "cache/foreign", f"cib-cache-{key}", [blob],
+    push_image(cib_registry, "cache/foreign", f"cib-cache-{key}", [blob],
                {"architecture": "amd64", "os": "linux"}, oci=True)
     assert lookup(cache, key) is None
-    listing = run("cache", "ls", f"{registry.host}/cache/foreign")
+    listing = run("cache", "ls", f"{cib_registry.host}/cache/foreign")
     assert listing.exit_code == 0 and listing.stdout == ""
     assert f"skipping cib-cache-{key}" in listing.stderr
     assert prune(cache, timedelta(0)) == []
-    assert f"cib-cache-{key}" in cache_tags(registry, "cache/foreign")
+    assert f"cib-cache-{key}" in cache_tags(cib_registry, "cache/foreign")
 
 
 @pytest.mark.parametrize("duration", ["7", "1y", "-3d", "soon", ""])
-def test_a_bad_duration_is_a_usage_error_and_removes_nothing(registry, duration):
-    (layer, _), = pushed_layers(registry, "cache/bad-duration-src", 1)
-    cache = client(registry, "cache/bad-duration")
+def test_a_bad_duration_is_a_usage_error_and_removes_nothing(cib_registry, duration):
+    (layer, _), = pushed_layers(cib_registry, "cache/bad-duration-src", 1)
+    cache = client(cib_registry, "cache/bad-duration")
     write_record(cache, key_of("kept"), layer, created=now() - timedelta(days=400),
-                 source=client(registry, "cache/bad-duration-src"))
-    result = run("cache", "prune", f"{registry.host}/cache/bad-duration", "--older-than", duration)
+                 source=client(cib_registry, "cache/bad-duration-src"))
+    result = run("cache", "prune", f"{cib_registry.host}/cache/bad-duration", "--older-than", duration)
     assert result.exit_code == 2
     assert "like 7d, 12h, 30m" in result.stderr
-    assert cache_tags(registry, "cache/bad-duration") == [f"cib-cache-{key_of('kept')}"]
+    assert cache_tags(cib_registry, "cache/bad-duration") == [f"cib-cache-{key_of('kept')}"]
 
 
-def test_bad_repositories_are_one_line(registry):
-    missing = run("cache", "ls", f"{registry.host}/cache/never-written")
+def test_bad_repositories_are_one_line(cib_registry):
+    missing = run("cache", "ls", f"{cib_registry.host}/cache/never-written")
     assert missing.exit_code == 1
     assert "cache/never-written" in one_error_line(missing.stderr)
-    tagged = run("cache", "prune", f"{registry.host}/cache/x:1", "--older-than", "1d")
+    tagged = run("cache", "prune", f"{cib_registry.host}/cache/x:1", "--older-than", "1d")
     assert tagged.exit_code == 1
     assert "no tag or digest" in one_error_line(tagged.stderr)

@@ -59,19 +59,19 @@ def _three_platforms(server: RegistryServer, repo: str, tag: str = "1", *,
 
 
 @pytest.fixture(scope="module")
-def three(registry: RegistryServer) -> PushedImage:
-    return _three_platforms(registry, "subset/src")
+def three(cib_registry: RegistryServer) -> PushedImage:
+    return _three_platforms(cib_registry, "subset/src")
 
 
-def test_two_of_three_platforms_make_an_index_of_those(three, any_registry):
-    login(any_registry)
-    repo = f"subset/{any_registry.mode}"
-    result = run("copy", three.ref, f"{any_registry.host}/{repo}:2", "--platform",
+def test_two_of_three_platforms_make_an_index_of_those(three, cib_any_registry):
+    login(cib_any_registry)
+    repo = f"subset/{cib_any_registry.mode}"
+    result = run("copy", three.ref, f"{cib_any_registry.host}/{repo}:2", "--platform",
                  "linux/arm64,linux/amd64", "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
-    creds = any_registry.creds_arg()
-    raw = skopeo_inspect(any_registry.ref(repo, "2"), raw=True, creds=creds)
+    creds = cib_any_registry.creds_arg()
+    raw = skopeo_inspect(cib_any_registry.ref(repo, "2"), raw=True, creds=creds)
     index = json.loads(raw)
     assert report["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
     assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
@@ -79,69 +79,69 @@ def test_two_of_three_platforms_make_an_index_of_those(three, any_registry):
     # the kept entries are the source's, in the source's order: the images keep their digests
     assert index["manifests"] == source_entries[:2]
     for arch, platform in (("amd64", "linux/amd64"), ("arm64/v8", "linux/arm64/v8")):
-        child = skopeo_inspect(any_registry.ref(repo, "2"), raw=True, creds=creds, arch=arch)
+        child = skopeo_inspect(cib_any_registry.ref(repo, "2"), raw=True, creds=creds, arch=arch)
         assert child == three.platforms[platform].raw
-        config = skopeo_inspect(any_registry.ref(repo, "2"), config=True, creds=creds, arch=arch)
+        config = skopeo_inspect(cib_any_registry.ref(repo, "2"), config=True, creds=creds, arch=arch)
         assert config["architecture"] == arch.split("/")[0]
 
 
-def test_one_platform_gives_that_image_and_all_of_them_keep_the_index(three, registry):
-    one = copy_image(three.ref, f"{registry.host}/subset/one:1", platform=["linux/s390x"])
+def test_one_platform_gives_that_image_and_all_of_them_keep_the_index(three, cib_registry):
+    one = copy_image(three.ref, f"{cib_registry.host}/subset/one:1", platform=["linux/s390x"])
     assert one.digest == three.platforms["linux/s390x"].digest
-    every = copy_image(three.ref, f"{registry.host}/subset/every:1",
+    every = copy_image(three.ref, f"{cib_registry.host}/subset/every:1",
                        platform="linux/s390x,linux/amd64,linux/arm64")
     assert every.digest == three.digest
-    assert skopeo_inspect(registry.ref("subset/every", "1"), raw=True) == three.raw
+    assert skopeo_inspect(cib_registry.ref("subset/every", "1"), raw=True) == three.raw
 
 
-def test_attestations_follow_the_images_they_are_about(registry):
-    source = _three_platforms(registry, "subset/attested", attest=True)
-    kept = copy_image(source.ref, f"{registry.host}/subset/attested-copy:1",
+def test_attestations_follow_the_images_they_are_about(cib_registry):
+    source = _three_platforms(cib_registry, "subset/attested", attest=True)
+    kept = copy_image(source.ref, f"{cib_registry.host}/subset/attested-copy:1",
                       platform="linux/arm64,linux/s390x")
-    entries = json.loads(skopeo_inspect(registry.ref("subset/attested-copy", "1"), raw=True))["manifests"]
+    entries = json.loads(skopeo_inspect(cib_registry.ref("subset/attested-copy", "1"), raw=True))["manifests"]
     assert [e["platform"]["architecture"] for e in entries] == ["arm64", "s390x", "unknown"]
     assert kept.media_type == "application/vnd.oci.image.index.v1+json"
-    dropped = copy_image(source.ref, f"{registry.host}/subset/attested-copy:2",
+    dropped = copy_image(source.ref, f"{cib_registry.host}/subset/attested-copy:2",
                          platform="linux/amd64,linux/s390x")
-    entries = json.loads(skopeo_inspect(registry.ref("subset/attested-copy", "2"), raw=True))["manifests"]
+    entries = json.loads(skopeo_inspect(cib_registry.ref("subset/attested-copy", "2"), raw=True))["manifests"]
     assert [e["platform"]["architecture"] for e in entries] == ["amd64", "s390x"]
     assert dropped.digest != source.digest
 
 
-def test_a_single_image_source_is_checked_against_the_platform(base_image, registry):
-    fine = copy_image(base_image.ref, f"{registry.host}/subset/single:1", platform="linux/amd64")
-    assert fine.digest == base_image.digest
+def test_a_single_image_source_is_checked_against_the_platform(cib_base_image, cib_registry):
+    fine = copy_image(cib_base_image.ref, f"{cib_registry.host}/subset/single:1", platform="linux/amd64")
+    assert fine.digest == cib_base_image.digest
     with pytest.raises(NotFound, match=r"single linux/amd64 image; it has no linux/arm64 image"):
-        copy_image(base_image.ref, f"{registry.host}/subset/single-wrong:1", platform="linux/arm64")
-    assert not repository_dir(registry, "subset/single-wrong").exists()
+        copy_image(cib_base_image.ref, f"{cib_registry.host}/subset/single-wrong:1", platform="linux/arm64")
+    assert not repository_dir(cib_registry, "subset/single-wrong").exists()
 
 
-def test_copy_all_tags_to_another_registry(registry, any_registry):
+def test_copy_all_tags_to_another_registry(cib_registry, cib_any_registry):
     source_repo = "alltags/src"
-    image = push_base_image(registry, source_repo, "1.0")
-    push_base_image(registry, source_repo, "1.0-oci", flavour="oci")
-    multi = push_base_image(registry, source_repo, "multi", flavour="multiarch")
-    login(any_registry)
-    repo = f"alltags/{any_registry.mode}"
-    result = run("copy", "--all-tags", f"docker://{registry.host}/{source_repo}",
-                 f"{any_registry.host}/{repo}")
+    image = push_base_image(cib_registry, source_repo, "1.0")
+    push_base_image(cib_registry, source_repo, "1.0-oci", flavour="oci")
+    multi = push_base_image(cib_registry, source_repo, "multi", flavour="multiarch")
+    login(cib_any_registry)
+    repo = f"alltags/{cib_any_registry.mode}"
+    result = run("copy", "--all-tags", f"docker://{cib_registry.host}/{source_repo}",
+                 f"{cib_any_registry.host}/{repo}")
     assert result.exit_code == 0, result.stderr
-    creds = any_registry.creds_arg()
+    creds = cib_any_registry.creds_arg()
     expected = {"1.0": image.raw, "multi": multi.raw}
     lines = result.stdout.splitlines()
     assert [line.split("@")[0] for line in lines] == [
-        f"{any_registry.host}/{repo}:{t}" for t in ("1.0", "1.0-oci", "multi")]
+        f"{cib_any_registry.host}/{repo}:{t}" for t in ("1.0", "1.0-oci", "multi")]
     for tag, raw in expected.items():
-        assert skopeo_inspect(any_registry.ref(repo, tag), raw=True, creds=creds) == raw
-    assert f"{any_registry.host}/{repo}:multi@{multi.digest}" in lines
+        assert skopeo_inspect(cib_any_registry.ref(repo, tag), raw=True, creds=creds) == raw
+    assert f"{cib_any_registry.host}/{repo}:multi@{multi.digest}" in lines
 
 
-def test_copy_all_tags_into_an_oci_layout(registry, tmp_path):
+def test_copy_all_tags_into_an_oci_layout(cib_registry, tmp_path):
     source_repo = "alltags/tolayout"
-    first = push_base_image(registry, source_repo, "a", flavour="oci")
-    second = push_base_image(registry, source_repo, "b", flavour="multiarch")
+    first = push_base_image(cib_registry, source_repo, "a", flavour="oci")
+    second = push_base_image(cib_registry, source_repo, "b", flavour="multiarch")
     layout = tmp_path / "layout"
-    results = copy_all_tags(f"{registry.host}/{source_repo}", f"oci:{layout}")
+    results = copy_all_tags(f"{cib_registry.host}/{source_repo}", f"oci:{layout}")
     assert [(r.tags, r.digest) for r in results] == [(("a",), first.digest), (("b",), second.digest)]
     assert skopeo_inspect(f"oci:{layout}:a", raw=True) == first.raw
     assert skopeo_inspect(f"oci:{layout}:b", raw=True) == second.raw
@@ -151,25 +151,25 @@ def test_copy_all_tags_into_an_oci_layout(registry, tmp_path):
 
 # -- bad input: one line each, nothing written ------------------------------------------------
 
-def test_a_platform_the_source_lacks_names_it_and_what_it_has(three, registry, tmp_path):
-    line = one_error_line(run("copy", three.ref, f"{registry.host}/subset/none:1",
+def test_a_platform_the_source_lacks_names_it_and_what_it_has(three, cib_registry, tmp_path):
+    line = one_error_line(run("copy", three.ref, f"{cib_registry.host}/subset/none:1",
                               "--platform", "linux/amd64,linux/ppc64le"))
     assert "linux/ppc64le" in line
     assert "it has: linux/amd64, linux/arm64/v8, linux/s390x" in line
-    assert not repository_dir(registry, "subset/none").exists()
+    assert not repository_dir(cib_registry, "subset/none").exists()
     layout = tmp_path / "never"
     one_error_line(run("copy", three.ref, f"oci:{layout}:1", "--platform", "linux/riscv64"))
     assert not layout.exists()
 
 
-def test_all_tags_checks_every_tag_before_writing(registry, tmp_path):
+def test_all_tags_checks_every_tag_before_writing(cib_registry, tmp_path):
     source_repo = "alltags/mixed"
-    push_base_image(registry, source_repo, "a", flavour="multiarch")
-    push_base_image(registry, source_repo, "b")  # linux/amd64 only
-    line = one_error_line(run("copy", "--all-tags", f"{registry.host}/{source_repo}",
-                              f"{registry.host}/alltags/mixed-copy", "--platform", "linux/arm64"))
+    push_base_image(cib_registry, source_repo, "a", flavour="multiarch")
+    push_base_image(cib_registry, source_repo, "b")  # linux/amd64 only
+    line = one_error_line(run("copy", "--all-tags", f"{cib_registry.host}/{source_repo}",
+                              f"{cib_registry.host}/alltags/mixed-copy", "--platform", "linux/arm64"))
     assert f"{source_repo}:b" in line and "linux/arm64" in line
-    assert not repository_dir(registry, "alltags/mixed-copy").exists()
+    assert not repository_dir(cib_registry, "alltags/mixed-copy").exists()
 
 
 @pytest.mark.parametrize(("src", "dst", "says"), [
@@ -178,11 +178,11 @@ def test_all_tags_checks_every_tag_before_writing(registry, tmp_path):
     ("{host}/alltags/src", "docker-archive:{tmp}/a.tar", "registry repository or an OCI layout"),
     ("oci:{tmp}/layout", "{host}/x/y", "tags of a registry repository"),
 ])
-def test_all_tags_bad_references(registry, tmp_path, src, dst, says):
-    fill = {"host": registry.host, "tmp": tmp_path}
+def test_all_tags_bad_references(cib_registry, tmp_path, src, dst, says):
+    fill = {"host": cib_registry.host, "tmp": tmp_path}
     line = one_error_line(run("copy", "--all-tags", src.format(**fill), dst.format(**fill)))
     assert says in line
-    assert not repository_dir(registry, "x/y").exists()
+    assert not repository_dir(cib_registry, "x/y").exists()
     assert not (tmp_path / "a.tar").exists()
 
 
@@ -191,22 +191,22 @@ def test_all_tags_bad_references(registry, tmp_path, src, dst, says):
     ("containers-storage:localhost/app:1", "podman save"),
     ("oci-archive:app.tar", "tar -xf"),
 ])
-def test_skopeo_transports_cib_cannot_read_are_refused(registry, transport, says):
-    line = one_error_line(run("copy", transport, f"{registry.host}/refused/x:1"))
+def test_skopeo_transports_cib_cannot_read_are_refused(cib_registry, transport, says):
+    line = one_error_line(run("copy", transport, f"{cib_registry.host}/refused/x:1"))
     assert transport in line and says in line
-    assert not repository_dir(registry, "refused/x").exists()
+    assert not repository_dir(cib_registry, "refused/x").exists()
     # and as a destination, too
-    line = one_error_line(run("copy", f"{registry.host}/refused/none:1", transport))
+    line = one_error_line(run("copy", f"{cib_registry.host}/refused/none:1", transport))
     assert says in line
 
 
-def test_docker_transport_is_a_registry_reference_everywhere(base_image, registry):
-    source = f"docker://{base_image.ref}"
-    assert run("digest", source).stdout.strip() == base_image.digest
-    copied = run("copy", source, f"docker://{registry.host}/dockerprefix/app:1")
+def test_docker_transport_is_a_registry_reference_everywhere(cib_base_image, cib_registry):
+    source = f"docker://{cib_base_image.ref}"
+    assert run("digest", source).stdout.strip() == cib_base_image.digest
+    copied = run("copy", source, f"docker://{cib_registry.host}/dockerprefix/app:1")
     assert copied.exit_code == 0, copied.stderr
-    assert copied.stdout.strip() == f"{registry.host}/dockerprefix/app@{base_image.digest}"
-    assert run("ls", f"docker://{registry.host}/dockerprefix/app").stdout.split() == ["1"]
-    tagged = run("tag", f"docker://{registry.host}/dockerprefix/app:1", "2")
+    assert copied.stdout.strip() == f"{cib_registry.host}/dockerprefix/app@{cib_base_image.digest}"
+    assert run("ls", f"docker://{cib_registry.host}/dockerprefix/app").stdout.split() == ["1"]
+    tagged = run("tag", f"docker://{cib_registry.host}/dockerprefix/app:1", "2")
     assert tagged.exit_code == 0, tagged.stderr
-    assert skopeo_inspect(registry.ref("dockerprefix/app", "2"), raw=True) == base_image.raw
+    assert skopeo_inspect(cib_registry.ref("dockerprefix/app", "2"), raw=True) == cib_base_image.raw

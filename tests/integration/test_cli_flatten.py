@@ -69,8 +69,8 @@ def push_layered_image(server, repo: str, *, oci: bool = False):
     return push_image(server, repo, "1", layers, config, oci=oci)
 
 
-def test_flatten_keeps_the_filesystem_in_every_auth_mode(any_registry, tmp_path):
-    server = any_registry
+def test_flatten_keeps_the_filesystem_in_every_auth_mode(cib_any_registry, tmp_path):
+    server = cib_any_registry
     login(server)
     repo = unique("flatten/app")
     image = push_layered_image(server, repo)
@@ -105,17 +105,17 @@ def test_flatten_keeps_the_filesystem_in_every_auth_mode(any_registry, tmp_path)
         assert run_bundle(bundle).split() == ["new", "kept", "second"]
 
 
-def test_flatten_every_platform_of_an_index_to_a_layout(registry, multiarch_base_image, tmp_path):
+def test_flatten_every_platform_of_an_index_to_a_layout(cib_registry, cib_multiarch_base_image, tmp_path):
     layout = tmp_path / "layout"
-    result = run("flatten", multiarch_base_image.ref, "--to", f"oci:{layout}:flat", "--json")
+    result = run("flatten", cib_multiarch_base_image.ref, "--to", f"oci:{layout}:flat", "--json")
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["mediaType"] == mt.OCI_INDEX and sorted(out["platforms"]) == ["linux/amd64",
                                                                              "linux/arm64/v8"]
     index = json.loads((layout / "blobs" / "sha256" / out["digest"].split(":")[1]).read_bytes())
     assert [e["platform"] for e in index["manifests"]] == [
-        e["platform"] for e in multiarch_base_image.manifest["manifests"]]
-    for entry, (key, original) in zip(index["manifests"], multiarch_base_image.platforms.items(),
+        e["platform"] for e in cib_multiarch_base_image.manifest["manifests"]]
+    for entry, (key, original) in zip(index["manifests"], cib_multiarch_base_image.platforms.items(),
                                       strict=True):
         child = json.loads((layout / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_bytes())
         assert len(child["layers"]) == 1, key
@@ -125,8 +125,8 @@ def test_flatten_every_platform_of_an_index_to_a_layout(registry, multiarch_base
             original.config["architecture"], original.config.get("variant"))
         assert config["config"] == original.config["config"]
     # umoci reads the amd64 image (its unpack picks by tag, so tag it alone first)
-    single = run("flatten", f"{registry.host}/{multiarch_base_image.repository}@"
-                 f"{multiarch_base_image.platforms['linux/amd64'].digest}",
+    single = run("flatten", f"{cib_registry.host}/{cib_multiarch_base_image.repository}@"
+                 f"{cib_multiarch_base_image.platforms['linux/amd64'].digest}",
                  "--to", f"oci:{layout}:amd64")
     assert single.exit_code == 0, single.stderr
     bundle = tmp_path / "bundle"
@@ -135,21 +135,21 @@ def test_flatten_every_platform_of_an_index_to_a_layout(registry, multiarch_base
     assert run("validate", f"oci:{layout}:flat").exit_code == 0
 
 
-def test_flatten_by_digest_writes_by_digest_and_library_call(registry, tmp_path):
+def test_flatten_by_digest_writes_by_digest_and_library_call(cib_registry, tmp_path):
     repo = unique("flatten/digest")
-    image = push_layered_image(registry, repo, oci=True)
+    image = push_layered_image(cib_registry, repo, oci=True)
     result = run("flatten", image.ref_by_digest)
     assert result.exit_code == 0, result.stderr
     digest = result.stdout.strip().rsplit("@", 1)[1]
-    assert tag_digest(registry, repo, "1") == image.digest  # no tag moved
-    assert tag_digest(registry, repo, digest) == digest
-    assert inspect_raw(registry, f"{registry.host}/{repo}@{digest}")["mediaType"] == mt.OCI_MANIFEST
+    assert tag_digest(cib_registry, repo, "1") == image.digest  # no tag moved
+    assert tag_digest(cib_registry, repo, digest) == digest
+    assert inspect_raw(cib_registry, f"{cib_registry.host}/{repo}@{digest}")["mediaType"] == mt.OCI_MANIFEST
     # the same bytes from the library, again: flattening is reproducible
-    again = flatten_image(image.ref_by_digest, to=f"{registry.host}/{repo}:lib")
+    again = flatten_image(image.ref_by_digest, to=f"{cib_registry.host}/{repo}:lib")
     assert again.digest == digest and again.tags == ("lib",)
 
 
-def test_flatten_refuses_bad_input_and_writes_nothing(registry, tmp_path):
+def test_flatten_refuses_bad_input_and_writes_nothing(cib_registry, tmp_path):
     # a layer whose entry escapes the root is found while building, before any write
     evil = make_layer({"ok.txt": "fine\n"})
     buffer = io.BytesIO()
@@ -158,15 +158,15 @@ def test_flatten_refuses_bad_input_and_writes_nothing(registry, tmp_path):
         info.size = 3
         tar.addfile(info, io.BytesIO(b"bad"))
     bad = gzip.compress(buffer.getvalue(), mtime=0)
-    image = push_image(registry, unique("flatten/evil"), "1", [evil, bad],
+    image = push_image(cib_registry, unique("flatten/evil"), "1", [evil, bad],
                        base_config([evil, bad], ["ADD ok", "ADD evil"]), oci=True)
     target = unique("flatten/never")
-    result = run("flatten", image.ref, "--to", f"{registry.host}/{target}:1")
+    result = run("flatten", image.ref, "--to", f"{cib_registry.host}/{target}:1")
     assert result.exit_code == 1
     assert "escapes the root" in one_error_line(result.stderr)
-    assert not repository_exists(registry, target)
+    assert not repository_exists(cib_registry, target)
     scratch = run("flatten", "scratch", "--to", f"oci:{tmp_path / 'out'}")
     assert scratch.exit_code == 1 and "scratch" in one_error_line(scratch.stderr)
-    missing = run("flatten", f"{registry.host}/{target}:nope", "--to", f"oci:{tmp_path / 'out'}")
+    missing = run("flatten", f"{cib_registry.host}/{target}:nope", "--to", f"oci:{tmp_path / 'out'}")
     assert missing.exit_code == 1 and "404" in one_error_line(missing.stderr)
     assert not (tmp_path / "out").exists()

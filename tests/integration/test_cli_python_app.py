@@ -58,17 +58,17 @@ def project(tmp_path: Path, house: Wheelhouse, index: IndexServer) -> Path:
     return project
 
 
-def test_build_with_other_options(tmp_path: Path, registry: RegistryServer, project: Path,
+def test_build_with_other_options(tmp_path: Path, cib_registry: RegistryServer, project: Path,
                                   index: IndexServer) -> None:
-    base = push_python_base(registry, "cli/pybase").ref
-    target = registry.ref("cli/pyapp", "v1")
+    base = push_python_base(cib_registry, "cli/pybase").ref
+    target = cib_registry.ref("cli/pyapp", "v1")
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra" / "settings.toml").write_text("mode = 'prod'\n")
     result = run("build", "--from", base, "--to", target, "--python-app", str(project),
                  "--index-url", index.simple, "--add", f"{tmp_path / 'extra'}:/etc/app",
                  "--env", "MODE=prod", "--label", "team=py", "--tag", "v1")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.strip().startswith(f"{registry.host}/cli/pyapp@sha256:")
+    assert result.stdout.strip().startswith(f"{cib_registry.host}/cli/pyapp@sha256:")
     assert result.stderr.startswith("pushed ")  # the summary line, no bars off a terminal
     config = skopeo_inspect(target, config=True)
     env = dict(e.split("=", 1) for e in config["config"]["Env"])
@@ -81,10 +81,10 @@ def test_build_with_other_options(tmp_path: Path, registry: RegistryServer, proj
     assert history[2] == "cib add_files /etc/app"
 
 
-def test_entrypoint_names_a_console_script(registry: RegistryServer, project: Path,
+def test_entrypoint_names_a_console_script(cib_registry: RegistryServer, project: Path,
                                            index: IndexServer) -> None:
-    base = push_python_base(registry, "cli/pybase").ref
-    target = registry.ref("cli/pyapp-ep", "v1")
+    base = push_python_base(cib_registry, "cli/pybase").ref
+    target = cib_registry.ref("cli/pyapp-ep", "v1")
     result = run("build", "--from", base, "--to", target, "--python-app", str(project),
                  "--index-url", index.simple, "--entrypoint", "cibtest-app --verbose")
     assert result.exit_code == 0, result.stderr
@@ -97,11 +97,11 @@ def test_entrypoint_names_a_console_script(registry: RegistryServer, project: Pa
 
 
 def test_dry_run_shows_the_wheels_of_each_platform_and_sends_nothing(
-        registry: RegistryServer, project: Path, index: IndexServer) -> None:
+        cib_registry: RegistryServer, project: Path, index: IndexServer) -> None:
     from cib_core import NotFound, RegistryClient
 
-    base = push_python_index(registry, "cli/pymulti").ref
-    target = registry.ref("cli/pyapp-dry", "v1")
+    base = push_python_index(cib_registry, "cli/pymulti").ref
+    target = cib_registry.ref("cli/pyapp-dry", "v1")
     before = len(index.requests)
     result = run("build", "--from", base, "--to", target, "--python-app", str(project),
                  "--index-url", index.simple, "--dry-run")
@@ -116,7 +116,7 @@ def test_dry_run_shows_the_wheels_of_each_platform_and_sends_nothing(
     assert 'entrypoint: ["/opt/venv/bin/cibtest-app"]' in out
     assert not any(r.startswith("/files/") for r in index.requests[before:]), "a dry run downloaded"
     with pytest.raises(NotFound):
-        RegistryClient(registry.host, "cli/pyapp-dry", None).tags()
+        RegistryClient(cib_registry.host, "cli/pyapp-dry", None).tags()
 
     result = run("build", "--from", base, "--to", target, "--python-app", str(project),
                  "--index-url", index.simple, "--dry-run", "--json")
@@ -130,8 +130,8 @@ def test_dry_run_shows_the_wheels_of_each_platform_and_sends_nothing(
 
 
 def test_a_failed_project_build_prints_its_output_then_one_error_line(
-        tmp_path: Path, registry: RegistryServer, project: Path, index: IndexServer) -> None:
-    base = push_python_base(registry, "cli/pybase").ref
+        tmp_path: Path, cib_registry: RegistryServer, project: Path, index: IndexServer) -> None:
+    base = push_python_base(cib_registry, "cli/pybase").ref
     (project / "setup.py").write_text("print('building step 1 of 2')\n"
                                       "raise SystemExit('broken on purpose')\n")
     result = run("build", "--from", base, "--to", f"oci:{tmp_path / 'out'}:v1", "--python-app",

@@ -52,8 +52,8 @@ def corrupt(path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_valid_images_pass_with_a_summary(any_registry, multiarch_base_image):
-    server = any_registry
+def test_valid_images_pass_with_a_summary(cib_any_registry, cib_multiarch_base_image):
+    server = cib_any_registry
     login(server)
     layers = random_layers(2)
     image = push_image(server, unique("validate/ok"), "1", layers, base_config(layers, ["ADD a", "ADD b"]),
@@ -63,15 +63,15 @@ def test_valid_images_pass_with_a_summary(any_registry, multiarch_base_image):
     assert result.stdout == (f"{image.ref}: valid (linux/amd64): 1 manifest, 1 config, 2 layers, "
                              f"{_kb(image)} read\n")
     assert result.stderr == ""
-    multi = run("validate", multiarch_base_image.ref, "--json")
+    multi = run("validate", cib_multiarch_base_image.ref, "--json")
     assert multi.exit_code == 0, multi.stdout
     out = json.loads(multi.stdout)
     assert out["valid"] is True and out["faults"] == []
-    assert out["digest"] == multiarch_base_image.digest and out["mediaType"] == mt.OCI_INDEX
+    assert out["digest"] == cib_multiarch_base_image.digest and out["mediaType"] == mt.OCI_INDEX
     # the /etc layer is shared by both platforms and read once
     assert out["checked"] == {"platforms": ["linux/amd64", "linux/arm64/v8"], "manifests": 3,
                               "configs": 2, "layers": 3,
-                              "bytes": sum(len(b) for b in multiarch_base_image.blobs.values()),
+                              "bytes": sum(len(b) for b in cib_multiarch_base_image.blobs.values()),
                               "skipped": []}
 
 
@@ -81,27 +81,27 @@ def _kb(image) -> str:
     return format_size(sum(len(b) for b in image.blobs.values()))
 
 
-def test_a_deleted_and_a_corrupted_blob_and_a_wrong_diff_id_are_all_named(registry):
+def test_a_deleted_and_a_corrupted_blob_and_a_wrong_diff_id_are_all_named(cib_registry):
     layers = random_layers(4)
     config = base_config(layers, ["ADD 0", "ADD 1", "ADD 2", "ADD 3"])
     wrong = sha256(b"not the content")
     config["rootfs"]["diff_ids"][3] = wrong
     repo = unique("validate/broken")
-    image = push_image(registry, repo, "1", layers, config, oci=True)
+    image = push_image(cib_registry, repo, "1", layers, config, oci=True)
     assert run("validate", image.ref).exit_code == 1  # the diff_id alone
     digests = [d["digest"] for d in image.layers]
     # delete layer 1 through the registry API (delete is enabled in the test bed)
-    deleted = requests.delete(f"{registry.url}/v2/{repo}/blobs/{digests[0]}", timeout=30)
+    deleted = requests.delete(f"{cib_registry.url}/v2/{repo}/blobs/{digests[0]}", timeout=30)
     assert deleted.status_code == 202
     # corrupt layer 3 where the registry keeps it, keeping its size
-    corrupt(blob_data_path(registry, digests[2]))
+    corrupt(blob_data_path(cib_registry, digests[2]))
 
     result = run("validate", image.ref)
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
         f"layer 1 {digests[0]}: is missing: the blob is not in the store",
         f"layer 3 {digests[2]}: content does not match its digest (it hashes to "
-        f"{sha256(blob_data_path(registry, digests[2]).read_bytes())})",
+        f"{sha256(blob_data_path(cib_registry, digests[2]).read_bytes())})",
         f"layer 4 {digests[3]}: uncompressed content hashes to {sha256(gzip.decompress(layers[3]))}; "
         f"the config's diff_id is {wrong}",
     ]
@@ -112,19 +112,19 @@ def test_a_deleted_and_a_corrupted_blob_and_a_wrong_diff_id_are_all_named(regist
     assert isinstance(faults[0], Fault) and str(faults[0]) == result.stdout.splitlines()[0]
 
 
-def test_an_index_with_a_missing_child_and_a_bad_config(registry, multiarch_base_image):
+def test_an_index_with_a_missing_child_and_a_bad_config(cib_registry, cib_multiarch_base_image):
     """A child manifest deleted, and another platform's config deleted: both named, and the
     good parts of the index still read."""
     repo = unique("validate/index")
-    copied = run("copy", multiarch_base_image.ref, f"{registry.host}/{repo}:1")
+    copied = run("copy", cib_multiarch_base_image.ref, f"{cib_registry.host}/{repo}:1")
     assert copied.exit_code == 0, copied.stderr
-    amd64 = multiarch_base_image.platforms["linux/amd64"]
-    arm64 = multiarch_base_image.platforms["linux/arm64/v8"]
-    resp = requests.delete(f"{registry.url}/v2/{repo}/manifests/{amd64.digest}", timeout=30)
+    amd64 = cib_multiarch_base_image.platforms["linux/amd64"]
+    arm64 = cib_multiarch_base_image.platforms["linux/arm64/v8"]
+    resp = requests.delete(f"{cib_registry.url}/v2/{repo}/manifests/{amd64.digest}", timeout=30)
     assert resp.status_code == 202
-    resp = requests.delete(f"{registry.url}/v2/{repo}/blobs/{arm64.config_digest}", timeout=30)
+    resp = requests.delete(f"{cib_registry.url}/v2/{repo}/blobs/{arm64.config_digest}", timeout=30)
     assert resp.status_code == 202
-    result = check_image(f"{registry.host}/{repo}:1")
+    result = check_image(f"{cib_registry.host}/{repo}:1")
     assert [str(f) for f in result.faults] == [
         f"index entry 1 (linux/amd64) {amd64.digest}: is missing: the manifest is not in the store",
         f"linux/arm64/v8 config {arm64.config_digest}: is missing: the blob is not in the store",
@@ -176,8 +176,8 @@ def test_a_layout_with_wrong_sizes_media_types_and_a_corrupt_blob(tmp_path):
                for f in faults)
 
 
-def test_validate_errors_that_are_not_faults(registry):
-    missing = run("validate", f"{registry.host}/validate/none:1")
+def test_validate_errors_that_are_not_faults(cib_registry):
+    missing = run("validate", f"{cib_registry.host}/validate/none:1")
     assert missing.exit_code == 1 and "404" in one_error_line(missing.stderr)
     assert missing.stdout == ""
     scratch = run("validate", "scratch")

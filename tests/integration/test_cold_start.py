@@ -110,7 +110,7 @@ def _read_back(registry: RegistryServer, repository: str, tag: str,
     return digest, manifest, config, blob(manifest["layers"][-1]["digest"])
 
 
-def test_readme_library_example_in_20_fresh_interpreters(registry, base_image, tmp_path):
+def test_readme_library_example_in_20_fresh_interpreters(cib_registry, cib_base_image, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _write_sources(work)
@@ -118,7 +118,7 @@ def test_readme_library_example_in_20_fresh_interpreters(registry, base_image, t
 
     def run(i: int) -> subprocess.CompletedProcess[str]:
         script = work / f"build_{i}.py"
-        script.write_text(_script(base_image, registry.ref("cold/app", f"run{i}")))
+        script.write_text(_script(cib_base_image, cib_registry.ref("cold/app", f"run{i}")))
         # a rebuild cache of its own: every run builds and streams its layer, as a first one does
         return subprocess.run([sys.executable, str(script)], cwd=work,
                               env={**env, "CIB_CACHE_DIR": str(tmp_path / f"cache-{i}")},
@@ -130,10 +130,10 @@ def test_readme_library_example_in_20_fresh_interpreters(registry, base_image, t
     failed = [(i, p) for i, p in enumerate(done) if p.returncode != 0]
     assert not failed, f"{len(failed)} of {RUNS} fresh interpreters failed; the first:\n" + (
         f"run {failed[0][0]}, exit {failed[0][1].returncode}\n{failed[0][1].stderr[-3000:]}")
-    base_layers = [layer["digest"] for layer in base_image.layers]
+    base_layers = [layer["digest"] for layer in cib_base_image.layers]
     for i, proc in enumerate(done):
-        digest, manifest, config, top = _read_back(registry, "cold/app", f"run{i}")
-        assert proc.stdout.strip() == f"{registry.host}/cold/app@{digest}", proc.stdout
+        digest, manifest, config, top = _read_back(cib_registry, "cold/app", f"run{i}")
+        assert proc.stdout.strip() == f"{cib_registry.host}/cold/app@{digest}", proc.stdout
         assert [layer["digest"] for layer in manifest["layers"][:-1]] == base_layers
         assert config["config"]["Cmd"] == ["python", "-m", "app"]
         assert config["config"]["WorkingDir"] == "/app"
@@ -247,16 +247,16 @@ def _docker_config(home: Path, server: RegistryServer) -> None:
 
 
 @pytest.mark.parametrize("in_thread", [False, True], ids=["main-thread", "program-thread"])
-def test_threads_cib_starts_import_nothing(in_thread, registry, basic_registry, token_registry,
-                                           base_image, multiarch_base_image, tmp_path):
+def test_threads_cib_starts_import_nothing(in_thread, cib_registry, cib_basic_registry, cib_token_registry,
+                                           cib_base_image, cib_multiarch_base_image, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     _write_sources(work)
     env = _environment(tmp_path)
-    _docker_config(tmp_path / "home", token_registry)
-    bed = {"base": base_image.ref, "multiarch": multiarch_base_image.ref, "open": registry.host,
-           "basic": basic_registry.host, "user": basic_registry.username,
-           "password": basic_registry.password, "token": token_registry.host, "in_thread": in_thread}
+    _docker_config(tmp_path / "home", cib_token_registry)
+    bed = {"base": cib_base_image.ref, "multiarch": cib_multiarch_base_image.ref, "open": cib_registry.host,
+           "basic": cib_basic_registry.host, "user": cib_basic_registry.username,
+           "password": cib_basic_registry.password, "token": cib_token_registry.host, "in_thread": in_thread}
     script = work / "audit.py"
     script.write_text(_AUDIT_SCRIPT)
     done = subprocess.run([sys.executable, str(script), json.dumps(bed)], cwd=work, env=env,
@@ -264,7 +264,7 @@ def test_threads_cib_starts_import_nothing(in_thread, registry, basic_registry, 
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
     # the flows did what they say (so an empty list is not an empty run)
-    for server, tag in ((registry, "readme"), (registry, "multi"), (registry, "from-archive"),
-                        (basic_registry, "explicit"), (token_registry, "provider")):
+    for server, tag in ((cib_registry, "readme"), (cib_registry, "multi"), (cib_registry, "from-archive"),
+                        (cib_basic_registry, "explicit"), (cib_token_registry, "provider")):
         assert skopeo_inspect(server.ref("audit/flows", tag), creds=server.creds_arg())["Digest"]
     assert (work / "built" / "index.json").is_file() and (work / "scratch.tar").is_file()

@@ -24,12 +24,12 @@ def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def test_threads_saving_into_one_repository_share_tokens(token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+def test_threads_saving_into_one_repository_share_tokens(cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
-    base = push_base_image(token_registry, "concurrency/base", "1", flavour="oci")
-    host = token_registry.host
-    auth = {host: token_registry.auth or {}}
+    base = push_base_image(cib_token_registry, "concurrency/base", "1", flavour="oci")
+    host = cib_token_registry.host
+    auth = {host: cib_token_registry.auth or {}}
     pool = TransportPool()
     ts.clear_requests()
 
@@ -52,16 +52,16 @@ def test_threads_saving_into_one_repository_share_tokens(token_registry: Registr
     assert len(requests_made) <= 6, scopes
     assert len({digest for _, digest in results}) == THREADS
     for tag, digest in results:
-        raw = skopeo_inspect(f"{host}/concurrency/app:{tag}", raw=True, creds=token_registry.creds_arg())
+        raw = skopeo_inspect(f"{host}/concurrency/app:{tag}", raw=True, creds=cib_token_registry.creds_arg())
         assert _sha(raw) == digest
         config = skopeo_inspect(f"{host}/concurrency/app:{tag}", config=True,
-                                creds=token_registry.creds_arg())
+                                creds=cib_token_registry.creds_arg())
         assert f"THREAD={tag[1:]}" in config["config"]["Env"]
         assert len(config["rootfs"]["diff_ids"]) == len(json.loads(raw)["layers"])
 
 
-def test_eight_concurrent_builds_into_one_registry(registry: RegistryServer, tmp_path: Path) -> None:
-    base = push_base_image(registry, "concurrency/base8", "1", flavour="docker")
+def test_eight_concurrent_builds_into_one_registry(cib_registry: RegistryServer, tmp_path: Path) -> None:
+    base = push_base_image(cib_registry, "concurrency/base8", "1", flavour="docker")
 
     def build(i: int) -> tuple[str, str]:
         src = tmp_path / f"src{i}"
@@ -69,7 +69,7 @@ def test_eight_concurrent_builds_into_one_registry(registry: RegistryServer, tmp
         (src / "sub" / "data.bin").write_bytes(bytes([i]) * (1 << 20))
         (src / "name.txt").write_text(f"build {i}\n")
         repo = f"concurrency/build{i % 3}"  # several builds share a repository, too
-        image = Image(base.ref, f"{registry.host}/{repo}:b{i}")
+        image = Image(base.ref, f"{cib_registry.host}/{repo}:b{i}")
         image.add_files({"/app": str(src)})
         image.cmd = ["cat", "/app/name.txt"]
         return f"{repo}:b{i}", image.save().digest
@@ -77,8 +77,8 @@ def test_eight_concurrent_builds_into_one_registry(registry: RegistryServer, tmp
     with ThreadPoolExecutor(max_workers=8) as executor:
         results = list(executor.map(build, range(8)))
     for ref, digest in results:
-        raw = skopeo_inspect(f"{registry.host}/{ref}", raw=True)
+        raw = skopeo_inspect(f"{cib_registry.host}/{ref}", raw=True)
         assert _sha(raw) == digest
-        inspected = skopeo_inspect(f"{registry.host}/{ref}")
+        inspected = skopeo_inspect(f"{cib_registry.host}/{ref}")
         assert inspected["Digest"] == digest
         assert len(inspected["Layers"]) == len(base.layers) + 1

@@ -16,9 +16,9 @@ from cib_core.testing import skopeo_copy, skopeo_inspect, umoci_unpack
 pytestmark = pytest.mark.integration
 
 
-def test_saved_config_read_back_by_skopeo_and_umoci(registry, base_image, tmp_path: Path):
-    target = f"{registry.host}/config/app:1"
-    image = Image(base_image.ref, target)
+def test_saved_config_read_back_by_skopeo_and_umoci(cib_registry, cib_base_image, tmp_path: Path):
+    target = f"{cib_registry.host}/config/app:1"
+    image = Image(cib_base_image.ref, target)
     with pytest.raises(ConfigurationError):
         image.cmd = "echo hi"  # refused, so the saved Cmd below is the list
     image.entrypoint = ["/bin/sh", "-c"]
@@ -33,7 +33,7 @@ def test_saved_config_read_back_by_skopeo_and_umoci(registry, base_image, tmp_pa
     result = image.save()
 
     config = skopeo_inspect(target, config=True)["config"]
-    base = base_image.config["config"]
+    base = cib_base_image.config["config"]
     assert config["Entrypoint"] == ["/bin/sh", "-c"]
     assert config["Cmd"] == ["echo hi"]
     assert config["WorkingDir"] == "/srv"
@@ -63,15 +63,15 @@ def test_saved_config_read_back_by_skopeo_and_umoci(registry, base_image, tmp_pa
     assert spec["annotations"]["org.opencontainers.image.exposedPorts"] == "53/udp,8080/tcp"
 
 
-def test_annotations_on_the_index_and_each_platform(registry, multiarch_base_image):
-    target = f"{registry.host}/config/multi:1"
-    image = Image(multiarch_base_image.ref, target)
+def test_annotations_on_the_index_and_each_platform(cib_registry, cib_multiarch_base_image):
+    target = f"{cib_registry.host}/config/multi:1"
+    image = Image(cib_multiarch_base_image.ref, target)
     image.annotations = {"org.opencontainers.image.version": "3.0"}
     image.cmd = ["node", "/srv/app.js"]
     image.save()
     index = json.loads(skopeo_inspect(target, raw=True))
     assert index["annotations"]["org.opencontainers.image.version"] == "3.0"
-    for platform in multiarch_base_image.platforms:
+    for platform in cib_multiarch_base_image.platforms:
         arch = platform.split("/", 1)[1]
         manifest = json.loads(skopeo_inspect(target, raw=True, arch=arch))
         assert manifest["annotations"]["org.opencontainers.image.version"] == "3.0", platform

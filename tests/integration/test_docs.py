@@ -271,7 +271,7 @@ def _write_workdir(root: Path) -> None:
 
 
 @pytest.fixture
-def bed(registry, second_registry, basic_registry, base_image, multiarch_base_image, tmp_path,
+def bed(cib_registry, cib_second_registry, cib_basic_registry, cib_base_image, cib_multiarch_base_image, tmp_path,
         monkeypatch) -> Bed:
     work = tmp_path / "work"
     work.mkdir()
@@ -286,11 +286,11 @@ def bed(registry, second_registry, basic_registry, base_image, multiarch_base_im
         "XDG_CONFIG_HOME": str(home / ".config"), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
         "PYTHON_KEYRING_BACKEND": "keyring.backends.null.Keyring",
         "NO_PROXY": "127.0.0.1,localhost,::1",
-        "REGISTRY_USER": basic_registry.username, "REGISTRY_PASSWORD": basic_registry.password,
+        "REGISTRY_USER": cib_basic_registry.username, "REGISTRY_PASSWORD": cib_basic_registry.password,
         "CIB_CACHE_DIR": str(tmp_path / "cache"),
     }.items():
         monkeypatch.setenv(name, value)
-    return Bed(registry, second_registry, basic_registry, base_image, multiarch_base_image, work)
+    return Bed(cib_registry, cib_second_registry, cib_basic_registry, cib_base_image, cib_multiarch_base_image, work)
 
 
 # -- an independent look at the registries: plain requests, no cib code -----------------------

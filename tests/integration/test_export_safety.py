@@ -48,12 +48,12 @@ def _cib(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 CONFIG = {"architecture": "amd64", "os": "linux", "config": {}}
 
 
-def test_export_applies_whiteouts_across_layers(registry, tmp_path):
+def test_export_applies_whiteouts_across_layers(cib_registry, tmp_path):
     lower = _layer(("etc", "dir", ""), ("etc/keep", "file", "keep"), ("etc/gone", "file", "x"),
                    ("var", "dir", ""), ("var/cache", "dir", ""), ("var/cache/old", "file", "old"))
     upper = _layer(("etc/.wh.gone", "file", ""), ("var/cache/.wh..wh..opq", "file", ""),
                    ("var/cache/new", "file", "new"), ("etc/keep", "file", "kept, newer"))
-    image = push_image(registry, "export/whiteouts", "1", [lower, upper], dict(CONFIG), oci=True)
+    image = push_image(cib_registry, "export/whiteouts", "1", [lower, upper], dict(CONFIG), oci=True)
     done = _cib("export", image.ref, "fs.tar", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with tarfile.open(tmp_path / "fs.tar") as tar:
@@ -71,9 +71,9 @@ def test_export_applies_whiteouts_across_layers(registry, tmp_path):
     ((("link", "hardlink", "../../etc/shadow"),), "link"),
     ((("out", "symlink", "/"), ("out/etc/cron.d/job", "file", "* * * * * root sh")), "out/etc/cron.d/job"),
 ])
-def test_export_refuses_entries_that_escape_the_root(registry, tmp_path, members, named):
+def test_export_refuses_entries_that_escape_the_root(cib_registry, tmp_path, members, named):
     repo = f"export/escape{abs(hash(named)) % 10_000}"
-    image = push_image(registry, repo, "1", [_layer(*members)], dict(CONFIG), oci=True)
+    image = push_image(cib_registry, repo, "1", [_layer(*members)], dict(CONFIG), oci=True)
     done = _cib("export", image.ref, "fs.tar", cwd=tmp_path)
     assert done.returncode == 1
     lines = [line for line in done.stderr.splitlines() if line.strip()]

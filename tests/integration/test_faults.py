@@ -158,10 +158,10 @@ def _verify_direct(server: RegistryServer, repo: str, tag: str, digest: str, tmp
 
 
 @pytest.fixture(scope="module")
-def built(registry: RegistryServer, oci_base_image: PushedImage,
+def built(cib_registry: RegistryServer, cib_oci_base_image: PushedImage,
           payload: dict[str, dict[str, str]]) -> tuple[str, str]:
     """The payload image pushed to ``registry`` without faults: (repository, digest)."""
-    image = Image(oci_base_image.ref, f"{registry.host}/faults/source:1")
+    image = Image(cib_oci_base_image.ref, f"{cib_registry.host}/faults/source:1")
     _add_payload(image, payload)
     return "faults/source", image.save().digest
 
@@ -171,16 +171,16 @@ def built(registry: RegistryServer, oci_base_image: PushedImage,
 # --------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_build_and_save_through_faults(seed: int, registry: RegistryServer,
-                                       oci_base_image: PushedImage,
-                                       fault_proxy: Callable[..., FaultProxy],
+def test_build_and_save_through_faults(seed: int, cib_registry: RegistryServer,
+                                       cib_oci_base_image: PushedImage,
+                                       cib_fault_proxy: Callable[..., FaultProxy],
                                        payload: dict[str, dict[str, str]], tmp_path: Path,
                                        tmp_path_factory: pytest.TempPathFactory,
                                        figures: dict[str, Any]) -> None:
-    proxy = fault_proxy(registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed, slow_seconds=0.3)
+    proxy = cib_fault_proxy(cib_registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed, slow_seconds=0.3)
     repo = f"faults/build{seed}"
     started = time.monotonic()
-    image = Image(f"{proxy.host}/{oci_base_image.repository}:{oci_base_image.tag}",
+    image = Image(f"{proxy.host}/{cib_oci_base_image.repository}:{cib_oci_base_image.tag}",
                   f"{proxy.host}/{repo}:1")
     _add_payload(image, payload)
     result = image.save()
@@ -188,20 +188,20 @@ def test_build_and_save_through_faults(seed: int, registry: RegistryServer,
     record(figures, tmp_path_factory, f"build+save seed {seed}", seconds=round(elapsed, 2),
            survived=True, **_proxy_figures(proxy))
     assert proxy.faults_injected >= 1
-    assert len(result.manifest["layers"]) == len(oci_base_image.layers) + LAYERS
-    _verify_direct(registry, repo, "1", result.digest, tmp_path, payload)
+    assert len(result.manifest["layers"]) == len(cib_oci_base_image.layers) + LAYERS
+    _verify_direct(cib_registry, repo, "1", result.digest, tmp_path, payload)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_cross_registry_copy_through_faults(seed: int, registry: RegistryServer,
-                                            second_registry: RegistryServer, built: tuple[str, str],
-                                            fault_proxy: Callable[..., FaultProxy],
+def test_cross_registry_copy_through_faults(seed: int, cib_registry: RegistryServer,
+                                            cib_second_registry: RegistryServer, built: tuple[str, str],
+                                            cib_fault_proxy: Callable[..., FaultProxy],
                                             payload: dict[str, dict[str, str]], tmp_path: Path,
                                             tmp_path_factory: pytest.TempPathFactory,
                                             figures: dict[str, Any]) -> None:
     src_repo, digest = built
-    src = fault_proxy(registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed, slow_seconds=0.3)
-    dst = fault_proxy(second_registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed + 100,
+    src = cib_fault_proxy(cib_registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed, slow_seconds=0.3)
+    dst = cib_fault_proxy(cib_second_registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed + 100,
                       slow_seconds=0.3)
     repo = f"faults/copy{seed}"
     started = time.monotonic()
@@ -212,19 +212,19 @@ def test_cross_registry_copy_through_faults(seed: int, registry: RegistryServer,
            faults=src.faults_injected + dst.faults_injected)
     assert src.faults_injected + dst.faults_injected >= 1
     assert result.digest == digest
-    raw = _verify_direct(second_registry, repo, "1", digest, tmp_path, payload)
-    assert raw == skopeo_inspect(registry.ref(src_repo, "1"), raw=True)
+    raw = _verify_direct(cib_second_registry, repo, "1", digest, tmp_path, payload)
+    assert raw == skopeo_inspect(cib_registry.ref(src_repo, "1"), raw=True)
 
 
 @pytest.mark.parametrize("seed", PULL_SEEDS)
-def test_pull_into_oci_layout_through_faults(seed: int, registry: RegistryServer,
+def test_pull_into_oci_layout_through_faults(seed: int, cib_registry: RegistryServer,
                                              built: tuple[str, str],
-                                             fault_proxy: Callable[..., FaultProxy],
+                                             cib_fault_proxy: Callable[..., FaultProxy],
                                              payload: dict[str, dict[str, str]], tmp_path: Path,
                                              tmp_path_factory: pytest.TempPathFactory,
                                              figures: dict[str, Any]) -> None:
     src_repo, digest = built
-    proxy = fault_proxy(registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed, slow_seconds=0.3)
+    proxy = cib_fault_proxy(cib_registry, rate=FAULT_RATE, kinds=FAULT_KINDS, seed=seed, slow_seconds=0.3)
     layout = tmp_path / "pulled"
     started = time.monotonic()
     result = copy_image(f"{proxy.host}/{src_repo}:1", f"oci:{layout}:pulled")
@@ -234,7 +234,7 @@ def test_pull_into_oci_layout_through_faults(seed: int, registry: RegistryServer
     assert proxy.faults_injected >= 1
     assert result.digest == digest
     raw = skopeo_inspect(f"oci:{layout}:pulled", raw=True)
-    assert raw == skopeo_inspect(registry.ref(src_repo, "1"), raw=True)
+    assert raw == skopeo_inspect(cib_registry.ref(src_repo, "1"), raw=True)
     manifest = json.loads(raw)
     for layer in manifest["layers"]:
         blob = (layout / "blobs" / "sha256" / layer["digest"].split(":", 1)[1]).read_bytes()
@@ -288,18 +288,18 @@ def _fails_in_bounded_time(fn: Callable[[], object]) -> tuple[CibError, float]:
     return err.value, elapsed
 
 
-def test_total_faults_fail_clearly_and_soon(registry: RegistryServer, second_registry: RegistryServer,
-                                            oci_base_image: PushedImage, built: tuple[str, str],
-                                            fault_proxy: Callable[..., FaultProxy],
+def test_total_faults_fail_clearly_and_soon(cib_registry: RegistryServer, cib_second_registry: RegistryServer,
+                                            cib_oci_base_image: PushedImage, built: tuple[str, str],
+                                            cib_fault_proxy: Callable[..., FaultProxy],
                                             payload: dict[str, dict[str, str]], tmp_path: Path,
                                             tmp_path_factory: pytest.TempPathFactory,
                                             figures: dict[str, Any]) -> None:
     src_repo, _ = built
-    old_build = _old_image(registry, "faults/total-build")
-    old_copy = _old_image(second_registry, "faults/total-copy")
+    old_build = _old_image(cib_registry, "faults/total-build")
+    old_copy = _old_image(cib_second_registry, "faults/total-copy")
 
     def build() -> None:
-        image = Image(f"{proxy.host}/{oci_base_image.repository}:{oci_base_image.tag}",
+        image = Image(f"{proxy.host}/{cib_oci_base_image.repository}:{cib_oci_base_image.tag}",
                       f"{proxy.host}/faults/total-build:1")
         _add_payload(image, payload)
         image.save()
@@ -308,34 +308,34 @@ def test_total_faults_fail_clearly_and_soon(registry: RegistryServer, second_reg
     operations: list[tuple[str, Callable[[], object]]] = [
         ("build+save", build),
         ("cross-registry copy", lambda: copy_image(f"{proxy.host}/{src_repo}:1",
-                                                   f"{second_registry.host}/faults/total-copy:1")),
+                                                   f"{cib_second_registry.host}/faults/total-copy:1")),
         ("pull to oci layout", lambda: copy_image(f"{proxy.host}/{src_repo}:1", f"oci:{layout}:x")),
     ]
     for seed, (name, operation) in enumerate(operations):
-        proxy = fault_proxy(registry, rate=1.0, kinds=FAILING_KINDS, seed=seed)
+        proxy = cib_fault_proxy(cib_registry, rate=1.0, kinds=FAILING_KINDS, seed=seed)
         error, elapsed = _fails_in_bounded_time(operation)
         assert proxy.host in str(error)
         record(figures, tmp_path_factory, f"100% faults: {name}", seconds=round(elapsed, 2),
                survived=False, error=type(error).__name__, message=str(error)[:200],
                **_proxy_figures(proxy))
         assert proxy.faults_injected >= 1 and proxy.faults_injected == proxy.requests_seen
-    assert _manifest_at(registry, "faults/total-build", "1") == old_build.raw
-    assert _manifest_at(second_registry, "faults/total-copy", "1") == old_copy.raw
+    assert _manifest_at(cib_registry, "faults/total-build", "1") == old_build.raw
+    assert _manifest_at(cib_second_registry, "faults/total-copy", "1") == old_copy.raw
     assert not (layout / "index.json").exists() or '"x"' not in (layout / "index.json").read_text()
 
 
-def test_build_cut_off_halfway_leaves_the_tag_alone(registry: RegistryServer,
-                                                    oci_base_image: PushedImage,
-                                                    fault_proxy: Callable[..., FaultProxy],
+def test_build_cut_off_halfway_leaves_the_tag_alone(cib_registry: RegistryServer,
+                                                    cib_oci_base_image: PushedImage,
+                                                    cib_fault_proxy: Callable[..., FaultProxy],
                                                     tmp_path: Path,
                                                     tmp_path_factory: pytest.TempPathFactory,
                                                     figures: dict[str, Any]) -> None:
     """Two layers reach the registry, then every request fails: the build fails, its blobs
     stay unreferenced, and ``repo:1`` still shows the earlier complete image."""
     repo = "faults/halfway-build"
-    old = _old_image(registry, repo)
-    proxy = fault_proxy(registry, rate=0.0, kinds=REFUSING_KINDS, seed=3)
-    image = Image(f"{proxy.host}/{oci_base_image.repository}:{oci_base_image.tag}",
+    old = _old_image(cib_registry, repo)
+    proxy = cib_fault_proxy(cib_registry, rate=0.0, kinds=REFUSING_KINDS, seed=3)
+    image = Image(f"{proxy.host}/{cib_oci_base_image.repository}:{cib_oci_base_image.tag}",
                   f"{proxy.host}/{repo}:1")
     rng = random.Random(5)  # noqa: S311 - test data
     pushed = []
@@ -349,33 +349,33 @@ def test_build_cut_off_halfway_leaves_the_tag_alone(registry: RegistryServer,
     record(figures, tmp_path_factory, "100% faults after two layers: build", seconds=round(elapsed, 2),
            survived=False, error=type(error).__name__, **_proxy_figures(proxy))
     for info in pushed:  # really half pushed: its first layers are in the registry
-        assert requests.head(f"{registry.url}/v2/{repo}/blobs/{info.digest}", timeout=30).status_code == 200
-    assert _manifest_at(registry, repo, "1") == old.raw
+        assert requests.head(f"{cib_registry.url}/v2/{repo}/blobs/{info.digest}", timeout=30).status_code == 200
+    assert _manifest_at(cib_registry, repo, "1") == old.raw
 
 
 def test_copy_with_one_blob_that_never_arrives_leaves_the_tag_alone(
-        registry: RegistryServer, second_registry: RegistryServer, built: tuple[str, str],
-        fault_proxy: Callable[..., FaultProxy], tmp_path_factory: pytest.TempPathFactory,
+        cib_registry: RegistryServer, cib_second_registry: RegistryServer, built: tuple[str, str],
+        cib_fault_proxy: Callable[..., FaultProxy], tmp_path_factory: pytest.TempPathFactory,
         figures: dict[str, Any]) -> None:
     """Every upload of the last layer fails (the others arrive): the copy fails and neither the
     old tag nor a new one points at the incomplete image."""
     src_repo, digest = built
-    manifest = json.loads(skopeo_inspect(registry.ref(src_repo, "1"), raw=True))
+    manifest = json.loads(skopeo_inspect(cib_registry.ref(src_repo, "1"), raw=True))
     last = manifest["layers"][-1]["digest"]
-    old = _old_image(second_registry, "faults/halfway-copy")
-    proxy = fault_proxy(second_registry, rate=1.0, kinds=REFUSING_KINDS, seed=4,
+    old = _old_image(cib_second_registry, "faults/halfway-copy")
+    proxy = cib_fault_proxy(cib_second_registry, rate=1.0, kinds=REFUSING_KINDS, seed=4,
                         path_pattern=f"digest={last}")
     error, elapsed = _fails_in_bounded_time(
-        lambda: copy_image(f"{registry.host}/{src_repo}:1", f"{proxy.host}/faults/halfway-copy:1"))
+        lambda: copy_image(f"{cib_registry.host}/{src_repo}:1", f"{proxy.host}/faults/halfway-copy:1"))
     assert isinstance(error, RegistryError) and error.temporary
     record(figures, tmp_path_factory, "100% faults on one blob: cross-registry copy",
            seconds=round(elapsed, 2), survived=False, error=type(error).__name__,
            **_proxy_figures(proxy))
     first = manifest["layers"][0]["digest"]
-    assert requests.head(f"{second_registry.url}/v2/faults/halfway-copy/blobs/{first}",
+    assert requests.head(f"{cib_second_registry.url}/v2/faults/halfway-copy/blobs/{first}",
                          timeout=30).status_code == 200
-    assert requests.head(f"{second_registry.url}/v2/faults/halfway-copy/blobs/{last}",
+    assert requests.head(f"{cib_second_registry.url}/v2/faults/halfway-copy/blobs/{last}",
                          timeout=30).status_code == 404
-    assert _manifest_at(second_registry, "faults/halfway-copy", "1") == old.raw
-    assert requests.get(f"{second_registry.url}/v2/faults/halfway-copy/manifests/{digest}",
+    assert _manifest_at(cib_second_registry, "faults/halfway-copy", "1") == old.raw
+    assert requests.get(f"{cib_second_registry.url}/v2/faults/halfway-copy/manifests/{digest}",
                         timeout=30).status_code == 404

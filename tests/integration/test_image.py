@@ -44,9 +44,9 @@ def _oci_dir(tmp_path: Path, ref: str, name: str, creds: str | None = None) -> P
     return layout
 
 
-def test_build_on_registry_base_checked_by_skopeo_and_umoci(registry, base_image, app_dir, tmp_path):
-    target = f"{registry.host}/built/app:v1"
-    image = Image(base_image.ref, target)
+def test_build_on_registry_base_checked_by_skopeo_and_umoci(cib_registry, cib_base_image, app_dir, tmp_path):
+    target = f"{cib_registry.host}/built/app:v1"
+    image = Image(cib_base_image.ref, target)
     info = image.add_files({"/app": str(app_dir)}, ignore_files=[".dockerignore"],
                            ignores=["secret.key"])
     image.add_files({"/etc/greeting": CustomFile("hi\n", mode=0o600),
@@ -58,7 +58,7 @@ def test_build_on_registry_base_checked_by_skopeo_and_umoci(registry, base_image
     image.exposed_ports = ["8080"]
     result = image.save()
 
-    assert result.reference == f"{registry.host}/built/app@{result.digest}"
+    assert result.reference == f"{cib_registry.host}/built/app@{result.digest}"
     assert result.tags == ("v1",)
     assert info.media_type == mt.DOCKER_LAYER_GZIP  # the base is Docker flavoured
 
@@ -71,7 +71,7 @@ def test_build_on_registry_base_checked_by_skopeo_and_umoci(registry, base_image
     assert manifest["mediaType"] == mt.DOCKER_MANIFEST
     config = skopeo_inspect(target, config=True)
     assert isinstance(config, dict)
-    base_env = base_image.config["config"]["Env"]
+    base_env = cib_base_image.config["config"]["Env"]
     env = config["config"]["Env"]
     # LANG replaced in place, PATH kept first, APP_MODE appended
     assert env[0].startswith("PATH=") and env[0] == base_env[0]
@@ -82,7 +82,7 @@ def test_build_on_registry_base_checked_by_skopeo_and_umoci(registry, base_image
     assert config["config"]["WorkingDir"] == "/app"
     assert config["config"]["Labels"]["org.example.team"] == "builders"
     assert "8080/tcp" in config["config"]["ExposedPorts"]
-    assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"]) == len(base_image.layers) + 2
+    assert len(config["rootfs"]["diff_ids"]) == len(manifest["layers"]) == len(cib_base_image.layers) + 2
     assert len([h for h in config["history"] if not h.get("empty_layer")]) == len(manifest["layers"])
     assert config["created"] == "1970-01-01T00:00:00Z"
 
@@ -104,10 +104,10 @@ def test_build_on_registry_base_checked_by_skopeo_and_umoci(registry, base_image
     assert stat.S_IMODE((rootfs / "etc" / "greeting").stat().st_mode) == 0o600
 
 
-def test_same_inputs_give_the_same_digest(registry, base_image, app_dir):
+def test_same_inputs_give_the_same_digest(cib_registry, cib_base_image, app_dir):
     digests = set()
     for n in range(2):
-        image = Image(base_image.ref, f"{registry.host}/repro/app:{n}")
+        image = Image(cib_base_image.ref, f"{cib_registry.host}/repro/app:{n}")
         image.add_files({"/app": str(app_dir)})
         image.cmd = ["python3", "main.py"]
         digests.add(image.save().digest)
@@ -115,44 +115,44 @@ def test_same_inputs_give_the_same_digest(registry, base_image, app_dir):
     assert len(digests) == 1
 
 
-def test_source_date_epoch_sets_times(registry, base_image, app_dir, monkeypatch):
+def test_source_date_epoch_sets_times(cib_registry, cib_base_image, app_dir, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
-    image = Image(base_image.ref, f"{registry.host}/sde/app:1")
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/sde/app:1")
     image.add_files({"/app": str(app_dir)})
     image.save()
-    config = skopeo_inspect(f"{registry.host}/sde/app:1", config=True)
+    config = skopeo_inspect(f"{cib_registry.host}/sde/app:1", config=True)
     assert config["created"] == "2023-11-14T22:13:20Z"
     assert config["history"][-1]["created"] == "2023-11-14T22:13:20Z"
 
 
-def test_same_registry_mounts_instead_of_copying(registry, base_image):
-    image = Image(base_image.ref, f"{registry.host}/mounted/app:1")
+def test_same_registry_mounts_instead_of_copying(cib_registry, cib_base_image):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/mounted/app:1")
     image.sync()
-    assert image.sync_counts.get("mounted", 0) == len(base_image.layers)  # the config is written anew at save
+    assert image.sync_counts.get("mounted", 0) == len(cib_base_image.layers)  # the config is written anew at save
     assert "copied" not in image.sync_counts
     image.save()
-    client = RegistryClient(registry.host, "mounted/app")
-    for layer in base_image.layers:
+    client = RegistryClient(cib_registry.host, "mounted/app")
+    for layer in cib_base_image.layers:
         assert client.blob_exists(layer["digest"])
 
 
-def test_cross_registry_copies_every_base_blob(registry, second_registry, base_image, app_dir):
-    target = f"{second_registry.host}/copied/app:1"
-    image = Image(base_image.ref, target)
+def test_cross_registry_copies_every_base_blob(cib_registry, cib_second_registry, cib_base_image, app_dir):
+    target = f"{cib_second_registry.host}/copied/app:1"
+    image = Image(cib_base_image.ref, target)
     image.add_files({"/app": str(app_dir)})
     result = image.save()
-    assert image.sync_counts.get("copied", 0) == len(base_image.layers)
-    client = RegistryClient(second_registry.host, "copied/app")
-    for layer in base_image.layers:
+    assert image.sync_counts.get("copied", 0) == len(cib_base_image.layers)
+    client = RegistryClient(cib_second_registry.host, "copied/app")
+    for layer in cib_base_image.layers:
         assert client.blob_exists(layer["digest"])
     raw = skopeo_inspect(target, raw=True)
-    assert json.loads(raw)["layers"][: len(base_image.layers)] == base_image.layers
+    assert json.loads(raw)["layers"][: len(cib_base_image.layers)] == cib_base_image.layers
     assert result.digest.startswith("sha256:")
 
 
-def test_multi_platform_index_in_index_out(registry, multiarch_base_image, tmp_path):
-    target = f"{registry.host}/multi/app:1"
-    image = Image(multiarch_base_image.ref, target)
+def test_multi_platform_index_in_index_out(cib_registry, cib_multiarch_base_image, tmp_path):
+    target = f"{cib_registry.host}/multi/app:1"
+    image = Image(cib_multiarch_base_image.ref, target)
     assert sorted(image.platforms()) == ["linux/amd64", "linux/arm64/v8"]
     info = image.add_files({"/hello.txt": CustomFile(b"hello\n")})
     image.cmd = ["cat", "/hello.txt"]
@@ -171,9 +171,9 @@ def test_multi_platform_index_in_index_out(registry, multiarch_base_image, tmp_p
         assert len(manifest["layers"]) == len(config["rootfs"]["diff_ids"])
 
 
-def test_single_platform_pick_from_an_index(registry, multiarch_base_image):
-    target = f"{registry.host}/multi/arm:1"
-    image = Image(multiarch_base_image.ref, target, platform="linux/arm64")
+def test_single_platform_pick_from_an_index(cib_registry, cib_multiarch_base_image):
+    target = f"{cib_registry.host}/multi/arm:1"
+    image = Image(cib_multiarch_base_image.ref, target, platform="linux/arm64")
     assert image.platforms() == ["linux/arm64/v8"]
     image.add_files({"/x": CustomFile("x")})
     result = image.save()
@@ -182,20 +182,20 @@ def test_single_platform_pick_from_an_index(registry, multiarch_base_image):
     assert config["architecture"] == "arm64"
 
 
-def test_platform_missing_from_index_is_a_clear_error(registry, multiarch_base_image):
-    image = Image(multiarch_base_image.ref, f"{registry.host}/multi/s390x:1", platform="linux/s390x")
+def test_platform_missing_from_index_is_a_clear_error(cib_registry, cib_multiarch_base_image):
+    image = Image(cib_multiarch_base_image.ref, f"{cib_registry.host}/multi/s390x:1", platform="linux/s390x")
     with pytest.raises(NotFound, match="linux/s390x"):
         image.platforms()
 
 
-def test_platform_contradicting_single_base_is_an_error(registry, base_image):
-    image = Image(base_image.ref, f"{registry.host}/x/y:1", platform="linux/arm64")
+def test_platform_contradicting_single_base_is_an_error(cib_registry, cib_base_image):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/x/y:1", platform="linux/arm64")
     with pytest.raises(ConfigurationError, match="arm64"):
         image.platforms()
 
 
-def test_oci_base_keeps_oci_flavour(registry, oci_base_image):
-    image = Image(oci_base_image.ref, f"{registry.host}/ociflavour/app:1")
+def test_oci_base_keeps_oci_flavour(cib_registry, cib_oci_base_image):
+    image = Image(cib_oci_base_image.ref, f"{cib_registry.host}/ociflavour/app:1")
     info = image.add_files({"/a": CustomFile("a")})
     result = image.save()
     assert info.media_type == mt.OCI_LAYER_GZIP
@@ -227,56 +227,56 @@ def test_scratch_to_oci_layout_and_docker_archive(tmp_path, app_dir):
     assert (rootfs2 / "app" / "run.sh").exists()
 
 
-def test_add_and_remove_layer_keep_diff_ids_in_step(registry, base_image):
-    image = Image(base_image.ref, f"{registry.host}/edit/app:1")
-    first = base_image.layers[0]
+def test_add_and_remove_layer_keep_diff_ids_in_step(cib_registry, cib_base_image):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/edit/app:1")
+    first = cib_base_image.layers[0]
     data = image.get_image_data()
     diff_ids = list(data.config["rootfs"]["diff_ids"])
     image.remove_layer(first["digest"])
     assert [layer["digest"] for layer in data.manifest["layers"]] == [
-        layer["digest"] for layer in base_image.layers[1:]]
+        layer["digest"] for layer in cib_base_image.layers[1:]]
     assert data.config["rootfs"]["diff_ids"] == diff_ids[1:]
     image.add_layer(first["digest"], diff_ids[0], first["size"])
     assert data.manifest["layers"][-1]["digest"] == first["digest"]
     assert data.config["rootfs"]["diff_ids"][-1] == diff_ids[0]
     image.save()
-    config = skopeo_inspect(f"{registry.host}/edit/app:1", config=True)
+    config = skopeo_inspect(f"{cib_registry.host}/edit/app:1", config=True)
     assert config["rootfs"]["diff_ids"] == diff_ids[1:] + diff_ids[:1]
     with pytest.raises(NotFound):
         image.remove_layer("sha256:" + "0" * 64)
 
 
-def test_get_image_config_changes_are_saved(registry, base_image):
-    image = Image(base_image.ref, f"{registry.host}/cfg/app:1")
+def test_get_image_config_changes_are_saved(cib_registry, cib_base_image):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/cfg/app:1")
     image.get_image_config()["StopSignal"] = "SIGTERM"
     image.save(tags=["a", "b"], cmd=["true"], env=["X=1"], working_dir="/w")
     for tag in ("a", "b"):
-        config = skopeo_inspect(f"{registry.host}/cfg/app:{tag}", config=True)
+        config = skopeo_inspect(f"{cib_registry.host}/cfg/app:{tag}", config=True)
         assert config["config"]["StopSignal"] == "SIGTERM"
         assert config["config"]["Cmd"] == ["true"]
         assert config["config"]["WorkingDir"] == "/w"
         assert "X=1" in config["config"]["Env"]
 
 
-def test_manifest_never_pushed_when_a_blob_is_missing(registry, base_image):
-    image = Image(base_image.ref, f"{registry.host}/broken/app:1")
+def test_manifest_never_pushed_when_a_blob_is_missing(cib_registry, cib_base_image):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/broken/app:1")
     image.add_layer("sha256:" + "1" * 64, "sha256:" + "2" * 64, 10)
     with pytest.raises(Exception, match="lacks"):
         image.save()
-    assert not RegistryClient(registry.host, "broken/app").manifest_exists("1")
+    assert not RegistryClient(cib_registry.host, "broken/app").manifest_exists("1")
 
 
-def test_missing_source_is_a_layer_source_error(registry, base_image, tmp_path):
-    image = Image(base_image.ref, f"{registry.host}/x/missing:1")
+def test_missing_source_is_a_layer_source_error(cib_registry, cib_base_image, tmp_path):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/x/missing:1")
     with pytest.raises(LayerSourceError, match="nope"):
         image.add_files({"/app": str(tmp_path / "nope")})
 
 
 @pytest.mark.parametrize("mode", ["basic", "token"])
-def test_build_against_authenticated_registries(mode, basic_registry, token_registry, tmp_path):
+def test_build_against_authenticated_registries(mode, cib_basic_registry, cib_token_registry, tmp_path):
     from cib_core.testing import push_base_image
 
-    server = basic_registry if mode == "basic" else token_registry
+    server = cib_basic_registry if mode == "basic" else cib_token_registry
     base = push_base_image(server, "auth/base", "1")
     auth = {server.host: server.auth}
     image = Image(base.ref, f"{server.host}/auth/app:1", auth=auth)
@@ -288,9 +288,9 @@ def test_build_against_authenticated_registries(mode, basic_registry, token_regi
     assert "sha256:" + hashlib.sha256(raw).hexdigest() == result.digest
 
 
-def test_docker_flavoured_base_into_oci_layout_gets_oci_types(registry, base_image, tmp_path):
+def test_docker_flavoured_base_into_oci_layout_gets_oci_types(cib_registry, cib_base_image, tmp_path):
     layout = tmp_path / "layout"
-    image = Image(base_image.ref, f"oci:{layout}:v1")
+    image = Image(cib_base_image.ref, f"oci:{layout}:v1")
     image.add_files({"/new.txt": CustomFile("new")})
     result = image.save()
     assert result.media_type == mt.OCI_MANIFEST
@@ -300,34 +300,34 @@ def test_docker_flavoured_base_into_oci_layout_gets_oci_types(registry, base_ima
     assert {layer["mediaType"] for layer in manifest["layers"]} == {mt.OCI_LAYER_GZIP}
     # the same blobs as in the registry: only the media types changed
     assert [layer["digest"] for layer in manifest["layers"][:-1]] == [
-        layer["digest"] for layer in base_image.layers]
+        layer["digest"] for layer in cib_base_image.layers]
     rootfs = umoci_unpack(layout, "v1", tmp_path / "bundle")
     assert (rootfs / "new.txt").read_text() == "new"
     assert (rootfs / "bin" / "busybox").exists()
 
 
-def test_docker_archive_base_is_compressed_into_a_registry(registry, base_image, tmp_path):
+def test_docker_archive_base_is_compressed_into_a_registry(cib_registry, cib_base_image, tmp_path):
     from cib_core.testing import skopeo_copy
 
     archive = tmp_path / "saved.tar"
-    skopeo_copy(f"docker://{base_image.ref}", f"docker-archive:{archive}:base/saved:1")
-    target = f"{registry.host}/from-archive/app:1"
+    skopeo_copy(f"docker://{cib_base_image.ref}", f"docker-archive:{archive}:base/saved:1")
+    target = f"{cib_registry.host}/from-archive/app:1"
     image = Image(f"docker-archive:{archive}", target)
     image.add_files({"/a.txt": CustomFile("a")})
     image.save()
     manifest = json.loads(skopeo_inspect(target, raw=True))
     assert {layer["mediaType"] for layer in manifest["layers"]} == {mt.DOCKER_LAYER_GZIP}
     assert image.sync_counts.get("compressed", 0) + image.sync_counts.get("present", 0) == len(
-        base_image.layers)
+        cib_base_image.layers)
     config = skopeo_inspect(target, config=True)
     # diff_ids are of the uncompressed tars, so they survive the recompression unchanged
-    assert config["rootfs"]["diff_ids"][: len(base_image.layers)] == base_image.config["rootfs"]["diff_ids"]
+    assert config["rootfs"]["diff_ids"][: len(cib_base_image.layers)] == cib_base_image.config["rootfs"]["diff_ids"]
     layout = _oci_dir(tmp_path, target, "oci")
     rootfs = umoci_unpack(layout, "t", tmp_path / "bundle")
     assert (rootfs / "bin" / "busybox").exists() and (rootfs / "a.txt").read_text() == "a"
 
 
-def test_existing_tarball_added_as_it_is(registry, base_image, tmp_path):
+def test_existing_tarball_added_as_it_is(cib_registry, cib_base_image, tmp_path):
     import gzip
     import hashlib
     import io
@@ -342,12 +342,12 @@ def test_existing_tarball_added_as_it_is(registry, base_image, tmp_path):
     plain = buf.getvalue()
     path = tmp_path / "layer.tar.gz"
     path.write_bytes(gzip.compress(plain, mtime=0))
-    image = Image(base_image.ref, f"{registry.host}/tarball/app:1")
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/tarball/app:1")
     info = image.add_tarball(path)
     assert info.digest == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
     assert info.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
     image.save()
-    layout = _oci_dir(tmp_path, f"{registry.host}/tarball/app:1", "oci")
+    layout = _oci_dir(tmp_path, f"{cib_registry.host}/tarball/app:1", "oci")
     rootfs = umoci_unpack(layout, "t", tmp_path / "bundle")
     assert (rootfs / "opt" / "tarball.txt").read_text() == "from a tarball\n"
 
@@ -382,7 +382,7 @@ def blob_server():
 
 
 @pytest.mark.parametrize("copy_remote", [True, False])
-def test_foreign_layers_follow_copy_remote_layers(registry, base_image, blob_server, copy_remote):
+def test_foreign_layers_follow_copy_remote_layers(cib_registry, cib_base_image, blob_server, copy_remote):
     import gzip
     import hashlib
 
@@ -396,28 +396,28 @@ def test_foreign_layers_follow_copy_remote_layers(registry, base_image, blob_ser
     blobs["/blob"] = layer
     urls = [f"http://127.0.0.1:{port}/missing", f"http://127.0.0.1:{port}/blob"]
     repo = f"foreign/{'copied' if copy_remote else 'referenced'}"
-    image = Image(base_image.ref, f"{registry.host}/{repo}:1")
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/{repo}:1")
     image.add_layer(digest, diff_id, len(layer), urls=urls)
     result = image.save(copy_remote_layers=copy_remote)
-    client = RegistryClient(registry.host, repo)
+    client = RegistryClient(cib_registry.host, repo)
     assert client.blob_exists(digest) is copy_remote
     last = result.manifest["layers"][-1]
     assert last["mediaType"] == mt.DOCKER_FOREIGN_LAYER_GZIP and last["urls"] == urls
 
 
-def test_base_is_read_while_sources_are_listed_and_its_errors_come_first(registry, base_image,
+def test_base_is_read_while_sources_are_listed_and_its_errors_come_first(cib_registry, cib_base_image,
                                                                          tmp_path):
     """The first add_files reads the base in the background while it lists the sources: a
     base that does not exist is still the error reported, even when a source is bad too; a
     good base with a bad source gives the source's error; the base's flavour still decides
     the layer's media type (a Docker base refuses zstd layers)."""
     missing_source = str(tmp_path / "nowhere")
-    image = Image(f"{registry.host}/no/such-base:1", f"{registry.host}/x/bg:1")
+    image = Image(f"{cib_registry.host}/no/such-base:1", f"{cib_registry.host}/x/bg:1")
     with pytest.raises(NotFound, match="no/such-base"):
         image.add_files({"/x": missing_source})
-    image = Image(base_image.ref, f"{registry.host}/x/bg:1")
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/x/bg:1")
     with pytest.raises(LayerSourceError, match="nowhere"):
         image.add_files({"/x": missing_source})
-    image = Image(base_image.ref, f"{registry.host}/x/bg:1", compression="zstd")
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/x/bg:1", compression="zstd")
     with pytest.raises(ConfigurationError, match="Docker schema 2 image .* only carries gzip"):
         image.add_files({"/a": CustomFile("a")})

@@ -79,19 +79,19 @@ def _unique_image(server: RegistryServer, repo: str, **config_extra: Any) -> Pus
 # a corrupted blob
 # --------------------------------------------------------------------------------------------
 
-def test_corrupted_layer_is_a_digest_mismatch_on_every_path(registry: RegistryServer,
-                                                            second_registry: RegistryServer,
+def test_corrupted_layer_is_a_digest_mismatch_on_every_path(cib_registry: RegistryServer,
+                                                            cib_second_registry: RegistryServer,
                                                             tmp_path: Path) -> None:
     repo = _unique("integrity/blob")
-    image = _unique_image(registry, repo)
+    image = _unique_image(cib_registry, repo)
     digest = image.layers[0]["digest"]
-    data = _blob_file(registry, digest)
+    data = _blob_file(cib_registry, digest)
     raw = bytearray(data.read_bytes())
     middle = len(raw) // 2
     raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])  # same size
     data.write_bytes(bytes(raw))
 
-    client = RegistryClient(registry.host, repo)
+    client = RegistryClient(cib_registry.host, repo)
     with pytest.raises(DigestMismatch) as err:
         client.blob(digest)
     assert err.value.expected == digest and digest in str(err.value) and repo in str(err.value)
@@ -101,35 +101,35 @@ def test_corrupted_layer_is_a_digest_mismatch_on_every_path(registry: RegistrySe
 
     # a copy to another registry, a pull into a layout, a build on it: refused, nothing tagged
     with pytest.raises(DigestMismatch):
-        copy_image(image.ref, f"{second_registry.host}/{repo}:1")
-    assert _tag_absent(second_registry, repo, "1")
+        copy_image(image.ref, f"{cib_second_registry.host}/{repo}:1")
+    assert _tag_absent(cib_second_registry, repo, "1")
     layout = tmp_path / "layout"
     with pytest.raises(DigestMismatch):
         copy_image(image.ref, f"oci:{layout}:pulled")
     assert not (layout / "index.json").exists() or "pulled" not in (layout / "index.json").read_text()
-    build = Image(image.ref, f"{second_registry.host}/{repo}-built:1")
+    build = Image(image.ref, f"{cib_second_registry.host}/{repo}-built:1")
     build.add_files({"/extra.txt": CustomFile("x")})
     with pytest.raises(DigestMismatch):
         build.save()
-    assert _tag_absent(second_registry, f"{repo}-built", "1")
+    assert _tag_absent(cib_second_registry, f"{repo}-built", "1")
 
     home = tmp_path / "home"
-    blob = _cib("blob", f"{registry.host}/{repo}@{digest}", home=home)
+    blob = _cib("blob", f"{cib_registry.host}/{repo}@{digest}", home=home)
     line = _one_error_line(blob)
     assert "digest mismatch" in line and digest in line
     assert len(blob.stdout) < len(raw)  # the unverified tail never reached stdout
-    line = _one_error_line(_cib("copy", image.ref, f"{second_registry.host}/{repo}-cli:1", home=home))
+    line = _one_error_line(_cib("copy", image.ref, f"{cib_second_registry.host}/{repo}-cli:1", home=home))
     assert "digest mismatch" in line
-    assert _tag_absent(second_registry, f"{repo}-cli", "1")
+    assert _tag_absent(cib_second_registry, f"{repo}-cli", "1")
 
 
-def test_corrupted_config_is_a_digest_mismatch(registry: RegistryServer, tmp_path: Path) -> None:
+def test_corrupted_config_is_a_digest_mismatch(cib_registry: RegistryServer, tmp_path: Path) -> None:
     repo = _unique("integrity/config")
-    image = _unique_image(registry, repo, config={"Env": ["A=aaaa"]})
-    data = _blob_file(registry, image.config_digest)
+    image = _unique_image(cib_registry, repo, config={"Env": ["A=aaaa"]})
+    data = _blob_file(cib_registry, image.config_digest)
     data.write_bytes(data.read_bytes().replace(b"A=aaaa", b"A=bbbb"))
     with pytest.raises(DigestMismatch) as err:
-        Image(image.ref, f"{registry.host}/{repo}-built:1").get_image_config()
+        Image(image.ref, f"{cib_registry.host}/{repo}-built:1").get_image_config()
     assert image.config_digest in str(err.value)
     line = _one_error_line(_cib("config", image.ref, home=tmp_path / "home"))
     assert "digest mismatch" in line
@@ -139,23 +139,23 @@ def test_corrupted_config_is_a_digest_mismatch(registry: RegistryServer, tmp_pat
 # a manifest whose bytes are not what its digest says
 # --------------------------------------------------------------------------------------------
 
-def test_tampered_manifest_is_rejected_by_tag_and_by_digest(registry: RegistryServer,
-                                                            second_registry: RegistryServer,
+def test_tampered_manifest_is_rejected_by_tag_and_by_digest(cib_registry: RegistryServer,
+                                                            cib_second_registry: RegistryServer,
                                                             tmp_path: Path) -> None:
     repo = _unique("integrity/manifest")
-    image = _unique_image(registry, repo)
-    stored = _blob_file(registry, image.digest)
+    image = _unique_image(cib_registry, repo)
+    stored = _blob_file(cib_registry, image.digest)
     before = stored.read_bytes()
     # keep it valid JSON of the same shape: only a size changes, as an attacker would do it
     size = image.layers[0]["size"]
     after = before.replace(f'"size": {size}'.encode(), f'"size": {size + 1}'.encode())
     assert after != before
     stored.write_bytes(after)
-    answer = requests.get(f"{registry.url}/v2/{repo}/manifests/1", timeout=30,
+    answer = requests.get(f"{cib_registry.url}/v2/{repo}/manifests/1", timeout=30,
                           headers={"Accept": mt.OCI_MANIFEST})
     assert answer.content == after  # the registry serves what it has, unchecked
 
-    client = RegistryClient(registry.host, repo)
+    client = RegistryClient(cib_registry.host, repo)
     with pytest.raises(DigestMismatch) as by_digest:
         client.manifest_raw(image.digest)
     assert by_digest.value.expected == image.digest
@@ -164,10 +164,10 @@ def test_tampered_manifest_is_rejected_by_tag_and_by_digest(registry: RegistrySe
     with pytest.raises(DigestMismatch):
         client.manifest(image.digest)
     with pytest.raises(DigestMismatch):
-        copy_image(image.ref, f"{second_registry.host}/{repo}:1")
-    assert _tag_absent(second_registry, repo, "1")
+        copy_image(image.ref, f"{cib_second_registry.host}/{repo}:1")
+    assert _tag_absent(cib_second_registry, repo, "1")
     with pytest.raises(DigestMismatch):
-        Image(image.ref_by_digest, f"{second_registry.host}/{repo}-built:1").get_image_config()
+        Image(image.ref_by_digest, f"{cib_second_registry.host}/{repo}-built:1").get_image_config()
     line = _one_error_line(_cib("manifest", image.ref_by_digest, home=tmp_path / "home"))
     assert "digest mismatch" in line and image.digest in line
 
@@ -181,36 +181,36 @@ def _big_config() -> dict[str, Any]:
             "config": {"Labels": {"padding": "p" * (LIMIT + 1024)}}}
 
 
-def test_config_over_the_limit_is_refused_before_it_is_fetched(registry: RegistryServer,
+def test_config_over_the_limit_is_refused_before_it_is_fetched(cib_registry: RegistryServer,
                                                                tmp_path: Path) -> None:
     repo = _unique("integrity/bigconfig")
-    image = push_image(registry, repo, "1", [make_layer({"a": "a"})], _big_config(), oci=True)
+    image = push_image(cib_registry, repo, "1", [make_layer({"a": "a"})], _big_config(), oci=True)
     assert len(image.config_raw) > LIMIT
-    assert registry.log_path is not None
+    assert cib_registry.log_path is not None
     with pytest.raises(ManifestError) as err:
-        Image(image.ref, f"{registry.host}/{repo}-built:1").get_image_config()
+        Image(image.ref, f"{cib_registry.host}/{repo}-built:1").get_image_config()
     assert image.config_digest in str(err.value) and str(LIMIT) in str(err.value)
-    fetched = [line for line in registry.log_path.read_text(errors="replace").splitlines()
+    fetched = [line for line in cib_registry.log_path.read_text(errors="replace").splitlines()
                if f"GET /v2/{repo}/blobs/{image.config_digest}" in line]
     assert fetched == [], "the config was fetched although its descriptor says it is too big"
 
 
-def test_cli_config_over_the_limit_is_refused(registry: RegistryServer, tmp_path: Path) -> None:
+def test_cli_config_over_the_limit_is_refused(cib_registry: RegistryServer, tmp_path: Path) -> None:
     repo = _unique("integrity/bigconfig-cli")
-    image = push_image(registry, repo, "1", [make_layer({"a": "a"})], _big_config(), oci=True)
+    image = push_image(cib_registry, repo, "1", [make_layer({"a": "a"})], _big_config(), oci=True)
     line = _one_error_line(_cib("config", image.ref, home=tmp_path / "home"))
     assert image.config_digest in line
 
 
 def test_config_larger_than_its_descriptor_says_is_read_only_up_to_the_limit(
-        registry: RegistryServer) -> None:
+        cib_registry: RegistryServer) -> None:
     """The manifest claims a small config; the blob is over the limit: cib stops reading at
     the limit and refuses, instead of reading the whole blob to find the digest wrong."""
     repo = _unique("integrity/lyingconfig")
     config_raw = json.dumps(_big_config()).encode()
     session = requests.Session()
-    start = session.post(f"{registry.url}/v2/{repo}/blobs/uploads/", timeout=30)
-    location = requests.compat.urljoin(registry.url + "/", start.headers["Location"])
+    start = session.post(f"{cib_registry.url}/v2/{repo}/blobs/uploads/", timeout=30)
+    location = requests.compat.urljoin(cib_registry.url + "/", start.headers["Location"])
     import hashlib
 
     config_digest = "sha256:" + hashlib.sha256(config_raw).hexdigest()
@@ -219,11 +219,11 @@ def test_config_larger_than_its_descriptor_says_is_read_only_up_to_the_limit(
     manifest = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
                 "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": 1000},
                 "layers": []}
-    put = session.put(f"{registry.url}/v2/{repo}/manifests/1", data=json.dumps(manifest),
+    put = session.put(f"{cib_registry.url}/v2/{repo}/manifests/1", data=json.dumps(manifest),
                       headers={"Content-Type": mt.OCI_MANIFEST}, timeout=30)
     assert put.status_code == 201, put.text  # docker-registry does not check config sizes
     with pytest.raises(ManifestError, match="larger than"):
-        Image(f"{registry.host}/{repo}:1", f"{registry.host}/{repo}-built:1").get_image_config()
+        Image(f"{cib_registry.host}/{repo}:1", f"{cib_registry.host}/{repo}-built:1").get_image_config()
 
 
 class _EndlessManifest(http.server.BaseHTTPRequestHandler):

@@ -37,22 +37,22 @@ def _blob_requests_in_flight(proxy: FaultProxy, digests: set[str]) -> int:
 
 
 @pytest.mark.parametrize("layers", [1, 3])
-def test_sigint_stops_a_copy_within_a_second(layers: int, registry: RegistryServer,
-                                             second_registry: RegistryServer,
-                                             fault_proxy: Callable[..., FaultProxy],
+def test_sigint_stops_a_copy_within_a_second(layers: int, cib_registry: RegistryServer,
+                                             cib_second_registry: RegistryServer,
+                                             cib_fault_proxy: Callable[..., FaultProxy],
                                              tmp_path: Path) -> None:
     """One layer in flight is read in the main thread; several go through the worker pool.
     Either way SIGINT ends the process within a second, exit 130, one line on stderr."""
     repo = f"interrupt/copy-{layers}-{os.getpid()}-{time.monotonic_ns()}"
     blobs = [make_layer({"data.bin": os.urandom(LAYER_BYTES // layers)}) for _ in range(layers)]
-    image = push_image(registry, repo, "1", blobs, {"architecture": "amd64", "os": "linux",
+    image = push_image(cib_registry, repo, "1", blobs, {"architecture": "amd64", "os": "linux",
                                                     "config": {}}, oci=True)
     digests = {layer["digest"] for layer in image.layers}
-    proxy = fault_proxy(registry, throttle=THROTTLE)
+    proxy = cib_fault_proxy(cib_registry, throttle=THROTTLE)
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
     script = str(Path(sys.executable).parent / "cib")
-    proc = subprocess.Popen([script, "copy", proxy.ref(repo, "1"), second_registry.ref(repo, "1")],
+    proc = subprocess.Popen([script, "copy", proxy.ref(repo, "1"), cib_second_registry.ref(repo, "1")],
                             env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
@@ -75,4 +75,4 @@ def test_sigint_stops_a_copy_within_a_second(layers: int, registry: RegistryServ
     assert elapsed < INTERRUPT_BOUND, f"took {elapsed:.2f}s to stop after SIGINT"
     lines = err.decode().strip().splitlines()
     assert lines == ["cib: interrupted"], lines
-    assert requests.get(f"{second_registry.url}/v2/{repo}/manifests/1", timeout=30).status_code == 404
+    assert requests.get(f"{cib_second_registry.url}/v2/{repo}/manifests/1", timeout=30).status_code == 404

@@ -41,10 +41,10 @@ def _build(base_ref: str, target: str, src: Path):
     return image, info
 
 
-def test_unchanged_inputs_reuse_the_layer_without_uploading(registry, base_image, src, monkeypatch):
+def test_unchanged_inputs_reuse_the_layer_without_uploading(cib_registry, cib_base_image, src, monkeypatch):
     repo = "cache/unchanged"
-    _, first = _build(base_image.ref, f"{registry.host}/{repo}:1", src)
-    before = _uploads(registry, repo)
+    _, first = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:1", src)
+    before = _uploads(cib_registry, repo)
 
     def no_building(*args, **kwargs):
         raise AssertionError("the layer was built again")
@@ -52,51 +52,51 @@ def test_unchanged_inputs_reuse_the_layer_without_uploading(registry, base_image
     from cib_core.layers.build import LayerBuilder
 
     monkeypatch.setattr(LayerBuilder, "write", no_building)
-    _, second = _build(base_image.ref, f"{registry.host}/{repo}:2", src)
+    _, second = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:2", src)
     assert second == first
-    assert _uploads(registry, repo) == before
+    assert _uploads(cib_registry, repo) == before
 
 
-def test_a_changed_file_is_built_again(registry, base_image, src):
+def test_a_changed_file_is_built_again(cib_registry, cib_base_image, src):
     repo = "cache/changed"
-    _, first = _build(base_image.ref, f"{registry.host}/{repo}:1", src)
+    _, first = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:1", src)
     (src / "pkg" / "mod.py").write_text("VALUE = 2\n")  # same size, new content
-    _, second = _build(base_image.ref, f"{registry.host}/{repo}:2", src)
+    _, second = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:2", src)
     assert second.digest != first.digest
-    assert RegistryClient(registry.host, repo).blob_exists(second.digest)
+    assert RegistryClient(cib_registry.host, repo).blob_exists(second.digest)
 
 
-def test_a_replaced_file_with_the_same_times_is_built_again(registry, base_image, src):
+def test_a_replaced_file_with_the_same_times_is_built_again(cib_registry, cib_base_image, src):
     repo = "cache/replaced"
-    _, first = _build(base_image.ref, f"{registry.host}/{repo}:1", src)
+    _, first = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:1", src)
     target = src / "pkg" / "mod.py"
     stat = target.stat()
     replacement = src / "pkg" / "new.tmp"
     replacement.write_text("VALUE = 3\n")
     os.utime(replacement, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     os.replace(replacement, target)  # a new inode, as editors and git checkouts make
-    _, second = _build(base_image.ref, f"{registry.host}/{repo}:2", src)
+    _, second = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:2", src)
     assert second.digest != first.digest
 
 
-def test_a_hit_whose_blob_the_target_lacks_is_uploaded(registry, base_image, src):
-    _, first = _build(base_image.ref, f"{registry.host}/cache/one:1", src)
-    _, second = _build(base_image.ref, f"{registry.host}/cache/other:1", src)
+def test_a_hit_whose_blob_the_target_lacks_is_uploaded(cib_registry, cib_base_image, src):
+    _, first = _build(cib_base_image.ref, f"{cib_registry.host}/cache/one:1", src)
+    _, second = _build(cib_base_image.ref, f"{cib_registry.host}/cache/other:1", src)
     assert second == first
-    assert RegistryClient(registry.host, "cache/other").blob_exists(second.digest)
+    assert RegistryClient(cib_registry.host, "cache/other").blob_exists(second.digest)
 
 
-def test_custom_files_are_never_cached(registry, base_image):
+def test_custom_files_are_never_cached(cib_registry, cib_base_image):
     repo = "cache/custom"
     infos = []
     for text in ("one", "two"):
-        image = Image(base_image.ref, f"{registry.host}/{repo}:{text}")
+        image = Image(cib_base_image.ref, f"{cib_registry.host}/{repo}:{text}")
         infos.append(image.add_files({"/x": CustomFile(text)}))
     assert infos[0].digest != infos[1].digest
 
 
-def test_cache_off_with_an_empty_cache_dir(registry, base_image, src, monkeypatch):
+def test_cache_off_with_an_empty_cache_dir(cib_registry, cib_base_image, src, monkeypatch):
     monkeypatch.setenv("CIB_CACHE_DIR", "")
     assert layer_cache.cache_dir() is None
-    _, first = _build(base_image.ref, f"{registry.host}/cache/off:1", src)
+    _, first = _build(cib_base_image.ref, f"{cib_registry.host}/cache/off:1", src)
     assert first.digest.startswith("sha256:")

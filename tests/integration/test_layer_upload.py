@@ -61,13 +61,13 @@ def _unpacked(registry: RegistryServer, repo: str, tmp_path: Path) -> Path:
     return umoci_unpack(layout, "t", tmp_path / "bundle")
 
 
-def test_new_layer_goes_up_in_one_streamed_patch(registry: RegistryServer, base_image: PushedImage,
+def test_new_layer_goes_up_in_one_streamed_patch(cib_registry: RegistryServer, cib_base_image: PushedImage,
                                                  payload: Path,
-                                                 fault_proxy: Callable[..., FaultProxy],
+                                                 cib_fault_proxy: Callable[..., FaultProxy],
                                                  tmp_path: Path) -> None:
     repo = "upload/streamed"
-    proxy = fault_proxy(registry)
-    image = Image(f"{proxy.host}/{base_image.repository}:{base_image.tag}", f"{proxy.host}/{repo}:1")
+    proxy = cib_fault_proxy(cib_registry)
+    image = Image(f"{proxy.host}/{cib_base_image.repository}:{cib_base_image.tag}", f"{proxy.host}/{repo}:1")
     info = image.add_files({"/payload": str(payload)})
     image.save()
     sent = _upload_requests(proxy)
@@ -83,8 +83,8 @@ def test_new_layer_goes_up_in_one_streamed_patch(registry: RegistryServer, base_
     heads = [path for method, path, _ in proxy.seen if method == "HEAD"]
     assert len(heads) == len(set(heads)), heads
     assert not any(info.digest in path for path in heads)
-    _check_blob(registry, repo, info)
-    rootfs = _unpacked(registry, repo, tmp_path)
+    _check_blob(cib_registry, repo, info)
+    rootfs = _unpacked(cib_registry, repo, tmp_path)
     for name in ("random.bin", "text.txt"):
         assert (rootfs / "payload" / name).read_bytes() == (payload / name).read_bytes()
 
@@ -92,15 +92,15 @@ def test_new_layer_goes_up_in_one_streamed_patch(registry: RegistryServer, base_
 # (the proxy's body faults need a response body, which an answer to PATCH has not)
 @pytest.mark.parametrize("kind", ["503", "reset", "lost_response"])
 def test_broken_streamed_patch_builds_the_layer_again_into_a_file(
-        kind: str, registry: RegistryServer, base_image: PushedImage, payload: Path,
-        fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
+        kind: str, cib_registry: RegistryServer, cib_base_image: PushedImage, payload: Path,
+        cib_fault_proxy: Callable[..., FaultProxy], tmp_path: Path) -> None:
     """The streamed request fails (refused, reset, or answered but the answer lost): the layer
     is built again into a file and uploaded from it; the image is complete and the same as an
     undisturbed build's."""
     repo = f"upload/broken-{kind}"
-    proxy = fault_proxy(registry, methods=["PATCH"])
+    proxy = cib_fault_proxy(cib_registry, methods=["PATCH"])
     proxy.inject_next(kind)
-    image = Image(f"{proxy.host}/{base_image.repository}:{base_image.tag}", f"{proxy.host}/{repo}:1")
+    image = Image(f"{proxy.host}/{cib_base_image.repository}:{cib_base_image.tag}", f"{proxy.host}/{repo}:1")
     info = image.add_files({"/payload": str(payload)})
     result = image.save()
     assert proxy.counts == {kind: 1}
@@ -108,11 +108,11 @@ def test_broken_streamed_patch_builds_the_layer_again_into_a_file(
     streamed = methods.index("PATCH")
     # the broken session is cancelled; a new one takes the blob from the file in one PUT
     assert methods[streamed + 1:streamed + 4] == ["DELETE", "POST", "PUT"], methods
-    _check_blob(registry, repo, info)
-    rootfs = _unpacked(registry, repo, tmp_path)
+    _check_blob(cib_registry, repo, info)
+    rootfs = _unpacked(cib_registry, repo, tmp_path)
     assert (rootfs / "payload" / "random.bin").read_bytes() == (payload / "random.bin").read_bytes()
 
-    undisturbed = Image(f"{registry.host}/{base_image.repository}:{base_image.tag}",
-                             f"{registry.host}/{repo}-clean:1")
+    undisturbed = Image(f"{cib_registry.host}/{cib_base_image.repository}:{cib_base_image.tag}",
+                             f"{cib_registry.host}/{repo}-clean:1")
     assert undisturbed.add_files({"/payload": str(payload)}) == info
     assert undisturbed.save().digest == result.digest

@@ -29,28 +29,28 @@ def _manager(provider: CountingProvider):
     return pm
 
 
-def test_open_registry_never_asks_the_providers(registry, base_image):
+def test_open_registry_never_asks_the_providers(cib_registry, cib_base_image):
     provider = CountingProvider(None)
     pm = _manager(provider)
-    image = Image(base_image.ref, f"{registry.host}/lazy/open:1", pm=pm)
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/lazy/open:1", pm=pm)
     image.add_files({"/f": CustomFile("f")})
     image.save()
-    assert RegistryClient(registry.host, "lazy/open", pm=pm).tags() == ["1"]
+    assert RegistryClient(cib_registry.host, "lazy/open", pm=pm).tags() == ["1"]
     assert provider.asked == []
 
 
-def test_protected_registry_asks_once_per_client(basic_registry):
-    provider = CountingProvider(Credentials(basic_registry.username, basic_registry.password))
-    client = RegistryClient(basic_registry.host, "lazy/basic", pm=_manager(provider))
+def test_protected_registry_asks_once_per_client(cib_basic_registry):
+    provider = CountingProvider(Credentials(cib_basic_registry.username, cib_basic_registry.password))
+    client = RegistryClient(cib_basic_registry.host, "lazy/basic", pm=_manager(provider))
     assert not client.manifest_exists("nothing-here")
     assert client.blob_exists("sha256:" + "0" * 64) is False
-    assert provider.asked == [(basic_registry.host, "lazy/basic")]
-    assert "secret" not in repr(client) and basic_registry.password not in repr(client)
+    assert provider.asked == [(cib_basic_registry.host, "lazy/basic")]
+    assert "secret" not in repr(client) and cib_basic_registry.password not in repr(client)
 
 
-def test_explicit_options_skip_the_providers(basic_registry):
+def test_explicit_options_skip_the_providers(cib_basic_registry):
     provider = CountingProvider(None)
-    client = RegistryClient(basic_registry.host, "lazy/explicit", basic_registry.auth,
+    client = RegistryClient(cib_basic_registry.host, "lazy/explicit", cib_basic_registry.auth,
                             pm=_manager(provider))
     assert not client.manifest_exists("nothing-here")
     assert provider.asked == []

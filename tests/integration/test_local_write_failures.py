@@ -258,21 +258,21 @@ def test_build_cli(bed: Bed, big_file: Path, run: Callable[..., Ran], place: Pla
 
 @pytest.mark.parametrize("kind", ["oci", "docker-archive"])
 @pytest.mark.parametrize("place", PLACES, ids=PLACE_IDS)
-def test_copy_library(bed: Bed, base_image: PushedImage, place: Place, kind: str) -> None:
-    assert sum(layer["size"] for layer in base_image.layers) > 2 * 64 * 1024  # fills the tmpfs
+def test_copy_library(bed: Bed, cib_base_image: PushedImage, place: Place, kind: str) -> None:
+    assert sum(layer["size"] for layer in cib_base_image.layers) > 2 * 64 * 1024  # fills the tmpfs
     target = _target(bed, place, kind)
     with pytest.raises(LocalWriteError) as failed:
-        copy_image(base_image.ref, _spec(kind, target))
+        copy_image(cib_base_image.ref, _spec(kind, target))
     assert_names(failed.value, kind, place, target)
     assert_nothing_finished(kind, place, target)
 
 
 @pytest.mark.parametrize("kind", ["oci", "docker-archive"])
 @pytest.mark.parametrize("place", PLACES, ids=PLACE_IDS)
-def test_copy_cli(bed: Bed, base_image: PushedImage, run: Callable[..., Ran], place: Place,
+def test_copy_cli(bed: Bed, cib_base_image: PushedImage, run: Callable[..., Ran], place: Place,
                   kind: str) -> None:
     target = _target(bed, place, kind)
-    done = run("copy", base_image.ref, _spec(kind, target))
+    done = run("copy", cib_base_image.ref, _spec(kind, target))
     line = one_error_line(done)
     assert str(target) in line and place.reason(kind, target) in line
     assert_nothing_finished(kind, place, target)
@@ -313,7 +313,7 @@ def test_export_cli(bed: Bed, source_layout: str, run: Callable[..., Ran], place
     assert_nothing_finished("export", place, target)
 
 
-def test_the_installed_script_says_one_line(bed: Bed, big_file: Path, base_image: PushedImage,
+def test_the_installed_script_says_one_line(bed: Bed, big_file: Path, cib_base_image: PushedImage,
                                            source_layout: str) -> None:
     """The same, through the console script in a process of its own, once per command."""
     layout, archive, export = (bed.read_only / "layout", bed.read_only / "image.tar",
@@ -321,7 +321,7 @@ def test_the_installed_script_says_one_line(bed: Bed, big_file: Path, base_image
     for args, what, target in [
         (("build", "--from", "scratch", "--to", f"oci:{layout}:v1", "--add", f"{big_file}:/big"),
          "the OCI image layout", layout),
-        (("copy", base_image.ref, f"docker-archive:{archive}:app:v1"), "the docker-archive", archive),
+        (("copy", cib_base_image.ref, f"docker-archive:{archive}:app:v1"), "the docker-archive", archive),
         (("export", source_layout, str(export)), "the exported filesystem", export),
     ]:
         done = cib(*args, cwd=bed.root)

@@ -121,22 +121,22 @@ def test_cli_writes_to_a_read_only_registry_name_the_repository(read_only_regist
 # deleting what is not there
 # --------------------------------------------------------------------------------------------
 
-def test_delete_of_a_missing_tag_names_the_tag_and_repository(registry, base_image):
-    line = error_line("delete", f"{registry.host}/base/docker:no-such-tag")
-    assert line == (f"cib: error: tag 'no-such-tag' not found in {registry.host}/base/docker "
+def test_delete_of_a_missing_tag_names_the_tag_and_repository(cib_registry, cib_base_image):
+    line = error_line("delete", f"{cib_registry.host}/base/docker:no-such-tag")
+    assert line == (f"cib: error: tag 'no-such-tag' not found in {cib_registry.host}/base/docker "
                     "(HTTP 404)")
-    line = error_line("delete", f"{registry.host}/no/such-repository:1")
-    assert "tag '1' not found in" in line and f"{registry.host}/no/such-repository" in line
+    line = error_line("delete", f"{cib_registry.host}/no/such-repository:1")
+    assert "tag '1' not found in" in line and f"{cib_registry.host}/no/such-repository" in line
 
-    client = RegistryClient(registry.host, "base/docker")
-    with pytest.raises(NotFound, match=f"tag 'gone' not found in {registry.host}/base/docker"):
+    client = RegistryClient(cib_registry.host, "base/docker")
+    with pytest.raises(NotFound, match=f"tag 'gone' not found in {cib_registry.host}/base/docker"):
         client.delete_manifest("gone")
     absent = "sha256:" + "0" * 64
     with pytest.raises(NotFound) as missing:
         client.delete_manifest(absent)
-    assert str(missing.value).startswith(f"manifest {absent} not found in {registry.host}/base/docker")
+    assert str(missing.value).startswith(f"manifest {absent} not found in {cib_registry.host}/base/docker")
     assert missing.value.status == 404 and "MANIFEST_UNKNOWN" in missing.value.codes
-    assert client.manifest_exists(base_image.digest)  # nothing was deleted on the way
+    assert client.manifest_exists(cib_base_image.digest)  # nothing was deleted on the way
 
 
 def test_delete_where_deletes_are_off_says_so(tmp_path):
@@ -199,12 +199,12 @@ def remote_rules(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_plain_http_registry_reached_over_https_gets_the_insecure_registry_hint(
-        registry, base_image, remote_rules):
-    line = error_line("ls", f"{registry.host}/base/docker")
-    assert line.startswith(f"cib: error: TLS with registry {registry.host} failed")
-    assert line.endswith(f"pass --insecure-registry {registry.host}")
-    allowed = CliRunner().invoke(cli, ["--insecure-registry", registry.host, "ls",
-                                       f"{registry.host}/base/docker"])
+        cib_registry, cib_base_image, remote_rules):
+    line = error_line("ls", f"{cib_registry.host}/base/docker")
+    assert line.startswith(f"cib: error: TLS with registry {cib_registry.host} failed")
+    assert line.endswith(f"pass --insecure-registry {cib_registry.host}")
+    allowed = CliRunner().invoke(cli, ["--insecure-registry", cib_registry.host, "ls",
+                                       f"{cib_registry.host}/base/docker"])
     assert allowed.exit_code == 0, allowed.stderr
     assert "1" in allowed.stdout.split()
 

@@ -52,10 +52,10 @@ def _platform_rootfs(server: RegistryServer, ref: str, arch: str, tmp_path: Path
     return umoci_unpack(layout, "t", tmp_path / f"bundle-{architecture}")
 
 
-def test_a_layer_goes_to_one_platform_only(any_registry, multiarch_base_image, tmp_path):
-    server = any_registry
+def test_a_layer_goes_to_one_platform_only(cib_any_registry, cib_multiarch_base_image, tmp_path):
+    server = cib_any_registry
     target = f"{server.host}/perplatform/app:1"
-    image = Image(multiarch_base_image.ref, target, auth=_auth(server))
+    image = Image(cib_multiarch_base_image.ref, target, auth=_auth(server))
     common = image.add_files({"/app/main.txt": CustomFile("for every platform\n")})
     arm = image.add_files({"/opt/lib/native.so": CustomFile("aarch64 code\n")},
                           platform="linux/arm64")
@@ -74,7 +74,7 @@ def test_a_layer_goes_to_one_platform_only(any_registry, multiarch_base_image, t
     own = {"amd64": amd, "arm64": arm}
     other = {"amd64": arm, "arm64": amd}
     for arch, platform in ARCHES.items():
-        base = multiarch_base_image.platforms[platform]
+        base = cib_multiarch_base_image.platforms[platform]
         manifest = json.loads(skopeo_inspect(target, raw=True, arch=arch, creds=creds))
         config = skopeo_inspect(target, config=True, arch=arch, creds=creds)
         assert config["architecture"] == arch
@@ -97,8 +97,8 @@ def test_a_layer_goes_to_one_platform_only(any_registry, multiarch_base_image, t
     assert (rootfs["arm64/v8"] / "etc/platform").read_text() == "linux/arm64/v8\n"
 
 
-def test_platform_spellings_pick_the_same_image(registry, multiarch_base_image):
-    image = Image(multiarch_base_image.ref, f"{registry.host}/perplatform/spellings:1")
+def test_platform_spellings_pick_the_same_image(cib_registry, cib_multiarch_base_image):
+    image = Image(cib_multiarch_base_image.ref, f"{cib_registry.host}/perplatform/spellings:1")
     infos = [image.add_files({f"/{i}": CustomFile(str(i))}, platform=spelling)
              for i, spelling in enumerate(("linux/arm64", "linux/arm64/v8", "linux/aarch64"))]
     arm = image.get_image_data("linux/arm64").manifest["layers"]
@@ -122,13 +122,13 @@ class _ArchSource:
         return [file_entry("", len(data), io.BytesIO(data))]
 
 
-def test_layer_sources_are_told_the_platform(registry, multiarch_base_image):
+def test_layer_sources_are_told_the_platform(cib_registry, cib_multiarch_base_image):
     plugin = _ArchSource()
     pm = get_plugin_manager()
     pm.register(plugin, name="arch-test")
     try:
-        target = f"{registry.host}/perplatform/source:1"
-        image = Image(multiarch_base_image.ref, target, pm=pm)
+        target = f"{cib_registry.host}/perplatform/source:1"
+        image = Image(cib_multiarch_base_image.ref, target, pm=pm)
         image.add_files({"/native": "arch:lib"}, platform="linux/arm64")
         image.add_files({"/any": "arch:lib"})
         image.save()
@@ -136,7 +136,7 @@ def test_layer_sources_are_told_the_platform(registry, multiarch_base_image):
         pm.unregister(plugin)
     assert plugin.asked == ["linux/arm64/v8", None]
     manifest = json.loads(skopeo_inspect(target, raw=True, arch="arm64"))
-    blob = RegistryServerBlob(registry, "perplatform/source", manifest["layers"][-2]["digest"])
+    blob = RegistryServerBlob(cib_registry, "perplatform/source", manifest["layers"][-2]["digest"])
     assert blob.member("native") == b"lib built for linux/arm64/v8\n"
 
 
@@ -156,12 +156,12 @@ class RegistryServerBlob:
             return handle.read()
 
 
-def test_add_tarball_and_add_layer_take_a_platform(registry, multiarch_base_image, tmp_path):
+def test_add_tarball_and_add_layer_take_a_platform(cib_registry, cib_multiarch_base_image, tmp_path):
     tarball = tmp_path / "arm.tar"
     tarball.write_bytes(make_layer({"opt/arm.txt": "arm\n"}))
-    image = Image(multiarch_base_image.ref, f"{registry.host}/perplatform/tarball:1")
+    image = Image(cib_multiarch_base_image.ref, f"{cib_registry.host}/perplatform/tarball:1")
     arm = image.add_tarball(tarball, platform="linux/arm64")
-    amd_base = multiarch_base_image.platforms["linux/amd64"]
+    amd_base = cib_multiarch_base_image.platforms["linux/amd64"]
     reused = amd_base.layers[-1]
     image.add_layer(reused["digest"], amd_base.config["rootfs"]["diff_ids"][-1], reused["size"],
                     platform="linux/amd64")
@@ -172,8 +172,8 @@ def test_add_tarball_and_add_layer_take_a_platform(registry, multiarch_base_imag
     assert amd_digests[-1] == reused["digest"] and len(amd_digests) == len(arm_digests)
 
 
-def test_one_platform_build_takes_its_own_platform_only(registry, multiarch_base_image):
-    image = Image(multiarch_base_image.ref, f"{registry.host}/perplatform/single:1",
+def test_one_platform_build_takes_its_own_platform_only(cib_registry, cib_multiarch_base_image):
+    image = Image(cib_multiarch_base_image.ref, f"{cib_registry.host}/perplatform/single:1",
                   platform="linux/arm64")
     image.add_files({"/a": CustomFile("a")}, platform="linux/arm64/v8")
     with pytest.raises(ConfigurationError) as caught:
@@ -182,8 +182,8 @@ def test_one_platform_build_takes_its_own_platform_only(registry, multiarch_base
     assert "linux/amd64" in message and "linux/arm64/v8" in message
 
 
-def test_a_single_image_base_has_its_own_platform(registry, base_image):
-    image = Image(base_image.ref, f"{registry.host}/perplatform/docker:1")
+def test_a_single_image_base_has_its_own_platform(cib_registry, cib_base_image):
+    image = Image(cib_base_image.ref, f"{cib_registry.host}/perplatform/docker:1")
     info = image.add_files({"/a": CustomFile("a")}, platform="linux/amd64")
     assert image.get_image_data().manifest["layers"][-1]["digest"] == info.digest
     with pytest.raises(ConfigurationError, match=r"linux/arm64.*its platforms are linux/amd64"):
@@ -199,14 +199,14 @@ def test_a_single_image_base_has_its_own_platform(registry, base_image):
     (["linux/arm64"], r"add_files's platform must be a str like \"linux/arm64\", not list"),
 ])
 def test_a_platform_the_build_lacks_is_refused_before_anything_is_sent(
-        any_registry, multiarch_base_image, tmp_path, platform, expected):
-    server = any_registry
+        cib_any_registry, cib_multiarch_base_image, tmp_path, platform, expected):
+    server = cib_any_registry
     repo = f"perplatform/refused-{hashlib.sha256(repr(platform).encode()).hexdigest()[:8]}"
     plugin = _ArchSource()
     pm = get_plugin_manager()
     pm.register(plugin, name="arch-test")
     try:
-        image = Image(multiarch_base_image.ref, f"{server.host}/{repo}:1", auth=_auth(server), pm=pm)
+        image = Image(cib_multiarch_base_image.ref, f"{server.host}/{repo}:1", auth=_auth(server), pm=pm)
         with pytest.raises(ConfigurationError, match=expected):
             image.add_files({"/native": "arch:lib"}, platform=platform)
     finally:
@@ -215,10 +215,10 @@ def test_a_platform_the_build_lacks_is_refused_before_anything_is_sent(
     assert not repository_dir(server, repo).exists(), "something was written to the target"
 
 
-def test_refused_for_every_way_of_adding_a_layer(registry, multiarch_base_image, tmp_path):
+def test_refused_for_every_way_of_adding_a_layer(cib_registry, cib_multiarch_base_image, tmp_path):
     tarball = tmp_path / "t.tar"
     tarball.write_bytes(make_layer({"t": "t"}))
-    image = Image(multiarch_base_image.ref, f"{registry.host}/perplatform/ways:1")
+    image = Image(cib_multiarch_base_image.ref, f"{cib_registry.host}/perplatform/ways:1")
     with pytest.raises(ConfigurationError, match=r"add_tarball\(platform='linux/ppc64le'\)"):
         image.add_tarball(tarball, platform="linux/ppc64le")
     with pytest.raises(ConfigurationError, match=r"add_layer\(platform='linux/ppc64le'\)"):
@@ -227,18 +227,18 @@ def test_refused_for_every_way_of_adding_a_layer(registry, multiarch_base_image,
         assert len(image.get_image_data(platform).manifest["layers"]) == 2
 
 
-def test_an_ambiguous_platform_is_refused(registry):
+def test_an_ambiguous_platform_is_refused(cib_registry):
     from cib_core.testing import push_image, push_index
 
     layer = make_layer({"etc/x": "x"})
     diff_ids = ["sha256:" + hashlib.sha256(layer).hexdigest()]
     children = [
-        push_image(registry, "perplatform/armbase", None, [layer], {
+        push_image(cib_registry, "perplatform/armbase", None, [layer], {
             "architecture": "arm", "os": "linux", "variant": variant, "config": {"Env": env},
             "rootfs": {"type": "layers", "diff_ids": diff_ids}}, oci=True)
         for variant, env in (("v6", []), ("v7", []), ("v6", ["X=1"]))]
-    base = push_index(registry, "perplatform/armbase", "1", children)
-    image = Image(base.ref, f"{registry.host}/perplatform/arm:1")
+    base = push_index(cib_registry, "perplatform/armbase", "1", children)
+    image = Image(base.ref, f"{cib_registry.host}/perplatform/arm:1")
     # "linux/arm" means v7, as when an entry of an index is picked
     info = image.add_files({"/a": CustomFile("a")}, platform="linux/arm")
     assert image.get_image_data("linux/arm/v7").manifest["layers"][-1]["digest"] == info.digest
@@ -246,8 +246,8 @@ def test_an_ambiguous_platform_is_refused(registry):
         image.add_files({"/b": CustomFile("b")}, platform="linux/arm/v6")
 
 
-def test_the_default_still_goes_to_every_platform(registry, multiarch_base_image):
-    image = Image(multiarch_base_image.ref, f"{registry.host}/perplatform/all:1")
+def test_the_default_still_goes_to_every_platform(cib_registry, cib_multiarch_base_image):
+    image = Image(cib_multiarch_base_image.ref, f"{cib_registry.host}/perplatform/all:1")
     info = image.add_files({"/a": CustomFile("a")})
     for platform in ARCHES.values():
         assert image.get_image_data(platform).manifest["layers"][-1]["digest"] == info.digest

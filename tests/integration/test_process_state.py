@@ -107,14 +107,14 @@ print(json.dumps({"before": before, "after": after, "changes": changes}))
 '''
 
 
-def test_a_build_changes_no_process_wide_state(registry, base_image, tmp_path: Path):
+def test_a_build_changes_no_process_wide_state(cib_registry, cib_base_image, tmp_path: Path):
     work = tmp_path / "work"
     (work / "src").mkdir(parents=True)
     (work / "src" / "run").write_text("#!/bin/sh\necho hi\n")
     (work / "src" / "stale.pyc").write_bytes(b"\0")
     (work / "src" / ".dockerignore").write_text("*.log\n")
     (work / "script.py").write_text(_SCRIPT)
-    bed = {"registry": registry.host, "base": base_image.ref}
+    bed = {"registry": cib_registry.host, "base": cib_base_image.ref}
     done = subprocess.run([sys.executable, "script.py", json.dumps(bed)], cwd=work,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -123,12 +123,12 @@ def test_a_build_changes_no_process_wide_state(registry, base_image, tmp_path: P
     assert report["after"] == report["before"]
     # the state was taken around real builds
     assert report["before"]["gc"][0] is True
-    assert skopeo_inspect(registry.ref("state/app", "insecure"))["Env"][-1] == "MODE=test"
-    assert skopeo_inspect(registry.ref("state/app", "scratch"))["Layers"]
+    assert skopeo_inspect(cib_registry.ref("state/app", "insecure"))["Env"][-1] == "MODE=test"
+    assert skopeo_inspect(cib_registry.ref("state/app", "scratch"))["Layers"]
     assert skopeo_inspect(f"oci:{work / 'layout'}:1")["Layers"]
 
 
-def test_the_recorder_sees_a_change(registry, base_image, tmp_path: Path):
+def test_the_recorder_sees_a_change(cib_registry, cib_base_image, tmp_path: Path):
     """The check above can fail: a cib module that pauses the collector is caught."""
     work = tmp_path / "work"
     (work / "src").mkdir(parents=True)
@@ -137,7 +137,7 @@ def test_the_recorder_sees_a_change(registry, base_image, tmp_path: Path):
                              "before = state()\nimport cib_core.layers.build\n"
                              "exec('import gc; gc.disable(); gc.enable()', vars(cib_core.layers.build))\n")
     (work / "script.py").write_text(script)
-    bed = {"registry": registry.host, "base": base_image.ref}
+    bed = {"registry": cib_registry.host, "base": cib_base_image.ref}
     done = subprocess.run([sys.executable, "script.py", json.dumps(bed)], cwd=work,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -76,17 +76,17 @@ def _check_finals(progress: Recorder, manifest: dict[str, Any], new_layer_label:
         assert total is None or done <= total, (name, done, total)
 
 
-def test_build_into_an_oci_layout_reports_every_blob(base_image, tmp_path):
+def test_build_into_an_oci_layout_reports_every_blob(cib_base_image, tmp_path):
     progress = Recorder()
-    manifest, label = _build(base_image, f"oci:{tmp_path / 'layout'}:1", progress)
+    manifest, label = _build(cib_base_image, f"oci:{tmp_path / 'layout'}:1", progress)
     _check_finals(progress, manifest, label)
     assert progress.steps == []  # nothing to do after the blobs are in a layout
 
 
-def test_build_into_a_docker_archive_reports_every_blob_and_the_tarball(base_image, tmp_path):
+def test_build_into_a_docker_archive_reports_every_blob_and_the_tarball(cib_base_image, tmp_path):
     progress = Recorder()
     archive = tmp_path / "app.tar"
-    manifest, label = _build(base_image, f"docker-archive:{archive}:progress/app:1", progress)
+    manifest, label = _build(cib_base_image, f"docker-archive:{archive}:progress/app:1", progress)
     _check_finals(progress, manifest, label)
 
     with tarfile.open(archive) as tar:
@@ -102,20 +102,20 @@ def test_build_into_a_docker_archive_reports_every_blob_and_the_tarball(base_ima
 
 
 @pytest.mark.parametrize("kind", ["oci", "docker-archive"])
-def test_copy_into_a_local_target_reports_every_blob(base_image, tmp_path, kind):
+def test_copy_into_a_local_target_reports_every_blob(cib_base_image, tmp_path, kind):
     progress = Recorder()
     target = f"oci:{tmp_path / 'layout'}:1" if kind == "oci" else \
         f"docker-archive:{tmp_path / 'app.tar'}:progress/app:1"
-    copy_image(base_image.ref, target, progress=progress)
-    sizes = _blob_sizes(base_image.manifest)
+    copy_image(cib_base_image.ref, target, progress=progress)
+    sizes = _blob_sizes(cib_base_image.manifest)
     assert progress.finals() == {d: (s, s) for d, s in sizes.items()}
 
 
-def test_a_plain_callback_is_never_given_steps(base_image, tmp_path):
+def test_a_plain_callback_is_never_given_steps(cib_base_image, tmp_path):
     calls: list[tuple[str, int, int | None]] = []
-    copy_image(base_image.ref, f"docker-archive:{tmp_path / 'app.tar'}",
+    copy_image(cib_base_image.ref, f"docker-archive:{tmp_path / 'app.tar'}",
                progress=lambda *args: calls.append(args))
-    assert {name for name, _done, _total in calls} == set(_blob_sizes(base_image.manifest))
+    assert {name for name, _done, _total in calls} == set(_blob_sizes(cib_base_image.manifest))
 
 
 # --------------------------------------------------------------------------------------------
@@ -185,54 +185,54 @@ def home(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("kind", ["registry", "oci", "docker-archive"])
-def test_build_on_a_terminal_draws_labelled_bars_and_the_summary(registry, base_image, app_dir,
+def test_build_on_a_terminal_draws_labelled_bars_and_the_summary(cib_registry, cib_base_image, app_dir,
                                                                  tmp_path, home, kind):
-    target = _target(kind, registry, tmp_path, f"build-{kind}")
+    target = _target(kind, cib_registry, tmp_path, f"build-{kind}")
     code, stdout, drawn = on_a_terminal(
-        [_cib_script(), "build", "--from", base_image.ref, "--to", target,
+        [_cib_script(), "build", "--from", cib_base_image.ref, "--to", target,
          "--add", f"{app_dir}:/app"], _env(home))
     assert code == 0, drawn
     assert re.fullmatch(r"\S+@sha256:[0-9a-f]{64}\n", stdout)  # only the result on stdout
     assert "new layer /app" in drawn  # the new layer's bar, labelled
     assert "B/s" in drawn  # bars with transfer rates
     if kind != "registry":  # a registry mounts the base layers; a local target copies them
-        assert base_image.layers[0]["digest"].split(":", 1)[1][:12] in drawn
+        assert cib_base_image.layers[0]["digest"].split(":", 1)[1][:12] in drawn
     last = drawn.replace("\r", "\n").strip().splitlines()[-1]
     found = SUMMARY.fullmatch(last.strip())
     assert found is not None, last
     assert found.group(1) == ("pushed" if kind == "registry" else "wrote")
-    assert int(found.group(2)) == (2 if kind == "registry" else 2 + len(base_image.layers))
+    assert int(found.group(2)) == (2 if kind == "registry" else 2 + len(cib_base_image.layers))
 
 
 @pytest.mark.parametrize("kind", ["registry", "oci", "docker-archive"])
-def test_copy_on_a_terminal_draws_labelled_bars_and_the_summary(second_registry, base_image,
+def test_copy_on_a_terminal_draws_labelled_bars_and_the_summary(cib_second_registry, cib_base_image,
                                                                 tmp_path, home, kind):
-    target = _target(kind, second_registry, tmp_path, f"copy-{kind}")
-    code, _stdout, drawn = on_a_terminal([_cib_script(), "copy", base_image.ref, target],
+    target = _target(kind, cib_second_registry, tmp_path, f"copy-{kind}")
+    code, _stdout, drawn = on_a_terminal([_cib_script(), "copy", cib_base_image.ref, target],
                                          _env(home))
     assert code == 0, drawn
-    for layer in base_image.layers:
+    for layer in cib_base_image.layers:
         assert layer["digest"].split(":", 1)[1][:12] in drawn
     if kind == "docker-archive":  # the tarball is written from the blobs at the end
-        assert "write " + base_image.layers[0]["digest"].split(":", 1)[1][:12] in drawn
+        assert "write " + cib_base_image.layers[0]["digest"].split(":", 1)[1][:12] in drawn
     last = drawn.replace("\r", "\n").strip().splitlines()[-1]
     found = SUMMARY.fullmatch(last.strip())
     assert found is not None and found.group(1) == "copied", last
-    assert int(found.group(2)) == 1 + len(base_image.layers)
+    assert int(found.group(2)) == 1 + len(cib_base_image.layers)
 
 
 @pytest.mark.parametrize("kind", ["registry", "oci", "docker-archive"])
-def test_off_a_terminal_only_the_summary_line(registry, base_image, app_dir, tmp_path, home, kind):
-    target = _target(kind, registry, tmp_path, f"plain-{kind}")
-    result = subprocess.run([_cib_script(), "build", "--from", base_image.ref, "--to", target,
+def test_off_a_terminal_only_the_summary_line(cib_registry, cib_base_image, app_dir, tmp_path, home, kind):
+    target = _target(kind, cib_registry, tmp_path, f"plain-{kind}")
+    result = subprocess.run([_cib_script(), "build", "--from", cib_base_image.ref, "--to", target,
                              "--add", f"{app_dir}:/app"], capture_output=True, text=True,
                             env=_env(home), timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stderr and "\x1b" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and SUMMARY.fullmatch(lines[0]), result.stderr
-    quiet = subprocess.run([_cib_script(), "-q", "build", "--from", base_image.ref, "--to",
-                            _target(kind, registry, tmp_path, f"quiet-{kind}"),
+    quiet = subprocess.run([_cib_script(), "-q", "build", "--from", cib_base_image.ref, "--to",
+                            _target(kind, cib_registry, tmp_path, f"quiet-{kind}"),
                             "--add", f"{app_dir}:/app"], capture_output=True, text=True,
                            env=_env(home), timeout=120, check=False)
     assert quiet.returncode == 0 and quiet.stderr == ""

@@ -59,13 +59,13 @@ def index(house: Wheelhouse, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 @pytest.fixture(scope="module")
-def python_base(registry: RegistryServer) -> str:
-    return push_python_base(registry).ref
+def python_base(cib_registry: RegistryServer) -> str:
+    return push_python_base(cib_registry).ref
 
 
 @pytest.fixture(scope="module")
-def python_index(registry: RegistryServer) -> str:
-    return push_python_index(registry).ref
+def python_index(cib_registry: RegistryServer) -> str:
+    return push_python_index(cib_registry).ref
 
 
 @pytest.fixture
@@ -84,12 +84,12 @@ def _manifest_of(layout: Path, tag: str) -> dict[str, Any]:
 
 
 def test_app_with_a_c_extension_runs_under_runc(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     require_tool("skopeo")
     project = write_project(tmp_path / "app")
     write_pylock(project / "pylock.toml", house, index, default_pins(house))
-    target = registry.ref("pyapp/runs", "v1")
+    target = cib_registry.ref("pyapp/runs", "v1")
     image = Image(python_base, target)
     layers = image.add_python_app(project, index_url=index.simple)
     result = image.save()
@@ -133,7 +133,7 @@ def test_app_with_a_c_extension_runs_under_runc(
 
 
 def test_two_platforms_get_their_own_wheels_and_share_the_rest(
-        tmp_path: Path, registry: RegistryServer, python_index: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_index: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     require_tool("skopeo")
     project = write_project(tmp_path / "app", dependencies=(
@@ -145,7 +145,7 @@ def test_two_platforms_get_their_own_wheels_and_share_the_rest(
             Pin("cibtest-arm64only", "1.0", tuple(house.of("cibtest-arm64only")),
                 "platform_machine == 'aarch64'")]
     write_pylock(project / "pylock.toml", house, index, pins)
-    image = Image(python_index, registry.ref("pyapp/multi", "v1"))
+    image = Image(python_index, cib_registry.ref("pyapp/multi", "v1"))
     assert image.platforms() == ["linux/amd64", "linux/arm64/v8"]
     layers = image.add_python_app(project, index_url=index.simple)
     result = image.save()
@@ -158,7 +158,7 @@ def test_two_platforms_get_their_own_wheels_and_share_the_rest(
     for arch, machine, other in (("amd64", "x86_64", "aarch64"), ("arm64", "aarch64", "x86_64")):
         digests = skopeo_inspect(result.reference, arch=arch)["Layers"]
         seen[arch] = digests
-        deps = registry_blob(registry, "pyapp/multi", digests[1])
+        deps = registry_blob(cib_registry, "pyapp/multi", digests[1])
         names = layer_members(deps)
         assert f"{site}/cibtest_fast/_speed.cpython-311-{machine}-linux-gnu.so" in names
         assert not [n for n in names if other in n], f"{arch} holds files for {other}"
@@ -222,11 +222,11 @@ def _reference_diff_ids(python_base: str, house: Wheelhouse, index: IndexServer)
 
 
 def test_a_code_change_uploads_only_the_project_layer(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     project = write_project(tmp_path / "app")
     write_pylock(project / "pylock.toml", house, index, default_pins(house))
-    target = registry.ref("pyapp/rebuild", "v1")
+    target = cib_registry.ref("pyapp/rebuild", "v1")
 
     def build() -> tuple[list[str], list[str]]:
         """The app's layer digests, and the app layers whose blobs were sent."""
@@ -281,40 +281,40 @@ def _fails(python_base: str, registry: RegistryServer, repository: str, project:
 
 
 def test_a_file_whose_hash_differs_from_the_lock(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     project = write_project(tmp_path / "app")
     write_pylock(project / "pylock.toml", house, index, default_pins(house))
     lock = project / "pylock.toml"
     right = house.sha256("cibtest_pure-1.0-py3-none-any.whl")
     lock.write_text(lock.read_text().replace(right, "0" * 64))
-    message = _fails(python_base, registry, "pyapp/badhash", project, index_url=index.simple)
+    message = _fails(python_base, cib_registry, "pyapp/badhash", project, index_url=index.simple)
     assert "cibtest_pure-1.0-py3-none-any.whl" in message
     assert right in message and "0" * 64 in message
     assert "nothing was built or pushed" in message
 
 
-def test_a_missing_lock(tmp_path: Path, registry: RegistryServer, python_base: str,
+def test_a_missing_lock(tmp_path: Path, cib_registry: RegistryServer, python_base: str,
                         index: IndexServer, no_pip_config: None) -> None:
     project = write_project(tmp_path / "app")
     missing = tmp_path / "nowhere" / "pylock.toml"
-    message = _fails(python_base, registry, "pyapp/nolock", project, lock=missing,
+    message = _fails(python_base, cib_registry, "pyapp/nolock", project, lock=missing,
                      index_url=index.simple)
     assert str(missing) in message and "does not exist" in message
     # a project with dependencies and no lock at all
-    message = _fails(python_base, registry, "pyapp/nolock", project, index_url=index.simple)
+    message = _fails(python_base, cib_registry, "pyapp/nolock", project, index_url=index.simple)
     assert str(project) in message and "no lock" in message and "uv lock" in message
 
 
 def test_a_project_whose_build_fails_shows_its_output(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     from cib_core.errors import PackagingError
 
     project = write_project(tmp_path / "app")
     write_pylock(project / "pylock.toml", house, index, default_pins(house))
     (project / "setup.py").write_text("raise SystemExit('the build is broken on purpose')\n")
-    message = _fails(python_base, registry, "pyapp/buildfails", project, index_url=index.simple)
+    message = _fails(python_base, cib_registry, "pyapp/buildfails", project, index_url=index.simple)
     assert "the build of cibtest-app" in message and str(project) in message
     assert "the build is broken on purpose" in message
     image = Image(python_base, f"oci:{tmp_path / 'out'}:v1")
@@ -324,17 +324,17 @@ def test_a_project_whose_build_fails_shows_its_output(
 
 
 def test_a_base_without_python_says_how_to_name_one(
-        tmp_path: Path, registry: RegistryServer, base_image: Any, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, cib_base_image: Any, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     project = write_project(tmp_path / "app")
     write_pylock(project / "pylock.toml", house, index, default_pins(house))
-    message = _fails(base_image.ref, registry, "pyapp/nopython", project, index_url=index.simple)
-    assert base_image.ref in message and "has no Python interpreter on its PATH" in message
+    message = _fails(cib_base_image.ref, cib_registry, "pyapp/nopython", project, index_url=index.simple)
+    assert cib_base_image.ref in message and "has no Python interpreter on its PATH" in message
     assert 'python_target={"interpreter": ' in message and "--python-target interpreter=" in message
 
 
 def test_a_wheel_that_is_not_a_zip_and_one_whose_record_lies(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         no_pip_config: None) -> None:
     from pyapp_support import make_wheel
 
@@ -351,23 +351,23 @@ def test_a_wheel_that_is_not_a_zip_and_one_whose_record_lies(
         sha = __import__("hashlib").sha256(wheel.read_bytes()).hexdigest()
         write_requirements(project / "requirements.txt", house, [])
         (project / "requirements.txt").write_text(f"cibtest-pure==1.0 --hash=sha256:{sha}\n")
-        message = _fails(python_base, registry, f"pyapp/{case}", project, find_links=[directory])
+        message = _fails(python_base, cib_registry, f"pyapp/{case}", project, find_links=[directory])
         assert "cibtest_pure-1.0-py3-none-any.whl" in message and expected in message, message
 
 
 def test_a_dependency_for_a_python_the_base_does_not_have(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     project = write_project(tmp_path / "app", dependencies=("cibtest-new",))
     write_requirements(project / "requirements.txt", house,
                        [Pin("cibtest-new", "1.0", tuple(house.of("cibtest-new")))])
-    message = _fails(python_base, registry, "pyapp/newpython", project, index_url=index.simple)
+    message = _fails(python_base, cib_registry, "pyapp/newpython", project, index_url=index.simple)
     assert "cibtest-new 1.0" in message and "has no wheel for linux/amd64" in message
     assert "CPython 3.11.2" in message and "cp312-cp312-manylinux_2_17_x86_64" in message
 
 
 def test_a_package_with_only_an_sdist_is_not_built(
-        tmp_path: Path, registry: RegistryServer, python_base: str, house: Wheelhouse,
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
         index: IndexServer, no_pip_config: None) -> None:
     project = write_project(tmp_path / "app", dependencies=("cibtest-sdistonly",))
     pins = [Pin("cibtest-sdistonly", "1.0", tuple(house.of("cibtest-sdistonly")))]
@@ -378,7 +378,7 @@ def test_a_package_with_only_an_sdist_is_not_built(
             write_pylock(project / "pylock.toml", house, index, pins)
         else:
             write_uv_lock(project / "uv.lock", house, index, pins)
-        message = _fails(python_base, registry, f"pyapp/sdist-{kind}", project, index_url=index.simple)
+        message = _fails(python_base, cib_registry, f"pyapp/sdist-{kind}", project, index_url=index.simple)
         assert "cibtest-sdistonly 1.0" in message and "has no wheel for linux/amd64" in message
         assert "never builds an sdist" in message
 

@@ -85,9 +85,9 @@ def _oci_manifest(config: bytes, layers: list[bytes], **extra: Any) -> dict[str,
 
 # -- the method table, once per auth mode -----------------------------------------------------
 
-def test_method_table(any_registry: RegistryServer) -> None:
+def test_method_table(cib_any_registry: RegistryServer) -> None:
     repo = _unique("table/app")
-    client = _client(any_registry, repo, chunk_size=1 << 20)
+    client = _client(cib_any_registry, repo, chunk_size=1 << 20)
 
     # upload: bytes (monolithic), then the same content chunked from a generator
     layer = make_layer({"hello.txt": "hi\n", "big.bin": os.urandom(2_500_000)})
@@ -116,7 +116,7 @@ def test_method_table(any_registry: RegistryServer) -> None:
     assert pushed.status == 201
     raw, media_type, digest = client.manifest_raw("v1")
     assert (media_type, digest) == (mt.OCI_MANIFEST, pushed.digest)
-    assert raw == skopeo_inspect(any_registry.ref(repo, "v1"), raw=True, creds=any_registry.creds_arg())
+    assert raw == skopeo_inspect(cib_any_registry.ref(repo, "v1"), raw=True, creds=cib_any_registry.creds_arg())
     assert client.manifest("v1") == manifest
     assert client.manifest(digest) == manifest
     assert client.manifest_exists("v1") and client.manifest_exists(digest)
@@ -124,7 +124,7 @@ def test_method_table(any_registry: RegistryServer) -> None:
     with pytest.raises(NotFound) as missing:
         client.manifest("nope")
     assert missing.value.status == 404 and "MANIFEST_UNKNOWN" in missing.value.codes
-    assert repo in str(missing.value) and any_registry.host in str(missing.value)
+    assert repo in str(missing.value) and cib_any_registry.host in str(missing.value)
 
     # exact bytes survive; untagged upload by digest; media type from the document
     docker_manifest = json.dumps({
@@ -164,12 +164,12 @@ def test_method_table(any_registry: RegistryServer) -> None:
     assert client.referrers(pushed.digest, "application/other")["manifests"] == []
 
     # mount: True between repositories of one registry, False when declined
-    other = _client(any_registry, repo + "-mounted")
+    other = _client(cib_any_registry, repo + "-mounted")
     assert not other.blob_exists(done.digest)
     assert other.mount(done.digest, repo) is True
     assert other.blob(done.digest) == layer
     assert other.mount(_sha(b"nothing like this"), repo) is False
-    third = _client(any_registry, repo + "-declined")
+    third = _client(cib_any_registry, repo + "-declined")
     assert third.mount(_sha(config), _unique("table/absent")) is False
     assert not third.blob_exists(_sha(config))
 
@@ -186,11 +186,11 @@ def test_method_table(any_registry: RegistryServer) -> None:
         client.blob("sha256:short")
 
 
-def test_pushed_by_an_independent_client_reads_back(any_registry: RegistryServer) -> None:
+def test_pushed_by_an_independent_client_reads_back(cib_any_registry: RegistryServer) -> None:
     repo = _unique("oracle/img")
     layer = make_layer({"a": "b"})
-    image = push_image(any_registry, repo, "t", [layer], {"architecture": "amd64", "os": "linux"}, oci=False)
-    client = _client(any_registry, repo)
+    image = push_image(cib_any_registry, repo, "t", [layer], {"architecture": "amd64", "os": "linux"}, oci=False)
+    client = _client(cib_any_registry, repo)
     raw, media_type, digest = client.manifest_raw("t")
     assert (raw, media_type, digest) == (image.raw, mt.DOCKER_MANIFEST, image.digest)
     assert client.blob(image.config_digest) == image.config_raw
@@ -199,16 +199,16 @@ def test_pushed_by_an_independent_client_reads_back(any_registry: RegistryServer
 
 # -- pagination, faults and resumption -----------------------------------------------------------
 
-def test_tags_and_catalog_follow_link_pagination(registry: RegistryServer,
-                                                 fault_proxy: Callable[..., FaultProxy]) -> None:
+def test_tags_and_catalog_follow_link_pagination(cib_registry: RegistryServer,
+                                                 cib_fault_proxy: Callable[..., FaultProxy]) -> None:
     repo = _unique("paged/app")
-    direct = _client(registry, repo)
+    direct = _client(cib_registry, repo)
     config = b'{"n":1}'
     direct.upload(config)
     wanted = sorted(f"t{i}" for i in range(7))
     for tag in wanted:
         direct.manifest_upload(tag, _oci_manifest(config, []))
-    proxy = fault_proxy(registry, paginate=2)
+    proxy = cib_fault_proxy(cib_registry, paginate=2)
     client = _client(proxy, repo)
     assert sorted(client.tags()) == wanted
     assert proxy.pages_served == 4  # 2 + 2 + 2 + 1
@@ -219,12 +219,12 @@ def test_tags_and_catalog_follow_link_pagination(registry: RegistryServer,
     assert sorted(direct.catalog()) == sorted(catalog)
 
 
-def test_retries_temporary_answers(registry: RegistryServer,
-                                   fault_proxy: Callable[..., FaultProxy]) -> None:
+def test_retries_temporary_answers(cib_registry: RegistryServer,
+                                   cib_fault_proxy: Callable[..., FaultProxy]) -> None:
     repo = _unique("retry/app")
-    proxy = fault_proxy(registry, methods=["GET", "HEAD"])
+    proxy = cib_fault_proxy(cib_registry, methods=["GET", "HEAD"])
     data = os.urandom(10_000)
-    _client(registry, repo).upload(data)
+    _client(cib_registry, repo).upload(data)
     client = _client(proxy, repo, options=TransportOptions(retry=RetryPolicy(base=0.01)))
     client.blob_exists(_sha(data))  # ping first, so the faults hit the blob requests
     proxy.inject_next("503")
@@ -240,10 +240,10 @@ def test_retries_temporary_answers(registry: RegistryServer,
     assert err.value.status == 500 and err.value.temporary
 
 
-def test_chunked_upload_resumes_after_a_dropped_patch(registry: RegistryServer,
-                                                      fault_proxy: Callable[..., FaultProxy]) -> None:
+def test_chunked_upload_resumes_after_a_dropped_patch(cib_registry: RegistryServer,
+                                                      cib_fault_proxy: Callable[..., FaultProxy]) -> None:
     repo = _unique("resume/app")
-    proxy = fault_proxy(registry, methods=["PATCH"])
+    proxy = cib_fault_proxy(cib_registry, methods=["PATCH"])
     client = _client(proxy, repo, chunk_size=1 << 20)
     data = os.urandom(4 * (1 << 20) + 12345)
 
@@ -256,18 +256,18 @@ def test_chunked_upload_resumes_after_a_dropped_patch(registry: RegistryServer,
     done = client.upload(pieces())
     assert (done.digest, done.size) == (_sha(data), len(data))
     assert proxy.counts == {"reset": 1}
-    assert _client(registry, repo).blob(done.digest) == data
+    assert _client(cib_registry, repo).blob(done.digest) == data
     # the first chunk, too
     proxy.inject_next("reset")
     again = client.upload(iter([data]), force=True)
     assert again.digest == _sha(data) and proxy.counts == {"reset": 2}
 
 
-def test_upload_whose_session_was_lost(registry: RegistryServer, tmp_path: Path,
-                                       fault_proxy: Callable[..., FaultProxy]) -> None:
+def test_upload_whose_session_was_lost(cib_registry: RegistryServer, tmp_path: Path,
+                                       cib_fault_proxy: Callable[..., FaultProxy]) -> None:
     """The registry processed a PATCH whose answer was lost: distribution then cancels the
     session (its state token is stale), so a file starts over and a stream says so."""
-    proxy = fault_proxy(registry, methods=["PATCH"])
+    proxy = cib_fault_proxy(cib_registry, methods=["PATCH"])
     client = _client(proxy, _unique("resume/lost"), chunk_size=1 << 20)
     data = os.urandom(3 * (1 << 20))
     path = tmp_path / "blob"
@@ -283,13 +283,13 @@ def test_upload_whose_session_was_lost(registry: RegistryServer, tmp_path: Path,
     assert err.value.temporary
 
 
-def test_upload_stream_sends_one_patch(any_registry: RegistryServer,
-                                      fault_proxy: Callable[..., FaultProxy]) -> None:
+def test_upload_stream_sends_one_patch(cib_any_registry: RegistryServer,
+                                      cib_fault_proxy: Callable[..., FaultProxy]) -> None:
     """``upload_stream``: pieces of unknown digest in one chunked-encoded PATCH, then the PUT
     with the digest hashed on the way; on every auth mode, through a recording proxy."""
-    proxy = fault_proxy(any_registry)
+    proxy = cib_fault_proxy(cib_any_registry)
     repo = _unique("stream/one")
-    client = _client(proxy, repo, auth=any_registry.auth)
+    client = _client(proxy, repo, auth=cib_any_registry.auth)
     pieces = [os.urandom(n) for n in (1, 0, 300_000, 2 << 20, 17)]
     seen: list[int] = []
     done = client.upload_stream(iter(pieces), progress=lambda _d, sent, _t: seen.append(sent))
@@ -305,10 +305,10 @@ def test_upload_stream_sends_one_patch(any_registry: RegistryServer,
 
 
 def test_upload_stream_that_breaks_off_is_temporary_and_cancelled(
-        registry: RegistryServer, fault_proxy: Callable[..., FaultProxy]) -> None:
+        cib_registry: RegistryServer, cib_fault_proxy: Callable[..., FaultProxy]) -> None:
     """It cannot resume: a failed PATCH cancels the session (DELETE) and raises a temporary
     error for the producer to start over; a piece that is not bytes is a clear error."""
-    proxy = fault_proxy(registry, methods=["PATCH"])
+    proxy = cib_fault_proxy(cib_registry, methods=["PATCH"])
     client = _client(proxy, _unique("stream/broken"))
     proxy.inject_next("503")
     with pytest.raises(RegistryError, match="streamed upload .* broke off") as err:
@@ -326,7 +326,7 @@ def test_upload_stream_that_breaks_off_is_temporary_and_cancelled(
 
 
 @pytest.mark.slow
-def test_large_generator_upload_keeps_memory_bounded(registry: RegistryServer, tmp_path: Path) -> None:
+def test_large_generator_upload_keeps_memory_bounded(cib_registry: RegistryServer, tmp_path: Path) -> None:
     script = tmp_path / "big_upload.py"
     script.write_text(
         "import hashlib, json, os, sys\n"
@@ -355,7 +355,7 @@ def test_large_generator_upload_keeps_memory_bounded(registry: RegistryServer, t
         "                  'ok': result.digest == 'sha256:' + h.hexdigest()}))\n"
         "client.delete_blob(result.digest)\n"
     )
-    out = subprocess.run([sys.executable, str(script), registry.host], capture_output=True,
+    out = subprocess.run([sys.executable, str(script), cib_registry.host], capture_output=True,
                          timeout=600, check=True)
     report = json.loads(out.stdout.decode().strip().splitlines()[-1])
     print(f"256 MiB generator upload: peak RSS growth {report['growth'] / 2**20:.1f} MiB "
@@ -364,12 +364,12 @@ def test_large_generator_upload_keeps_memory_bounded(registry: RegistryServer, t
     assert report["growth"] < 64 << 20
 
 
-def test_copy_blob_between_registries_streams(registry: RegistryServer,
-                                              second_registry: RegistryServer) -> None:
+def test_copy_blob_between_registries_streams(cib_registry: RegistryServer,
+                                              cib_second_registry: RegistryServer) -> None:
     data = os.urandom(5 * (1 << 20) + 7)
-    src = _client(registry, _unique("copy/src"))
+    src = _client(cib_registry, _unique("copy/src"))
     src.upload(data)
-    dst = _client(second_registry, _unique("copy/dst"), chunk_size=1 << 20)
+    dst = _client(cib_second_registry, _unique("copy/dst"), chunk_size=1 << 20)
     result = dst_result = src.copy_blob_to(dst, _sha(data), len(data))
     assert (result.digest, dst_result.size) == (_sha(data), len(data))
     assert dst.blob(_sha(data)) == data
@@ -378,14 +378,14 @@ def test_copy_blob_between_registries_streams(registry: RegistryServer,
 
 # -- auth ---------------------------------------------------------------------------------------
 
-def test_token_scopes_are_least_privilege(token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+def test_token_scopes_are_least_privilege(cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
     src_repo, repo = _unique("scope/src"), _unique("scope/dst")
     data = os.urandom(1000)
-    _client(token_registry, src_repo).upload(data)
+    _client(cib_token_registry, src_repo).upload(data)
     ts.clear_requests()
-    reader = _client(token_registry, repo)
+    reader = _client(cib_token_registry, repo)
     assert not reader.blob_exists(_sha(data))
     assert not reader.manifest_exists("latest")
     with pytest.raises(NotFound):
@@ -394,12 +394,12 @@ def test_token_scopes_are_least_privilege(token_registry: RegistryServer) -> Non
     assert reads and all(r.scopes == (f"repository:{repo}:pull",) for r in reads)
     assert len(reads) == 1  # one token, cached across the reads
     ts.clear_requests()
-    writer = _client(token_registry, repo)
+    writer = _client(cib_token_registry, repo)
     assert writer.mount(_sha(data), src_repo) is True
     (mount_req,) = ts.requests
     assert sorted(mount_req.scopes) == sorted([f"repository:{repo}:pull,push",
                                                f"repository:{src_repo}:pull"])
-    assert mount_req.basic_auth and mount_req.username == token_registry.username
+    assert mount_req.basic_auth and mount_req.username == cib_token_registry.username
     ts.clear_requests()
     writer.upload(os.urandom(10))
     assert all(r.scopes == (f"repository:{repo}:pull,push",) for r in ts.requests)
@@ -408,11 +408,11 @@ def test_token_scopes_are_least_privilege(token_registry: RegistryServer) -> Non
     assert ts.requests == []
 
 
-def test_insufficient_scope_reauthenticates_once(token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+def test_insufficient_scope_reauthenticates_once(cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
     repo = _unique("scope/reauth")
-    client = _client(token_registry, repo)
+    client = _client(cib_token_registry, repo)
     ts.clear_requests()
     # a push request signed with a pull-only token: the registry answers 401 insufficient_scope
     resp = client.send("POST", client.path("blobs", "uploads/"), scope=client.scoped("pull"))
@@ -423,24 +423,24 @@ def test_insufficient_scope_reauthenticates_once(token_registry: RegistryServer)
     client.uploads.cancel(resp.headers["Location"], client.scoped("push"))
 
 
-def test_invalid_cached_token_is_replaced(token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+def test_invalid_cached_token_is_replaced(cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
     repo = _unique("scope/stale")
-    client = _client(token_registry, repo)
+    client = _client(cib_token_registry, repo)
     scopes = (f"repository:{repo}:pull",)
-    client.transport.token_cache.put(f"user:{token_registry.username}", scopes, "not-a-jwt", 300)
+    client.transport.token_cache.put(f"user:{cib_token_registry.username}", scopes, "not-a-jwt", 300)
     ts.clear_requests()
     assert not client.blob_exists(_sha(b"stale"))  # 401 invalid_token, then a fresh token
     assert [r.scopes for r in ts.requests] == [scopes]
-    assert client.transport.token_cache.get(f"user:{token_registry.username}", scopes) != "not-a-jwt"
+    assert client.transport.token_cache.get(f"user:{cib_token_registry.username}", scopes) != "not-a-jwt"
 
 
-def test_insufficient_permission_is_an_authorization_error(token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+def test_insufficient_permission_is_an_authorization_error(cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
     ts.add_user("reader", "reader-secret-123", actions=("pull",))
-    client = _client(token_registry, _unique("scope/ro"),
+    client = _client(cib_token_registry, _unique("scope/ro"),
                      {"Username": "reader", "Secret": "reader-secret-123"})
     assert not client.blob_exists(_sha(b"x"))
     with pytest.raises(AuthorizationError) as err:
@@ -448,8 +448,8 @@ def test_insufficient_permission_is_an_authorization_error(token_registry: Regis
     assert err.value.status == 401 and client.repository in str(err.value)
 
 
-def test_wrong_credentials(basic_registry: RegistryServer, token_registry: RegistryServer) -> None:
-    for server in (basic_registry, token_registry):
+def test_wrong_credentials(cib_basic_registry: RegistryServer, cib_token_registry: RegistryServer) -> None:
+    for server in (cib_basic_registry, cib_token_registry):
         client = _client(server, "any/repo", {"Username": server.username, "Secret": "wrong-password-xyz"})
         with pytest.raises(AuthenticationError) as err:
             client.manifest("latest")
@@ -463,59 +463,59 @@ def test_wrong_credentials(basic_registry: RegistryServer, token_registry: Regis
 
 
 def test_identity_token_uses_the_oauth2_form_and_token_options_go_straight(
-        token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+        cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
     repo = _unique("oauth/app")
-    _client(token_registry, repo).upload(b"oauth-blob")
+    _client(cib_token_registry, repo).upload(b"oauth-blob")
     grant = requests.post(ts.realm, data={
-        "grant_type": "password", "username": token_registry.username,
-        "password": token_registry.password, "service": ts.service, "client_id": "test",
+        "grant_type": "password", "username": cib_token_registry.username,
+        "password": cib_token_registry.password, "service": ts.service, "client_id": "test",
         "access_type": "offline"}, timeout=10)
     refresh = grant.json()["refresh_token"]
     ts.clear_requests()
-    client = _client(token_registry, repo, Credentials(username=IDENTITY_TOKEN_USER, secret=refresh))
+    client = _client(cib_token_registry, repo, Credentials(username=IDENTITY_TOKEN_USER, secret=refresh))
     assert client.blob(_sha(b"oauth-blob")) == b"oauth-blob"
     (req,) = ts.requests
     assert (req.method, req.grant_type, req.status, req.client_id) == ("POST", "refresh_token", 200, "cib")
     assert req.scopes == (f"repository:{repo}:pull",)
     # a bearer token given directly is used as is, with no exchange
-    token = fetch_token(token_registry, [f"repository:{repo}:pull"])
+    token = fetch_token(cib_token_registry, [f"repository:{repo}:pull"])
     ts.clear_requests()
-    direct = _client(token_registry, repo, {"token": token})
+    direct = _client(cib_token_registry, repo, {"token": token})
     assert direct.blob(_sha(b"oauth-blob")) == b"oauth-blob"
     assert ts.requests == []
 
 
-def test_auth_function_and_plugin_chain(basic_registry: RegistryServer) -> None:
+def test_auth_function_and_plugin_chain(cib_basic_registry: RegistryServer) -> None:
     class Provider:
         @hookimpl
         def cib_credentials(self, registry: str, repository: str | None) -> Credentials | None:
-            if registry != basic_registry.host:
+            if registry != cib_basic_registry.host:
                 return None
-            return Credentials(basic_registry.username, basic_registry.password)
+            return Credentials(cib_basic_registry.username, cib_basic_registry.password)
 
     pm = _pm()
     pm.register_plugin(Provider(), "test-provider")
-    ref = f"{basic_registry.host}/chain/app:1"
-    assert resolve_auth(ref, pm=pm) == Credentials(basic_registry.username, basic_registry.password)
-    explicit = {basic_registry.host: {"username": "other", "secret": "s"}}
+    ref = f"{cib_basic_registry.host}/chain/app:1"
+    assert resolve_auth(ref, pm=pm) == Credentials(cib_basic_registry.username, cib_basic_registry.password)
+    explicit = {cib_basic_registry.host: {"username": "other", "secret": "s"}}
     assert resolve_auth(ref, "push", explicit, pm=pm) == Credentials("other", "s")
     assert resolve_auth("127.0.0.1:1/x/y", pm=pm) == Credentials()
     assert resolve_auth("oci:/tmp/layout", pm=pm) == Credentials()
-    client = RegistryClient(basic_registry.host, _unique("chain/app"), pm=pm)
+    client = RegistryClient(cib_basic_registry.host, _unique("chain/app"), pm=pm)
     client.upload(b"via plugin")
     assert client.blob_exists(_sha(b"via plugin"))
 
 
-def test_one_ping_and_token_per_registry_across_clients(token_registry: RegistryServer) -> None:
-    ts = token_registry.token_server
+def test_one_ping_and_token_per_registry_across_clients(cib_token_registry: RegistryServer) -> None:
+    ts = cib_token_registry.token_server
     assert ts is not None
     pool = TransportPool(pm=_pm())
     repo = _unique("pool/app")
     ts.clear_requests()
-    a = RegistryClient(token_registry.host, repo, token_registry.auth, pool=pool)
-    b = RegistryClient(token_registry.host, repo, token_registry.auth, pool=pool)
+    a = RegistryClient(cib_token_registry.host, repo, cib_token_registry.auth, pool=pool)
+    b = RegistryClient(cib_token_registry.host, repo, cib_token_registry.auth, pool=pool)
     assert a.transport is b.transport
     threads = [threading.Thread(target=c.blob_exists, args=(_sha(b"z"),)) for c in (a, b) * 4]
     for t in threads:
@@ -736,11 +736,11 @@ def test_scheme_rules(fake_registry: tuple[_Recorder, _Recorder], monkeypatch: p
 
 # -- no secret anywhere -------------------------------------------------------------------------
 
-def test_no_secret_in_messages_or_debug_logs(basic_registry: RegistryServer, token_registry: RegistryServer,
+def test_no_secret_in_messages_or_debug_logs(cib_basic_registry: RegistryServer, cib_token_registry: RegistryServer,
                                              fake_registry: tuple[_Recorder, _Recorder],
                                              monkeypatch: pytest.MonkeyPatch,
                                              caplog: pytest.LogCaptureFixture) -> None:
-    ts = token_registry.token_server
+    ts = cib_token_registry.token_server
     assert ts is not None
     issued: list[str] = []
     original = ts.issue
@@ -761,7 +761,7 @@ def test_no_secret_in_messages_or_debug_logs(basic_registry: RegistryServer, tok
             messages.append(str(exc))
             messages.append(repr(exc))
 
-    for server in (basic_registry, token_registry):
+    for server in (cib_basic_registry, cib_token_registry):
         repo = _unique("secrets/app")
         good = _client(server, repo)
         attempt(lambda: good.upload(os.urandom(3000)))
@@ -773,7 +773,7 @@ def test_no_secret_in_messages_or_debug_logs(basic_registry: RegistryServer, tok
         bad = _client(server, repo, {"Username": server.username, "Secret": "not-" + str(server.password)})
         attempt(lambda: bad.manifest("latest"))
         attempt(lambda: bad.upload(b"x"))
-    attempt(lambda: _client(token_registry, "secrets/x", {"token": "tok-" + str(token_registry.password)})
+    attempt(lambda: _client(cib_token_registry, "secrets/x", {"token": "tok-" + str(cib_token_registry.password)})
             .manifest("latest"))
     reg, _ = fake_registry
     attempt(lambda: RegistryClient(reg.host, "app", {"Username": "u", "Secret": SECRET}, pm=_pm())
@@ -782,9 +782,9 @@ def test_no_secret_in_messages_or_debug_logs(basic_registry: RegistryServer, tok
     assert len(messages) >= 10
     texts = messages + [r.getMessage() for r in caplog.records]
     assert any("Authorization" in t for t in texts)  # the headers were logged, redacted
-    secrets_ = [basic_registry.password, token_registry.password, SECRET, *issued]
+    secrets_ = [cib_basic_registry.password, cib_token_registry.password, SECRET, *issued]
     secrets_ += [base64.b64encode(f"{s.username}:{s.password}".encode()).decode()
-                 for s in (basic_registry, token_registry)]
+                 for s in (cib_basic_registry, cib_token_registry)]
     for secret in secrets_:
         assert secret
         for text in texts:
@@ -803,12 +803,12 @@ def test_unreachable_registry_is_a_temporary_error_after_bounded_retries() -> No
     assert len(sleeps) == 2 and all(0 <= s <= 0.02 for s in sleeps)
 
 
-def test_chunk_size_honours_oci_chunk_min_length(registry: RegistryServer) -> None:
+def test_chunk_size_honours_oci_chunk_min_length(cib_registry: RegistryServer) -> None:
     """A registry that asks for chunks of at least N bytes (OCI-Chunk-Min-Length, added by the
     proxy since distribution 2.8 does not send it) gets PATCHes of at least N, the last aside."""
     minimum = 3 << 20
     data = os.urandom(10 << 20)
-    with FaultProxy(registry, add_headers={"POST": {"OCI-Chunk-Min-Length": str(minimum)}}) as proxy:
+    with FaultProxy(cib_registry, add_headers={"POST": {"OCI-Chunk-Min-Length": str(minimum)}}) as proxy:
         client = RegistryClient(proxy.host, "chunks/min", pm=_pm(), chunk_size=1 << 20)
         result = client.upload(iter([data[i:i + 65536] for i in range(0, len(data), 65536)]))
         ranges = [h["content-range"] for m, _, h in proxy.seen if m == "PATCH"]
@@ -816,4 +816,4 @@ def test_chunk_size_honours_oci_chunk_min_length(registry: RegistryServer) -> No
     sizes = [int(end) - int(start) + 1 for start, end in (r.split("-") for r in ranges)]
     assert sum(sizes) == len(data) and len(sizes) == 4
     assert all(size >= minimum for size in sizes[:-1])
-    assert RegistryClient(registry.host, "chunks/min", pm=_pm()).blob(result.digest) == data
+    assert RegistryClient(cib_registry.host, "chunks/min", pm=_pm()).blob(result.digest) == data

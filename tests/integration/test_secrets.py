@@ -33,10 +33,10 @@ def _cib(home: Path, *args: str, stdin: str | None = None) -> subprocess.Complet
                           timeout=120, check=False)
 
 
-def test_cli_at_every_verbosity_never_shows_a_secret(token_registry: RegistryServer, tmp_path: Path,
+def test_cli_at_every_verbosity_never_shows_a_secret(cib_token_registry: RegistryServer, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ts = token_registry.token_server
-    assert ts is not None and token_registry.password and token_registry.username
+    ts = cib_token_registry.token_server
+    assert ts is not None and cib_token_registry.password and cib_token_registry.username
     issued: list[str] = []
     original = ts.issue
 
@@ -46,8 +46,8 @@ def test_cli_at_every_verbosity_never_shows_a_secret(token_registry: RegistrySer
         return token
 
     monkeypatch.setattr(ts, "issue", recording_issue)  # the server runs in this process
-    host = token_registry.host
-    base = push_base_image(token_registry, "secrets/base", "1", flavour="oci")
+    host = cib_token_registry.host
+    base = push_base_image(cib_token_registry, "secrets/base", "1", flavour="oci")
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
     outputs: list[str] = []
@@ -58,11 +58,11 @@ def test_cli_at_every_verbosity_never_shows_a_secret(token_registry: RegistrySer
         assert (result.returncode == 0) == ok, (args, result.stderr)
         assert "Traceback" not in result.stderr
 
-    run("auth", "login", host, "-u", token_registry.username, "--password-stdin",
-        stdin="wrong-" + token_registry.password, ok=False)
+    run("auth", "login", host, "-u", cib_token_registry.username, "--password-stdin",
+        stdin="wrong-" + cib_token_registry.password, ok=False)
     assert not (home / ".docker" / "config.json").exists()
-    run("-vv", "auth", "login", host, "-u", token_registry.username, "--password-stdin",
-        stdin=token_registry.password)
+    run("-vv", "auth", "login", host, "-u", cib_token_registry.username, "--password-stdin",
+        stdin=cib_token_registry.password)
     config_file = home / ".docker" / "config.json"
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o600
 
@@ -87,14 +87,14 @@ def test_cli_at_every_verbosity_never_shows_a_secret(token_registry: RegistrySer
 
     # a wrong password stored: refused, and still not shown
     config_file.write_text(config_file.read_text().replace(
-        base64.b64encode(f"{token_registry.username}:{token_registry.password}".encode()).decode(),
-        base64.b64encode(f"{token_registry.username}:not-{token_registry.password}".encode()).decode()))
+        base64.b64encode(f"{cib_token_registry.username}:{cib_token_registry.password}".encode()).decode(),
+        base64.b64encode(f"{cib_token_registry.username}:not-{cib_token_registry.password}".encode()).decode()))
     run("-vv", "ls", f"{host}/secrets/app", ok=False)
 
     assert issued, "the token flow ran"
     assert any("authorization" in text.lower() for text in outputs)  # logged, redacted
-    secrets = [token_registry.password, f"not-{token_registry.password}", *issued,
-               base64.b64encode(f"{token_registry.username}:{token_registry.password}".encode()).decode()]
+    secrets = [cib_token_registry.password, f"not-{cib_token_registry.password}", *issued,
+               base64.b64encode(f"{cib_token_registry.username}:{cib_token_registry.password}".encode()).decode()]
     for text in outputs:
         for secret in secrets:
             assert secret not in text

@@ -62,33 +62,33 @@ def challenge_params(header: str) -> dict[str, str]:
 
 # -- the three registry modes -----------------------------------------------------------------
 
-def test_open_registry_answers_v2(registry: RegistryServer) -> None:
-    response = requests.get(f"{registry.url}/v2/", timeout=TIMEOUT)
+def test_open_registry_answers_v2(cib_registry: RegistryServer) -> None:
+    response = requests.get(f"{cib_registry.url}/v2/", timeout=TIMEOUT)
     assert response.status_code == 200
     assert response.headers["Docker-Distribution-Api-Version"] == "registry/2.0"
-    assert registry.mode == "open" and registry.auth is None and registry.creds_arg() is None
-    assert registry.host.startswith("127.0.0.1:") and registry.storage.is_dir()
+    assert cib_registry.mode == "open" and cib_registry.auth is None and cib_registry.creds_arg() is None
+    assert cib_registry.host.startswith("127.0.0.1:") and cib_registry.storage.is_dir()
 
 
-def test_basic_registry_challenges_then_accepts_credentials(basic_registry: RegistryServer) -> None:
-    anonymous = requests.get(f"{basic_registry.url}/v2/", timeout=TIMEOUT)
+def test_basic_registry_challenges_then_accepts_credentials(cib_basic_registry: RegistryServer) -> None:
+    anonymous = requests.get(f"{cib_basic_registry.url}/v2/", timeout=TIMEOUT)
     assert anonymous.status_code == 401
     assert anonymous.headers["WWW-Authenticate"].startswith('Basic realm="')
-    assert basic_registry.username and basic_registry.password
-    assert requests.get(f"{basic_registry.url}/v2/", timeout=TIMEOUT,
-                        auth=(basic_registry.username, basic_registry.password)).status_code == 200
-    assert requests.get(f"{basic_registry.url}/v2/", timeout=TIMEOUT,
-                        auth=(basic_registry.username, "wrong")).status_code == 401
-    assert basic_registry.auth == {"Username": basic_registry.username,
-                                   "Secret": basic_registry.password}
-    assert basic_registry.creds_arg() == f"{basic_registry.username}:{basic_registry.password}"
-    assert basic_registry.password not in repr(basic_registry)
+    assert cib_basic_registry.username and cib_basic_registry.password
+    assert requests.get(f"{cib_basic_registry.url}/v2/", timeout=TIMEOUT,
+                        auth=(cib_basic_registry.username, cib_basic_registry.password)).status_code == 200
+    assert requests.get(f"{cib_basic_registry.url}/v2/", timeout=TIMEOUT,
+                        auth=(cib_basic_registry.username, "wrong")).status_code == 401
+    assert cib_basic_registry.auth == {"Username": cib_basic_registry.username,
+                                   "Secret": cib_basic_registry.password}
+    assert cib_basic_registry.creds_arg() == f"{cib_basic_registry.username}:{cib_basic_registry.password}"
+    assert cib_basic_registry.password not in repr(cib_basic_registry)
 
 
-def test_token_registry_challenges_with_bearer(token_registry: RegistryServer) -> None:
-    server = token_registry.token_server
+def test_token_registry_challenges_with_bearer(cib_token_registry: RegistryServer) -> None:
+    server = cib_token_registry.token_server
     assert server is not None
-    response = requests.get(f"{token_registry.url}/v2/", timeout=TIMEOUT)
+    response = requests.get(f"{cib_token_registry.url}/v2/", timeout=TIMEOUT)
     assert response.status_code == 401
     params = challenge_params(response.headers["WWW-Authenticate"])
     assert params["scheme"] == "Bearer"
@@ -96,12 +96,12 @@ def test_token_registry_challenges_with_bearer(token_registry: RegistryServer) -
     assert params["service"] == server.service
 
 
-def test_token_server_get_with_several_scopes(token_registry: RegistryServer) -> None:
-    server = token_registry.token_server
-    assert server is not None and token_registry.username and token_registry.password
+def test_token_server_get_with_several_scopes(cib_token_registry: RegistryServer) -> None:
+    server = cib_token_registry.token_server
+    assert server is not None and cib_token_registry.username and cib_token_registry.password
     server.clear_requests()
     response = requests.get(server.realm, timeout=TIMEOUT,
-                            auth=(token_registry.username, token_registry.password),
+                            auth=(cib_token_registry.username, cib_token_registry.password),
                             params=[("service", server.service),
                                     ("scope", "repository:a/one:pull"),
                                     ("scope", "repository:b/two:pull,push"),
@@ -112,7 +112,7 @@ def test_token_server_get_with_several_scopes(token_registry: RegistryServer) ->
     assert body["token"] == body["access_token"]
     claims = server.decode(body["token"])
     assert claims["aud"] == server.service and isinstance(claims["aud"], str)
-    assert claims["iss"] == server.issuer and claims["sub"] == token_registry.username
+    assert claims["iss"] == server.issuer and claims["sub"] == cib_token_registry.username
     assert claims["nbf"] <= time.time() < claims["exp"] and claims["jti"]
     assert claims["access"] == [
         {"type": "repository", "name": "a/one", "actions": ["pull"]},
@@ -126,17 +126,17 @@ def test_token_server_get_with_several_scopes(token_registry: RegistryServer) ->
     assert logged.scopes == ("repository:a/one:pull", "repository:b/two:pull,push",
                              "registry:catalog:*")
     # the token works against the registry: the catalog needs registry:catalog:*
-    catalog = requests.get(f"{token_registry.url}/v2/_catalog", timeout=TIMEOUT,
+    catalog = requests.get(f"{cib_token_registry.url}/v2/_catalog", timeout=TIMEOUT,
                            headers={"Authorization": f"Bearer {body['token']}"})
     assert catalog.status_code == 200 and "repositories" in catalog.json()
 
 
-def test_token_server_oauth2_post_and_refresh(token_registry: RegistryServer) -> None:
-    server = token_registry.token_server
+def test_token_server_oauth2_post_and_refresh(cib_token_registry: RegistryServer) -> None:
+    server = cib_token_registry.token_server
     assert server is not None
     server.clear_requests()
-    form = {"grant_type": "password", "username": token_registry.username,
-            "password": token_registry.password, "service": server.service,
+    form = {"grant_type": "password", "username": cib_token_registry.username,
+            "password": cib_token_registry.password, "service": server.service,
             "client_id": "cib-tests", "access_type": "offline",
             "scope": "repository:a/one:pull repository:a/two:push"}
     response = requests.post(server.realm, data=form, timeout=TIMEOUT)
@@ -163,33 +163,33 @@ def test_token_server_oauth2_post_and_refresh(token_registry: RegistryServer) ->
     assert server.requests[0].offline and server.requests[0].client_id == "cib-tests"
 
 
-def test_token_push_and_pull_blob(token_registry: RegistryServer) -> None:
+def test_token_push_and_pull_blob(cib_token_registry: RegistryServer) -> None:
     repo = "testbed/token-blob"
     data = os.urandom(4096)
-    token = fetch_token(token_registry, [f"repository:{repo}:pull,push"])
+    token = fetch_token(cib_token_registry, [f"repository:{repo}:pull,push"])
     bearer = {"Authorization": f"Bearer {token}"}
-    assert push_blob(token_registry.url, repo, data, bearer).status_code == 201
-    pulled = requests.get(f"{token_registry.url}/v2/{repo}/blobs/{sha256(data)}", headers=bearer,
+    assert push_blob(cib_token_registry.url, repo, data, bearer).status_code == 201
+    pulled = requests.get(f"{cib_token_registry.url}/v2/{repo}/blobs/{sha256(data)}", headers=bearer,
                           timeout=TIMEOUT)
     assert pulled.status_code == 200 and pulled.content == data
 
 
-def test_token_with_too_little_scope_is_refused(token_registry: RegistryServer) -> None:
+def test_token_with_too_little_scope_is_refused(cib_token_registry: RegistryServer) -> None:
     repo = "testbed/token-scope"
-    pull_only = {"Authorization": f"Bearer {fetch_token(token_registry, [f'repository:{repo}:pull'])}"}
-    refused = push_blob(token_registry.url, repo, b"x" * 10, pull_only)
+    pull_only = {"Authorization": f"Bearer {fetch_token(cib_token_registry, [f'repository:{repo}:pull'])}"}
+    refused = push_blob(cib_token_registry.url, repo, b"x" * 10, pull_only)
     assert refused.status_code == 401
     params = challenge_params(refused.headers["WWW-Authenticate"])
     assert params["error"] == "insufficient_scope"
     assert params["scope"].startswith(f"repository:{repo}:")
 
-    elsewhere = fetch_token(token_registry, ["repository:elsewhere:pull,push"])
+    elsewhere = fetch_token(cib_token_registry, ["repository:elsewhere:pull,push"])
     other_repo = {"Authorization": f"Bearer {elsewhere}"}
-    assert push_blob(token_registry.url, repo, b"y" * 10, other_repo).status_code == 401
+    assert push_blob(cib_token_registry.url, repo, b"y" * 10, other_repo).status_code == 401
 
 
-def test_token_server_grants_only_what_a_user_may(token_registry: RegistryServer) -> None:
-    server = token_registry.token_server
+def test_token_server_grants_only_what_a_user_may(cib_token_registry: RegistryServer) -> None:
+    server = cib_token_registry.token_server
     assert server is not None
     server.add_user("reader", "reader-pass", actions=("pull",))
     server.clear_requests()
@@ -202,8 +202,8 @@ def test_token_server_grants_only_what_a_user_may(token_registry: RegistryServer
     assert server.requests[-1].scopes == ("repository:r/x:pull,push",)
 
 
-def test_token_server_anonymous_pull_only_when_allowed(token_registry: RegistryServer) -> None:
-    server = token_registry.token_server
+def test_token_server_anonymous_pull_only_when_allowed(cib_token_registry: RegistryServer) -> None:
+    server = cib_token_registry.token_server
     assert server is not None
     params = {"service": server.service, "scope": "repository:anon/x:pull,push"}
     assert requests.get(server.realm, params=params, timeout=TIMEOUT).status_code == 401
@@ -218,9 +218,9 @@ def test_token_server_anonymous_pull_only_when_allowed(token_registry: RegistryS
 
 # -- base images, checked by skopeo and umoci -------------------------------------------------
 
-def test_base_images_match_skopeo(base_image: PushedImage, oci_base_image: PushedImage) -> None:
-    for image, manifest_type in ((base_image, "application/vnd.docker.distribution.manifest.v2+json"),
-                                 (oci_base_image, "application/vnd.oci.image.manifest.v1+json")):
+def test_base_images_match_skopeo(cib_base_image: PushedImage, cib_oci_base_image: PushedImage) -> None:
+    for image, manifest_type in ((cib_base_image, "application/vnd.docker.distribution.manifest.v2+json"),
+                                 (cib_oci_base_image, "application/vnd.oci.image.manifest.v1+json")):
         raw = skopeo_inspect(image.ref, raw=True)
         assert sha256(raw) == image.digest
         assert json.loads(raw)["mediaType"] == manifest_type == image.media_type
@@ -232,11 +232,11 @@ def test_base_images_match_skopeo(base_image: PushedImage, oci_base_image: Pushe
         assert [layer["digest"] for layer in image.layers] == skopeo_inspect(image.ref)["Layers"]
         assert len(image.layers) == 2
     # the same content: only media types differ
-    assert [la["digest"] for la in base_image.layers] == [la["digest"] for la in oci_base_image.layers]
+    assert [la["digest"] for la in cib_base_image.layers] == [la["digest"] for la in cib_oci_base_image.layers]
 
 
-def test_multiarch_base_image(multiarch_base_image: PushedImage) -> None:
-    image = multiarch_base_image
+def test_multiarch_base_image(cib_multiarch_base_image: PushedImage) -> None:
+    image = cib_multiarch_base_image
     raw = skopeo_inspect(image.ref, raw=True)
     assert sha256(raw) == image.digest
     assert json.loads(raw)["mediaType"] == "application/vnd.oci.image.index.v1+json"
@@ -250,9 +250,9 @@ def test_multiarch_base_image(multiarch_base_image: PushedImage) -> None:
     assert len(set(own_layers.values())) == 2
 
 
-def test_base_image_unpacks_with_umoci(base_image: PushedImage, tmp_path) -> None:
+def test_base_image_unpacks_with_umoci(cib_base_image: PushedImage, tmp_path) -> None:
     layout = tmp_path / "layout"
-    tag = pull_to_oci(base_image.ref, layout)
+    tag = pull_to_oci(cib_base_image.ref, layout)
     assert tag == "1"
     rootfs = umoci_unpack(layout, tag, tmp_path / "bundle")
     busybox = rootfs / "bin" / "busybox"
@@ -265,26 +265,26 @@ def test_base_image_unpacks_with_umoci(base_image: PushedImage, tmp_path) -> Non
     assert bundle_config["process"]["args"] == ["sh"]
 
 
-def test_push_into_auth_registries_and_copy_across(basic_registry: RegistryServer,
-                                                   token_registry: RegistryServer,
-                                                   second_registry: RegistryServer,
-                                                   base_image: PushedImage) -> None:
-    in_basic = push_base_image(basic_registry, "testbed/base", "1")
-    in_token = push_base_image(token_registry, "testbed/base", "1", flavour="oci")
-    assert in_basic.digest == base_image.digest  # same bytes, same digest
-    assert sha256(skopeo_inspect(in_basic.ref, raw=True, creds=basic_registry.creds_arg())) == in_basic.digest
-    assert sha256(skopeo_inspect(in_token.ref, raw=True, creds=token_registry.creds_arg())) == in_token.digest
+def test_push_into_auth_registries_and_copy_across(cib_basic_registry: RegistryServer,
+                                                   cib_token_registry: RegistryServer,
+                                                   cib_second_registry: RegistryServer,
+                                                   cib_base_image: PushedImage) -> None:
+    in_basic = push_base_image(cib_basic_registry, "testbed/base", "1")
+    in_token = push_base_image(cib_token_registry, "testbed/base", "1", flavour="oci")
+    assert in_basic.digest == cib_base_image.digest  # same bytes, same digest
+    assert sha256(skopeo_inspect(in_basic.ref, raw=True, creds=cib_basic_registry.creds_arg())) == in_basic.digest
+    assert sha256(skopeo_inspect(in_token.ref, raw=True, creds=cib_token_registry.creds_arg())) == in_token.digest
 
-    skopeo_copy(in_basic.ref, second_registry.ref("testbed/copied", "1"),
-                src_creds=basic_registry.creds_arg())
-    copied = skopeo_inspect(second_registry.ref("testbed/copied", "1"), raw=True)
+    skopeo_copy(in_basic.ref, cib_second_registry.ref("testbed/copied", "1"),
+                src_creds=cib_basic_registry.creds_arg())
+    copied = skopeo_inspect(cib_second_registry.ref("testbed/copied", "1"), raw=True)
     assert sha256(copied) == in_basic.digest
 
 
-def test_push_image_with_custom_layers(registry: RegistryServer) -> None:
+def test_push_image_with_custom_layers(cib_registry: RegistryServer) -> None:
     layer = make_layer({"hello.txt": "hi\n"}, dirs=("data",), symlinks={"link": "hello.txt"})
     assert layer == make_layer({"hello.txt": "hi\n"}, dirs=("data",), symlinks={"link": "hello.txt"})
-    pushed = push_image(registry, "testbed/custom", "v1", [layer],
+    pushed = push_image(cib_registry, "testbed/custom", "v1", [layer],
                         {"architecture": "amd64", "os": "linux", "config": {}}, oci=True)
     assert pushed.config["rootfs"]["diff_ids"][0].startswith("sha256:")
     assert skopeo_inspect(pushed.ref)["Layers"] == [sha256(layer)]
@@ -292,8 +292,8 @@ def test_push_image_with_custom_layers(registry: RegistryServer) -> None:
 
 # -- the fault proxy --------------------------------------------------------------------------
 
-def test_fault_proxy_status_faults_are_counted(registry: RegistryServer, fault_proxy) -> None:
-    proxy = fault_proxy(registry, rate=1.0, kinds=("503",))
+def test_fault_proxy_status_faults_are_counted(cib_registry: RegistryServer, cib_fault_proxy) -> None:
+    proxy = cib_fault_proxy(cib_registry, rate=1.0, kinds=("503",))
     statuses = [requests.get(f"{proxy.url}/v2/", timeout=TIMEOUT).status_code for _ in range(5)]
     assert statuses == [503] * 5
     assert proxy.counts == {"503": 5} and proxy.requests_seen == 5
@@ -307,9 +307,9 @@ def test_fault_proxy_status_faults_are_counted(registry: RegistryServer, fault_p
     assert proxy.counts == {"503": 5, "429": 1}
 
 
-def test_fault_proxy_is_seeded(registry: RegistryServer, fault_proxy) -> None:
+def test_fault_proxy_is_seeded(cib_registry: RegistryServer, cib_fault_proxy) -> None:
     def run(seed: int) -> tuple[list[int], FaultProxy]:
-        proxy = fault_proxy(registry, rate=0.5, kinds=("500", "502", "504"), seed=seed)
+        proxy = cib_fault_proxy(cib_registry, rate=0.5, kinds=("500", "502", "504"), seed=seed)
         return [requests.get(f"{proxy.url}/v2/", timeout=TIMEOUT).status_code
                 for _ in range(30)], proxy
 
@@ -321,11 +321,11 @@ def test_fault_proxy_is_seeded(registry: RegistryServer, fault_proxy) -> None:
     assert sum(proxy_a.counts.values()) == proxy_a.faults_injected
 
 
-def test_fault_proxy_connection_faults(registry: RegistryServer, base_image: PushedImage,
-                                       fault_proxy) -> None:
-    proxy = fault_proxy(registry)
-    layer = base_image.layers[0]
-    blob_url = f"{proxy.url}/v2/{base_image.repository}/blobs/{layer['digest']}"
+def test_fault_proxy_connection_faults(cib_registry: RegistryServer, cib_base_image: PushedImage,
+                                       cib_fault_proxy) -> None:
+    proxy = cib_fault_proxy(cib_registry)
+    layer = cib_base_image.layers[0]
+    blob_url = f"{proxy.url}/v2/{cib_base_image.repository}/blobs/{layer['digest']}"
 
     proxy.inject_next("reset")
     with pytest.raises(requests.ConnectionError):
@@ -347,30 +347,30 @@ def test_fault_proxy_connection_faults(registry: RegistryServer, base_image: Pus
     assert proxy.counts == {"reset": 1, "reset_body": 1, "truncate": 1, "slow": 1}
 
 
-def test_fault_proxy_lost_response_was_processed(registry: RegistryServer, base_image: PushedImage,
-                                                 fault_proxy) -> None:
-    proxy = fault_proxy(registry, methods=["PUT"])
-    repo = push_base_image(registry, "testbed/lost", "1").repository
+def test_fault_proxy_lost_response_was_processed(cib_registry: RegistryServer, cib_base_image: PushedImage,
+                                                 cib_fault_proxy) -> None:
+    proxy = cib_fault_proxy(cib_registry, methods=["PUT"])
+    repo = push_base_image(cib_registry, "testbed/lost", "1").repository
     proxy.inject_next("lost_response")
     with pytest.raises(requests.ConnectionError):
-        requests.put(f"{proxy.url}/v2/{repo}/manifests/lost", data=base_image.raw, timeout=TIMEOUT,
-                     headers={"Content-Type": base_image.media_type})
+        requests.put(f"{proxy.url}/v2/{repo}/manifests/lost", data=cib_base_image.raw, timeout=TIMEOUT,
+                     headers={"Content-Type": cib_base_image.media_type})
     # the registry got it although the client never heard back
-    assert requests.head(f"{registry.url}/v2/{repo}/manifests/lost", timeout=TIMEOUT,
-                         headers={"Accept": base_image.media_type}).status_code == 200
+    assert requests.head(f"{cib_registry.url}/v2/{repo}/manifests/lost", timeout=TIMEOUT,
+                         headers={"Accept": cib_base_image.media_type}).status_code == 200
     assert proxy.counts == {"lost_response": 1}
 
 
-def test_fault_proxy_streams_uploads_and_rewrites_location(basic_registry: RegistryServer,
-                                                           fault_proxy) -> None:
-    proxy = fault_proxy(basic_registry)
-    auth = (basic_registry.username, basic_registry.password)
+def test_fault_proxy_streams_uploads_and_rewrites_location(cib_basic_registry: RegistryServer,
+                                                           cib_fault_proxy) -> None:
+    proxy = cib_fault_proxy(cib_basic_registry)
+    auth = (cib_basic_registry.username, cib_basic_registry.password)
     repo = "testbed/proxy-upload"
     started = requests.post(f"{proxy.url}/v2/{repo}/blobs/uploads/", auth=auth, timeout=TIMEOUT)
     assert started.status_code == 202
     location = started.headers["Location"]
     assert location.startswith(proxy.url) or location.startswith("/v2/")
-    assert basic_registry.host not in location
+    assert cib_basic_registry.host not in location
 
     piece = os.urandom(1 << 20)
     digest = hashlib.sha256(piece * 6).hexdigest()
@@ -387,14 +387,14 @@ def test_fault_proxy_streams_uploads_and_rewrites_location(basic_registry: Regis
     sep = "&" if "?" in done_url else "?"
     done = requests.put(f"{done_url}{sep}digest=sha256:{digest}", auth=auth, timeout=TIMEOUT)
     assert done.status_code == 201
-    pulled = requests.get(f"{basic_registry.url}/v2/{repo}/blobs/sha256:{digest}", auth=auth,
+    pulled = requests.get(f"{cib_basic_registry.url}/v2/{repo}/blobs/sha256:{digest}", auth=auth,
                           timeout=TIMEOUT)
     assert hashlib.sha256(pulled.content).hexdigest() == digest
     assert proxy.faults_injected == 0
 
 
-def test_fault_proxy_closes_with_idle_connections(registry: RegistryServer) -> None:
-    proxy = FaultProxy(registry).start()
+def test_fault_proxy_closes_with_idle_connections(cib_registry: RegistryServer) -> None:
+    proxy = FaultProxy(cib_registry).start()
     session = requests.Session()
     assert session.get(f"{proxy.url}/v2/", timeout=TIMEOUT).status_code == 200  # keep-alive open
     started = time.monotonic()
@@ -408,20 +408,20 @@ def test_fault_proxy_closes_with_idle_connections(registry: RegistryServer) -> N
 
 # -- the paginating proxy ---------------------------------------------------------------------
 
-def test_paginating_proxy_pages_tags_and_catalog(registry: RegistryServer,
-                                                 base_image: PushedImage) -> None:
+def test_paginating_proxy_pages_tags_and_catalog(cib_registry: RegistryServer,
+                                                 cib_base_image: PushedImage) -> None:
     repo = "testbed/paged"
     tags = ["a", "b", "c", "d", "e"]
-    push_base_image(registry, repo, "a")
+    push_base_image(cib_registry, repo, "a")
     for tag in tags[1:]:
-        assert requests.put(f"{registry.url}/v2/{repo}/manifests/{tag}", data=base_image.raw,
-                            headers={"Content-Type": base_image.media_type},
+        assert requests.put(f"{cib_registry.url}/v2/{repo}/manifests/{tag}", data=cib_base_image.raw,
+                            headers={"Content-Type": cib_base_image.media_type},
                             timeout=TIMEOUT).status_code == 201
     # the registry itself answers everything at once
-    direct = requests.get(f"{registry.url}/v2/{repo}/tags/list?n=2", timeout=TIMEOUT)
+    direct = requests.get(f"{cib_registry.url}/v2/{repo}/tags/list?n=2", timeout=TIMEOUT)
     assert sorted(direct.json()["tags"]) == tags and "Link" not in direct.headers
 
-    with PaginatingProxy(registry, page_size=2) as proxy:
+    with PaginatingProxy(cib_registry, page_size=2) as proxy:
         pages, links = [], []
         url = f"{proxy.url}/v2/{repo}/tags/list"
         for _ in range(10):
@@ -450,7 +450,7 @@ def test_paginating_proxy_pages_tags_and_catalog(registry: RegistryServer,
             url = urllib.parse.urljoin(proxy.url, response.links["next"]["url"])
         else:
             pytest.fail("the paginated catalog never ended")
-        assert repo in repositories and base_image.repository in repositories
+        assert repo in repositories and cib_base_image.repository in repositories
         assert repositories == sorted(set(repositories))
         assert proxy.pages_served == 3 + 1 + len(range(0, len(repositories), 2))
 
@@ -459,17 +459,17 @@ def test_paginating_proxy_pages_tags_and_catalog(registry: RegistryServer,
 
 
 def test_skopeo_inspect_raw_with_arch_gives_the_platform_manifest(
-        multiarch_base_image: PushedImage) -> None:
+        cib_multiarch_base_image: PushedImage) -> None:
     for platform, arch in (("linux/arm64/v8", "arm64"), ("linux/amd64", "amd64")):
-        raw = skopeo_inspect(multiarch_base_image.ref, raw=True, arch=arch)
-        assert sha256(raw) == multiarch_base_image.platforms[platform].digest
+        raw = skopeo_inspect(cib_multiarch_base_image.ref, raw=True, arch=arch)
+        assert sha256(raw) == cib_multiarch_base_image.platforms[platform].digest
 
 
-def test_any_registry_serves_a_pushed_image(any_registry: RegistryServer) -> None:
-    pushed = push_base_image(any_registry, "testbed/any", "1", flavour="oci")
-    raw = skopeo_inspect(pushed.ref, raw=True, creds=any_registry.creds_arg())
+def test_any_registry_serves_a_pushed_image(cib_any_registry: RegistryServer) -> None:
+    pushed = push_base_image(cib_any_registry, "testbed/any", "1", flavour="oci")
+    raw = skopeo_inspect(pushed.ref, raw=True, creds=cib_any_registry.creds_arg())
     assert sha256(raw) == pushed.digest
-    assert (any_registry.auth is None) == (any_registry.mode == "open")
+    assert (cib_any_registry.auth is None) == (cib_any_registry.mode == "open")
 
 
 def test_missing_tool_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch,

@@ -71,13 +71,13 @@ def _files(layout: Path, digest: str) -> dict[str, bytes]:
 
 @pytest.mark.integration
 def test_a_toy_packager_from_an_entry_point_builds_a_two_platform_image(
-        toyapp: None, tmp_path: Path, multiarch_base_image: PushedImage) -> None:
+        toyapp: None, tmp_path: Path, cib_multiarch_base_image: PushedImage) -> None:
     pm = create_plugin_manager()
     [info] = [i for i in pm.plugin_infos() if i.name == "toyapp"]
     assert info.version == "0.3.0" and info.hooks == ("cib_app_packager",) and not info.builtin
     project = _toy_project(tmp_path / "hello")
     layout = tmp_path / "out"
-    image = Image(multiarch_base_image.ref, f"oci:{layout}:v1", pm=pm)
+    image = Image(cib_multiarch_base_image.ref, f"oci:{layout}:v1", pm=pm)
     plan = image.plan_app(project, kind="toy")
     assert [(p, a.summary) for p, a in plan] == [
         ("linux/amd64", ("linux/amd64: toy runtime for linux/amd64",)),

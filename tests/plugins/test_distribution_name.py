@@ -52,3 +52,25 @@ def test_cib_plugins_lists_the_builtins_with_the_cib_core_version() -> None:
         assert listed[name]["version"] == version, name
     shown = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert shown.stdout.strip() == f"cib {version}"
+    assert shown.stdout.strip() == f"cib {version}"
+
+
+def test_the_test_bed_is_opt_in(tmp_path: Path) -> None:
+    """Installing cib adds no fixture to another project's test session; asking for the test
+    bed (``-p cib_core.testing``) adds the ``cib_`` fixtures."""
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+
+    def fixtures(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "pytest", "--fixtures", "-p", "no:cacheprovider",
+                               *extra, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    plain = fixtures()
+    assert "cib_registry" not in plain and "base_image" not in plain, plain
+    loaded = fixtures("-p", "cib_core.testing")
+    for name in ("cib_registry", "cib_basic_registry", "cib_token_registry", "cib_base_image",
+                 "cib_fault_proxy"):
+        assert name in loaded, name

@@ -141,54 +141,54 @@ def test_hooks_answer_only_for_their_own_input(example_module, tmp_path, monkeyp
     assert "just-a-token" not in repr(creds)
 
 
-def test_credentials_used_against_basic_registry(plugin_env, basic_registry, tmp_path):
+def test_credentials_used_against_basic_registry(plugin_env, cib_basic_registry, tmp_path):
     creds_file = tmp_path / "example-creds"
-    creds_file.write_text(f"{basic_registry.username}:{basic_registry.password}\n")
+    creds_file.write_text(f"{cib_basic_registry.username}:{cib_basic_registry.password}\n")
     creds_file.chmod(0o600)
     env = {**plugin_env, "CIB_EXAMPLE_TOKEN_FILE": str(creds_file),
-           "CIB_EXAMPLE_REGISTRIES": f"other.example.com,{basic_registry.host}"}
-    target = f"{basic_registry.host}/example/app:v1"
+           "CIB_EXAMPLE_REGISTRIES": f"other.example.com,{cib_basic_registry.host}"}
+    target = f"{cib_basic_registry.host}/example/app:v1"
 
     built = cib(env, "build", "--from", "scratch", "--to", target, "--add", "example:secured:/srv")
     assert built.returncode == 0, built.stderr
     digest = built.stdout.strip().partition("@")[2]
-    raw = skopeo_inspect(target, raw=True, creds=basic_registry.creds_arg())
+    raw = skopeo_inspect(target, raw=True, creds=cib_basic_registry.creds_arg())
     assert digest == "sha256:" + hashlib.sha256(raw).hexdigest()
 
-    listed = cib(env, "ls", f"{basic_registry.host}/example/app")
+    listed = cib(env, "ls", f"{cib_basic_registry.host}/example/app")
     assert listed.returncode == 0 and listed.stdout == "v1\n"
     info = cib(env, "example-info")
-    assert info.returncode == 0 and basic_registry.host in info.stdout
-    assert basic_registry.password not in info.stdout + info.stderr
+    assert info.returncode == 0 and cib_basic_registry.host in info.stdout
+    assert cib_basic_registry.password not in info.stdout + info.stderr
 
     # the same command without the plugin, or for a host it does not serve: refused
-    blocked = cib(env, "-p", "no:example", "ls", f"{basic_registry.host}/example/app")
+    blocked = cib(env, "-p", "no:example", "ls", f"{cib_basic_registry.host}/example/app")
     not_listed = cib({**env, "CIB_EXAMPLE_REGISTRIES": "other.example.com"}, "ls",
-                     f"{basic_registry.host}/example/app")
+                     f"{cib_basic_registry.host}/example/app")
     for refused in (blocked, not_listed):
         assert refused.returncode == 1
         assert refused.stderr.startswith("cib: error: ") and refused.stderr.count("\n") == 1
         assert "cib auth login" in refused.stderr
 
-    creds_file.write_text(f"{basic_registry.username}:wrong-secret-123\n")
-    wrong = cib(env, "-vv", "ls", f"{basic_registry.host}/example/app")
+    creds_file.write_text(f"{cib_basic_registry.username}:wrong-secret-123\n")
+    wrong = cib(env, "-vv", "ls", f"{cib_basic_registry.host}/example/app")
     assert wrong.returncode == 1
     assert "wrong-secret-123" not in wrong.stderr
     assert wrong.stderr.splitlines()[-1].startswith("cib: error: ")
 
 
-def test_bare_token_goes_to_a_token_registry(plugin_env, token_registry, tmp_path):
+def test_bare_token_goes_to_a_token_registry(plugin_env, cib_token_registry, tmp_path):
     """A line that is not USER:SECRET is sent as a ready-made bearer token."""
     repository = "example/tokened"
-    token = fetch_token(token_registry, [f"repository:{repository}:pull,push"])
+    token = fetch_token(cib_token_registry, [f"repository:{repository}:pull,push"])
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
     env = {**plugin_env, "CIB_EXAMPLE_TOKEN_FILE": str(token_file),
-           "CIB_EXAMPLE_REGISTRIES": token_registry.host}
-    token_registry.token_server.clear_requests()
-    built = cib(env, "build", "--from", "scratch", "--to", f"{token_registry.host}/{repository}:v1",
+           "CIB_EXAMPLE_REGISTRIES": cib_token_registry.host}
+    cib_token_registry.token_server.clear_requests()
+    built = cib(env, "build", "--from", "scratch", "--to", f"{cib_token_registry.host}/{repository}:v1",
                 "--add", "example:with a token:/")
     assert built.returncode == 0, built.stderr
-    assert token_registry.token_server.requests == []  # used as is, never exchanged
-    listed = cib(env, "ls", f"{token_registry.host}/{repository}")
+    assert cib_token_registry.token_server.requests == []  # used as is, never exchanged
+    listed = cib(env, "ls", f"{cib_token_registry.host}/{repository}")
     assert listed.returncode == 0 and listed.stdout == "v1\n"
