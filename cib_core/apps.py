@@ -21,13 +21,16 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cib_core.compression import decompressed
 from cib_core.errors import PackagingError
 from cib_core.formats.flatten import OPAQUE_MARKER, WHITEOUT_PREFIX
 from cib_core.image_config import merge_env
 from cib_core.plugin_api import AppImage, AppOptions, FileInfo
+
+if TYPE_CHECKING:
+    import pluggy
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +231,8 @@ class BaseFiles:
 # --------------------------------------------------------------------------------------------
 # The packager's answer
 # --------------------------------------------------------------------------------------------
-def package(pm: Any, project: str, bases: Sequence[BaseFiles], options: AppOptions) -> list[AppImage]:
+def package(pm: pluggy.PluginManager, project: str, bases: Sequence[BaseFiles],
+            options: AppOptions) -> list[AppImage]:
     """Ask the ``cib_app_packager`` plugins for ``project``; one ``AppImage`` per base."""
     if not os.path.isdir(project):
         what = "does not exist" if not os.path.exists(project) else "is not a directory"

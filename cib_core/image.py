@@ -705,6 +705,8 @@ class Image:
         for every platform of the build: its layers go on top, its entrypoint, env and
         working directory into each platform's config. ``settings`` are the packager's own
         options. Returns the new layers, each once."""
+        from cib_core.apps import apply_config
+
         options = self._app_options(kind, lock, index_url, find_links, entrypoint, app_dir,
                                     settings, dry_run=False)
         images, answers = self._package_app(project, options)
@@ -726,8 +728,6 @@ class Image:
                     {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
                     info.diff_id, {"created_by": f"cib add_app: {layer.name}", "comment": "cib"},
                     [image])
-            from cib_core.apps import apply_config
-
             apply_config(image.data.config, answer)
         return added
 

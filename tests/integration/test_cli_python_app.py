@@ -147,3 +147,26 @@ def test_a_failed_project_build_prints_its_output_then_one_error_line(
 def test_python_app_options_need_python_app(tmp_path: Path) -> None:
     result = run("build", "--from", "scratch", "--to", f"oci:{tmp_path / 'o'}", "--lock", "x.lock")
     assert result.exit_code == 2 and "--lock only apply to --python-app" in result.stderr
+
+
+def test_python_target_overrides_what_the_base_says(registry: RegistryServer, project: Path,
+                                                    index: IndexServer) -> None:
+    base = push_python_base(registry, "cli/pybase").ref
+    result = run("build", "--from", base, "--to", registry.ref("cli/pyapp-target", "v1"),
+                 "--python-app", str(project), "--index-url", index.simple, "--dry-run", "--json",
+                 "--python-target", "interpreter=/usr/bin/python3.11",
+                 "--python-target", "libc=glibc 2.17")
+    assert result.exit_code == 0, result.stderr
+    [plan] = json.loads(result.stdout)
+    assert plan["python"]["interpreter"] == "/usr/bin/python3.11"
+    assert plan["python"]["libc"] == "glibc 2.17"
+    result = run("build", "--from", base, "--to", registry.ref("cli/pyapp-target", "v1"),
+                 "--python-app", str(project), "--index-url", index.simple, "--dry-run",
+                 "--python-target", "libc=glibc 2.16")
+    # the C extension is a manylinux_2_17 wheel: a glibc 2.16 target has no wheel for it
+    assert result.exit_code == 1
+    assert "cibtest-fast 1.0: has no wheel for linux/amd64" in result.stderr
+    assert "manylinux_2_16_x86_64" in result.stderr
+    result = run("build", "--from", base, "--to", registry.ref("cli/pyapp-target", "v1"),
+                 "--python-app", str(project), "--python-target", "flavour=cpython")
+    assert result.exit_code == 1 and "unknown key(s) flavour" in result.stderr
