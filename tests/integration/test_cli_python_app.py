@@ -149,10 +149,10 @@ def test_python_app_options_need_python_app(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "--lock only apply to --python-app" in result.stderr
 
 
-def test_python_target_overrides_what_the_base_says(registry: RegistryServer, project: Path,
+def test_python_target_overrides_what_the_base_says(cib_registry: RegistryServer, project: Path,
                                                     index: IndexServer) -> None:
-    base = push_python_base(registry, "cli/pybase").ref
-    result = run("build", "--from", base, "--to", registry.ref("cli/pyapp-target", "v1"),
+    base = push_python_base(cib_registry, "cli/pybase").ref
+    result = run("build", "--from", base, "--to", cib_registry.ref("cli/pyapp-target", "v1"),
                  "--python-app", str(project), "--index-url", index.simple, "--dry-run", "--json",
                  "--python-target", "interpreter=/usr/bin/python3.11",
                  "--python-target", "libc=glibc 2.17")
@@ -160,13 +160,13 @@ def test_python_target_overrides_what_the_base_says(registry: RegistryServer, pr
     [plan] = json.loads(result.stdout)
     assert plan["python"]["interpreter"] == "/usr/bin/python3.11"
     assert plan["python"]["libc"] == "glibc 2.17"
-    result = run("build", "--from", base, "--to", registry.ref("cli/pyapp-target", "v1"),
+    result = run("build", "--from", base, "--to", cib_registry.ref("cli/pyapp-target", "v1"),
                  "--python-app", str(project), "--index-url", index.simple, "--dry-run",
                  "--python-target", "libc=glibc 2.16")
     # the C extension is a manylinux_2_17 wheel: a glibc 2.16 target has no wheel for it
     assert result.exit_code == 1
     assert "cibtest-fast 1.0: has no wheel for linux/amd64" in result.stderr
     assert "manylinux_2_16_x86_64" in result.stderr
-    result = run("build", "--from", base, "--to", registry.ref("cli/pyapp-target", "v1"),
+    result = run("build", "--from", base, "--to", cib_registry.ref("cli/pyapp-target", "v1"),
                  "--python-app", str(project), "--python-target", "flavour=cpython")
     assert result.exit_code == 1 and "unknown key(s) flavour" in result.stderr
