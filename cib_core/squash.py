@@ -59,7 +59,8 @@ def _flatten_one(image: SourceImage, entry: Descriptor | None, temp_dir: str | N
     assert image.store is not None and image.digest is not None
     store = image.store
     openers = [_opener(store, str(layer["digest"])) for layer in image.layers]
-    layer = layer_from_writer(lambda out: export_filesystem(openers, out),
+    names = [str(layer["digest"]) for layer in image.layers]
+    layer = layer_from_writer(lambda out: export_filesystem(openers, out, names=names),
                               docker_flavour=mt.is_docker_flavour(image.media_type), dir=temp_dir)
     built.append(layer)
     info = layer.info
