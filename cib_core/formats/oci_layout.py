@@ -16,6 +16,7 @@ or a blob belongs is a ``ManifestError`` (a FIFO would otherwise block for ever)
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import json
@@ -30,7 +31,15 @@ from cib_core import mediatypes as mt
 from cib_core.digest import is_digest, new_hasher, sha256_digest, verified_digest, verified_reader
 from cib_core.documents import loads, manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, LocalWriteError, ManifestError, NotFound
-from cib_core.fileio import AtomicFile, NotRegularFile, chunks, open_regular, write_atomically, writing_to
+from cib_core.fileio import (
+    AtomicFile,
+    NotRegularFile,
+    chunks,
+    open_regular,
+    write_atomically,
+    write_failure,
+    writing_to,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ WHAT = "the OCI image layout"
 REF_NAME = "org.opencontainers.image.ref.name"
 CONTAINERD_NAME = "io.containerd.image.name"
 LAYOUT_VERSION = "1.0.0"
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 MAX_DOCUMENT = 1 << 20
 """The largest ``oci-layout`` file cib reads."""
 MAX_INDEX = 64 << 20
@@ -105,7 +115,14 @@ class OCILayoutStore:
         with writing_to(self.path, WHAT):
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                if exc.errno not in _NO_LOCKS:
+                    raise write_failure(self.path, exc, what=WHAT) from exc
+                log.warning("%s: the file system cannot lock the layout (%s); writing without the "
+                            "lock, so a tag written by another writer at the same time may be lost",
+                            self.name, exc.strerror)
             yield
         finally:
             os.close(fd)   # releases the lock

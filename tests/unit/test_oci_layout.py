@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -211,3 +213,15 @@ def test_layout_documents_that_are_not_json_name_the_file(tmp_path: Path) -> Non
     (tmp_path / "oci-layout").write_text("[]")
     with pytest.raises(ManifestError, match="unsupported imageLayoutVersion"):
         OCILayoutStore(tmp_path)
+
+
+def test_a_file_system_without_locks_still_takes_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    store = OCILayoutStore(tmp_path, create=True)
+    store.put_manifest(manifest_for(store), mt.OCI_MANIFEST, "v1")
+    assert store.tags() == ["v1"]
+    assert "cannot lock the layout" in caplog.text
