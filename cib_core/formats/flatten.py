@@ -240,7 +240,7 @@ class _Merge:
         self._sparse_left -= holes
         if self._sparse_left < 0:
             raise LayerSourceError(
-                member.name, f"is a sparse file of {member.size} bytes ({where}) whose holes "
+                member.name, f"is a sparse file of {member.size} bytes in {where}, whose holes "
                 "would exceed the limit on sparse expansion; raise the limit "
                 "(cib export --max-sparse-expansion) if the image is trusted")
 
