@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
+from cib_core.build_cache import BuildCache, Hit, cache_repo_setting
 from cib_core.callbacks import Progress
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
@@ -41,7 +42,7 @@ from cib_core.layers.build import (
     source_date_epoch,
 )
 from cib_core.models import Index, Manifest, Platform, parse_manifest
-from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.reference import LocalReference, Reference, parse_image_spec, parse_repository
 from cib_core.seed_forms import (
     check_mapping_order,
     refuse_options_object,
@@ -149,6 +150,17 @@ def _scratch_config(platform: Platform | None) -> dict[str, Any]:
     return cfg
 
 
+def _cache_settings(cache_repo: object, verify: object) -> tuple[Reference | None, bool]:
+    """``Image(cache_repo=..., verify_cache=...)``, with ``CIB_CACHE_REPO`` as the default."""
+    if cache_repo is not None and not isinstance(cache_repo, str):
+        raise ConfigurationError(f"cache_repo must be a str naming a registry repository like "
+                                 f"registry.example.com/team/cib-cache, not {type(cache_repo).__name__}")
+    if not isinstance(verify, bool):
+        raise ConfigurationError(f"verify_cache must be True or False, not {verify!r}")
+    repo = cache_repo_setting(cache_repo, os.environ)
+    return (None if repo is None else parse_repository(repo)), verify
+
+
 def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]) -> tuple[str, ...]:
     """The hosts ``Image(insecure=...)`` names: ``True`` means those of the base and target."""
     if insecure is True:
@@ -207,6 +219,8 @@ class Image:
         jobs: int = DEFAULT_JOBS,
         progress: Progress | None = None,
         pool: TransportPool | None = None,
+        cache_repo: str | None = None,
+        verify_cache: bool = False,
     ) -> None:
         for what, spec in (("base", base), ("target", target)):
             if not isinstance(spec, str):
@@ -228,7 +242,10 @@ class Image:
         if compression not in ("gzip", "zstd", "none"):
             raise ConfigurationError(f"compression={compression!r}: use gzip, zstd or none")
         self._auth = auth
-        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref))
+        self._cache = _cache_settings(cache_repo, verify_cache)
+        cache_ref = self._cache[0]
+        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref) + (
+            (cache_ref,) if cache_ref is not None else ()))
         self._platform = Platform.parse(platform) if platform and platform != "all" else None
         self._created = created
         self._pm = pm
@@ -260,6 +277,7 @@ class Image:
         self._pool: TransportPool | None = pool
         self._base_store: BlobStore | None = None
         self._target_store: BlobStore | None = None
+        self._build_cache: BuildCache | None = None
 
     if not TYPE_CHECKING:  # for mypy, attribute names stay checked statically
         def __setattr__(self, name: str, value: object) -> None:
@@ -310,6 +328,15 @@ class Image:
             return RegistryStore(self.client(str(ref), write=write), self._progress)
         return open_store(ref, write=write, auth=self._auth, insecure=self._insecure,
                           pm=self._plugin_manager, progress=self._progress)
+
+    @property
+    def build_cache(self) -> BuildCache:
+        """The layer cache policy: local, and the cache repository's (``cache_repo``)."""
+        if self._build_cache is None:
+            repo, verify = self._cache
+            client = None if repo is None else self.client(str(repo), write=True)
+            self._build_cache = BuildCache(client, verify=verify)
+        return self._build_cache
 
     @property
     def base_store(self) -> BlobStore | None:
@@ -452,12 +479,15 @@ class Image:
         ignores: Iterable[str] = (),
         ignore_files: Iterable[str] = (),
         follow_symlinks: bool = True,
+        cache_inputs: Mapping[str, str | bytes] | None = None,
     ) -> LayerInfo:
         """Put local directories, files and ``CustomFile``s into one new layer.
 
         ``files`` maps a path in the image to its source (``{"/app": "./src"}``); the forms
         ``add_files(local_dir, target_dir)`` and ``add_files(local_dir)`` (target ``/``) work
         too. Returns the new layer, already uploaded to (or written into) the target.
+        ``cache_inputs`` are a packager's own inputs to the layer's cache key (a lock file's
+        hash, a platform, an interpreter), by name.
         """
         sources = self._sources(files, target_dir)
         ignores = self._patterns("ignores", ignores)
@@ -468,8 +498,6 @@ class Image:
         loading = None if self._images is not None or self._is_scratch else _in_background(
             self._load, "cib-read-base")
         mtime = None if self._created == "now" else int(source_date().timestamp())
-        import cib_core.layers.cache as layer_cache
-
         try:
             builder = prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
@@ -486,25 +514,25 @@ class Image:
         # the layer's media type follows the base's flavour, known now
         builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
         store = self.target_store
-        key = builder.fingerprint(layer_cache.RACY_SECONDS)
-        cached = layer_cache.load(key) if key is not None else None
-        if cached is not None and store.has_blob(cached.digest):
-            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
-            info = cached
+        label = "new layer " + ", ".join(sorted(sources))
+        found = self.build_cache.find(builder, store, label, cache_inputs)
+        if isinstance(found, Hit):
+            # inputs built before and their blob in the target: no tar, gzip or upload
+            info = found.info
             self._present.add(info.digest)
-        elif isinstance(store, StreamingStore):
-            def rebuild() -> LayerBuilder:
-                return prepare_layer(
-                    self._plugin_manager, sources, ignores=tuple(ignores),
-                    ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
-                    compression=self._compression, docker_flavour=self._docker_flavour, mtime=mtime)
-
-            label = "new layer " + ", ".join(sorted(sources))
-            info = self._stream_layer(builder, store, rebuild, label)
         else:
-            info = self._upload_built(builder, store)
-        if key is not None and cached != info:
-            layer_cache.store(key, info)
+            if isinstance(store, StreamingStore):
+                def rebuild() -> LayerBuilder:
+                    return prepare_layer(
+                        self._plugin_manager, sources, ignores=tuple(ignores),
+                        ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
+                        compression=self._compression, docker_flavour=self._docker_flavour,
+                        mtime=mtime)
+
+                info = self._stream_layer(builder, store, rebuild, label)
+            else:
+                info = self._upload_built(builder, store, label)
+            self.build_cache.remember(found, info, store, label)
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
@@ -619,14 +647,17 @@ class Image:
         self._present.add(digest)
         return dataclasses.replace(info, digest=digest)
 
-    def _upload_built(self, builder: LayerBuilder, store: BlobStore) -> LayerInfo:
+    def _upload_built(self, builder: LayerBuilder, store: BlobStore,
+                      label: str = "new layer") -> LayerInfo:
         with builder.build() as built:
-            return self._put_built(built, store)
+            return self._put_built(built, store, label)
 
-    def _put_built(self, built: BuiltLayer, store: BlobStore) -> LayerInfo:
+    def _put_built(self, built: BuiltLayer, store: BlobStore, label: str = "layer") -> LayerInfo:
         """Upload a layer built into a file, unless the target has it already."""
         info = built.info
-        if not store.has_blob(info.digest):
+        if store.has_blob(info.digest):
+            log.info("%s: %s is in %s already; skipped upload", label, info.digest, store.name)
+        else:
             with built.open() as stream:
                 store.put_blob(stream, digest=info.digest, size=info.size)
         self._present.add(info.digest)

@@ -635,6 +635,18 @@ class LayerBuilder:
                                  for info, fileobj, origin in self._entries()]
         return self._planned
 
+    def planned(self) -> list[tuple[tarfile.TarInfo, Readable | None, bytes]]:
+        """The layer's entries in order, normalized: each ``TarInfo``, the file object its
+        content comes from (``None`` for anything but a regular file) and its tar header
+        bytes. For a key of the layer's inputs (``cib_core.layers.keys``); nothing is read."""
+        return [(p.info, p.fileobj, p.header) for p in self._plan()]
+
+    @property
+    def compression_settings(self) -> tuple[str, int | None, str]:
+        """``(compression, level, implementation)``: what decides the compressed bytes."""
+        compression, level = self._compressor_args
+        return compression, level, "isal" if _isal_zlib is not None else "zlib"
+
     def _entries(self) -> list[tuple[tarfile.TarInfo, Readable | None, str]]:
         records = self._records
         # Parent directories, and paths that are both a file and a parent.
