@@ -109,11 +109,19 @@ Examples:
 @click.option("--no-follow-symlinks", "no_follow_symlinks", is_flag=True,
               help="Keep symlinks inside --add directories as links; by default each is replaced by "
                    "what it points to.")
+@click.option("--cache-repo", "cache_repo", metavar="REPO", envvar="CIB_CACHE_REPO",
+              help="A registry repository that keeps a record per layer of its inputs' key and the "
+                   "layer made from them, shared by every machine that builds (default "
+                   "$CIB_CACHE_REPO); a hit is neither built nor uploaded.")
+@click.option("--verify-cache", "verify_cache", is_flag=True,
+              help="Build every layer found in a cache again (hashing it, not uploading it) and "
+                   "stop when it differs from the cached one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entrypoint: str | None,
           workdir: str | None, env: tuple[str, ...], labels: tuple[str, ...], user: str | None,
           tags: tuple[str, ...], platform: str | None, ignores: tuple[str, ...],
-          ignore_files: tuple[str, ...], no_follow_symlinks: bool, as_json: bool) -> None:
+          ignore_files: tuple[str, ...], no_follow_symlinks: bool, cache_repo: str | None,
+          verify_cache: bool, as_json: bool) -> None:
     """Build an image: BASE plus new files and config, saved to TARGET.
 
     Prints the saved image as REGISTRY/REPO@sha256:... (or oci:PATH@sha256:...) on stdout,
@@ -135,7 +143,8 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
     verb = "pushed" if isinstance(target_ref, Reference) else "wrote"
     with progress_renderer(verb) as progress:
         image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm,
-                      progress=progress)
+                      progress=progress, cache_repo=cache_repo or "",
+                      verify_cache=verify_cache)
         if mapping:
             try:
                 image.add_files(mapping, ignores=ignores, ignore_files=ignore_files,
