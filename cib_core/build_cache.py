@@ -23,6 +23,7 @@ it, as whoever can push to the target can. See docs/cache.md.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -33,7 +34,7 @@ import cib_core.layers.cache as local_cache
 from cib_core.errors import CibError, ConfigurationError
 from cib_core.layer_records import lookup, write_record
 from cib_core.layers.build import LayerBuilder, LayerInfo
-from cib_core.layers.keys import ContentKey, content_key
+from cib_core.layers.keys import ContentKey, plan_key
 from cib_core.stores import BlobStore, RegistryStore, transfer_blob
 
 if TYPE_CHECKING:
@@ -62,10 +63,13 @@ class Hit:
 
 @dataclass(frozen=True)
 class Miss:
-    """No cache knows the layer: build it, then ``remember`` it under these keys."""
+    """No cache knows the layer: build it, then ``remember`` it under these keys (``pending``:
+    the content key still being computed while the layer is built)."""
 
     fingerprint: str | None
     content: ContentKey | None
+    shape: str | None = None
+    pending: concurrent.futures.Future[ContentKey] | None = None
 
 
 def _with_inputs(fingerprint: str | None,
@@ -102,11 +106,21 @@ class BuildCache:
             cached = local_cache.load(fingerprint)
             if cached is not None and _matches(cached, builder) and target.has_blob(cached.digest):
                 return self._hit(builder, cached, "local", "present", label)
-        key = content_key(builder, inputs)
-        if key is None:
+        plan = plan_key(builder, inputs)
+        if plan is None:
             log.info("%s: no content key (content that is not a local file or bytes); building",
                      label)
             return Miss(fingerprint, None)
+        if self.repo is None and local_cache.load(plan.shape) is None:
+            # no layer of these paths, modes and sizes was made here: not a touch, a clone or a
+            # revert of a known tree, so the local cache cannot know it. Its files are hashed
+            # for the key while it is built, rather than before.
+            pool = concurrent.futures.ThreadPoolExecutor(1, "cib-content-key")
+            pending = pool.submit(plan.finish)
+            pool.shutdown(wait=False)  # the thread ends with the hashing
+            log.info("%s: cache miss (a layer of new paths or sizes); building", label)
+            return Miss(fingerprint, None, plan.shape, pending)
+        key = plan.finish()
         cached = local_cache.load(key.key)
         if cached is not None and _matches(cached, builder) and target.has_blob(cached.digest):
             if fingerprint is not None:
@@ -120,7 +134,7 @@ class BuildCache:
                     local_cache.store(fingerprint, hit.info)
                 return hit
         log.info("%s: cache miss (key %s); building", label, key.key[:12])
-        return Miss(fingerprint, key)
+        return Miss(fingerprint, key, plan.shape)
 
     def _from_repo(self, builder: LayerBuilder, target: BlobStore, key: str,
                    label: str) -> Hit | None:
@@ -172,7 +186,15 @@ class BuildCache:
         keys, and in the cache repository under the content key."""
         if miss.fingerprint is not None:
             local_cache.store(miss.fingerprint, info)
+        if miss.shape is not None:
+            local_cache.store(miss.shape, info)
         key = miss.content
+        if miss.pending is not None:
+            try:
+                key = miss.pending.result()
+            except CibError as exc:
+                log.info("%s: no content key (%s); not caching it by content", label, exc)
+                return
         if key is None:
             return
         if not key.still_valid():

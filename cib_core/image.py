@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -159,6 +160,27 @@ def _cache_settings(cache_repo: object, verify: object) -> tuple[Reference | Non
         raise ConfigurationError(f"verify_cache must be True or False, not {verify!r}")
     repo = cache_repo_setting(cache_repo, os.environ)
     return (None if repo is None else parse_repository(repo)), verify
+
+
+MANIFEST_ATTEMPTS = 4
+
+
+def _put_manifest(target: BlobStore, raw: bytes, media_type: str, tag: str | None) -> None:
+    """Push a manifest whose blobs were all confirmed present, again if the registry briefly
+    cannot see one: distribution's filesystem storage rewrites a repository's blob link in
+    place (truncate, then write) each time the same blob is uploaded or mounted there, so a
+    manifest pushed meanwhile reads an empty link (DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN);
+    seen with eight processes pushing one layer into one repository at once."""
+    for attempt in range(MANIFEST_ATTEMPTS):
+        try:
+            target.put_manifest(raw, media_type, tag)
+            return
+        except RegistryError as exc:
+            if attempt + 1 >= MANIFEST_ATTEMPTS or "MANIFEST_BLOB_UNKNOWN" not in exc.codes:
+                raise
+            log.debug("%s did not see a blob of the manifest yet (%s); pushing it again",
+                      target.name, exc)
+            time.sleep(0.1 * 2 ** attempt)
 
 
 def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]) -> tuple[str, ...]:
@@ -909,10 +931,10 @@ class Image:
             media_type = manifest["mediaType"]
         raw = canonical_json(manifest)
         if tags is None:
-            target.put_manifest(raw, media_type, None)
+            _put_manifest(target, raw, media_type, None)
         else:
             for tag in tags:
-                target.put_manifest(raw, media_type, tag)
+                _put_manifest(target, raw, media_type, tag)
         return raw, media_type
 
     def _confirm_blobs(self, image: _PlatformImage, target: BlobStore,

@@ -98,29 +98,55 @@ def _hash_range(jobs: list[tuple[str, int]]) -> list[tuple[str, _Stamp]]:
     return [_hash_file(path, size) for path, size in jobs]
 
 
-def content_key(builder: LayerBuilder,
-                inputs: Mapping[str, str | bytes] | None = None) -> ContentKey | None:
-    """The content key of the layer ``builder`` will write, or ``None`` when some content
-    cannot be read without using it up. ``inputs`` are a packager's own named inputs (values
-    are str or bytes): ``{"python.lock-sha256": ..., "python.platform": "linux/arm64"}``."""
-    h = hashlib.sha256(KEY_DOMAIN)
+class KeyPlan:
+    """A content key ready to be computed: everything but the local files' bytes is hashed
+    (so it may be finished in another thread while the build reads the same entries)."""
+
+    def __init__(self, head: bytes, headers: list[bytes], contents: list[str | None],
+                 files: list[tuple[str, int]]) -> None:
+        self._head, self._headers, self._contents, self._files = head, headers, contents, files
+        h = hashlib.sha256(b"cib-layer-shape-1\0" + head)
+        for header in headers:
+            h.update(header)
+        self.shape = h.hexdigest()
+        """A key of the layer's shape only (paths, modes, sizes, settings; no file bytes):
+        cheap, and equal for a touched or re-cloned tree."""
+
+    def finish(self) -> ContentKey:
+        """Read and hash the local files; the content key."""
+        hashed = _hash_files(self._files)
+        digests = iter(digest for digest, _stamp in hashed)
+        h = hashlib.sha256(KEY_DOMAIN + self._head)
+        h.update(b"entries:%d\0" % len(self._headers))
+        for header, known in zip(self._headers, self._contents, strict=True):
+            h.update(header)
+            h.update(b"\0content:%s\0" % (next(digests) if known is None else known).encode())
+        return ContentKey(h.hexdigest(), tuple(stamp for _digest, stamp in hashed))
+
+
+def plan_key(builder: LayerBuilder,
+             inputs: Mapping[str, str | bytes] | None = None) -> KeyPlan | None:
+    """The first, cheap half of :func:`content_key`: ``None`` when some content cannot be
+    read without using it up."""
+    head = hashlib.sha256()
     compression, level, implementation = builder.compression_settings
     for setting, text in (("media-type", builder.media_type), ("compression", compression),
                           ("level", "" if level is None else str(level)),
                           ("implementation", implementation)):
-        _named_value(h, setting, text.encode())
+        _named_value(head, setting, text.encode())
     given = dict(inputs or {})
     for name in sorted(given, key=str):
         value = given[name]
         if not isinstance(name, str) or not isinstance(value, (str, bytes)):
             raise ConfigurationError(f"cache key input {name!r}: names must be str and values "
                                      f"str or bytes, not {type(value).__name__}")
-        _named_value(h, "input:" + name, value.encode() if isinstance(value, str) else value)
+        _named_value(head, "input:" + name, value.encode() if isinstance(value, str) else value)
 
-    plan = builder.planned()
+    headers: list[bytes] = []
     contents: list[str | None] = []  # per entry: a digest known now, or None for a local file
     files: list[tuple[str, int]] = []
-    for info, fileobj, _header in plan:
+    for info, fileobj, header in builder.planned():
+        headers.append(header)
         if info.type != tarfile.REGTYPE or not info.size:
             contents.append("")
         elif type(fileobj) is LazyFile and not fileobj.closed:
@@ -133,14 +159,16 @@ def content_key(builder: LayerBuilder,
                 contents.append(hashlib.sha256(data).hexdigest())
         else:
             return None
-    hashed = _hash_files(files)
-    stamps = tuple(stamp for _digest, stamp in hashed)
-    digests = iter(digest for digest, _stamp in hashed)
-    h.update(b"entries:%d\0" % len(plan))
-    for (_info, _fileobj, header), known in zip(plan, contents, strict=True):
-        h.update(header)
-        h.update(b"\0content:%s\0" % (next(digests) if known is None else known).encode())
-    return ContentKey(h.hexdigest(), stamps)
+    return KeyPlan(head.digest(), headers, contents, files)
+
+
+def content_key(builder: LayerBuilder,
+                inputs: Mapping[str, str | bytes] | None = None) -> ContentKey | None:
+    """The content key of the layer ``builder`` will write, or ``None`` when some content
+    cannot be read without using it up. ``inputs`` are a packager's own named inputs (values
+    are str or bytes): ``{"python.lock-sha256": ..., "python.platform": "linux/arm64"}``."""
+    plan = plan_key(builder, inputs)
+    return None if plan is None else plan.finish()
 
 
 def _hash_files(files: list[tuple[str, int]]) -> list[tuple[str, _Stamp]]:
@@ -161,4 +189,4 @@ def _hash_files(files: list[tuple[str, int]]) -> list[tuple[str, _Stamp]]:
         return [r for part in pool.map(_hash_range, runs) for r in part]
 
 
-__all__ = ["KEY_DOMAIN", "ContentKey", "content_key"]
+__all__ = ["KEY_DOMAIN", "ContentKey", "KeyPlan", "content_key", "plan_key"]
