@@ -228,3 +228,29 @@ def test_eight_processes_building_at_once_agree(registry, base_image, tmp_path):
     key = _only_key(registry, "eight/cache")
     record = lookup(RegistryClient(registry.host, "eight/cache"), key)
     assert record is not None and record.layer_digest == results[0]["layer"]
+
+
+def test_cli_says_per_layer_where_it_came_from(registry, base_image, machines, monkeypatch,
+                                               tmp_path):
+    from cli_support import isolate_home, run
+
+    (one, cache_one), (two, cache_two) = machines
+    isolate_home(tmp_path, monkeypatch)
+    cache_repo = f"{registry.host}/cli-cache/cache"
+    monkeypatch.setenv("CIB_CACHE_DIR", str(cache_one))
+    first = run("-v", "build", "--from", base_image.ref, "--to", f"{registry.host}/cli-cache/a:1",
+                "--add", f"{one}:/srv", "--cache-repo", cache_repo)
+    assert first.exit_code == 0, first.stderr
+    assert "cache miss" in first.stderr
+    monkeypatch.setenv("CIB_CACHE_DIR", str(cache_two))
+    monkeypatch.setenv("CIB_CACHE_REPO", cache_repo)  # the variable instead of the flag
+    second = run("-v", "build", "--from", base_image.ref, "--to", f"{registry.host}/cli-cache/b:1",
+                 "--add", f"{two}:/srv", "--verify-cache")
+    assert second.exit_code == 0, second.stderr
+    assert "registry cache hit" in second.stderr and "(mounted)" in second.stderr
+    assert "verified the cached layer" in second.stderr
+    assert second.stdout.strip().split("@")[1] == first.stdout.strip().split("@")[1]
+    third = run("-v", "build", "--from", base_image.ref, "--to", f"{registry.host}/cli-cache/b:2",
+                "--add", f"{two}:/srv")
+    assert third.exit_code == 0, third.stderr
+    assert "local cache hit" in third.stderr
