@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
+from cib_core.build_cache import BuildCache, Hit, cache_repo_setting
 from cib_core.callbacks import Progress, report_step
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
@@ -46,7 +48,7 @@ from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
 from cib_core.plugin_api import AppImage, AppLayer, AppOptions
 from cib_core.plugins import get_plugin_manager
-from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.reference import LocalReference, Reference, parse_image_spec, parse_repository
 from cib_core.remote.client import RegistryClient, fetch_url
 from cib_core.remote.transport import TransportPool
 from cib_core.seed_forms import (
@@ -169,6 +171,38 @@ def _scratch_config(platform: Platform | None) -> dict[str, Any]:
     return cfg
 
 
+def _cache_settings(cache_repo: object, verify: object) -> tuple[Reference | None, bool]:
+    """``Image(cache_repo=..., verify_cache=...)``, with ``CIB_CACHE_REPO`` as the default."""
+    if cache_repo is not None and not isinstance(cache_repo, str):
+        raise ConfigurationError(f"cache_repo must be a str naming a registry repository like "
+                                 f"registry.example.com/team/cib-cache, not {type(cache_repo).__name__}")
+    if not isinstance(verify, bool):
+        raise ConfigurationError(f"verify_cache must be True or False, not {verify!r}")
+    repo = cache_repo_setting(cache_repo, os.environ)
+    return (None if repo is None else parse_repository(repo)), verify
+
+
+MANIFEST_ATTEMPTS = 4
+
+
+def _put_manifest(target: BlobStore, raw: bytes, media_type: str, tag: str | None) -> None:
+    """Push a manifest whose blobs were all confirmed present, again if the registry briefly
+    cannot see one: distribution's filesystem storage rewrites a repository's blob link in
+    place (truncate, then write) each time the same blob is uploaded or mounted there, so a
+    manifest pushed meanwhile reads an empty link (DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN);
+    seen with eight processes pushing one layer into one repository at once."""
+    for attempt in range(MANIFEST_ATTEMPTS):
+        try:
+            target.put_manifest(raw, media_type, tag)
+            return
+        except RegistryError as exc:
+            if attempt + 1 >= MANIFEST_ATTEMPTS or "MANIFEST_BLOB_UNKNOWN" not in exc.codes:
+                raise
+            log.debug("%s did not see a blob of the manifest yet (%s); pushing it again",
+                      target.name, exc)
+            time.sleep(0.1 * 2 ** attempt)
+
+
 def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]) -> tuple[str, ...]:
     """The hosts ``Image(insecure=...)`` names: ``True`` means those of the base and target."""
     if insecure is True:
@@ -244,6 +278,8 @@ class Image:
         progress: Progress | None = None,
         pool: TransportPool | None = None,
         dry_run: bool = False,
+        cache_repo: str | None = None,
+        verify_cache: bool = False,
     ) -> None:
         for what, spec in (("base", base), ("target", target)):
             if not isinstance(spec, str):
@@ -265,7 +301,10 @@ class Image:
         if compression not in ("gzip", "zstd", "none"):
             raise ConfigurationError(f"compression={compression!r}: use gzip, zstd or none")
         self._auth = auth
-        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref))
+        self._cache = _cache_settings(cache_repo, verify_cache)
+        cache_ref = self._cache[0]
+        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref) + (
+            (cache_ref,) if cache_ref is not None else ()))
         self._platform = Platform.parse(platform) if platform and platform != "all" else None
         self._created = created
         self._pm = pm
@@ -301,6 +340,7 @@ class Image:
         self._pool: TransportPool | None = pool
         self._base_store: BlobStore | None = None
         self._target_store: BlobStore | None = None
+        self._build_cache: BuildCache | None = None
 
     if not TYPE_CHECKING:  # for mypy, attribute names stay checked statically
         def __setattr__(self, name: str, value: object) -> None:
@@ -345,6 +385,18 @@ class Image:
             return RegistryStore(self.client(str(ref), write=write), self._progress)
         return open_store(ref, write=write, auth=self._auth, insecure=self._insecure,
                           pm=self._plugin_manager, progress=self._progress)
+
+    @property
+    def build_cache(self) -> BuildCache:
+        """The layer cache policy: local, and the cache repository's (``cache_repo``)."""
+        if self._build_cache is None:
+            repo, verify = self._cache
+            # a dry run sends nothing: no blob mounted from, nor record written to, the cache
+            # repository; the local cache still finds what this machine built
+            client = (None if repo is None or self._dry_run
+                      else self.client(str(repo), write=True))
+            self._build_cache = BuildCache(client, verify=verify)
+        return self._build_cache
 
     @property
     def base_store(self) -> BlobStore | None:
@@ -548,6 +600,7 @@ class Image:
         ignore_files: Iterable[str] = (),
         follow_symlinks: bool = True,
         platform: str | None = None,
+        cache_inputs: Mapping[str, str | bytes] | None = None,
     ) -> LayerInfo:
         """Put local directories, files and ``CustomFile``s into one new layer.
 
@@ -555,7 +608,8 @@ class Image:
         ``add_files(local_dir, target_dir)`` and ``add_files(local_dir)`` (target ``/``) work
         too. The layer goes to every platform of the build, or with ``platform``
         (``"linux/arm64"``) to that one only. Returns the new layer, already uploaded to (or
-        written into) the target.
+        written into) the target. ``cache_inputs`` are a packager's own inputs to the layer's
+        cache key (a lock file's hash, a platform, an interpreter), by name.
         """
         sources = self._sources(files, target_dir)
         ignores = self._patterns("ignores", ignores)
@@ -578,8 +632,6 @@ class Image:
                 ready_for_threads(self.base_store)
                 loading = _in_background(self._load, "cib-read-base")
         mtime = self._layer_mtime()
-        import cib_core.layers.cache as layer_cache
-
         try:
             builder = prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
@@ -604,7 +656,7 @@ class Image:
                 platform=layer_platform)
 
         info = self._put_layer(builder, rebuild, "new layer " + ", ".join(sorted(sources)),
-                               builder.fingerprint(layer_cache.RACY_SECONDS))
+                               cache_inputs=cache_inputs)
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
@@ -615,28 +667,41 @@ class Image:
         return None if self._created == "now" else int(source_date().timestamp())
 
     def _put_layer(self, builder: LayerBuilder | None, make: Callable[[], LayerBuilder],
-                   label: str, key: str | None) -> LayerInfo:
-        """Make a layer present in the target: the one the rebuild cache knows under ``key``
-        if the target has its blob (nothing built), else ``builder`` (or a new one from
+                   label: str, *, key: str | None = None,
+                   cache_inputs: Mapping[str, str | bytes] | None = None) -> LayerInfo:
+        """Make a layer present in the target: one the build cache (local, and ``cache_repo``)
+        knows and the target has or gets (nothing built), else ``builder`` (or a new one from
         ``make``, which also lists the entries again should a streamed upload need a retry)
-        built and uploaded."""
-        import cib_core.layers.cache as layer_cache
-
+        built and uploaded. ``key``: a packager's key of a layer whose entries are costly to
+        produce, looked up before ``make`` runs; ``cache_inputs`` go into the content key."""
         store = self.target_store
-        cached = layer_cache.load(key) if key is not None else None
-        if cached is not None and store.has_blob(cached.digest):
-            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
-            self._present.add(cached.digest)
-            return cached
+        cache = self.build_cache
+        if key is not None and builder is None:
+            hit = cache.find_keyed(key, mt.layer_media_type(self._docker_flavour, self._compression),
+                                   store, label, make)
+            if hit is not None:
+                self._present.add(hit.info.digest)
+                return hit.info
+            builder = make()
+            info = self._build_and_send(builder, store, make, label)
+            cache.remember_keyed(key, info, store, label)
+            return info
         if builder is None:
             builder = make()
-        if isinstance(store, StreamingStore):
-            info = self._stream_layer(builder, store, make, label)
-        else:
-            info = self._upload_built(builder, store)
-        if key is not None and cached != info:
-            layer_cache.store(key, info)
+        found = cache.find(builder, store, label, cache_inputs)
+        if isinstance(found, Hit):
+            # inputs built before and their blob in the target: no tar, gzip or upload
+            self._present.add(found.info.digest)
+            return found.info
+        info = self._build_and_send(builder, store, make, label)
+        cache.remember(found, info, store, label)
         return info
+
+    def _build_and_send(self, builder: LayerBuilder, store: BlobStore,
+                        make: Callable[[], LayerBuilder], label: str) -> LayerInfo:
+        if isinstance(store, StreamingStore):
+            return self._stream_layer(builder, store, make, label)
+        return self._upload_built(builder, store, label)
 
     # -- apps ------------------------------------------------------------------------------
     def add_python_app(
@@ -792,7 +857,6 @@ class Image:
         return open_layer
 
     def _build_app_layer(self, layer: AppLayer, mtime: int | None, media_type: str) -> LayerInfo:
-        import cib_core.layers.cache as layer_cache
         from cib_core.apps import layer_cache_key
 
         label = f"app layer {layer.name}"
@@ -804,9 +868,7 @@ class Image:
                                      compression=self._compression,
                                      docker_flavour=self._docker_flavour, mtime=mtime)
 
-            builder = make_files()
-            return self._put_layer(builder, make_files, label,
-                                   builder.fingerprint(layer_cache.RACY_SECONDS))
+            return self._put_layer(make_files(), make_files, label)
         produce = layer.entries
         assert produce is not None
 
@@ -819,7 +881,7 @@ class Image:
         key = (layer_cache_key(layer.key, self._compression, media_type, mtime,
                                gzip_implementation()) if layer.key else None)
         report_step(self._progress, label, 0, None)
-        info = self._put_layer(None, make, label, key)
+        info = self._put_layer(None, make, label, key=key)
         report_step(self._progress, label, 1, 1)
         return info
 
@@ -932,14 +994,17 @@ class Image:
         self._present.add(digest)
         return dataclasses.replace(info, digest=digest)
 
-    def _upload_built(self, builder: LayerBuilder, store: BlobStore) -> LayerInfo:
+    def _upload_built(self, builder: LayerBuilder, store: BlobStore,
+                      label: str = "new layer") -> LayerInfo:
         with builder.build() as built:
-            return self._put_built(built, store)
+            return self._put_built(built, store, label)
 
-    def _put_built(self, built: BuiltLayer, store: BlobStore) -> LayerInfo:
+    def _put_built(self, built: BuiltLayer, store: BlobStore, label: str = "layer") -> LayerInfo:
         """Upload a layer built into a file, unless the target has it already."""
         info = built.info
-        if not store.has_blob(info.digest):
+        if store.has_blob(info.digest):
+            log.info("%s: %s is in %s already; skipped upload", label, info.digest, store.name)
+        else:
             with built.open() as stream:
                 store.put_blob(stream, digest=info.digest, size=info.size)
         self._present.add(info.digest)
@@ -1270,10 +1335,10 @@ class Image:
             media_type = manifest["mediaType"]
         raw = canonical_json(manifest)
         if tags is None:
-            target.put_manifest(raw, media_type, None)
+            _put_manifest(target, raw, media_type, None)
         else:
             for tag in tags:
-                target.put_manifest(raw, media_type, tag)
+                _put_manifest(target, raw, media_type, tag)
         return raw, media_type
 
     def _confirm_blobs(self, image: _PlatformImage, target: BlobStore,

@@ -608,6 +608,20 @@ class LayerBuilder:
             self._planned = self._make_plan()
         return self._planned
 
+    def planned(self) -> list[tuple[int, Readable | None, bytes]]:
+        """The layer's entries in order, normalized: each one's content size (0 for anything
+        but a regular file with data), the file object its content comes from and its tar
+        header bytes. For a key of the layer's inputs (``cib_core.layers.keys``); nothing is
+        read."""
+        plan = self._plan()
+        return list(zip(plan.sizes, plan.files, plan.headers, strict=True))
+
+    @property
+    def compression_settings(self) -> tuple[str, int | None, str]:
+        """``(compression, level, implementation)``: what decides the compressed bytes."""
+        compression, level = self._compressor_args
+        return compression, level, gzip_implementation()
+
     def _make_plan(self) -> _Plan:
         infos, files, origins = self._infos, self._files, self._origins
         # Parent directories, and paths that are both a file and a parent.
