@@ -502,11 +502,67 @@ def table(rows: list[Row], checks: list[Check]) -> str:
     return "\n".join(out)
 
 
+def fresh_checkout(tree: Path, dest: Path) -> Path:
+    """A clone as a CI runner makes it: the same bytes, new inodes, new mtimes."""
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(tree, dest, copy_function=shutil.copyfile)
+    return dest
+
+
+def scenario_f(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
+               rows: list[Row], checks: list[Check]) -> dict[str, object]:
+    """Fresh CI runner: runner 1 builds with --cache-repo from its own checkout and empty local
+    cache; runner 2 does the same from another checkout against the warm cache repository.
+    Then, with no cache repository, runner 1 touches every input and builds again."""
+    first_s, fresh_s, touch_s = [], [], []
+    fresh_uploads, touch_uploads, ratios = [], [], []
+    for i in range(runs):
+        with registry(work / "f-reg") as reg:
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            target = f"{reg.host}/app:latest"
+            cache_repo = f"{reg.host}/ci/cib-cache"
+
+            def build(src: Path, cache: Path, *extra: str) -> Sample:
+                return measure([*tools.cib, "build", "--from", base, "--to", target, "--add",
+                                f"{src}:/data", *extra], env=tools.cib_env(cache),
+                               label="cib build")
+
+            one, two = work / "f-runner-1", work / "f-runner-2"
+            for runner in (one, two):
+                shutil.rmtree(runner, ignore_errors=True)
+            src1 = fresh_checkout(tree, one / "checkout")
+            src2 = fresh_checkout(tree, two / "checkout")
+            first_s.append(build(src1, one / "cache", "--cache-repo", cache_repo))
+            before = reg.upload_requests()
+            fresh_s.append(build(src2, two / "cache", "--cache-repo", cache_repo))
+            fresh_uploads.append(reg.upload_requests() - before)
+            ratios.append(fresh_s[-1].wall / first_s[-1].wall)
+            for path in src1.rglob("*"):
+                os.utime(path, None)
+            before = reg.upload_requests()
+            touch_s.append(build(src1, one / "cache"))
+            touch_uploads.append(reg.upload_requests() - before)
+        print(f"  (f) run {i + 1}: first {first_s[-1].wall:.2f}s, fresh runner "
+              f"{fresh_s[-1].wall:.2f}s ({fresh_uploads[-1]} upload requests), touched "
+              f"{touch_s[-1].wall:.2f}s ({touch_uploads[-1]} upload requests)", flush=True)
+    rows += [Row("f first build, --cache-repo", "cib", first_s),
+             Row("f fresh runner, warm cache", "cib", fresh_s),
+             Row("f touch every input", "cib", touch_s)]
+    ratio = statistics.median(ratios)
+    checks.append(Check("(f) fresh runner / first build", ratio, "<= 0.15", ratio <= 0.15))
+    checks.append(Check("(f) upload requests, fresh runner (max)", max(fresh_uploads), "== 0",
+                        max(fresh_uploads) == 0))
+    checks.append(Check("(f) upload requests, touch (max)", max(touch_uploads), "== 0",
+                        max(touch_uploads) == 0))
+    return {"fresh_upload_requests": fresh_uploads, "touch_upload_requests": touch_uploads,
+            "ratios": ratios}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median; default 3)")
-    parser.add_argument("--only", default="a,b,c,d,e,p", help="scenarios, comma separated (default all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,p", help="scenarios, comma separated (default all)")
     parser.add_argument("--workdir", default="/tmp/cib-bench", help="inputs, registries, npm cache")
     parser.add_argument("--big-mib", type=int, default=1024, help="layer size of scenario e (MiB)")
     args = parser.parse_args(argv)
@@ -544,6 +600,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scenario_d(tools, work, src, args.runs, rows, checks)
     if "c" in only:
         extra["c"] = scenario_c(tools, work, tree, base_dir, args.runs, rows, checks)
+    if "f" in only:
+        extra["f"] = scenario_f(tools, work, tree, base_dir, args.runs, rows, checks)
     if "e" in only:
         scenario_e(tools, work, args.runs, args.big_mib * MiB, rows, checks)
     if "p" in only:

@@ -20,6 +20,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 from cib_core import image_config
 from cib_core import mediatypes as mt
 from cib_core.authn.resolve import options_for_registry
+from cib_core.build_cache import BuildCache, Hit, cache_repo_setting
 from cib_core.callbacks import Progress, report_step
 from cib_core.digest import sha256_digest
 from cib_core.documents import canonical_json
@@ -41,7 +43,7 @@ from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
 from cib_core.plugin_api import AppImage, AppLayer, AppOptions
 from cib_core.plugins import get_plugin_manager
-from cib_core.reference import LocalReference, Reference, parse_image_spec
+from cib_core.reference import LocalReference, Reference, parse_image_spec, parse_repository
 from cib_core.remote.client import RegistryClient, fetch_url
 from cib_core.remote.transport import TransportPool
 from cib_core.seed_forms import (
@@ -164,6 +166,38 @@ def _scratch_config(platform: Platform | None) -> dict[str, Any]:
     return cfg
 
 
+def _cache_settings(cache_repo: object, verify: object) -> tuple[Reference | None, bool]:
+    """``Image(cache_repo=..., verify_cache=...)``, with ``CIB_CACHE_REPO`` as the default."""
+    if cache_repo is not None and not isinstance(cache_repo, str):
+        raise ConfigurationError(f"cache_repo must be a str naming a registry repository like "
+                                 f"registry.example.com/team/cib-cache, not {type(cache_repo).__name__}")
+    if not isinstance(verify, bool):
+        raise ConfigurationError(f"verify_cache must be True or False, not {verify!r}")
+    repo = cache_repo_setting(cache_repo, os.environ)
+    return (None if repo is None else parse_repository(repo)), verify
+
+
+MANIFEST_ATTEMPTS = 4
+
+
+def _put_manifest(target: BlobStore, raw: bytes, media_type: str, tag: str | None) -> None:
+    """Push a manifest whose blobs were all confirmed present, again if the registry briefly
+    cannot see one: distribution's filesystem storage rewrites a repository's blob link in
+    place (truncate, then write) each time the same blob is uploaded or mounted there, so a
+    manifest pushed meanwhile reads an empty link (DIGEST_INVALID, MANIFEST_BLOB_UNKNOWN);
+    seen with eight processes pushing one layer into one repository at once."""
+    for attempt in range(MANIFEST_ATTEMPTS):
+        try:
+            target.put_manifest(raw, media_type, tag)
+            return
+        except RegistryError as exc:
+            if attempt + 1 >= MANIFEST_ATTEMPTS or "MANIFEST_BLOB_UNKNOWN" not in exc.codes:
+                raise
+            log.debug("%s did not see a blob of the manifest yet (%s); pushing it again",
+                      target.name, exc)
+            time.sleep(0.1 * 2 ** attempt)
+
+
 def _insecure_hosts(insecure: object, refs: Iterable[Reference | LocalReference]) -> tuple[str, ...]:
     """The hosts ``Image(insecure=...)`` names: ``True`` means those of the base and target."""
     if insecure is True:
@@ -239,6 +273,8 @@ class Image:
         progress: Progress | None = None,
         pool: TransportPool | None = None,
         dry_run: bool = False,
+        cache_repo: str | None = None,
+        verify_cache: bool = False,
     ) -> None:
         for what, spec in (("base", base), ("target", target)):
             if not isinstance(spec, str):
@@ -260,7 +296,10 @@ class Image:
         if compression not in ("gzip", "zstd", "none"):
             raise ConfigurationError(f"compression={compression!r}: use gzip, zstd or none")
         self._auth = auth
-        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref))
+        self._cache = _cache_settings(cache_repo, verify_cache)
+        cache_ref = self._cache[0]
+        self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref) + (
+            (cache_ref,) if cache_ref is not None else ()))
         self._platform = Platform.parse(platform) if platform and platform != "all" else None
         self._created = created
         self._pm = pm
@@ -296,6 +335,7 @@ class Image:
         self._pool: TransportPool | None = pool
         self._base_store: BlobStore | None = None
         self._target_store: BlobStore | None = None
+        self._build_cache: BuildCache | None = None
 
     if not TYPE_CHECKING:  # for mypy, attribute names stay checked statically
         def __setattr__(self, name: str, value: object) -> None:
@@ -340,6 +380,18 @@ class Image:
             return RegistryStore(self.client(str(ref), write=write), self._progress)
         return open_store(ref, write=write, auth=self._auth, insecure=self._insecure,
                           pm=self._plugin_manager, progress=self._progress)
+
+    @property
+    def build_cache(self) -> BuildCache:
+        """The layer cache policy: local, and the cache repository's (``cache_repo``)."""
+        if self._build_cache is None:
+            repo, verify = self._cache
+            # a dry run sends nothing: no blob mounted from, nor record written to, the cache
+            # repository; the local cache still finds what this machine built
+            client = (None if repo is None or self._dry_run
+                      else self.client(str(repo), write=True))
+            self._build_cache = BuildCache(client, verify=verify)
+        return self._build_cache
 
     @property
     def base_store(self) -> BlobStore | None:
@@ -543,6 +595,7 @@ class Image:
         ignore_files: Iterable[str] = (),
         follow_symlinks: bool = True,
         platform: str | None = None,
+        cache_inputs: Mapping[str, str | bytes] | None = None,
     ) -> LayerInfo:
         """Put local directories, files and ``CustomFile``s into one new layer.
 
@@ -550,7 +603,8 @@ class Image:
         ``add_files(local_dir, target_dir)`` and ``add_files(local_dir)`` (target ``/``) work
         too. The layer goes to every platform of the build, or with ``platform``
         (``"linux/arm64"``) to that one only. Returns the new layer, already uploaded to (or
-        written into) the target.
+        written into) the target. ``cache_inputs`` are a packager's own inputs to the layer's
+        cache key (a lock file's hash, a platform, an interpreter), by name.
         """
         sources = self._sources(files, target_dir)
         ignores = self._patterns("ignores", ignores)
@@ -575,43 +629,44 @@ class Image:
         mtime = self._layer_mtime()
         import cib_core.layers.cache as layer_cache
 
+        label = "new layer " + ", ".join(sorted(sources))
+
         def make() -> LayerBuilder:
-            # the base's flavour may not be known yet: the media type is set once it is
-            return prepare_layer(
+            made = prepare_layer(
                 self._plugin_manager, sources, ignores=tuple(ignores),
                 ignore_files=tuple(ignore_files), follow_symlinks=follow_symlinks,
                 compression=self._compression, mtime=mtime, platform=layer_platform)
+            if loading is None or loading.done():
+                # else the base's flavour is not known yet: the media type is set once it is
+                made.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
+            return made
 
-        checked = False
         try:
             builder = make()
-            recipe = builder.recipe() if layer_cache.cache_dir() is not None else None
-            # Built before from these sources: see whether anything changed (a walk with
-            # stat) before building. Never built: start building and uploading at once, and
-            # remember what it took for the next time.
-            if recipe is not None and layer_cache.seen(recipe):
-                builder.fingerprint(layer_cache.RACY_SECONDS)
-                checked = True
+            cache = self.build_cache
+            on = layer_cache.cache_dir() is not None
+            recipes = [r for r in (builder.recipe(), builder.recipe(relocatable=True)) if r] if on else []
+            # Look in the caches first when one may know the layer: a cache repository, content
+            # that is not all local files (cheap to key), or local sources built before here
+            # (from this path, or from another checkout of the project). Else start building
+            # and uploading at once, the upload overlapping the walk, and remember the layer.
+            look = (cache.repo is not None or builder.recipe() is None
+                    or any(layer_cache.seen(r) for r in recipes))
+            if look:
+                builder.fingerprint(layer_cache.RACY_SECONDS)  # the walk, while the base is read
             store = self.target_store
         except BaseException:
             if loading is not None:
                 loading.result()  # a base that cannot be read is reported first, as ever
             raise
-        cached = None
-        if checked:
+        if look:
             self._wait_for_base(loading)
             builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
-            key = builder.fingerprint(layer_cache.RACY_SECONDS)
-            cached = layer_cache.load(key) if key is not None else None
-        if cached is not None and store.has_blob(cached.digest):
-            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
-            info = cached
-            self._present.add(info.digest)
+            info = self._put_layer(builder, make, label, cache_inputs=cache_inputs)
         else:
-            racy = None if recipe is None else layer_cache.RACY_SECONDS
             try:
-                info = self._write_layer(builder, store, make, "new layer "
-                                         + ", ".join(sorted(sources)), loading, racy)
+                info = self._write_layer(builder, store, make, label, loading,
+                                         layer_cache.RACY_SECONDS)
             except BaseException:
                 if loading is not None:
                     loading.result()  # a base that cannot be read is reported first, as ever
@@ -620,11 +675,9 @@ class Image:
             # the layer's media type follows the base's flavour, known now
             builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
             info = dataclasses.replace(info, media_type=builder.media_type)
-            if recipe is not None:
-                key = builder.fingerprint(layer_cache.RACY_SECONDS)
-                if key is not None:
-                    layer_cache.store(key, info)
-                    layer_cache.remember(recipe)
+            cache.remember(cache.first(builder, cache_inputs), builder, info, store, label)
+        for recipe in recipes:
+            layer_cache.remember(recipe)
         created_by = "cib add_files " + " ".join(sorted(sources))
         self._append_layer(
             {"mediaType": info.media_type, "digest": info.digest, "size": info.size},
@@ -635,25 +688,41 @@ class Image:
         return None if self._created == "now" else int(source_date().timestamp())
 
     def _put_layer(self, builder: LayerBuilder | None, make: Callable[[], LayerBuilder],
-                   label: str, key: str | None) -> LayerInfo:
-        """Make a layer present in the target: the one the rebuild cache knows under ``key``
-        if the target has its blob (nothing built), else ``builder`` (or a new one from
+                   label: str, *, key: str | None = None,
+                   cache_inputs: Mapping[str, str | bytes] | None = None) -> LayerInfo:
+        """Make a layer present in the target: one the build cache (local, and ``cache_repo``)
+        knows and the target has or gets (nothing built), else ``builder`` (or a new one from
         ``make``, which also lists the entries again should a streamed upload need a retry)
-        built and uploaded."""
-        import cib_core.layers.cache as layer_cache
-
+        built and uploaded. ``key``: a packager's key of a layer whose entries are costly to
+        produce, looked up before ``make`` runs; ``cache_inputs`` go into the content key."""
         store = self.target_store
-        cached = layer_cache.load(key) if key is not None else None
-        if cached is not None and store.has_blob(cached.digest):
-            # inputs unchanged since a build whose blob the target has: no tar, gzip or upload
-            self._present.add(cached.digest)
-            return cached
+        cache = self.build_cache
+        if key is not None and builder is None:
+            hit = cache.find_keyed(key, mt.layer_media_type(self._docker_flavour, self._compression),
+                                   store, label, make)
+            if hit is not None:
+                self._present.add(hit.info.digest)
+                return hit.info
+            builder = make()
+            info = self._build_and_send(builder, store, make, label)
+            cache.remember_keyed(key, info, store, label)
+            return info
         if builder is None:
             builder = make()
-        info = self._write_layer(builder, store, make, label, None, None)
-        if key is not None and cached != info:
-            layer_cache.store(key, info)
+        found = cache.find(builder, store, label, cache_inputs)
+        if isinstance(found, Hit):
+            # inputs built before and their blob in the target: no tar, gzip or upload
+            self._present.add(found.info.digest)
+            return found.info
+        info = self._build_and_send(builder, store, make, label)
+        cache.remember(found, builder, info, store, label)
         return info
+
+    def _build_and_send(self, builder: LayerBuilder, store: BlobStore,
+                        make: Callable[[], LayerBuilder], label: str) -> LayerInfo:
+        import cib_core.layers.cache as layer_cache
+
+        return self._write_layer(builder, store, make, label, None, layer_cache.RACY_SECONDS)
 
     # -- apps ------------------------------------------------------------------------------
     def add_python_app(
@@ -809,7 +878,6 @@ class Image:
         return open_layer
 
     def _build_app_layer(self, layer: AppLayer, mtime: int | None, media_type: str) -> LayerInfo:
-        import cib_core.layers.cache as layer_cache
         from cib_core.apps import layer_cache_key
 
         label = f"app layer {layer.name}"
@@ -821,9 +889,7 @@ class Image:
                                      compression=self._compression,
                                      docker_flavour=self._docker_flavour, mtime=mtime)
 
-            builder = make_files()
-            return self._put_layer(builder, make_files, label,
-                                   builder.fingerprint(layer_cache.RACY_SECONDS))
+            return self._put_layer(make_files(), make_files, label)
         produce = layer.entries
         assert produce is not None
 
@@ -836,7 +902,7 @@ class Image:
         key = (layer_cache_key(layer.key, self._compression, media_type, mtime,
                                gzip_implementation()) if layer.key else None)
         report_step(self._progress, label, 0, None)
-        info = self._put_layer(None, make, label, key)
+        info = self._put_layer(None, make, label, key=key)
         report_step(self._progress, label, 1, 1)
         return info
 
@@ -970,14 +1036,17 @@ class Image:
         self._present.add(digest)
         return dataclasses.replace(info, digest=digest)
 
-    def _upload_built(self, builder: LayerBuilder, store: BlobStore, racy: float | None) -> LayerInfo:
+    def _upload_built(self, builder: LayerBuilder, store: BlobStore, racy: float | None,
+                      label: str = "new layer") -> LayerInfo:
         with builder.build(fingerprint=racy) as built:
-            return self._put_built(built, store)
+            return self._put_built(built, store, label)
 
-    def _put_built(self, built: BuiltLayer, store: BlobStore) -> LayerInfo:
+    def _put_built(self, built: BuiltLayer, store: BlobStore, label: str = "layer") -> LayerInfo:
         """Upload a layer built into a file, unless the target has it already."""
         info = built.info
-        if not store.has_blob(info.digest):
+        if store.has_blob(info.digest):
+            log.info("%s: %s is in %s already; skipped upload", label, info.digest, store.name)
+        else:
             with built.open() as stream:
                 store.put_blob(stream, digest=info.digest, size=info.size)
         self._present.add(info.digest)
@@ -1308,10 +1377,10 @@ class Image:
             media_type = manifest["mediaType"]
         raw = canonical_json(manifest)
         if tags is None:
-            target.put_manifest(raw, media_type, None)
+            _put_manifest(target, raw, media_type, None)
         else:
             for tag in tags:
-                target.put_manifest(raw, media_type, tag)
+                _put_manifest(target, raw, media_type, tag)
         return raw, media_type
 
     def _confirm_blobs(self, image: _PlatformImage, target: BlobStore,

@@ -193,6 +193,13 @@ Examples:
 @click.option("--python-target", "python_target", metavar="K=V", multiple=True,
               help="Override what is read from the base about its Python: interpreter=PATH, "
                    "version=3.X.Y, abi=cp3X, libc='glibc 2.36'.")
+@click.option("--cache-repo", "cache_repo", metavar="REPO", envvar="CIB_CACHE_REPO",
+              help="A registry repository that keeps a record per layer of its inputs' key and the "
+                   "layer made from them, shared by every machine that builds (default "
+                   "$CIB_CACHE_REPO); a hit is neither built nor uploaded.")
+@click.option("--verify-cache", "verify_cache", is_flag=True,
+              help="Build every layer found in a cache again (hashing it, not uploading it) and "
+                   "stop when it differs from the cached one.")
 @click.option("--dry-run", "dry_run", is_flag=True,
               help="Build everything and print the plan (layers and sizes, blobs to send); send "
                    "and write nothing. With --python-app: the wheels each platform would get.")
@@ -203,8 +210,8 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
           volumes: tuple[str, ...], user: str | None, tags: tuple[str, ...], platform: str | None,
           ignores: tuple[str, ...], ignore_files: tuple[str, ...], no_follow_symlinks: bool,
           python_app: str | None, lock: str | None, index_url: str | None,
-          find_links: tuple[str, ...], python_target: tuple[str, ...], dry_run: bool,
-          as_json: bool) -> None:
+          find_links: tuple[str, ...], python_target: tuple[str, ...], cache_repo: str | None,
+          verify_cache: bool, dry_run: bool, as_json: bool) -> None:
     """Build an image: BASE plus new files and config, saved to TARGET.
 
     Prints the saved image as REGISTRY/REPO@sha256:... (or oci:PATH@sha256:...) on stdout,
@@ -241,7 +248,8 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
         return
     with contextlib.nullcontext(None) if dry_run else progress_renderer(verb) as progress:
         image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm,
-                      progress=progress, dry_run=dry_run)
+                      progress=progress, dry_run=dry_run,
+                      cache_repo=cache_repo or "", verify_cache=verify_cache)
         if python_app is not None:
             # first: the packager sets the entrypoint, environment and working directory the
             # app needs, and what the options below name is set over them

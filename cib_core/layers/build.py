@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import logging
 import os
 import stat
@@ -182,6 +183,9 @@ class LayerBuilder:
         self._fingerprint: _Fingerprint | None = None
         self.entries = 0
         """Entries written by the last ``write``, parent directories included."""
+        self.shape: bytes | None = None
+        """The sha256 of the tar headers of the last ``write`` or :meth:`headers_digest`: the
+        layer's paths, modes, sizes and links, not its bytes."""
 
     # -- collecting ---------------------------------------------------------------------------
     def add(self, info: tarfile.TarInfo, fileobj: Readable | None = None, *,
@@ -367,8 +371,9 @@ class LayerBuilder:
         not hashed a second time here and the returned ``digest`` is empty, for the caller to
         fill in from the sink. ``fingerprint`` (the racy window in seconds) computes the
         rebuild cache's key on the way, for :meth:`fingerprint` to return without listing
-        again."""
+        again. The sha256 of the tar headers in order is kept in :attr:`shape`."""
         records, plan, asked = self._listing()
+        headers = hashlib.sha256()
         identities = self._identities(asked)
         fp = None
         if fingerprint is not None:
@@ -377,7 +382,8 @@ class LayerBuilder:
         pipe = Pipeline(make_compressor(*self._compressor_args), sink, digest=digest)
         try:
             self.entries = _write_tar(self._laid_out(records, plan is None), pipe,
-                                      fp if identities is None else None)
+                                      fp if identities is None else None, headers)
+            self.shape = headers.digest()
             diff_id, blob_digest, size = pipe.finish()
             if fp is not None and identities is not None:
                 for (base, _, _), identity in zip(asked, identities, strict=True):
@@ -436,23 +442,82 @@ class LayerBuilder:
         ``fingerprint`` as for :meth:`write`."""
         return to_file(lambda sink: self.write(sink, fingerprint=fingerprint), dir)
 
-    def recipe(self) -> str | None:
+    @property
+    def compression_settings(self) -> tuple[str, int | None, str]:
+        """``(compression, level, implementation)``: what decides the compressed bytes."""
+        compression, level = self._compressor_args
+        return compression, level, GZIP_IMPLEMENTATION
+
+    def headers_digest(self) -> bytes | None:
+        """The sha256 of the layer's tar headers in order (what ``write``
+        keeps in :attr:`shape`), from a listing; ``None`` when some content could not be listed again for
+        the write (entries given with ``add``, a stream). Nothing is read."""
+        if self._given:
+            return None
+        records, plan, asked = self._listing()
+        if plan is None:  # keep the listing as a plan, for the write to follow
+            plan = self._plan = _planned([_detached(rec) for rec in records])
+            self._planned_from = asked
+        headers = hashlib.sha256()
+        make_header = Headers()
+        for rec in self._laid_out(iter(plan), False):
+            if not _rereadable(rec.content):
+                return None
+            headers.update(make_header(rec))
+        self.shape = headers.digest()
+        return self.shape
+
+    def tar_digest(self) -> str:
+        """The layer's diff_id, from its tar hashed as written (nothing compressed or kept):
+        every file is read. Call :meth:`headers_digest` first to know the content can be
+        listed again for the write."""
+        records, plan, _ = self._listing()
+        sink = _HashOnly()
+        try:
+            _write_tar(self._laid_out(records, plan is None), sink, None)
+        finally:
+            for rec in plan or ():
+                if rec.content is not None and not isinstance(rec.content, str):
+                    rec.content.close()
+            if self._pm is not None:
+                self._plan = None  # its file objects are read: list the sources again
+        return "sha256:" + sink.hash.hexdigest()
+
+    def recipe(self, *, relocatable: bool = False) -> str | None:
         """What the layer is asked to be made of, as a key: the targets and the sources as
-        named (local paths made absolute), the options, the compressor and the layer time;
-        ``None`` when a source is not a path or a string (a ``CustomFile``, an object of a
-        plugin). The rebuild cache remembers the recipes it has seen, so that a layer never
-        built before goes straight to building, with no check first."""
+        named (local paths made absolute; with ``relocatable``, the targets only, so that a
+        checkout of the project anywhere has the same one), the options, the compressor and
+        the layer time; ``None`` when a source is not a path or a string (a ``CustomFile``, an
+        object of a plugin). The rebuild cache remembers the recipes it has seen, so that a
+        layer never built before goes straight to building, with no check first."""
         named = []
         for target, source in self._sources.items():
             if isinstance(source, (str, os.PathLike)):
-                named.append((normalize_target(target), os.path.abspath(os.fsdecode(os.fspath(source)))))
+                path = os.path.abspath(os.fsdecode(os.fspath(source)))
+                named.append((normalize_target(target), "" if relocatable else path))
             else:
                 return None
         if not named or self._given:
             return None
-        return hashlib.sha256(b"cib-layer-recipe-1\0" + repr((
-            named, self._compressor_args, GZIP_IMPLEMENTATION, self.mtime, self._options)).encode()
+        return hashlib.sha256(b"cib-layer-recipe-2\0" + repr((
+            relocatable, named, self._compressor_args, GZIP_IMPLEMENTATION, self.mtime,
+            self._options)).encode()
         ).hexdigest()
+
+
+class _HashOnly:
+    """A tar's destination that only hashes it: its diff_id, nothing compressed or kept."""
+
+    def __init__(self) -> None:
+        self.hash = hashlib.sha256()
+        self.write = self.hash.update
+
+
+def _rereadable(content: Readable | str | None) -> bool:
+    """Whether a listing's content may be read for a key and listed afresh for the write: a
+    local file by its path, a local file not yet opened, or bytes in memory."""
+    return (content is None or isinstance(content, (str, io.BytesIO))
+            or (type(content) is LazyFile and not content.opened and not content.closed))
 
 
 def _detached(rec: Record) -> Record:
@@ -515,8 +580,10 @@ def _planned(records: list[Record]) -> list[Record]:
     return plan
 
 
-def _write_tar(records: Iterator[Record], pipe: Pipeline, fp: _Fingerprint | None) -> int:
-    """Write ``records`` as a tar into ``pipe``; the number of entries."""
+def _write_tar(records: Iterator[Record], pipe: Pipeline | _HashOnly, fp: _Fingerprint | None,
+               headers: hashlib._Hash | None = None) -> int:
+    """Write ``records`` as a tar into ``pipe``; the number of entries. ``headers`` hashes
+    each tar header on the way."""
     buf = bytearray()
     total = 0
     count = 0
@@ -526,6 +593,8 @@ def _write_tar(records: Iterator[Record], pipe: Pipeline, fp: _Fingerprint | Non
         header = make_header(rec)
         if fp is not None and not fp.add(header, rec):
             fp = None
+        if headers is not None:
+            headers.update(header)
         buf += header
         total += len(header)
         size = rec.size
@@ -557,7 +626,8 @@ def _write_tar(records: Iterator[Record], pipe: Pipeline, fp: _Fingerprint | Non
     return count
 
 
-def _copy(fileobj: Readable, size: int, origin: str, buf: bytearray, pipe: Pipeline) -> bytearray:
+def _copy(fileobj: Readable, size: int, origin: str, buf: bytearray,
+          pipe: Pipeline | _HashOnly) -> bytearray:
     """``size`` bytes of ``fileobj`` after ``buf`` into ``pipe``; what is left to send."""
     name = getattr(fileobj, "name", None) or origin
     remaining = size

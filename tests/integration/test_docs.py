@@ -57,7 +57,7 @@ import sys
 import tarfile
 import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1064,6 +1064,22 @@ def run_plugins_test_file(bed: Bed, block: Block) -> None:
     assert "1 passed" in out
 
 
+def run_cache_image(bed: Bed, block: Block) -> None:
+    # the example is the one line a reader adds to a build; the test supplies the rest
+    block = replace(block, code="from cib_core import Image\n" + block.code)
+    _, out = _run_block(bed, block, then=(
+        "import pathlib\n"
+        "pathlib.Path('cached-src').mkdir(exist_ok=True)\n"
+        "pathlib.Path('cached-src/a.txt').write_text('cached\\n')\n"
+        "image.add_files({'/app': 'cached-src'})\n"
+        "print(image.save().reference)\n"))
+    _manifest, digest = Oracle(bed.registry).manifest("team/app", "1.4")
+    assert out.strip() == f"{bed.registry.host}/team/app@{digest}"
+    # the layer's record went to the cache repository the example names
+    tags = requests.get(f"http://{bed.registry.host}/v2/ci/cib-cache/tags/list", timeout=30).json()
+    assert [t for t in tags["tags"] if t.startswith("cib-cache-")], tags
+
+
 EXAMPLES: dict[str, tuple[str, str, Callable[[Bed, Block], None]]] = {
     # name: (document, text only that block of it contains, how to run and check it)
     "readme-library": ("README.md", 'image.env = ["APP_ENV=production"]', run_readme_library),
@@ -1084,6 +1100,8 @@ EXAMPLES: dict[str, tuple[str, str, Callable[[Bed, Block], None]]] = {
     "plugins-commands": ("docs/plugins.md", '@cli.command("acme-whoami")', run_plugins_commands),
     "plugins-manager": ("docs/plugins.md", "create_plugin_manager(blocked=", run_plugins_manager),
     "plugins-test-file": ("docs/plugins.md", "# tests/test_acme.py", run_plugins_test_file),
+    "cache-image": ("docs/cache.md", 'cache_repo="registry.example.com/ci/cib-cache"',
+                    run_cache_image),
 }
 
 
