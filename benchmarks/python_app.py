@@ -200,3 +200,45 @@ def _layers(reg: Registry, repository: str, tag: str) -> list[str]:
                           f"docker://{reg.host}/{repository}:{tag}"],
                          capture_output=True, text=True, check=True).stdout
     return [layer["digest"] for layer in json.loads(out)["layers"]]
+
+
+def scenario_pf(tools: Tools, work: Path, runs: int, rows: list[Row],
+                checks: list[Check]) -> dict[str, object]:
+    """Scenario (pf), issue 14's fresh CI runner on the Python app: runner 1 builds with
+    ``--cache-repo`` from its own copy of the project and an empty cib cache; runner 2 builds
+    the same commit from another copy (new inodes and mtimes) with another empty cib cache,
+    against the warm cache repository. Upload requests are counted from the registry's log."""
+    wheels, requirements = wheelhouse(work)
+    base_layout = python_base(work)
+    first_s, fresh_s = [], []
+    ratios: list[float] = []
+    uploads: list[int] = []
+    for i in range(runs):
+        app = project(work, requirements)
+        with registry(work / "pf-reg") as reg:
+            base = _push_base(base_layout, reg)
+            cache_repo = f"{reg.host}/ci/cib-cache"
+            samples = []
+            for runner in ("pf-runner-1", "pf-runner-2"):
+                checkout = work / runner / "checkout"
+                shutil.rmtree(work / runner, ignore_errors=True)
+                shutil.copytree(app, checkout, copy_function=shutil.copyfile)
+                build = [*tools.cib, "build", "--from", base, "--to", f"{reg.host}/app:latest",
+                         "--python-app", str(checkout), "--find-links", str(wheels),
+                         "--cache-repo", cache_repo]
+                env = dict(tools.cib_env(work / runner / "cache"), PIP_CONFIG_FILE="/dev/null")
+                before = reg.upload_requests()
+                samples.append(measure(build, env=env, label=f"cib build --python-app ({runner})"))
+            uploads.append(reg.upload_requests() - before)
+        first_s.append(samples[0])
+        fresh_s.append(samples[1])
+        ratios.append(samples[1].wall / samples[0].wall)
+        print(f"  (pf) run {i + 1}: first {samples[0].wall:.2f}s, fresh runner "
+              f"{samples[1].wall:.2f}s ({uploads[-1]} upload requests)", flush=True)
+    rows += [Row("pf python app, --cache-repo", "cib --python-app", first_s),
+             Row("pf fresh runner, warm cache", "cib --python-app", fresh_s)]
+    ratio = statistics.median(ratios)
+    checks.append(Check("(pf) fresh runner / first build", ratio, "<= 0.15", ratio <= 0.15))
+    checks.append(Check("(pf) upload requests, fresh runner (max)", max(uploads), "== 0",
+                        max(uploads) == 0))
+    return {"ratios": ratios, "fresh_upload_requests": uploads}

@@ -562,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median; default 3)")
-    parser.add_argument("--only", default="a,b,c,d,e,f,p", help="scenarios, comma separated (default all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,p,pf", help="scenarios, comma separated (default all)")
     parser.add_argument("--workdir", default="/tmp/cib-bench", help="inputs, registries, npm cache")
     parser.add_argument("--big-mib", type=int, default=1024, help="layer size of scenario e (MiB)")
     args = parser.parse_args(argv)
@@ -608,6 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.python_app import scenario_p
 
         extra["p"] = scenario_p(tools, work, args.runs, rows, checks)
+    if "pf" in only:
+        from benchmarks.python_app import scenario_pf
+
+        extra["pf"] = scenario_pf(tools, work, args.runs, rows, checks)
 
     text = table(rows, checks)
     info = machine()
