@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from packaging.utils import canonicalize_name
 
 from cib_core.plugin_api import PackagingError, Progress, report_step
 
+from . import wheel_sizes
 from .locks import DistFile
 
 log = logging.getLogger(__name__)
@@ -148,10 +150,14 @@ class Finder:
         self._session: Any = None
         self._lock = threading.Lock()
         self._pages: dict[str, list[Link]] = {}
+        self._fetched: dict[str, Path] = {}
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
+        """Close the HTTP session (a later download opens another)."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
 
     # -- HTTP ------------------------------------------------------------------------------
     def _http(self) -> Any:
@@ -161,12 +167,16 @@ class Finder:
                 self._session.headers["User-Agent"] = "cib (python-app packager)"
             return self._session
 
-    def _get(self, url: str, *, stream: bool = False, accept: str | None = None) -> Any:
+    def _get(self, url: str, *, stream: bool = False, accept: str | None = None,
+             byte_range: str | None = None) -> Any:
+        headers = {"Accept": accept} if accept else {}
+        if byte_range:
+            headers["Range"] = byte_range
         last: Exception | None = None
         for attempt in range(ATTEMPTS):
             try:
                 response = self._http().get(url, stream=stream, timeout=TIMEOUT,
-                                            headers={"Accept": accept} if accept else None)
+                                            headers=headers or None)
             except requests.RequestException as exc:
                 last = exc
             else:
@@ -233,6 +243,67 @@ class Finder:
             places.append(file.url)
         return list(dict.fromkeys(places))
 
+    # -- sizes -----------------------------------------------------------------------------
+    def unpacked_sizes(self, wanted: Sequence[tuple[str, DistFile, frozenset[str], str]]
+                       ) -> dict[str, int | None]:
+        """How many bytes each file unpacks to, by file name, learned without downloading
+        it where possible (``wheel_sizes``); ``None`` where it must be downloaded first."""
+        unique: dict[str, tuple[str, DistFile, frozenset[str], str]] = {}
+        for item in wanted:
+            unique.setdefault(item[1].filename, item)
+        results: dict[str, int | None] = {}
+        lock = threading.Lock()
+
+        def one(item: tuple[str, DistFile, frozenset[str], str]) -> None:
+            size = self.unpacked_size(item[0], item[1], item[2])
+            with lock:
+                results[item[1].filename] = size
+
+        parallel(one, list(unique.values()), self.jobs)
+        return results
+
+    def unpacked_size(self, project: str, file: DistFile, allowed: frozenset[str]) -> int | None:
+        hashes = sorted(set(allowed) | ({file.sha256} if file.sha256 else set()))
+        what = f"{file.filename} ({project})"
+        try:
+            for sha in hashes:
+                cached = self.cache / sha[:2] / sha / file.filename
+                if cached.is_file():
+                    return wheel_sizes.local_unpacked(cached)
+                known = self.cache / "unpacked" / sha
+                if known.is_file():
+                    return int(known.read_text())
+            for place in self.candidates(project, file):
+                size: int | None
+                try:
+                    if is_local(place):
+                        size = wheel_sizes.local_unpacked(local_path(place))
+                    else:
+                        size = wheel_sizes.remote_unpacked(
+                            lambda url, span: self._get(url, stream=True, byte_range=span), place)
+                except (OSError, PackagingError, requests.RequestException) as exc:
+                    log.debug("cannot read the size of %s at %s: %s", file.filename, _safe(place), exc)
+                    continue
+                if size is not None:
+                    self._remember_size(hashes, size)
+                    return size
+        except zipfile.BadZipFile as exc:
+            raise PackagingError(what, f"is not a wheel: {exc}; the index served something else, "
+                                 "or the file is damaged") from exc
+        except ValueError:  # an unreadable note in the cache: ask again
+            pass
+        return None
+
+    def _remember_size(self, hashes: list[str], size: int) -> None:
+        if len(hashes) != 1:
+            return  # several allowed files: which one was read is not known
+        note = self.cache / "unpacked" / hashes[0]
+        try:
+            note.parent.mkdir(parents=True, exist_ok=True)
+            note.write_text(str(size))
+        except OSError as exc:
+            log.debug("cannot note the size of a wheel in %s: %s", note, exc)
+
     # -- downloads -------------------------------------------------------------------------
     def fetch_all(self, wanted: Sequence[tuple[str, DistFile, frozenset[str], str]]) -> dict[str, Path]:
         """Fetch each ``(project, file, allowed sha256s, where the lock names it)`` in
@@ -248,10 +319,20 @@ class Finder:
             with lock:
                 results[item[1].filename] = path
 
-        _parallel(one, list(unique.values()), self.jobs)
+        parallel(one, list(unique.values()), self.jobs)
         return results
 
     def fetch(self, project: str, file: DistFile, allowed: frozenset[str], where: str) -> Path:
+        """The local path of ``file``, fetched and checked against its hashes once per build."""
+        with self._lock:
+            known = self._fetched.get(file.filename)
+        if known is None:
+            known = self._fetch(project, file, allowed, where)
+            with self._lock:
+                self._fetched[file.filename] = known
+        return known
+
+    def _fetch(self, project: str, file: DistFile, allowed: frozenset[str], where: str) -> Path:
         hashes = set(allowed) | ({file.sha256} if file.sha256 else set())
         if not hashes:
             raise PackagingError(f"{file.filename} in {where}", "has no sha256 hash in the lock; "
@@ -352,7 +433,7 @@ def _safe(url: str) -> str:
     return url
 
 
-def _parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
+def parallel(fn: Callable[[Any], None], items: Iterable[Any], jobs: int) -> None:
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cib-python-fetch") as pool:
         for _ in pool.map(fn, items):
             pass

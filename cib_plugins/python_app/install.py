@@ -17,7 +17,7 @@ import io
 import posixpath
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
@@ -49,14 +49,28 @@ INSTALLER = b"cib\n"
 
 @dataclass(frozen=True)
 class Wheel:
-    """A downloaded wheel, checked against its lock hash."""
+    """A wheel pinned by its lock hash: downloaded (``source`` a path, checked against the
+    hash), or to be downloaded when first installed (``source`` a callable that fetches and
+    checks it), so that a layer a cache holds needs no download."""
 
     name: str
     version: str
-    path: Path
+    source: Path | Callable[[], Path]
     sha256: str
     filename: str
     unpacked: int  # bytes of its files, uncompressed
+
+    @property
+    def path(self) -> Path:
+        return self.source if isinstance(self.source, Path) else self.source()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def open_wheel(name: str, version: str, path: Path, sha256: str, filename: str) -> Wheel:

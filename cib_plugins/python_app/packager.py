@@ -154,7 +154,9 @@ class Packager:
                                     sources=finder.sources)
                         if proj.pyproject is not None else None)
             try:
-                paths = finder.fetch_all(wanted)
+                # the sizes decide the layers; the wheels are downloaded when a layer that
+                # needs them is built, so layers a cache holds download nothing
+                sizes = finder.unpacked_sizes(wanted)
             finally:
                 built = building.result() if building is not None else None
         project_wheel = None
@@ -162,20 +164,39 @@ class Packager:
             name, version = built.name.split("-")[:2]
             project_wheel = install.open_wheel(canonicalize_name(name), version, built,
                                                install.content_sha256(built), built.name)
-        wheels = {p.file.filename: install.open_wheel(p.package.name, p.package.version,
-                                                      paths[p.file.filename],
-                                                      p.file.sha256 or "", p.file.filename)
-                  for platform_picks in picks for p in platform_picks}
+        wheels: dict[str, install.Wheel] = {}
+        for p in (p for platform_picks in picks for p in platform_picks):
+            if p.file.filename not in wheels:
+                wheels[p.file.filename] = self._wheel(p, sizes.get(p.file.filename), finder,
+                                                      lock.name if lock else "")
         images = []
         for base, t, platform_picks in zip(bases, targets, picks, strict=True):
             chosen = [wheels[p.file.filename] for p in platform_picks]
             images.append(self._image(base, t, chosen, proj, project_wheel))
         return images
 
-    def _producer(self, make: Callable[[], list[Entry]]) -> Callable[[], list[Entry]]:
+    @staticmethod
+    def _wheel(pick: _Pick, size: int | None, finder: index.Finder, where: str) -> install.Wheel:
+        """The wheel of ``pick``, downloaded now only when its size or hash (for the layer
+        keys) is not known without it."""
+        item = (pick.package.name, pick.file, pick.package.hashes, where)
+        allowed = pick.package.hashes
+        sha = pick.file.sha256 or (next(iter(allowed)) if len(allowed) == 1 else None)
+        if sha is None or size is None:
+            path = finder.fetch(*item)
+            return install.open_wheel(pick.package.name, pick.package.version, path,
+                                      sha or install.file_sha256(path), pick.file.filename)
+        return install.Wheel(pick.package.name, pick.package.version,
+                             functools.partial(finder.fetch, *item), sha, pick.file.filename, size)
+
+    def _producer(self, make: Callable[[], list[Entry]],
+                  wheels: Sequence[install.Wheel] = ()) -> Callable[[], list[Entry]]:
         def produce() -> list[Entry]:
             # referring to the packager keeps its scratch directory (the wheels) alive
             log.debug("installing into a layer from %s", self.scratch)
+            fetch = [w.source for w in wheels if not isinstance(w.source, Path)]
+            if fetch:
+                index.parallel(lambda get: get(), fetch, self.options.jobs)  # side by side
             return make()
 
         return produce
@@ -186,13 +207,14 @@ class Packager:
                   t.site_packages, VENV)
         large, rest = install.group_wheels(wheels, BIG_DISTRIBUTION)
         layers = [AppLayer(f"python {w.name} {w.version}", _key("dist", layout, w.sha256),
-                           self._producer(functools.partial(install.install_entries, [w], t)))
+                           self._producer(functools.partial(install.install_entries, [w], t), [w]))
                   for w in large]
         noun = "wheel" if len(rest) == 1 else "wheels"
         layers.append(AppLayer(
             f"python dependencies: {len(rest)} {noun}",
             _key("deps", layout, install.pyvenv_cfg(t).decode(), *sorted(w.sha256 for w in rest)),
-            self._producer(lambda: [*install.venv_entries(t), *install.install_entries(rest, t)])))
+            self._producer(lambda: [*install.venv_entries(t), *install.install_entries(rest, t)],
+                           rest)))
         app_dir = self.options.app_dir
         if project_wheel is not None:
             layers.append(AppLayer(

@@ -356,7 +356,43 @@ def write_simple_index(house: Wheelhouse, root: Path) -> None:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
+    """Serves files with single byte ranges (``bytes=A-B``, ``bytes=A-``, ``bytes=-N``) as
+    PyPI's file host, nginx and devpi do; logs each request's path, a ranged one as
+    ``RANGE <path>`` (it is not a download)."""
+
+    _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+    def do_GET(self) -> None:
+        wanted = self._RANGE.fullmatch(self.headers.get("Range", "").strip())
+        path = Path(self.translate_path(self.path))
+        if wanted is None or not path.is_file() or wanted.groups() == ("", ""):
+            super().do_GET()
+            return
+        size = path.stat().st_size
+        first, last = wanted.groups()
+        if first == "":
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start, end = int(first), min(size - 1, int(last)) if last else size - 1
+        if start > end or start >= size:
+            self.send_error(416)
+            return
+        with open(path, "rb") as f:
+            f.seek(start)
+            body = f.read(end - start + 1)
+        self._ranged = True  # logged below, not as a download
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+        self.wfile.write(body)
+        self.server.requests.append(f"RANGE {self.path}")  # type: ignore[attr-defined]
+
     def log_message(self, format: str, *args: Any) -> None:
+        if getattr(self, "_ranged", False):
+            self._ranged = False
+            return
         self.server.requests.append(self.path)  # type: ignore[attr-defined]
 
 

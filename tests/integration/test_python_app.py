@@ -527,3 +527,53 @@ def test_progress_per_download_and_per_layer(
     layers = [label for label in steps if label.startswith("app layer")]
     assert layers == ["app layer python dependencies: 2 wheels", "app layer python project cibtest-app 1.0"]
     assert all(steps[label][-1] == (1, 1) for label in layers)
+
+
+def test_a_second_machine_gets_the_app_layers_from_the_cache_repository(
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14 with the packager's own keys: two checkouts of one commit (other paths, inodes
+    and mtimes), each with an empty cib cache, share a cache repository. The second machine
+    downloads no wheel, builds no wheel layer, completes no blob upload (the registry's access
+    log says so), and pushes the same image."""
+    import re
+    import shutil
+
+    first = write_project(tmp_path / "runner-1" / "app")
+    write_pylock(first / "pylock.toml", house, index, default_pins(house))
+    second = tmp_path / "runner-2" / "somewhere" / "app"
+    shutil.copytree(first, second)
+    for path in second.rglob("*"):
+        os.utime(path, (978307200, 978307200))
+    cache_repo = f"{cib_registry.host}/ci/pyapp-cache"
+    target = cib_registry.ref("pyapp/fleet", "v1")
+
+    def build(project: Path, machine: str) -> tuple[list[str], str, set[str]]:
+        monkeypatch.setenv("CIB_CACHE_DIR", str(tmp_path / machine / "cib-cache"))
+        monkeypatch.setenv("PIP_CACHE_DIR", str(tmp_path / machine / "pip-cache"))
+        sent: set[str] = set()
+
+        def progress(name: str, done: int, total: int | None) -> None:
+            sent.add(name)
+
+        image = Image(python_base, target, progress=progress, cache_repo=cache_repo)
+        layers = image.add_python_app(project, index_url=index.simple)
+        return [layer.digest for layer in layers], image.save().digest, sent
+
+    layers, digest, _ = build(first, "machine-1")
+    from cib_core.remote.client import RegistryClient
+
+    records = RegistryClient(cib_registry.host, "ci/pyapp-cache").tags()
+    assert len([t for t in records if t.startswith("cib-cache-")]) >= len(layers)
+    downloads = [r for r in index.requests if r.startswith("/files/")]
+    offset = Path(cib_registry.log_path).stat().st_size
+    again, again_digest, sent = build(second, "machine-2")
+    with open(cib_registry.log_path, "rb") as f:
+        f.seek(offset)
+        log = f.read().decode(errors="replace")
+    assert (again, again_digest) == (layers, digest)
+    assert not [n for n in sent if n.startswith("app layer")], sent
+    assert [r for r in index.requests if r.startswith("/files/")] == downloads, \
+        "the second machine downloaded wheels"
+    assert not re.findall(r'"(?:PATCH|PUT) /v2/pyapp/fleet/blobs/uploads', log), \
+        "the second machine uploaded blobs to the target"
