@@ -664,6 +664,7 @@ class Image:
             builder.media_type = mt.layer_media_type(self._docker_flavour, self._compression)
             info = self._put_layer(builder, make, label, cache_inputs=cache_inputs)
         else:
+            log.info("%s: cache miss (no layer of these targets was built here); building", label)
             try:
                 info = self._write_layer(builder, store, make, label, loading,
                                          layer_cache.RACY_SECONDS)
