@@ -11,6 +11,8 @@ HTTPS without verification first, then plain HTTP.
 
 from __future__ import annotations
 
+import http.client
+import io
 import logging
 
 # requests imports netrc on the first request of a session that trusts the environment and
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 import requests
 import requests.adapters
 import urllib3
+import urllib3.connection
 
 from cib_core.authn.challenge import RegistryAuth, TokenCache
 from cib_core.authn.credentials import Credentials
@@ -178,7 +181,65 @@ def _root_cause(exc: BaseException) -> str:
     return f"{type(last).__name__}: {text}" if text else type(last).__name__
 
 
-class _UnverifiedHTTPSPool(urllib3.HTTPSConnectionPool):
+_REQUEST = threading.local()
+"""The deadline of the request this thread is sending, for :class:`_TimedResponse`."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's socket read so that the request's whole deadline bounds the answer,
+    its status line and headers included: each network read waits at most what is left.
+    (Bodies are read piece by piece against the same deadline in ``remote.body``.)"""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline, plain: Any) -> None:
+        # ``plain``, the reader http.client made, is kept open until this one closes: it holds
+        # the socket's file open (a socket closed by its connection stays readable while one
+        # of its readers is open, as http.client relies on)
+        self._sock, self._deadline, self._plain = sock, deadline, plain
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self._plain.close()
+        super().close()
+
+    def readinto(self, buffer: Any) -> int:
+        left = self._deadline.remaining()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self._sock.settimeout(min(self._deadline.read_timeout, left))
+        return self._sock.recv_into(buffer)
+
+
+class _TimedResponse(http.client.HTTPResponse):
+    """``http.client``'s answer, read through :class:`_DeadlineReader`: a server sending its
+    headers a byte at a time, each just within the read timeout, is cut off at the deadline."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        deadline = getattr(_REQUEST, "deadline", None)
+        if deadline is not None:
+            self.fp = io.BufferedReader(_DeadlineReader(sock, deadline, self.fp))
+
+
+class _TimedHTTPConnection(urllib3.connection.HTTPConnection):
+    response_class = _TimedResponse
+
+
+class _TimedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    response_class = _TimedResponse
+
+
+class _TimedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _TimedHTTPConnection
+
+
+class _TimedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _TimedHTTPSConnection
+
+
+class _UnverifiedHTTPSPool(_TimedHTTPSPool):
     """HTTPS connections as urllib3 makes them, without its ``InsecureRequestWarning`` for a
     connection whose certificate is not checked.
 
@@ -194,6 +255,16 @@ class _UnverifiedHTTPSPool(urllib3.HTTPSConnectionPool):
         urllib3.HTTPConnectionPool._validate_conn(self, conn)
         if conn.sock is None:
             conn.connect()
+
+
+def _timed_pools(adapter: requests.adapters.BaseAdapter) -> None:
+    """Make ``adapter``'s direct connections read answers within their request's deadline
+    (:class:`_TimedResponse`). Only a ``requests`` ``HTTPAdapter`` has urllib3 pool managers
+    to set this on; other adapters and proxies keep the per-read timeout alone."""
+    if isinstance(adapter, requests.adapters.HTTPAdapter):
+        manager = adapter.poolmanager
+        manager.pool_classes_by_scheme = {**manager.pool_classes_by_scheme,
+                                          "http": _TimedHTTPPool, "https": _TimedHTTPSPool}
 
 
 def _quiet_unverified_https(adapter: requests.adapters.BaseAdapter) -> None:
@@ -235,6 +306,7 @@ class Transport:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent()
         adapter = self._adapter(pm)
+        _timed_pools(adapter)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.verify: bool | str = self._verify(insecure)
@@ -354,6 +426,7 @@ class Transport:
             started = time.monotonic()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("--> %s %s", method, redact_url(url))
+            _REQUEST.deadline = deadline
             try:
                 resp = self.session.request(
                     method, url, headers=dict(headers or {}), params=params, data=data, auth=auth,
@@ -383,6 +456,9 @@ class Transport:
                     registry=self.registry) from exc
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
+                if deadline.remaining() <= 0:
+                    # too slow is not asked again (the answer's headers never completed)
+                    raise deadline.exceeded(f"{method} {redact_url(url)}") from exc
                 if attempt < limit:
                     delay = policy.delay(attempt)
                     log.debug("%s %s failed (%s); retry %d/%d in %.2fs", method, redact_url(url),
@@ -398,6 +474,8 @@ class Transport:
                 raise RegistryError(
                     f"cannot reach {self._where(url)} ({method} {redact_url(url)}): "
                     f"{_root_cause(exc)}", registry=self.registry, temporary=True) from exc
+            finally:
+                _REQUEST.deadline = None
             attach_deadline(resp, deadline)
             self._log_response(resp, started)
             if resp.status_code in TEMPORARY_STATUSES and attempt < limit:

@@ -229,6 +229,38 @@ def test_one_byte_a_minute_is_cut_off_at_the_deadline(hostile: HostileRegistry, 
     assert "CIB_REQUEST_DEADLINE='soon' is not a positive number" in _one_error_line(bad)
 
 
+def _trickled_headers(h: Any) -> None:
+    """A status line, then a header one byte every 0.3 s: each read is well within the read
+    timeout, and the headers never end."""
+    owner = h._owner()
+    try:
+        h.wfile.write(b"HTTP/1.1 200 OK\r\n")
+        h.wfile.flush()
+        while not owner.closing.wait(0.3):
+            h.wfile.write(b"X")
+            h.wfile.flush()
+    except OSError:
+        pass
+    h.close_connection = True
+
+
+def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_deadline(
+        hostile: HostileRegistry, tmp_path: Path) -> None:
+    """The deadline bounds the whole answer, its headers too, not only each read."""
+    hostile.route("/v2/app/manifests/1", _trickled_headers)
+    client = _client(hostile, request_deadline=2.0, min_rate=1024, read_timeout=1.0)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as err:
+        client.manifest_raw("1")
+    elapsed = time.monotonic() - started
+    print(f"DEADLINE headers at a byte every 0.3 s: cut off after {elapsed:.2f}s (deadline 2 s)")
+    assert 1.9 < elapsed < 4.0 and not err.value.temporary
+    assert len(hostile.requests_for("/v2/app/manifests/")) == 1  # too slow is not asked again
+    result = run_cib(tmp_path / "home", "manifest", f"{hostile.host}/app:1",
+                     env={"CIB_REQUEST_DEADLINE": "2"})
+    assert "slower than the minimum" in _one_error_line(result)
+
+
 def test_the_deadline_grows_with_the_size_expected(hostile: HostileRegistry) -> None:
     """48 KiB at ~24 KiB/s take 2 s, twice the 1 s allowance, yet beat 1 s + 48 KiB at the
     16 KiB/s minimum: they arrive. The same bytes at ~2 KiB/s are cut off at about 4 s."""
