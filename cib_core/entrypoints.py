@@ -119,6 +119,28 @@ def remember(seen: Mapping[str, tuple[tuple[str, ...], object]]) -> None:
         _write(cached)
 
 
+def kept_help(key: str) -> str | None:
+    """The help of the command line kept by :func:`keep_help` under ``key``, if any."""
+    cached = _read()
+    if cached is None or cached.get("signature") != _signature():
+        return None
+    kept = cached.get("help")
+    text = kept.get(key) if isinstance(kept, dict) else None
+    return text if isinstance(text, str) else None
+
+
+def keep_help(key: str, text: str) -> None:
+    """Keep the command line's help (rendered with no plugin adding commands) under ``key``
+    (see ``cib_core.cli.help_key``), beside the entry points it depends on: a new list of
+    them drops it. One text is kept, for the last terminal width."""
+    cached = _read()
+    if cached is None or cached.get("signature") != _signature():
+        return
+    if cached.get("help") != {key: text}:
+        cached["help"] = {key: text}
+        _write(cached)
+
+
 def _signature() -> list[list[Any]]:
     return [[entry, _mtime(entry)] for entry in sys.path]
 

@@ -19,9 +19,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stdout.write(f"cib {__version__}\n")
         return 0
+    if args in (["--help"], ["-h"]):
+        # The help of the group, as click rendered it last time for this terminal width, when
+        # no plugin adds commands and the command line's module has not changed since.
+        text = _kept_help()
+        if text is not None:
+            sys.stdout.write(text + "\n")
+            return 0
     from cib_core.cli.app import main as run
 
     return run(args)
 
 
-__all__ = ["main"]
+def help_key() -> str | None:
+    """What ``cib --help`` depends on besides the plugins: cib's version, the module that
+    defines the group, its options and the table of commands (its time and size), and the
+    terminal width click formats for; ``None`` when that module cannot be found."""
+    import os
+    import shutil
+
+    from cib_core import __version__
+
+    try:
+        st = os.stat(os.path.join(os.path.dirname(__file__), "app.py"))
+    except OSError:
+        return None
+    return repr((__version__, st.st_mtime_ns, st.st_size, shutil.get_terminal_size().columns))
+
+
+def _kept_help() -> str | None:
+    from cib_core.entrypoints import autoload_enabled, command_providers, kept_help
+
+    key = help_key()
+    if key is None or command_providers((), autoload_enabled()) != []:
+        return None
+    return kept_help(key)
+
+
+__all__ = ["help_key", "main"]

@@ -219,6 +219,20 @@ class CibGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def get_help(self, ctx: click.Context) -> str:
+        text = super().get_help(ctx)
+        if (ctx.parent is None and PM_KEY not in ctx.meta and not ctx.meta.get(PLUGIN_OPTIONS_KEY)
+                and ctx.meta.get(PLUGIN_COMMANDS_KEY) == {}):
+            # no plugin was loaded, none adds commands: the next `cib --help` may print this
+            # without loading click (cib_core.cli.main)
+            from cib_core.cli import help_key
+            from cib_core.entrypoints import keep_help
+
+            key = help_key()
+            if key is not None:
+                keep_help(key, text)
+        return text
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

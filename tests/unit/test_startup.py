@@ -157,3 +157,26 @@ def test_help_loads_no_command_module(tmp_path: Path) -> None:
 
     assert not {f"cib_core.cli.{module}" for module, _, _ in COMMANDS.values()} & modules
     assert "logging" not in modules
+
+
+def test_help_is_kept_as_click_renders_it_and_printed_without_click(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cib --help` keeps click's text when no plugin adds commands; the next one prints it
+    without loading click: the same bytes, for each terminal width, and click renders it
+    again for a width not seen before."""
+    def run(module_args: list[str], columns: int) -> str:
+        env = dict(os.environ, CIB_CACHE_DIR=str(tmp_path), COLUMNS=str(columns))
+        env.pop("CIB_DISABLE_PLUGIN_AUTOLOAD", None)
+        return subprocess.run([sys.executable, *module_args], env=env, check=True,
+                              capture_output=True, text=True).stdout
+
+    quick = ["-c", "import sys; from cib_core.cli import main; sys.exit(main(['--help']))"]
+    by_click = ["-m", "cib_core.cli.app", "--help"]
+    loaded(["plugins"], tmp_path)  # the entry points and their hooks known, as after any command
+    for columns in (90, 60):
+        expected = run(by_click, columns)
+        assert "Commands:" in expected
+        assert [run(quick, columns) for _ in range(3)] == [expected] * 3
+    monkeypatch.setenv("COLUMNS", "60")
+    modules = loaded(["--help"], tmp_path)
+    assert not any(m == "click" or m.startswith("click.") for m in modules), "click was loaded"
