@@ -36,7 +36,6 @@ def help_key() -> str | None:
     defines the group, its options and the table of commands (its time and size), and the
     terminal width click formats for; ``None`` when that module cannot be found."""
     import os
-    import shutil
 
     from cib_core import __version__
 
@@ -44,7 +43,25 @@ def help_key() -> str | None:
         st = os.stat(os.path.join(os.path.dirname(__file__), "app.py"))
     except OSError:
         return None
-    return repr((__version__, st.st_mtime_ns, st.st_size, shutil.get_terminal_size().columns))
+    return repr((__version__, st.st_mtime_ns, st.st_size, _columns()))
+
+
+def _columns() -> int:
+    """``shutil.get_terminal_size().columns``, which click formats its help for, without
+    importing shutil (and the compression modules it brings) at start-up."""
+    import os
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        columns = 0
+    return columns or 80
 
 
 def _kept_help() -> str | None:

@@ -180,3 +180,17 @@ def test_help_is_kept_as_click_renders_it_and_printed_without_click(
     monkeypatch.setenv("COLUMNS", "60")
     modules = loaded(["--help"], tmp_path)
     assert not any(m == "click" or m.startswith("click.") for m in modules), "click was loaded"
+
+
+@pytest.mark.parametrize("columns", [None, "0", "wide", "120", "-3"])
+def test_the_help_width_is_shutils(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    """The kept help's key uses the width click formats for (shutil's), found without shutil."""
+    import shutil
+
+    from cib_core.cli import _columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _columns() == shutil.get_terminal_size().columns
