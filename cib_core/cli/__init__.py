@@ -1,4 +1,4 @@
-"""The `cib` command line: the click group `cli` and the console script `main`."""
+"""The `cib` command line: the console script `main` (the click group is `cib_core.cli.app.cli`)."""
 
 from __future__ import annotations
 
