@@ -17,10 +17,14 @@ import json
 import os
 import sys
 import zlib
+from collections import namedtuple
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
 
 from cib_core.caches import cache_root
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
 
 ENTRY_POINT_GROUP = "cib"
 AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
@@ -28,26 +32,35 @@ DISTRIBUTION = "cib-core"
 BUILTIN_MODULE_PREFIX = "cib_plugins."
 
 
-class Seen(NamedTuple):
-    """What a plugin was when it was last loaded."""
+# The tuples are made with collections.namedtuple: typing (for typing.NamedTuple) is not
+# otherwise imported by `cib --help`, which reads these.
+if TYPE_CHECKING:
+    class Seen(NamedTuple):
+        hooks: tuple[str, ...]
+        file: str
+        stamp: tuple[int, int]
 
-    hooks: tuple[str, ...]
-    file: str
-    stamp: tuple[int, int]
-    """Its module file's modification time (ns) and size then."""
+    class _EntryPointFields(NamedTuple):
+        name: str
+        value: str
+        version: str
+        builtin: bool
+        seen: Seen | None = None
+else:
+    Seen = namedtuple("Seen", "hooks file stamp")
+    _EntryPointFields = namedtuple("EntryPoint", "name value version builtin seen",
+                                   defaults=(None,))
+Seen.__doc__ = """What a plugin was when it was last loaded: the names of the hooks it implemented,
+its module's file, and that file's modification time (ns) and size then."""
 
 
-class EntryPoint(NamedTuple):
-    """One entry point of the ``cib`` group, as the plugin host needs it."""
+class EntryPoint(_EntryPointFields):
+    """One entry point of the ``cib`` group, as the plugin host needs it: its ``name``, its
+    ``value`` (``module`` or ``module:attribute``), the ``version`` of the distribution that
+    declares it, ``builtin`` when that is the core distribution (``cib-core``), and what its
+    plugin was when last loaded (``seen``, a :class:`Seen`)."""
 
-    name: str
-    value: str
-    """``module`` or ``module:attribute``."""
-    version: str
-    """Of the distribution that declares it."""
-    builtin: bool
-    """Declared by the core distribution (``cib-core``)."""
-    seen: Seen | None = None
+    __slots__ = ()
 
     def load(self) -> object:
         module, _, attribute = self.value.partition(":")
