@@ -3,9 +3,19 @@ skopeo, on this machine, in one run.
 
     .venv/bin/python -m benchmarks.run            # everything, median of 3 runs
     .venv/bin/python -m benchmarks.run --runs 5 --only a,c
+    .venv/bin/python -m benchmarks.run --only k,u,s   # many small files and start-up
 
-Not part of the test suite (no pytest). Needs docker-registry, skopeo, umoci, node and npm; the
-Node library is installed with npm into ``WORKDIR/node`` (outside the repository) on first use.
+Scenarios: (a) a 200 MB tree built and pushed, against the Node library, tar + umoci + skopeo
+and the registry's own floor; (b) a 4-layer copy between registries and (d) into an OCI
+layout, against skopeo; (c) an unchanged rebuild of (a)'s tree; (e) a 1 GiB layer's peak RSS;
+(f) a fresh CI runner against a warm cache repository; (k) 100,000 small files built and
+pushed against tar + umoci + skopeo; (m) 1,000,000 small files, peak RSS; (u) an unchanged
+rebuild of (k)'s tree; (s) start-up: ``cib --version``, ``cib --help`` and ``import cib_core``,
+ten runs each; (p) and (pf) a Python app (benchmarks/python_app.py). Each timed sample records
+the machine's one-minute load average when it started (other work shares the machine).
+
+Not part of the test suite (no pytest). Needs docker-registry, skopeo, umoci, and for (a) node and
+npm; the Node library is installed with npm into ``WORKDIR/node`` (outside the repository) on first use.
 Every timed command runs in its own process under ``/usr/bin/time``; wall time is measured
 around it and peak RSS is time's ``%M`` (the command and its children; a shell pipeline reports
 its largest process). Registries run on loopback and are started outside the timing; a
@@ -47,6 +57,7 @@ MiB = 1 << 20
 class Sample:
     wall: float
     rss_mb: float
+    load: float = 0.0  # one-minute load average when the command started
 
 
 def measure(cmd: Sequence[str] | str, *, env: dict[str, str] | None = None, cwd: Path | None = None,
@@ -59,6 +70,7 @@ def measure(cmd: Sequence[str] | str, *, env: dict[str, str] | None = None, cwd:
     """
     argv = ["/bin/bash", "-c", cmd] if isinstance(cmd, str) else list(cmd)
     stats = Path(os.environ.get("TMPDIR", "/tmp")) / f"cib-bench-time-{os.getpid()}"
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(stats), *argv], env=env, cwd=cwd,
                           capture_output=True, check=False)
@@ -68,7 +80,7 @@ def measure(cmd: Sequence[str] | str, *, env: dict[str, str] | None = None, cwd:
                          f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}")
     max_kb = int(stats.read_text().split()[-1])
     stats.unlink()
-    return Sample(wall=wall, rss_mb=max_kb / 1024)
+    return Sample(wall=wall, rss_mb=max_kb / 1024, load=load)
 
 
 def free_port() -> int:
@@ -188,6 +200,40 @@ def make_tree(root: Path) -> int:
         (d / f"f{i:04d}.dat").write_bytes(data)
         total += len(data)
     marker.write_text(str(total))
+    return total
+
+
+def make_many(root: Path, count: int) -> int:
+    """``count`` small files (32 B to 1 KiB of source-like text) in a node_modules-like tree:
+    groups of 100 packages, each a directory with lib/, lib/util/ and test/, 25 files in
+    each. Deterministic; kept between runs; returns the files' bytes."""
+    marker = root / ".complete"
+    if marker.exists():
+        return int(marker.read_text())
+    if root.exists():
+        shutil.rmtree(root)
+    rng = random.Random(5)
+    words = [w.encode() for w in WORDS]
+    total = made = package = 0
+    while made < count:
+        base = root / f"g{package // 100:04d}" / f"pkg{package:06d}"
+        for sub in ("", "lib", "lib/util", "test"):
+            d = base / sub if sub else base
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(25):
+                if made == count:
+                    break
+                data = b" ".join(rng.choices(words, k=rng.randint(32, 1024) // 5))
+                fd = os.open(d / f"f{i:02d}.js", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                total += len(data)
+                made += 1
+        package += 1
+    marker.write_text(str(total))
+    time.sleep(2.5)  # let the new files age past the rebuild cache's safety margin
     return total
 
 
@@ -379,6 +425,111 @@ def make_four_layer_image(tools: Tools, reg: Registry, work: Path) -> str:
     return ref
 
 
+def peer_build(tools: Tools, work: Path, reg: Registry, base_dir: Path, tree: Path,
+               prefix: str) -> Sample:
+    """``tar`` + ``umoci raw add-layer`` + ``skopeo copy`` of ``tree`` onto the base in ``reg``
+    (the base's OCI layout prepared outside the timing)."""
+    base = push_base(tools, reg, base_dir, work / "a-cache-base")
+    base_layout = work / f"{prefix}-base-layout"
+    shutil.rmtree(base_layout, ignore_errors=True)
+    measure([*SKOPEO, f"docker://{base}", f"oci:{base_layout}:latest"], label="prepare layout")
+    tar = work / f"{prefix}-layer.tar"
+    script = (f"tar -C {tree} --transform 's,^\\.,data,' -cf {tar} . && "
+              f"umoci raw add-layer --image {base_layout}:latest --tag new {tar} && "
+              f"{' '.join(SKOPEO)} oci:{base_layout}:new docker://{reg.host}/app:latest")
+    try:
+        return measure(script, env=tools.env, label="umoci+skopeo")
+    finally:
+        tar.unlink(missing_ok=True)
+
+
+def scenario_k(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
+               rows: list[Row], checks: list[Check]) -> None:
+    """100,000 small files built and pushed, cib against tar + umoci + skopeo."""
+    cib_s, peer_s = [], []
+    for i in range(runs):
+        with registry(work / "k-reg") as reg:
+            cache = work / "k-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            cib_s.append(cib_build(tools, base, f"{reg.host}/app:latest", tree, "/data", cache))
+        with registry(work / "k-reg") as reg:
+            peer_s.append(peer_build(tools, work, reg, base_dir, tree, "k"))
+        print(f"  (k) run {i + 1}: cib {cib_s[-1].wall:.2f}s {cib_s[-1].rss_mb:.0f} MB, "
+              f"umoci+skopeo {peer_s[-1].wall:.2f}s", flush=True)
+    rows += [Row("k build+push 100k files", "cib", cib_s),
+             Row("k build+push 100k files", "umoci add-layer + skopeo", peer_s)]
+    ratio = statistics.median(s.wall for s in cib_s) / statistics.median(s.wall for s in peer_s)
+    checks.append(Check("(k) cib / (umoci+skopeo)", ratio, "<= 0.9", ratio <= 0.9))
+    peak = max(s.rss_mb for s in cib_s)
+    checks.append(Check("(k) cib peak RSS MB (max of runs)", peak, "< 64", peak < 64))
+
+
+def scenario_m(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
+               rows: list[Row], checks: list[Check]) -> None:
+    """1,000,000 small files built and pushed: memory must not grow with the file count."""
+    samples = []
+    for i in range(runs):
+        with registry(work / "m-reg") as reg:
+            cache = work / "m-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            samples.append(cib_build(tools, base, f"{reg.host}/app:latest", tree, "/data", cache))
+        print(f"  (m) run {i + 1}: {samples[-1].wall:.2f}s, {samples[-1].rss_mb:.0f} MB", flush=True)
+    rows.append(Row("m build+push 1M files", "cib", samples))
+    peak = max(s.rss_mb for s in samples)
+    checks.append(Check("(m) peak RSS MB (max of runs)", peak, "< 128", peak < 128))
+
+
+def scenario_u(tools: Tools, work: Path, tree: Path, base_dir: Path, runs: int,
+               rows: list[Row], checks: list[Check]) -> dict[str, object]:
+    """(c) for (k)'s 100,000 small files: an unchanged rebuild against a first build."""
+    first_s, again_s, uploads, ratios = [], [], [], []
+    for i in range(runs):
+        with registry(work / "u-reg") as reg:
+            cache = work / "u-cache"
+            shutil.rmtree(cache, ignore_errors=True)
+            base = push_base(tools, reg, base_dir, work / "a-cache-base")
+            target = f"{reg.host}/app:latest"
+            first_s.append(cib_build(tools, base, target, tree, "/data", cache))
+            before = reg.upload_requests()
+            again_s.append(cib_build(tools, base, target, tree, "/data", cache))
+            uploads.append(reg.upload_requests() - before)
+            ratios.append(again_s[-1].wall / first_s[-1].wall)
+        print(f"  (u) run {i + 1}: first {first_s[-1].wall:.2f}s, rebuild {again_s[-1].wall:.2f}s "
+              f"{again_s[-1].rss_mb:.0f} MB, {uploads[-1]} upload requests", flush=True)
+    rows += [Row("u first build 100k files", "cib", first_s),
+             Row("u rebuild 100k, unchanged", "cib", again_s)]
+    ratio = statistics.median(ratios)
+    checks.append(Check("(u) rebuild / first build", ratio, "<= 0.2", ratio <= 0.2))
+    checks.append(Check("(u) upload requests in rebuild (max)", max(uploads), "== 0", max(uploads) == 0))
+    return {"upload_requests": uploads, "ratios": ratios}
+
+
+def import_seconds(python: str, module: str) -> float:
+    """Seconds ``import module`` takes inside a fresh interpreter (its start-up not counted)."""
+    code = (f"import time; t = time.perf_counter(); import {module}; "
+            "print(time.perf_counter() - t)")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def scenario_s(tools: Tools, runs: int, rows: list[Row], checks: list[Check]) -> None:
+    """Start-up: the commands that do nothing but start, ten runs each."""
+    python = str(Path(tools.cib[0]).with_name("python"))
+    for what, argv in (("cib --version", [*tools.cib, "--version"]),
+                       ("cib --help", [*tools.cib, "--help"]),
+                       ("python -c 'import cib_core'", [python, "-c", "import cib_core"]),
+                       ("python -c pass", [python, "-c", "pass"])):
+        samples = [measure(argv, env=tools.env, label=what) for _ in range(runs)]
+        rows.append(Row(f"s start-up, {runs} runs", what, samples))
+        median_ms = statistics.median(s.wall for s in samples) * 1000
+        if what.startswith("cib"):
+            checks.append(Check(f"(s) {what} median ms", median_ms, "< 60", median_ms < 60))
+    inner = statistics.median(import_seconds(python, "cib_core") for _ in range(runs)) * 1000
+    checks.append(Check("(s) import cib_core in-process ms", inner, "< 30", inner < 30))
+
+
 def scenario_b(tools: Tools, work: Path, src: str, runs: int, rows: list[Row],
                checks: list[Check]) -> None:
     cib_s, sk_s = [], []
@@ -488,11 +639,13 @@ def machine() -> dict[str, object]:
 
 
 def table(rows: list[Row], checks: list[Check]) -> str:
-    out = [f"{'scenario':<30} {'tool':<32} {'median s':>9} {'runs (s)':<22} {'peak RSS MB':>11}"]
+    out = [f"{'scenario':<30} {'tool':<32} {'median s':>9} {'runs (s)':<22} {'peak RSS MB':>11} "
+           f"{'load':>5}"]
     out.append("-" * len(out[0]))
     for r in rows:
-        runs = " ".join(f"{s.wall:.2f}" for s in r.samples)
-        out.append(f"{r.scenario:<30} {r.tool:<32} {r.wall:>9.2f} {runs:<22} {r.rss:>11.0f}")
+        runs = " ".join(f"{s.wall:.2f}" for s in r.samples[:5]) + (" …" if len(r.samples) > 5 else "")
+        load = statistics.median(s.load for s in r.samples)
+        out.append(f"{r.scenario:<30} {r.tool:<32} {r.wall:>9.2f} {runs:<22} {r.rss:>11.0f} {load:>5.1f}")
     out.append("")
     out.append(f"{'check':<40} {'value':>8}  {'target':<8} met")
     out.append("-" * 64)
@@ -562,19 +715,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median; default 3)")
-    parser.add_argument("--only", default="a,b,c,d,e,f,p,pf", help="scenarios, comma separated (default all)")
+    parser.add_argument("--only", default="a,b,c,d,e,f,k,m,u,s,p,pf",
+                        help="scenarios, comma separated (default all)")
+    parser.add_argument("--million", type=int, default=1_000_000,
+                        help="files of scenario m (default 1,000,000)")
     parser.add_argument("--workdir", default="/tmp/cib-bench", help="inputs, registries, npm cache")
     parser.add_argument("--big-mib", type=int, default=1024, help="layer size of scenario e (MiB)")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    for tool in ("docker-registry", "skopeo", "umoci", "node", "npm", "tar", "curl"):
+    for tool in ("docker-registry", "skopeo", "umoci", "tar", "curl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed; the benchmark needs it")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CIB_", "SOURCE_DATE_EPOCH"))}
     tools = Tools(python=sys.executable, cib=[str(install_cib(work))], node_modules=Path(), env=env)
     if "a" in only:
+        for tool in ("node", "npm"):
+            if shutil.which(tool) is None:
+                raise SystemExit(f"{tool} is not installed; scenario a needs it")
         tools.node_modules = ensure_node_library(work)
 
     print("preparing inputs", flush=True)
@@ -604,6 +763,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["f"] = scenario_f(tools, work, tree, base_dir, args.runs, rows, checks)
     if "e" in only:
         scenario_e(tools, work, args.runs, args.big_mib * MiB, rows, checks)
+    if only & {"k", "u"}:
+        many = work / "many-100k"
+        extra["many_100k_bytes"] = make_many(many, 100_000)
+        if "k" in only:
+            scenario_k(tools, work, many, base_dir, args.runs, rows, checks)
+        if "u" in only:
+            extra["u"] = scenario_u(tools, work, many, base_dir, args.runs, rows, checks)
+    if "m" in only:
+        million = work / f"many-{args.million}"
+        extra["many_1m_bytes"] = make_many(million, args.million)
+        scenario_m(tools, work, million, base_dir, args.runs, rows, checks)
+    if "s" in only:
+        scenario_s(tools, 10, rows, checks)
     if "p" in only:
         from benchmarks.python_app import scenario_p
 

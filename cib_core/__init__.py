@@ -5,8 +5,6 @@ The public face is what this module exports; everything else may change.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from cib_core.errors import (
     AuthenticationError,
     AuthorizationError,
@@ -24,7 +22,10 @@ from cib_core.errors import (
 __version__ = "0.1.0"
 """The version of the ``cib-core`` distribution (``pyproject.toml`` reads it from here)."""
 
+TYPE_CHECKING = False  # typing itself is not imported: `import cib_core` stays a millisecond
 if TYPE_CHECKING:
+    from typing import Any
+
     from cib_core.authn import credstore
     from cib_core.authn.credentials import Credentials
     from cib_core.authn.resolve import auth

@@ -8,13 +8,13 @@ The rebuild cache (``layers/cache.py``) and the plugin host's list of entry poin
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 
-def cache_root() -> Path | None:
-    """The directory of cib's caches, or ``None`` when caching is off."""
+def cache_root() -> str | None:
+    """The directory of cib's caches, or ``None`` when caching is off (a str: pathlib is not
+    imported at start-up)."""
     configured = os.environ.get("CIB_CACHE_DIR")
     if configured is not None:
-        return Path(configured) if configured.strip() else None
+        return configured if configured.strip() else None
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "cib"
+    return os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "cib")

@@ -7,8 +7,10 @@ digests and paths, never from headers, URLs with credentials or token bodies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+# Imported by every command of the command line: no typing or collections at run time.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class CibError(Exception):
@@ -28,12 +30,25 @@ class ConfigurationError(CibError, ValueError):
     """An option or argument that cannot work (a contradictory platform, a bad flag value)."""
 
 
-class RegistryErrorDetail(NamedTuple):
-    """One entry of the distribution spec's `errors` list (a named tuple rather than a
-    dataclass: this module is imported by every command, and dataclasses is not cheap)."""
+class RegistryErrorDetail:
+    """One entry of the distribution spec's `errors` list."""
 
-    code: str
-    message: str = ""
+    __slots__ = ("code", "message")
+
+    def __init__(self, code: str, message: str = "") -> None:
+        self.code = code
+        self.message = message
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RegistryErrorDetail):
+            return NotImplemented
+        return (self.code, self.message) == (other.code, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
+
+    def __repr__(self) -> str:
+        return f"RegistryErrorDetail(code={self.code!r}, message={self.message!r})"
 
 
 class RegistryError(CibError):

@@ -847,7 +847,7 @@ class Image:
             kind=kind, lock=os.fspath(lock) if lock is not None else None,
             index_url=index_url, find_links=tuple(os.fspath(f) for f in find_links),
             entrypoint=entry, app_dir=app_dir, settings=dict(settings or {}), dry_run=dry_run,
-            cache_dir=str(root / "apps") if root is not None else None, jobs=self._jobs,
+            cache_dir=os.path.join(root, "apps") if root is not None else None, jobs=self._jobs,
             progress=self._progress)
 
     def _package_app(self, project: str | os.PathLike[str],

@@ -199,7 +199,11 @@ class LazyFile:
                 break
             parts.append(chunk)
             size -= len(chunk)
-        return b"".join(parts)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read1(self, size: int, /) -> bytes:
+        """Up to ``size`` bytes with at most one read of the file (as ``BufferedReader.read1``)."""
+        return os.read(self._fd if self._fd is not None else self._open(), size)
 
     def readable(self) -> bool:
         return True

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import importlib
-import json
 import logging
-import os
-import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pluggy
 
 from cib_core import hookspecs
-from cib_core.authn.credentials import Credentials
-from cib_core.caches import cache_root
+from cib_core.entrypoints import (
+    AUTOLOAD_ENV,
+    DISTRIBUTION,
+    ENTRY_POINT_GROUP,
+    EntryPoint,
+    autoload_enabled,
+    entry_points,
+    remember,
+)
 from cib_core.errors import CibError, PluginError
 from cib_core.hookspecs import hookimpl
 
@@ -38,17 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "cib"
-AUTOLOAD_ENV = "CIB_DISABLE_PLUGIN_AUTOLOAD"
-DISTRIBUTION = "cib-core"
-BUILTIN_MODULE_PREFIX = "cib_plugins."
 
-__all__ = ["AUTOLOAD_ENV", "ENTRY_POINT_GROUP", "CibPluginManager", "EntryPoint", "PluginInfo",
-           "create_plugin_manager", "entry_points", "get_plugin_manager", "hookimpl",
+__all__ = ["AUTOLOAD_ENV", "DISTRIBUTION", "ENTRY_POINT_GROUP", "CibPluginManager", "EntryPoint",
+           "PluginInfo", "create_plugin_manager", "entry_points", "get_plugin_manager", "hookimpl",
            "set_plugin_manager"]
 
-@dataclass(frozen=True)
-class PluginInfo:
+class PluginInfo(NamedTuple):
     name: str
     version: str
     hooks: tuple[str, ...]
@@ -59,90 +54,10 @@ class PluginInfo:
                 "builtin": self.builtin}
 
 
-@dataclass(frozen=True)
-class EntryPoint:
-    """One entry point of the ``cib`` group, as the plugin host needs it."""
+def _is_credentials(value: object) -> bool:
+    from cib_core.authn.credentials import Credentials  # with the first credentials asked
 
-    name: str
-    value: str
-    """``module`` or ``module:attribute``."""
-    version: str
-    """Of the distribution that declares it."""
-    builtin: bool
-    """Declared by the core distribution (``cib-core``)."""
-
-    def load(self) -> object:
-        module, _, attribute = self.value.partition(":")
-        loaded: object = importlib.import_module(module.strip())
-        for part in filter(None, attribute.strip().split(".")):
-            loaded = getattr(loaded, part)
-        return loaded
-
-
-def entry_points() -> list[EntryPoint]:
-    """Every entry point of the ``cib`` group, sorted by name.
-
-    Finding them reads the metadata of every installed distribution (``importlib.metadata``,
-    some 20 ms); the list is kept in the cache directory, for a ``sys.path`` whose
-    directories have not changed since (installing or removing a distribution changes its
-    directory), so that a command that loads no plugin, or only a few, does not pay it.
-    """
-    signature = [[entry, _mtime(entry)] for entry in sys.path]
-    path = _entry_points_cache()
-    if path is not None:
-        try:
-            cached = json.loads(path.read_text())
-            if cached["signature"] == signature:
-                return [EntryPoint(**ep) for ep in cached["entry_points"]]
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.debug("ignoring the unreadable entry-point cache %s: %s", path, exc)
-    found = sorted(_scan_entry_points(), key=lambda ep: ep.name)
-    if path is not None:
-        payload = json.dumps({"signature": signature,
-                              "entry_points": [asdict(ep) for ep in found]})
-        try:
-            import tempfile
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "w") as handle:
-                    handle.write(payload)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-        except OSError as exc:
-            log.debug("cannot write the entry-point cache %s: %s", path, exc)
-    return found
-
-
-def _mtime(entry: str) -> int | None:
-    try:
-        return os.stat(entry or ".").st_mtime_ns
-    except OSError:
-        return None
-
-
-def _entry_points_cache() -> Path | None:
-    root = cache_root()
-    if root is None:
-        return None
-    key = hashlib.sha256(repr((sys.executable, sys.path)).encode()).hexdigest()[:32]
-    return root / "plugins" / f"{key}.json"
-
-
-def _scan_entry_points() -> Iterator[EntryPoint]:
-    import importlib.metadata
-
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = getattr(ep, "dist", None)
-        name = getattr(dist, "name", None)
-        builtin = (str(name).lower().replace("_", "-") == DISTRIBUTION if name is not None
-                   else ep.value.startswith(BUILTIN_MODULE_PREFIX))
-        yield EntryPoint(ep.name, ep.value, str(getattr(dist, "version", None) or "unknown"), builtin)
+    return isinstance(value, Credentials)
 
 
 def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> Callable[..., Any]:
@@ -178,7 +93,7 @@ def _guarded(plugin_name: str, hook_name: str, function: Callable[..., Any]) -> 
                 plugin_name, "cib_layer_source (identity)", identity))
         if hook_name == "cib_app_packager":
             return _named_app_images(plugin_name, result)
-        if hook_name == "cib_credentials" and not isinstance(result, Credentials):
+        if hook_name == "cib_credentials" and not _is_credentials(result):
             raise PluginError(plugin_name, f"cib_credentials returned {type(result).__name__}, "
                               "not Credentials")
         return result
@@ -258,7 +173,7 @@ class CibPluginManager(pluggy.PluginManager):
         self._builtin_names: set[str] = set()
         self.blocked_names = frozenset(blocked)
         if autoload is None:
-            autoload = os.environ.get(AUTOLOAD_ENV, "") not in ("1", "true", "yes")
+            autoload = autoload_enabled()
         self.autoload = autoload
         for name in self.blocked_names:
             self.set_blocked(name)
@@ -280,6 +195,7 @@ class CibPluginManager(pluggy.PluginManager):
     def _load(self, eps: Sequence[EntryPoint]) -> None:
         # pluggy calls the most recently registered implementation first: register in reverse
         # so that the sorted order is the call order.
+        seen: dict[str, tuple[tuple[str, ...], object]] = {}
         for ep in reversed(eps):
             if self.is_blocked(ep.name) or self.has_plugin(ep.name):
                 continue
@@ -292,6 +208,10 @@ class CibPluginManager(pluggy.PluginManager):
             self._versions[ep.name] = ep.version
             if ep.builtin:
                 self._builtin_names.add(ep.name)
+            seen[ep.name] = (tuple(sorted(h.name for h in (self.get_hookcallers(plugin) or []))),
+                             plugin)
+        if seen:
+            remember(seen)  # what the command line's help needs, without loading plugins
 
     def load_builtins(self) -> None:
         """The core distribution's own plugins (asked after every other plugin)."""

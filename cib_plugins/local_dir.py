@@ -38,16 +38,15 @@ import struct
 import sys
 import tarfile
 from collections.abc import Iterator
-from typing import Any
 
 import cib_core
 from cib_core import LayerSourceError
-from cib_core.plugin_api import Entry, LayerOptions, LazyFile, SortedEntries
+from cib_core.plugin_api import Entry, LayerOptions, LazyFile, SortedEntries, dir_entry, file_entry
 
 # What keeps a symlink as a link instead of following it, as add_files spells it; the command
 # line puts its own flag in its place.
 _KEEP_SYMLINKS = "follow_symlinks=False"
-_IDENTITY_VERSION = b"cib local-dir 1\0"
+_IDENTITY_VERSION = b"cib local-dir 2\0"
 
 
 @cib_core.hookimpl(tryfirst=True)
@@ -150,11 +149,13 @@ class _Walk:
     order, descending into a directory as soon as it is met, so cib writes each entry as it
     comes.
 
-    Every walk hashes what the entries depend on: each path with its type, mode and size
+    Every walk hashes what the entries depend on: each name with its type, mode and size
     and, for files and kept links, device, inode and modification and change times (as
-    git's index does; the content is never read). ``identity()`` is that hash and the newest
-    change time of a file: the one a finished ``entries()`` computed, or a walk of its own
-    that makes no entries at all, for cib's no-change check.
+    git's index does; the content is never read), a directory's hash going into its
+    parent's. ``identity()`` is the root's hash and the newest change time of a file: the
+    one a finished ``entries()`` computed, or a walk of its own that makes no entries at
+    all, for cib's no-change check. (Walking on several threads was tried: on two cores the
+    lock Python's threads share made it slower than one, with twice the processor time.)
     """
 
     def __init__(self, root: str, options: LayerOptions) -> None:
@@ -164,125 +165,177 @@ class _Walk:
 
     def identity(self) -> tuple[bytes, int]:
         if self._identity is None:
-            for _ in self._stats(hashlib.sha256(_IDENTITY_VERSION)):
-                pass
-        assert self._identity is not None  # noqa: S101 - set by the finished walk
+            root, st, spec = self._start()
+            if stat.S_ISREG(st.st_mode):
+                self._identity = _file_identity(st)
+            else:
+                self._identity = self._tree_identity(
+                    root, "", frozenset({(st.st_dev, st.st_ino)}), spec)
         return self._identity
 
-    def entries(self) -> Iterator[Entry]:
-        seen_inodes: dict[tuple[int, int], str] = {}
-        regular, directory, symlink = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE
-        for rel, path, st, followed in self._stats(hashlib.sha256(_IDENTITY_VERSION)):
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
-                if st.st_nlink > 1 and not followed:
-                    ident = (st.st_dev, st.st_ino)
-                    first = seen_inodes.get(ident)
-                    if first is not None:
-                        info = tarfile.TarInfo(rel)
-                        info.type = tarfile.LNKTYPE
-                        info.linkname = first
-                        info.mode = mode & 0o7777
-                        yield info, None
-                        continue
-                    seen_inodes[ident] = rel
-                # file_entry's work, inlined: this runs once per file of the tree
-                info = tarfile.TarInfo(rel)
-                info.type = regular
-                info.size = st.st_size
-                info.mode = mode & 0o7777
-                yield info, LazyFile(path, st)
-            elif stat.S_ISDIR(mode):
-                info = tarfile.TarInfo(rel)
-                info.type = directory
-                info.mode = mode & 0o7777 if rel else 0o755
-                yield info, None
-            else:  # a kept symlink; _stats refused every other type
-                try:
-                    target = os.readlink(path)
-                except OSError as exc:
-                    raise LayerSourceError(path, f"cannot read symlink: {exc.strerror or exc}") from None
-                info = tarfile.TarInfo(rel)
-                info.type = symlink
-                info.linkname = target
-                info.mode = 0o777
-                yield info, None
-
-    def _stats(self, hasher: Any) -> Iterator[tuple[str, str, os.stat_result, bool]]:
-        """``(rel, path, stat, followed)`` of every entry the layer gets, the root (``""``)
-        first; the stat is the link's own for a kept symlink and the target's for a followed
-        one (``followed``). Hashes each into ``hasher`` and sets ``_identity`` at the end."""
+    def _start(self) -> tuple[str, os.stat_result, _Ignores | None]:
         root = self.root
         st = _stat_source(root)
-        newest = 0
-        update, pack = hasher.update, _STATS.pack
         if stat.S_ISREG(st.st_mode):
-            update(pack(st.st_mode, st.st_size, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns))
-            yield "", root, st, True
-            self._identity = hasher.digest(), max(st.st_mtime_ns, st.st_ctime_ns)
-            return
+            return root, st, None
         if not stat.S_ISDIR(st.st_mode):
             _refuse_special(root, st.st_mode)
-        spec = _ignore_spec(root, self.options)
+        return root if root.endswith("/") else root + "/", st, _ignore_spec(root, self.options)
+
+    def _tree_identity(self, prefix: str, rel: str, ancestors: frozenset[tuple[int, int]],
+                       spec: _Ignores | None) -> tuple[bytes, int]:
+        """The hash of one directory and the newest change time of a file below it."""
+        hasher = hashlib.sha256(_IDENTITY_VERSION)
+        update = hasher.update
+        newest = 0
+        for name, path, child_rel, st, _, listed in _children(prefix, rel, ancestors, spec,
+                                                              self.options.follow_symlinks):
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                update(_dir_record(name, mode, listed))
+                digest, below = self._tree_identity(path + "/", child_rel + "/",
+                                                    ancestors | {(st.st_dev, st.st_ino)}, spec)
+                update(digest)
+                if below > newest:
+                    newest = below
+            else:
+                update(_entry_record(name, st))
+                if st.st_mtime_ns > newest:
+                    newest = st.st_mtime_ns
+                if st.st_ctime_ns > newest:
+                    newest = st.st_ctime_ns
+        return hasher.digest(), newest
+
+    def entries(self) -> Iterator[Entry]:
+        root, st, spec = self._start()
+        if stat.S_ISREG(st.st_mode):
+            yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
+            self._identity = _file_identity(st)
+            return
+        yield dir_entry("", 0o755)
         follow = self.options.follow_symlinks
-        yield "", root, st, True
-        # each frame: a directory's path and name in the layer with a trailing "/", the
-        # (dev, ino) of the directories from the root down (loops, when following links),
-        # and its names still to walk
-        prefix = root if root.endswith("/") else root + "/"
-        stack: list[tuple[str, str, frozenset[tuple[int, int]], Iterator[str]]] = [
-            (prefix, "", frozenset({(st.st_dev, st.st_ino)}), iter(_sorted_names(root)))]
+        seen_inodes: dict[tuple[int, int], str] = {}
+        regular, directory, symlink = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE
+        pack, tar_info, lazy_file = _STATS.pack, tarfile.TarInfo, LazyFile
+        newest = 0
+        # one frame a directory, the root first: its hash, its children still to walk, and
+        # the (dev, ino) of the directories from the root down (loops, when following links)
+        hasher = hashlib.sha256(_IDENTITY_VERSION)
+        ancestors = frozenset({(st.st_dev, st.st_ino)})
+        stack = [(hasher, _children(root, "", ancestors, spec, follow), ancestors)]
         while stack:
-            dir_prefix, dir_rel, ancestors, names = stack[-1]
-            for name in names:
-                path = dir_prefix + name
-                rel = dir_rel + name
-                try:
-                    st = os.lstat(path)
-                except OSError as exc:
-                    raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
+            hasher, children, ancestors = stack[-1]
+            for name, path, rel, st, followed, listed in children:
                 mode = st.st_mode
-                followed = follow and stat.S_ISLNK(mode)
-                if followed:
-                    try:
-                        st = _stat_link(path)
-                    except LayerSourceError:
-                        if spec is not None and spec.excluded(rel, False):
-                            continue  # an ignored dangling or looping link is no error
-                        raise
-                    mode = st.st_mode
                 if stat.S_ISDIR(mode):
-                    ignored = spec is not None and spec.excluded(rel, True)
-                    if ignored and not spec.has_negation:  # type: ignore[union-attr]
-                        continue
-                    ident = (st.st_dev, st.st_ino)
-                    if ident in ancestors:
-                        if ignored:
-                            continue
-                        raise LayerSourceError(path, "is a symlink loop: it leads back to a "
-                                               "directory that contains it; remove it or ignore "
-                                               "it", option=_KEEP_SYMLINKS)
-                    if not ignored:
-                        update(_fs_bytes(rel) + b"/\0%o\0" % mode)
-                        yield rel, path, st, followed
-                    stack.append((path + "/", rel + "/", ancestors | {ident},
-                                  iter(_sorted_names(path))))
+                    hasher.update(_dir_record(name, mode, listed))
+                    if listed:
+                        info = tarfile.TarInfo(rel)
+                        info.type = directory
+                        info.mode = mode & 0o7777
+                        yield info, None
+                    below = ancestors | {(st.st_dev, st.st_ino)}
+                    stack.append((hashlib.sha256(_IDENTITY_VERSION),
+                                  _children(path + "/", rel + "/", below, spec, follow), below))
                     break  # into it now; this directory's other names come after its contents
-                if spec is not None and spec.excluded(rel, False):
-                    continue
-                if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
-                    update(_fs_bytes(rel) + b"\0" + pack(mode, st.st_size, st.st_dev, st.st_ino,
-                                                         st.st_mtime_ns, st.st_ctime_ns))
-                    if st.st_mtime_ns > newest:
-                        newest = st.st_mtime_ns
-                    if st.st_ctime_ns > newest:
-                        newest = st.st_ctime_ns
-                    yield rel, path, st, followed
-                else:
-                    _refuse_special(path, mode)
+                mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+                # _entry_record's work, inlined: this runs once per file of the tree
+                hasher.update(name.encode(_FS_ENCODING, _FS_ERRORS) + b"\0" + pack(
+                    mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
+                if mtime_ns > newest:
+                    newest = mtime_ns
+                if ctime_ns > newest:
+                    newest = ctime_ns
+                if mode & 0o170000 == 0o100000:  # S_ISREG
+                    if st.st_nlink > 1 and not followed:
+                        ident = (st.st_dev, st.st_ino)
+                        first = seen_inodes.get(ident)
+                        if first is not None:
+                            info = tarfile.TarInfo(rel)
+                            info.type = tarfile.LNKTYPE
+                            info.linkname = first
+                            info.mode = mode & 0o7777
+                            yield info, None
+                            continue
+                        seen_inodes[ident] = rel
+                    # file_entry's work, inlined
+                    info = tar_info(rel)
+                    info.type = regular
+                    info.size = st.st_size
+                    info.mode = mode & 0o7777
+                    yield info, lazy_file(path, st)
+                else:  # a kept symlink: _children refused every other type
+                    try:
+                        target = os.readlink(path)
+                    except OSError as exc:
+                        raise LayerSourceError(path, f"cannot read symlink: {exc.strerror or exc}") from None
+                    info = tarfile.TarInfo(rel)
+                    info.type = symlink
+                    info.linkname = target
+                    info.mode = 0o777
+                    yield info, None
             else:
                 stack.pop()
+                if stack:
+                    stack[-1][0].update(hasher.digest())  # after the directory's own record
         self._identity = hasher.digest(), newest
+
+
+def _children(prefix: str, rel: str, ancestors: frozenset[tuple[int, int]], spec: _Ignores | None,
+              follow: bool) -> Iterator[tuple[str, str, str, os.stat_result, bool, bool]]:
+    """``(name, path, rel, stat, followed, listed)`` of each name of one directory that the
+    layer gets, in byte order: the stat is the link's own for a kept symlink and the target's
+    for a followed one (``followed``); ``listed`` is False for an ignored directory walked
+    only because a negation may bring back something below it. Refuses loops, dangling
+    links and special files that are not ignored."""
+    for name in _sorted_names(prefix[:-1] if len(prefix) > 1 else prefix):
+        path = prefix + name
+        child = rel + name
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise LayerSourceError(path, f"cannot be read: {exc.strerror or exc}") from None
+        mode = st.st_mode
+        followed = follow and stat.S_ISLNK(mode)
+        if followed:
+            try:
+                st = _stat_link(path)
+            except LayerSourceError:
+                if spec is not None and spec.excluded(child, False):
+                    continue  # an ignored dangling or looping link is no error
+                raise
+            mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            ignored = spec is not None and spec.excluded(child, True)
+            if ignored and not spec.has_negation:  # type: ignore[union-attr]
+                continue
+            if (st.st_dev, st.st_ino) in ancestors:
+                if ignored:
+                    continue
+                raise LayerSourceError(path, "is a symlink loop: it leads back to a directory "
+                                       "that contains it; remove it or ignore it",
+                                       option=_KEEP_SYMLINKS)
+            yield name, path, child, st, followed, not ignored
+            continue
+        if spec is not None and spec.excluded(child, False):
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            _refuse_special(path, mode)
+        yield name, path, child, st, followed, True
+
+
+def _entry_record(name: str, st: os.stat_result) -> bytes:
+    return _fs_bytes(name) + b"\0" + _STATS.pack(st.st_mode, st.st_size, st.st_dev, st.st_ino,
+                                                 st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _dir_record(name: str, mode: int, listed: bool) -> bytes:
+    return _fs_bytes(name) + (b"/\0%o\0" % mode if listed else b"/\0-\0")
+
+
+def _file_identity(st: os.stat_result) -> tuple[bytes, int]:
+    digest = hashlib.sha256(_IDENTITY_VERSION + _entry_record("", st)).digest()
+    return digest, max(st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _stat_link(path: str) -> os.stat_result:

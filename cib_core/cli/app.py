@@ -8,12 +8,9 @@ fresh plugin manager (honouring ``-p no:NAME``) before click looks the subcomman
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import click
@@ -33,48 +30,9 @@ from cib_core.cli.common import (
     PM_KEY,
     PROG,
     VALUE_OPTIONS,
-    CliLogHandler,
     CliState,
-    Secrets,
     fail,
 )
-
-log = logging.getLogger(__name__)
-
-@contextmanager
-def _logging(verbosity: int, quiet: bool, secrets: Secrets) -> Iterator[None]:
-    root = logging.getLogger()
-    transport_logger = logging.getLogger("cib_core.remote.transport")
-    quiet_loggers = [logging.getLogger(n) for n in ("urllib3", "keyring")]
-    saved = (root.level, transport_logger.level, [lg.level for lg in quiet_loggers])
-    handler = CliLogHandler(verbosity, secrets)
-    if quiet:
-        root.setLevel(logging.ERROR)
-    elif verbosity <= 0:
-        root.setLevel(logging.WARNING)
-    elif verbosity == 1:
-        root.setLevel(logging.INFO)
-        transport_logger.setLevel(logging.DEBUG)
-    else:
-        root.setLevel(logging.DEBUG)
-    if verbosity < 3:
-        for lg in quiet_loggers:
-            lg.setLevel(logging.WARNING)
-    root.addHandler(handler)
-    try:
-        with warnings.catch_warnings():
-            # a host named with --insecure-registry is said once, at -v, by the transport;
-            # urllib3's warning per host would break the one-line output
-            import urllib3
-
-            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-            yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(saved[0])
-        transport_logger.setLevel(saved[1])
-        for lg, level in zip(quiet_loggers, saved[2], strict=True):
-            lg.setLevel(level)
 
 
 def prescan_plugin_options(args: Sequence[str]) -> list[str]:
@@ -126,6 +84,48 @@ def build_plugin_manager(plugin_options: Sequence[str]) -> CibPluginManager:
     return pm
 
 
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "build": ("build", "build", "Build an image: BASE plus new files and config, saved to TARGET."),
+    "copy": ("copy", "copy", "Copy an image (all platforms by default) from SRC to DST."),
+    "manifest": ("inspect", "manifest", "Print the exact bytes of REF's manifest (or index)."),
+    "config": ("inspect", "config", "Print the config JSON of REF, exactly as stored."),
+    "digest": ("inspect", "digest", "Print the digest of REF's manifest (or index)."),
+    "inspect": ("inspect", "inspect", "Summarize REF: platforms, layers and sizes, env, cmd, "
+                "entrypoint, workdir, created."),
+    "ls": ("registry", "ls_", "List every tag of REPO, one a line."),
+    "catalog": ("registry", "catalog", "List every repository of REGISTRY, one a line."),
+    "blob": ("registry", "blob", "Write the blob DIGEST of REPO to stdout, verified against its "
+             "digest."),
+    "delete": ("registry", "delete", "Delete the manifest REF names (a tag is resolved to its "
+               "digest first)."),
+    "export": ("export", "export", "Write REF's flattened filesystem (whiteouts applied) as a "
+               "tarball to OUT, or - for stdout."),
+    "auth": ("auth", "auth", "Store or remove registry credentials (docker's config.json or the "
+             "keyring)."),
+    "plugins": ("plugins", "plugins", "List the loaded plugins: name, version and the hooks each "
+                "implements."),
+    "tag": ("tag", "tag", "Give the manifest REF names each TAG as well, in REF's own repository "
+            "or OCI layout."),
+    "index": ("index", "index", "Assemble multi-platform indexes from single-platform images."),
+    "completion": ("completion", "completion", "Print the completion script for SHELL (bash, zsh "
+                   "or fish) on stdout."),
+    "attach": ("attach", "attach", "Attach FILEs to the image REF as an OCI artifact whose subject "
+               "is REF."),
+    "referrers": ("attach", "referrers", "List the manifests whose subject is the image REF: "
+                  "digest, artifact type, annotations."),
+    "cache": ("cache", "cache", "The layer-cache records kept in a cache repository (--cache-repo)."),
+    "rebase": ("rebase", "rebase", "Swap the base layers under REF's own layers: OLD's layers out, "
+               "NEW's in."),
+    "flatten": ("flatten", "flatten", "Squash REF's layers into one layer holding its merged "
+                "filesystem (whiteouts applied)."),
+    "validate": ("validate", "validate", "Check that every manifest and blob of REF is present and "
+                 "right, for every platform."),
+}
+"""cib's own commands: name -> (module of cib_core.cli, attribute, the first paragraph of its
+help). A command's module loads when the command runs or shows its help; ``cib --help`` lists
+the commands from here, so it loads none of them (a unit test holds the texts equal)."""
+
+
 class CibGroup(click.Group):
     """Builds the run's plugin manager when the run first needs it (not for ``--version``), so
     plugin subcommands can be found, and turns ``CibError`` into one line."""
@@ -135,36 +135,103 @@ class CibGroup(click.Group):
         return super().parse_args(ctx, args)
 
     def _plugin_commands(self, ctx: click.Context) -> dict[str, click.Command]:
-        """The plugins' subcommands; loads the plugins (and their commands) the first time."""
-        if PM_KEY not in ctx.meta:
-            try:
-                pm = build_plugin_manager(ctx.meta.get(PLUGIN_OPTIONS_KEY, ()))
-                extra = click.Group(name=PROG)
-                try:
-                    pm.hook.cib_commands(cli=extra)
-                except CibError:
-                    raise
-                except Exception as exc:
-                    from cib_core.errors import PluginError
+        """The plugins' subcommands. The plugins load for them only when one may add some:
+        when what the plugins were last seen to implement (kept with the list of entry
+        points) shows none does, nothing loads (``cib --help``)."""
+        if PLUGIN_COMMANDS_KEY not in ctx.meta:
+            options = ctx.meta.get(PLUGIN_OPTIONS_KEY, ())
+            if PM_KEY not in ctx.meta and not any(not p.startswith("no:") for p in options):
+                from cib_core.entrypoints import autoload_enabled, command_providers
 
-                    raise PluginError("cib_commands", f"a plugin failed to add its commands: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+                blocked = [p[3:] for p in options if p.startswith("no:")]
+                if command_providers(blocked, autoload_enabled()) == []:
+                    ctx.meta[PLUGIN_COMMANDS_KEY] = {}
+                    ctx.meta[HIDDEN_COMMANDS_KEY] = []
+                    return {}
+            pm = self.plugin_manager(ctx)
+            extra = click.Group(name=PROG)
+            try:
+                pm.hook.cib_commands(cli=extra)
             except CibError as exc:
                 fail(exc)
-            ctx.meta[PM_KEY] = pm
+            except Exception as exc:  # noqa: BLE001 - a plugin's bug, named
+                from cib_core.errors import PluginError
+
+                fail(PluginError("cib_commands", f"a plugin failed to add its commands: "
+                                 f"{type(exc).__name__}: {exc}"))
+            own = set(COMMANDS) | set(self.commands)
             ctx.meta[PLUGIN_COMMANDS_KEY] = {
-                name: cmd for name, cmd in extra.commands.items() if name not in self.commands}
-            ctx.meta[HIDDEN_COMMANDS_KEY] = sorted(set(extra.commands) & set(self.commands))
+                name: cmd for name, cmd in extra.commands.items() if name not in own}
+            ctx.meta[HIDDEN_COMMANDS_KEY] = sorted(set(extra.commands) & own)
         commands: dict[str, click.Command] = ctx.meta[PLUGIN_COMMANDS_KEY]
         return commands
 
+    def plugin_manager(self, ctx: click.Context) -> CibPluginManager:
+        """The run's plugin manager, made on first use (``-p`` options honoured)."""
+        if PM_KEY not in ctx.meta:
+            try:
+                ctx.meta[PM_KEY] = build_plugin_manager(ctx.meta.get(PLUGIN_OPTIONS_KEY, ()))
+            except CibError as exc:
+                fail(exc)
+        pm: CibPluginManager = ctx.meta[PM_KEY]
+        return pm
+
+    def builtin_command(self, name: str) -> click.Command | None:
+        """cib's own command ``name``, its module loaded on first use."""
+        command = self.commands.get(name)
+        if command is None and name in COMMANDS:
+            import importlib
+
+            module, attribute, _ = COMMANDS[name]
+            command = getattr(importlib.import_module(f"cib_core.cli.{module}"), attribute)
+            assert isinstance(command, click.Command)  # noqa: S101 - the table names commands
+            self.add_command(command, name)
+        return command
+
+    def builtin_commands(self) -> dict[str, click.Command]:
+        """All of cib's own commands (every module loaded), by name."""
+        return {name: cmd for name in COMMANDS if (cmd := self.builtin_command(name)) is not None}
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        plugin_commands = self._plugin_commands(ctx)
-        command = super().get_command(ctx, cmd_name)
-        return command if command is not None else plugin_commands.get(cmd_name)
+        command = self.builtin_command(cmd_name)
+        return command if command is not None else self._plugin_commands(ctx).get(cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(self._plugin_commands(ctx)))
+        return sorted(set(COMMANDS) | set(self.commands) | set(self._plugin_commands(ctx)))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing of the commands, with cib's own described from ``COMMANDS``
+        instead of loaded."""
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in COMMANDS and name not in self.commands:
+                # shortened by click's own rule, as the loaded command's help would be
+                summary = click.Command(name, help=COMMANDS[name][2])
+                rows.append((name, summary.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def get_help(self, ctx: click.Context) -> str:
+        text = super().get_help(ctx)
+        if (ctx.parent is None and PM_KEY not in ctx.meta and not ctx.meta.get(PLUGIN_OPTIONS_KEY)
+                and ctx.meta.get(PLUGIN_COMMANDS_KEY) == {}):
+            # no plugin was loaded, none adds commands: the next `cib --help` may print this
+            # without loading click (cib_core.cli.main)
+            from cib_core.cli import help_key
+            from cib_core.entrypoints import keep_help
+
+            key = help_key()
+            if key is not None:
+                keep_help(key, text)
+        return text
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -220,57 +287,23 @@ def cli(ctx: click.Context, insecure: tuple[str, ...], verbose: int, quiet: bool
     """
     from cib_core.plugins import set_plugin_manager
 
-    if PM_KEY not in ctx.meta:
-        cast(CibGroup, ctx.command)._plugin_commands(ctx)
-    pm: CibPluginManager = ctx.meta[PM_KEY]
+    group = cast(CibGroup, ctx.command)
+    group._plugin_commands(ctx)  # resolved with the command already; here for the warning below
+    pm = group.plugin_manager(ctx)
     state = CliState(pm=pm, insecure=tuple(insecure), verbose=0 if quiet else verbose, quiet=quiet)
     ctx.obj = state
     previous = set_plugin_manager(pm)
     ctx.call_on_close(lambda: set_plugin_manager(previous))
-    ctx.with_resource(_logging(state.verbose, quiet, state.secrets))
+    from cib_core.cli.logs import cli_logging
+
+    ctx.with_resource(cli_logging(state.verbose, quiet, state.secrets))
     for name in ctx.meta.get(HIDDEN_COMMANDS_KEY, ()):
-        log.warning("a plugin's command %r is hidden by cib's own command of that name", name)
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "a plugin's command %r is hidden by cib's own command of that name", name)
 
 
-
-
-def _add_commands() -> None:
-    from cib_core.cli import attach, auth, build, cache, copy, export, inspect, plugins, registry
-    from cib_core.cli import completion as completion_cli
-    from cib_core.cli import flatten as flatten_cli
-    from cib_core.cli import index as index_cli
-    from cib_core.cli import rebase as rebase_cli
-    from cib_core.cli import tag as tag_cli
-    from cib_core.cli import validate as validate_cli
-
-    for command in (
-        build.build,
-        copy.copy,
-        inspect.manifest,
-        inspect.config,
-        inspect.digest,
-        inspect.inspect,
-        registry.ls_,
-        registry.catalog,
-        registry.blob,
-        registry.delete,
-        export.export,
-        auth.auth,
-        plugins.plugins,
-        tag_cli.tag,
-        index_cli.index,
-        completion_cli.completion,
-        attach.attach,
-        attach.referrers,
-        cache.cache,
-        rebase_cli.rebase,
-        flatten_cli.flatten,
-        validate_cli.validate,
-    ):
-        cli.add_command(command)
-
-
-_add_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +18,6 @@ from cib_core.errors import (
     NotFound,
     RegistryError,
 )
-from cib_core.redact import redact_text
 
 if TYPE_CHECKING:
     from cib_core.models import Descriptor, Index, Manifest
@@ -29,8 +26,6 @@ if TYPE_CHECKING:
     from cib_core.remote.client import RegistryClient
     from cib_core.stores import BlobStore
 
-
-log = logging.getLogger(__name__)
 
 PROG = "cib"
 CHUNK = 1 << 16
@@ -59,34 +54,6 @@ class Secrets:
     def add(self, value: str) -> None:
         if value:
             self.values.append(value)
-
-
-class CliLogHandler(logging.Handler):
-    """Writes records to the current ``sys.stderr`` (click's runner swaps it), redacted."""
-
-    def __init__(self, verbosity: int, secrets: Secrets) -> None:
-        super().__init__(logging.DEBUG)
-        self.verbosity = verbosity
-        self.secrets = secrets
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.verbosity == 1 and record.levelno < logging.INFO:
-            # -v: one line per HTTP exchange (method, URL, status, time), not the headers.
-            return record.name == "cib_core.remote.transport" and str(record.msg).startswith("<--")
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-            if record.exc_info and self.verbosity >= 2:
-                message += "\n" + logging.Formatter().formatException(record.exc_info)
-            if record.levelno >= logging.WARNING:
-                line = f"{PROG}: {record.levelname.lower()}: {message}"
-            else:
-                line = f"{PROG}: [{record.name}] {message}"
-            click.echo(redact_text(line, self.secrets.values), err=True)
-        except Exception:  # noqa: BLE001 - logging must never break the command
-            self.handleError(record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,6 +111,8 @@ def error_line(exc: CibError, secrets: Sequence[str] = (), *, login: bool = Fals
     hint = error_hint(exc, login=login, insecure=insecure)
     if hint and hint not in message:
         message = f"{message}; {hint}"
+    from cib_core.redact import redact_text  # with the first error, not at start-up
+
     return redact_text(f"{PROG}: error: {message}", secrets)
 
 
@@ -181,6 +150,8 @@ def cli_state(ctx: click.Context | None = None) -> CliState:
 # ---------------------------------------------------------------------------------------------
 
 def echo_json(value: Any) -> None:
+    import json
+
     click.echo(json.dumps(value, indent=2, sort_keys=False))
 
 

@@ -22,22 +22,18 @@ the records are sorted, overridden and their hard links resolved before anything
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
 import logging
 import os
-import stat
-import struct
 import tarfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, cast
 
 from cib_core import mediatypes
 from cib_core.errors import LayerSourceError, PluginError
+from cib_core.layers.fingerprint import ENTRIES_KEY_VERSION, SOURCES_KEY_VERSION, Fingerprint
 from cib_core.layers.pipeline import (
-    CHUNK,
     GZIP_IMPLEMENTATION,
     BuiltLayer,
     LayerInfo,
@@ -46,6 +42,8 @@ from cib_core.layers.pipeline import (
     make_compressor,
     to_file,
 )
+from cib_core.layers.plan import detached, planned
+from cib_core.layers.tar import CLEAN_RELATIVE as _CLEAN_RELATIVE
 from cib_core.layers.tar import (
     DEVICE_TYPES,
     KEPT_PAX_PREFIXES,
@@ -58,6 +56,9 @@ from cib_core.layers.tar import (
     sort_key,
     source_date_epoch,
 )
+from cib_core.layers.tar import FS_ENCODING as _FS_ENCODING
+from cib_core.layers.tar import FS_ERRORS as _FS_ERRORS
+from cib_core.layers.writer import HashOnly, write_tar
 from cib_core.plugin_api import (
     KEEP_ATTRIBUTE,
     Entry,
@@ -75,84 +76,12 @@ log = logging.getLogger(__name__)
 
 _REGTYPE, _DIRTYPE, _LNKTYPE, _SYMTYPE = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE
 _NOTHING_KEPT: frozenset[str] = frozenset()
-_BLOCK = tarfile.BLOCKSIZE
-_PADDING = [bytes(n) for n in range(_BLOCK)]
-_IDENTITY = struct.Struct("<QQQqq")  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
-ENTRIES_KEY_VERSION = b"cib-layer-cache-2\0"
-SOURCES_KEY_VERSION = b"cib-layer-sources-1\0"
-
-
-def file_identity(st: os.stat_result) -> bytes:
-    """What says a local file is unchanged (as git's index does): device, inode, size, and
-    modification and change times in nanoseconds; 40 bytes."""
-    return _IDENTITY.pack(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+# a Record made by tuple's own constructor: the named tuple's adds a Python call per file
+_new_record = cast("Callable[[type[Record], tuple[object, ...]], Record]", tuple.__new__)
 
 
 _Asked = tuple[str, str, Iterable[Entry]]
 """A source claimed by a plugin: its target, its description for messages, its entries."""
-
-
-class _Fingerprint:
-    """The rebuild cache's key. Either from the sources' own identities (``add_source``: what
-    each source's entries depend on, which local directories tell from a walk with ``stat``
-    and nothing else), or hashed entry by entry as the layer is listed or written (``add``:
-    each tar header and, for each regular file, the identity of the local file it is read
-    from).
-
-    ``cacheable`` turns False for content that is not a plain local file, or a file changed
-    within ``racy_seconds`` (its next change might keep the same timestamps).
-    """
-
-    def __init__(self, seed: bytes, racy_seconds: float) -> None:
-        self._hash = hashlib.sha256(seed)
-        self._limit = time.time_ns() - int(racy_seconds * 1e9)
-        self.racy_seconds = racy_seconds
-        self.cacheable = True
-
-    def add_source(self, target: str, identity: SourceIdentity) -> None:
-        digest, newest = identity
-        self._hash.update(b"%s\0%s" % (target.encode("utf-8", "surrogateescape"), digest))
-        if newest >= self._limit:
-            self.cacheable = False
-
-    def add(self, header: bytes, rec: Record) -> bool:
-        """Hash one entry; False once the layer turned out not cacheable."""
-        self._hash.update(header)
-        if rec.size:
-            content = rec.content
-            if isinstance(content, str):
-                ident = rec.ident
-                if ident is None:
-                    return self._not_cacheable()
-                _, _, size, mtime_ns, ctime_ns = _IDENTITY.unpack(ident)
-            else:
-                if type(content) is not LazyFile or content.closed or content.opened:
-                    return self._not_cacheable()
-                st = content.stat_result  # from the listing, a moment ago
-                if st is None:
-                    try:
-                        st = os.stat(content.name)
-                    except OSError:
-                        return self._not_cacheable()
-                if not stat.S_ISREG(st.st_mode):
-                    return self._not_cacheable()
-                size, mtime_ns, ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
-                ident = file_identity(st)
-            if size != rec.size or mtime_ns >= self._limit or ctime_ns >= self._limit:
-                return self._not_cacheable()
-            self._hash.update(ident)
-        return True
-
-    def _not_cacheable(self) -> bool:
-        self.cacheable = False
-        return False
-
-    def key(self, media_type: str) -> str | None:
-        if not self.cacheable:
-            return None
-        h = self._hash.copy()
-        h.update(b"\0" + media_type.encode())
-        return h.hexdigest()
 
 
 class LayerBuilder:
@@ -180,7 +109,7 @@ class LayerBuilder:
         self._asked: list[_Asked] | None = None  # claimed, not yet listed
         self._plan: list[Record] | None = None  # sorted and resolved, until written
         self._planned_from: list[_Asked] = []  # the sources listed into the plan
-        self._fingerprint: _Fingerprint | None = None
+        self._fingerprint: Fingerprint | None = None
         self.entries = 0
         """Entries written by the last ``write``, parent directories included."""
         self.shape: bytes | None = None
@@ -192,7 +121,7 @@ class LayerBuilder:
             origin: str | None = None) -> None:
         rec = self._record("", info, fileobj, origin or info.name)
         if rec is not None:
-            self._given.append(_detached(rec if origin else rec._replace(origin=rec.path)))
+            self._given.append(detached(rec if origin else rec._replace(origin=rec.path)))
         self._plan = None
 
     def add_source(self, target: str, entries: Iterable[Entry], *, origin: str | None = None) -> None:
@@ -201,7 +130,7 @@ class LayerBuilder:
         for info, fileobj in entries:
             rec = self._record(base, info, fileobj, what)
             if rec is not None:
-                self._given.append(_detached(rec))
+                self._given.append(detached(rec))
         self._plan = None
 
     def ask(self, pm: pluggy.PluginManager, sources: Mapping[str, object],
@@ -222,7 +151,12 @@ class LayerBuilder:
     def _record(self, base: str, info: tarfile.TarInfo, fileobj: Readable | None,
                 origin: str) -> Record | None:
         """``info`` under ``base``, normalized; ``None`` for the image root's own entry."""
-        path = join(base, info.name, origin)
+        name = info.name
+        if _CLEAN_RELATIVE.match(name):  # join's usual case, without its call: once per file
+            head = base.strip("/")
+            path = f"{head}/{name}" if head else name
+        else:
+            path = join(base, name, origin)
         kind = info.type
         if not path:
             if kind == _DIRTYPE:
@@ -257,10 +191,11 @@ class LayerBuilder:
                 extra.pax_headers = pax
                 extra.devmajor, extra.devminor = info.devmajor, info.devminor
         # kept numbers as whole numbers, as tarfile writes them
-        return Record(path, kind, stat.S_IMODE(info.mode),
-                      int(info.uid) if "uid" in keep else 0, int(info.gid) if "gid" in keep else 0,
-                      int(info.mtime) if "mtime" in keep else self.mtime,
-                      size, link, fileobj, None, origin, extra)
+        return _new_record(Record, (
+            path, kind, info.mode & 0o7777,
+            int(info.uid) if "uid" in keep else 0, int(info.gid) if "gid" in keep else 0,
+            int(info.mtime) if "mtime" in keep else self.mtime,
+            size, link, fileobj, None, origin, extra))
 
     # -- listing in layer order -----------------------------------------------------------------
     def _streams(self, asked: list[_Asked]) -> bool:
@@ -290,8 +225,8 @@ class LayerBuilder:
             for info, fileobj in _named(what, entries):
                 rec = self._record(base, info, fileobj, what)
                 if rec is not None:
-                    records.append(_detached(rec))
-        self._plan = _planned(records)
+                    records.append(detached(rec))
+        self._plan = planned(records)
         self._planned_from = asked
         return iter(self._plan), self._plan, asked
 
@@ -304,26 +239,33 @@ class LayerBuilder:
         return None if len(found) != len(asked) or None in found else cast(
             "list[Callable[[], SourceIdentity]]", found)
 
-    def _new_fingerprint(self, by_sources: bool, racy_seconds: float) -> _Fingerprint:
+    def _new_fingerprint(self, by_sources: bool, racy_seconds: float) -> Fingerprint:
         if by_sources:
-            return _Fingerprint(SOURCES_KEY_VERSION + repr((
+            return Fingerprint(SOURCES_KEY_VERSION + repr((
                 self._compressor_args, GZIP_IMPLEMENTATION, self.mtime, self._options)).encode(),
                 racy_seconds)
-        return _Fingerprint(ENTRIES_KEY_VERSION + repr((
+        return Fingerprint(ENTRIES_KEY_VERSION + repr((
             self._compressor_args, GZIP_IMPLEMENTATION)).encode(), racy_seconds)
 
     def _streamed(self, asked: list[_Asked]) -> Iterator[Record]:
+        record = self._record
         for base, what, entries in asked:
-            for info, fileobj in _named(what, entries):
-                rec = self._record(base, info, fileobj, what)
-                if rec is not None:
-                    yield rec
+            try:
+                for info, fileobj in entries:
+                    rec = record(base, info, fileobj, what)
+                    if rec is not None:
+                        yield rec
+            except PluginError as exc:
+                raise PluginError(exc.plugin, f"{exc.reason} (source {what!r})") from exc
 
     def _laid_out(self, records: Iterator[Record], check_order: bool) -> Iterator[Record]:
         """``records`` with their missing parent directories (mode 0755) before them; a path
         under a non-directory is an error, and so, in a source's own order, is a path that
         does not come after the one before it."""
-        dirs: list[str] = []  # the directories enclosing the last entry, outermost first
+        # the directories enclosing the last entry, outermost first, each with its trailing
+        # "/"; `top` is the innermost ("" for the root)
+        dirs: list[str] = []
+        top = ""
         last = last_origin = ""
         last_key = b""
         last_is_dir = True
@@ -331,7 +273,7 @@ class LayerBuilder:
         for rec in records:
             path = rec.path
             if check_order:
-                key = sort_key(path)
+                key = path.encode(_FS_ENCODING, _FS_ERRORS).replace(b"/", b"\0")  # sort_key
                 if key <= last_key:
                     raise LayerSourceError(rec.origin, (
                         f"listed {path!r} twice" if path == last else
@@ -341,26 +283,28 @@ class LayerBuilder:
                     raise LayerSourceError(rec.origin, f"{path!r} is a hard link to {rec.link!r}, "
                                            "which its sorted layer source did not list before it")
                 last_key = key
-            while dirs and not path.startswith(dirs[-1] + "/"):
-                dirs.pop()
-            parent = path.rpartition("/")[0]
-            if parent and (not dirs or dirs[-1] != parent):
-                start = len(dirs[-1]) + 1 if dirs else 0
-                for i in range(start, len(parent) + 1):
-                    if i == len(parent) or parent[i] == "/":
-                        ancestor = parent[:i]
-                        if ancestor == last and not last_is_dir:
-                            raise LayerSourceError(last_origin, f"{ancestor!r} is not a directory in "
-                                                   f"the layer but {path!r} is under it; two "
-                                                   "sources disagree")
-                        yield Record(ancestor, _DIRTYPE, 0o755, 0, 0, mtime, 0, "", None, None,
-                                     ancestor, None)
-                        dirs.append(ancestor)
+            if not path.startswith(top):  # out of the last directory
+                while dirs and not path.startswith(dirs[-1]):
+                    dirs.pop()
+                top = dirs[-1] if dirs else ""
+            rest = path[len(top):]
+            if "/" in rest:  # parents the sources did not list
+                for name in rest.split("/")[:-1]:
+                    ancestor = top + name
+                    if ancestor == last and not last_is_dir:
+                        raise LayerSourceError(last_origin, f"{ancestor!r} is not a directory in "
+                                               f"the layer but {path!r} is under it; two "
+                                               "sources disagree")
+                    yield Record(ancestor, _DIRTYPE, 0o755, 0, 0, mtime, 0, "", None, None,
+                                 ancestor, None)
+                    top = ancestor + "/"
+                    dirs.append(top)
             yield rec
             last, last_origin = path, rec.origin
             last_is_dir = rec.type == _DIRTYPE
             if last_is_dir:
-                dirs.append(path)
+                top = path + "/"
+                dirs.append(top)
 
     # -- writing ------------------------------------------------------------------------------
     def write(self, sink: Sink, *, digest: bool = True,
@@ -381,8 +325,8 @@ class LayerBuilder:
         self._fingerprint = None
         pipe = Pipeline(make_compressor(*self._compressor_args), sink, digest=digest)
         try:
-            self.entries = _write_tar(self._laid_out(records, plan is None), pipe,
-                                      fp if identities is None else None, headers)
+            self.entries = write_tar(self._laid_out(records, plan is None), pipe,
+                                     fp if identities is None else None, headers)
             self.shape = headers.digest()
             diff_id, blob_digest, size = pipe.finish()
             if fp is not None and identities is not None:
@@ -411,7 +355,7 @@ class LayerBuilder:
             fp = self._fingerprint = self._check(racy_seconds)
         return fp.key(self.media_type)
 
-    def _check(self, racy_seconds: float) -> _Fingerprint:
+    def _check(self, racy_seconds: float) -> Fingerprint:
         if self._plan is None and self._asked is None and self._pm is not None:
             self._asked = _ask_all(self._pm, self._sources, self._options)
         identities = None if self._plan is not None else self._identities(self._asked or [])
@@ -456,7 +400,7 @@ class LayerBuilder:
             return None
         records, plan, asked = self._listing()
         if plan is None:  # keep the listing as a plan, for the write to follow
-            plan = self._plan = _planned([_detached(rec) for rec in records])
+            plan = self._plan = planned([detached(rec) for rec in records])
             self._planned_from = asked
         headers = hashlib.sha256()
         make_header = Headers()
@@ -472,9 +416,9 @@ class LayerBuilder:
         every file is read. Call :meth:`headers_digest` first to know the content can be
         listed again for the write."""
         records, plan, _ = self._listing()
-        sink = _HashOnly()
+        sink = HashOnly()
         try:
-            _write_tar(self._laid_out(records, plan is None), sink, None)
+            write_tar(self._laid_out(records, plan is None), sink, None)
         finally:
             for rec in plan or ():
                 if rec.content is not None and not isinstance(rec.content, str):
@@ -505,157 +449,11 @@ class LayerBuilder:
         ).hexdigest()
 
 
-class _HashOnly:
-    """A tar's destination that only hashes it: its diff_id, nothing compressed or kept."""
-
-    def __init__(self) -> None:
-        self.hash = hashlib.sha256()
-        self.write = self.hash.update
-
-
 def _rereadable(content: Readable | str | None) -> bool:
     """Whether a listing's content may be read for a key and listed afresh for the write: a
     local file by its path, a local file not yet opened, or bytes in memory."""
     return (content is None or isinstance(content, (str, io.BytesIO))
             or (type(content) is LazyFile and not content.opened and not content.closed))
-
-
-def _detached(rec: Record) -> Record:
-    """``rec`` keeping a local file by its path and identity rather than by a ``LazyFile``
-    holding the listing's ``stat`` result: the form a planned record waits in."""
-    content = rec.content
-    if type(content) is LazyFile and not content.opened and not content.closed:
-        st = content.stat_result
-        if st is not None and stat.S_ISREG(st.st_mode):
-            return rec._replace(content=content.name, ident=file_identity(st))
-    return rec
-
-
-def _planned(records: list[Record]) -> list[Record]:
-    """``records`` (in the order given) sorted, the last of each path kept, hard links
-    resolved: the first entry of a group in path order carries the content, the others
-    link to it."""
-    records.sort(key=lambda r: sort_key(r.path))  # stable: the last given of a path is last
-    plan: list[Record] = []
-    for rec in records:
-        if plan and plan[-1].path == rec.path:
-            old = plan[-1].content
-            if old is not None and not isinstance(old, str) and old is not rec.content:
-                old.close()
-            plan[-1] = rec
-        else:
-            plan.append(rec)
-    links = [i for i, rec in enumerate(plan) if rec.type == _LNKTYPE]
-    if not links:
-        return plan
-
-    def find(path: str) -> int | None:
-        i = bisect.bisect_left(plan, sort_key(path), key=lambda r: sort_key(r.path))
-        return i if i < len(plan) and plan[i].path == path else None
-
-    groups: dict[int, list[int]] = {}
-    for i in links:
-        root, seen = i, {i}
-        while plan[root].type == _LNKTYPE:
-            nxt = find(plan[root].link)
-            if nxt is None:
-                raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is a hard link to "
-                                       f"{plan[root].link!r}, which is not in the layer")
-            if nxt in seen:
-                raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is part of a hard-link cycle")
-            seen.add(nxt)
-            root = nxt
-        if plan[root].type == _DIRTYPE:
-            raise LayerSourceError(plan[i].origin, f"{plan[i].path!r} is a hard link to the "
-                                   f"directory {plan[root].path!r}")
-        groups.setdefault(root, [root]).append(i)
-    for root, members in groups.items():
-        members.sort()  # indices of a sorted list: path order
-        first = members[0]
-        if first != root:
-            plan[first] = plan[root]._replace(path=plan[first].path)
-        for m in members[1:]:
-            plan[m] = plan[m]._replace(type=_LNKTYPE, link=plan[first].path, size=0,
-                                       content=None, ident=None, extra=None)
-    return plan
-
-
-def _write_tar(records: Iterator[Record], pipe: Pipeline | _HashOnly, fp: _Fingerprint | None,
-               headers: hashlib._Hash | None = None) -> int:
-    """Write ``records`` as a tar into ``pipe``; the number of entries. ``headers`` hashes
-    each tar header on the way."""
-    buf = bytearray()
-    total = 0
-    count = 0
-    make_header = Headers()
-    for rec in records:
-        count += 1
-        header = make_header(rec)
-        if fp is not None and not fp.add(header, rec):
-            fp = None
-        if headers is not None:
-            headers.update(header)
-        buf += header
-        total += len(header)
-        size = rec.size
-        if size:
-            content = rec.content
-            fileobj = LazyFile(content) if isinstance(content, str) else content
-            assert fileobj is not None  # noqa: S101 - checked in _record
-            try:
-                if size < CHUNK and type(fileobj) is LazyFile:
-                    # one read that would also see a file grown since it was listed
-                    data = fileobj.read(size + 1)
-                    if len(data) != size:
-                        raise _changed_size(fileobj.name, size, len(data))
-                    buf += data
-                else:
-                    buf = _copy(fileobj, size, rec.origin, buf, pipe)
-            finally:
-                fileobj.close()
-            pad = -size % _BLOCK
-            buf += _PADDING[pad]
-            total += size + pad
-        if len(buf) >= CHUNK:
-            pipe.write(buf)
-            buf = bytearray()
-    end = 2 * _BLOCK
-    end += -(total + end) % tarfile.RECORDSIZE  # pad to a full record, as tar and tarfile do
-    buf += bytes(end)
-    pipe.write(buf)
-    return count
-
-
-def _copy(fileobj: Readable, size: int, origin: str, buf: bytearray,
-          pipe: Pipeline | _HashOnly) -> bytearray:
-    """``size`` bytes of ``fileobj`` after ``buf`` into ``pipe``; what is left to send."""
-    name = getattr(fileobj, "name", None) or origin
-    remaining = size
-    while remaining:
-        chunk = fileobj.read(min(remaining, CHUNK))
-        if not chunk:
-            raise _changed_size(name, size, size - remaining)
-        if len(chunk) > remaining:
-            raise _changed_size(name, size, size + 1)
-        remaining -= len(chunk)
-        if len(chunk) >= CHUNK // 4:
-            if buf:
-                pipe.write(buf)
-                buf = bytearray()
-            pipe.write(chunk)
-        else:
-            buf += chunk
-    if fileobj.read(1):
-        raise _changed_size(name, size, size + 1)
-    return buf
-
-
-def _changed_size(name: str, listed: int, got: int) -> LayerSourceError:
-    if got < listed:
-        return LayerSourceError(name, f"changed size while being read: expected {listed} bytes, "
-                                f"got {got}; build again once it has stopped changing")
-    return LayerSourceError(name, f"changed size while being read: grew past the {listed} "
-                            "bytes it had when listed; build again once it has stopped changing")
 
 
 # --------------------------------------------------------------------------------------------

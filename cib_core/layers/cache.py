@@ -41,7 +41,7 @@ RACY_SECONDS = 2.0
 def cache_dir() -> Path | None:
     """Where entries live, or ``None`` when the cache is off."""
     root = cache_root()
-    return None if root is None else root / "layers"
+    return None if root is None else Path(root) / "layers"
 
 
 def _entry(key: str) -> Path | None:

@@ -39,13 +39,13 @@ def normalize_target(target: str) -> str:
 
 
 # a relative path with no empty, "." or ".." segment: joined as it is
-_CLEAN_RELATIVE = re.compile(r"(?!\.\.?(?:/|\Z))[^/]+(?:/(?!\.\.?(?:/|\Z))[^/]+)*\Z")
+CLEAN_RELATIVE = re.compile(r"(?!\.\.?(?:/|\Z))[^/]+(?:/(?!\.\.?(?:/|\Z))[^/]+)*\Z")
 
 
 def join(base: str, name: str, what: object) -> str:
     """``name`` (relative, as a source yields it) under ``base`` (``""`` or a path from
     ``normalize_target``)."""
-    if _CLEAN_RELATIVE.match(name):  # the usual entry: one match instead of a split and scan
+    if CLEAN_RELATIVE.match(name):  # the usual entry: one match instead of a split and scan
         head = base.strip("/")
         return f"{head}/{name}" if head else name
     return join_parts(base, name, what)
@@ -63,7 +63,7 @@ def join_parts(base: str, name: str, what: object) -> str:
     return "/".join(parts)
 
 
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def sort_key(path: str) -> bytes:
@@ -71,7 +71,7 @@ def sort_key(path: str) -> bytes:
     right away ("a/z" before "a.d"): "/" becomes NUL, which sorts below every byte a name can
     hold. One bytes object per path, not a list of components."""
     # os.fsencode's work without its Python-level call: this runs for every entry
-    return path.encode(_FS_ENCODING, _FS_ERRORS).replace(b"/", b"\0")
+    return path.encode(FS_ENCODING, FS_ERRORS).replace(b"/", b"\0")
 
 
 _USTAR_LIMIT = 8 ** 11  # sizes and times that fit the 12-byte octal fields
@@ -92,11 +92,7 @@ def _ascii_sum(block: bytes) -> int:
     return (zlib.adler32(block) & 0xFFFF) - 1
 
 
-_PLAIN_TAILS = {kind: (tail, _ascii_sum(tail) + _CHECKSUM_SPACES_SUM)
-                for kind in (tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.FIFOTYPE)
-                for tail in (_tail(kind, b""),)}
-"""The block after the checksum of entries without a link name, with its byte sum plus the
-checksum field's eight spaces: the same for every file, directory and FIFO."""
+_DIRTYPE = tarfile.DIRTYPE
 
 
 REGULAR = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
@@ -149,41 +145,57 @@ class Headers:
     """
 
     def __init__(self) -> None:
-        self._fields: dict[tuple[int, int, int, int], tuple[bytes, bytes, int] | None] = {}
+        # (type, mode, uid, gid, mtime, has a link) -> the fixed parts of such a block and the
+        # byte sum of what is fixed; None: they need tarfile
+        self._fixed: dict[tuple[bytes, int, int, int, int, bool],
+                          tuple[bytes, bytes, bytes, int] | None] = {}
 
     def __call__(self, rec: Record) -> bytes:
-        if rec.extra is None:
-            name, kind, link, size = rec.path, rec.type, rec.link, rec.size
-            if kind == tarfile.DIRTYPE and not name.endswith("/"):
-                name += "/"
-            if (len(name) <= 100 and name.isascii() and 0 <= size < _USTAR_LIMIT
-                    and (not link or (len(link) <= 100 and link.isascii()))):
-                key = (rec.mode, rec.uid, rec.gid, rec.mtime)
+        path, kind, mode, uid, gid, mtime, size, link, _, _, _, extra = rec
+        if extra is None and 0 <= size < _USTAR_LIMIT:
+            if kind == _DIRTYPE and not path.endswith("/"):
+                path += "/"
+            if len(path) <= 100 and path.isascii() and (
+                    not link or (len(link) <= 100 and link.isascii())):
+                key = (kind, mode, uid, gid, mtime, bool(link))
                 try:
-                    fields = self._fields[key]
+                    fixed = self._fixed[key]
                 except KeyError:
-                    fields = self._fields[key] = _numeric_fields(*key)
-                if fields is not None:
-                    mode_owner, mtime_field, fields_sum = fields
-                    raw_name = name.encode("ascii")
+                    fixed = self._fixed[key] = _fixed_fields(*key)
+                if fixed is not None:
+                    mode_owner, mtime_field, tail, fixed_sum = fixed
+                    raw_name = path.encode("ascii")
                     size_field = b"%011o\0" % size
-                    plain = None if link else _PLAIN_TAILS.get(kind)
-                    if plain is not None:
-                        tail, tail_sum = plain
-                    else:
-                        tail = _tail(kind, link.encode("ascii"))
-                        tail_sum = _ascii_sum(tail) + _CHECKSUM_SPACES_SUM
-                    checksum = _ascii_sum(raw_name) + _ascii_sum(size_field) + fields_sum + tail_sum
-                    return b"%s%s%s%s%06o\0 %s" % (raw_name.ljust(100, b"\0"), mode_owner,
-                                                  size_field, mtime_field, checksum, tail)
+                    # one running Adler-32 over both: its low half is 1 + their byte sum
+                    checksum = (zlib.adler32(size_field, zlib.adler32(raw_name)) & 0xFFFF) - 1
+                    if link:
+                        raw_link = link.encode("ascii")
+                        tail = b"%s%s%s" % (kind, raw_link.ljust(100, b"\0"), _MAGIC_AND_REST)
+                        checksum += _ascii_sum(raw_link)
+                    return b"".join((raw_name.ljust(100, b"\0"), mode_owner, size_field,
+                                     mtime_field, b"%06o\0 " % (checksum + fixed_sum), tail))
         info = tarfile.TarInfo(rec.path)
-        info.type, info.mode, info.uid, info.gid = rec.type, rec.mode, rec.uid, rec.gid
-        info.mtime, info.size, info.linkname = rec.mtime, rec.size, rec.link
+        info.type, info.mode, info.uid, info.gid = kind, mode, uid, gid
+        info.mtime, info.size, info.linkname = mtime, size, link
         info.uname = info.gname = ""
-        if rec.extra is not None:
-            info.devmajor, info.devminor = rec.extra.devmajor, rec.extra.devminor
-            info.pax_headers = dict(rec.extra.pax_headers)
+        if extra is not None:
+            info.devmajor, info.devminor = extra.devmajor, extra.devminor
+            info.pax_headers = dict(extra.pax_headers)
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _fixed_fields(kind: bytes, mode: int, uid: int, gid: int, mtime: int,
+                  has_link: bool) -> tuple[bytes, bytes, bytes, int] | None:
+    """The mode, uid and gid fields, the mtime field, the block after the checksum (without
+    its link name when there is one) and the byte sum of all that is fixed (the checksum
+    field counting as spaces); ``None`` when a number does not fit its octal field (tarfile
+    then writes PAX records)."""
+    numbers = _numeric_fields(mode, uid, gid, mtime)
+    if numbers is None:
+        return None
+    mode_owner, mtime_field, numbers_sum = numbers
+    tail = _tail(kind, b"")  # with a link, its name goes where these zeros are
+    return mode_owner, mtime_field, tail, numbers_sum + _ascii_sum(tail) + _CHECKSUM_SPACES_SUM
 
 
 def _numeric_fields(mode: int, uid: int, gid: int, mtime: int) -> tuple[bytes, bytes, int] | None:

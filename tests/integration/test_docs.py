@@ -641,7 +641,7 @@ def _real_commands() -> Iterator[tuple[str, Any]]:
 
     from cib_core.cli.app import cli
 
-    for name, command in cli.commands.items():
+    for name, command in cli.builtin_commands().items():
         if isinstance(command, click.Group):
             for sub_name, sub in command.commands.items():
                 yield f"{name} {sub_name}", sub

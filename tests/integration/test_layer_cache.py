@@ -100,3 +100,33 @@ def test_cache_off_with_an_empty_cache_dir(cib_registry, cib_base_image, src, mo
     assert layer_cache.cache_dir() is None
     _, first = _build(cib_base_image.ref, f"{cib_registry.host}/cache/off:1", src)
     assert first.digest.startswith("sha256:")
+
+
+def test_a_layer_never_built_goes_straight_to_building(cib_registry, cib_base_image, src,
+                                                       monkeypatch, tmp_path):
+    """No check before a first build (it would walk the tree once more for nothing); the
+    second build of the same sources checks, finds the layer unchanged and builds nothing."""
+    from cib_core.layers.build import LayerBuilder
+
+    # a machine that never built a layer at this target (the cache knows recipes by target too)
+    monkeypatch.setenv("CIB_CACHE_DIR", str(tmp_path / "fresh-cache"))
+
+    checked = []
+    real_check = LayerBuilder._check
+
+    def counting_check(self, racy_seconds):
+        checked.append(racy_seconds)
+        return real_check(self, racy_seconds)
+
+    monkeypatch.setattr(LayerBuilder, "_check", counting_check)
+    repo = "cache/first"
+    _, first = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:1", src)
+    assert checked == []
+    writes = []
+    real_write = LayerBuilder.write
+    monkeypatch.setattr(LayerBuilder, "write",
+                        lambda self, *a, **k: writes.append(1) or real_write(self, *a, **k))
+    _, second = _build(cib_base_image.ref, f"{cib_registry.host}/{repo}:2", src)
+    assert second == first
+    assert len(checked) == 1 and writes == []
+

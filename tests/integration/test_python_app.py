@@ -432,7 +432,7 @@ def test_a_build_backend_the_host_lacks_is_installed_once_from_the_index(
         image.save()
     root = cache_root()
     assert root is not None
-    [env] = (root / "apps" / "python" / "build-envs").iterdir()
+    [env] = (Path(root) / "apps" / "python" / "build-envs").iterdir()
     assert (env / "cibtest_backend.py").is_file()
     assert [r for r in index.requests if "cibtest-backend" in r or "cibtest_backend" in r].count(
         "/files/cibtest_backend-1.0-py3-none-any.whl") == 1, "the build environment was made twice"

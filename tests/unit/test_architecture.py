@@ -21,7 +21,7 @@ RANKS: dict[str, int] = {
     "digest": 1, "mediatypes": 1, "callbacks": 1, "fileio": 1, "caches": 1, "retry": 1, "redact": 1,
     "documents": 2, "reference": 2,
     "models": 3, "validate": 3, "mutate": 3,
-    "authn.credentials": 4, "plugin_api": 4, "hookspecs": 4, "compression": 4,
+    "authn.credentials": 4, "plugin_api": 4, "hookspecs": 4, "compression": 4, "entrypoints": 4,
     "plugins": 5, "layers": 5, "formats": 5,
     "authn": 6,
     "remote": 7,
