@@ -26,10 +26,11 @@ from typing import Any
 
 import pyproject_hooks
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from cib_core.plugin_api import PackagingError
 
+from . import incremental
 from .index import Sources
 
 if sys.version_info >= (3, 11):
@@ -92,11 +93,15 @@ def is_pure(filename: str) -> bool:
     return all(tag.abi == "none" and tag.platform == "any" for tag in tags)
 
 
+def ignored(name: str, at_root: bool) -> bool:
+    """Whether a file or directory of the project is left out of the copy its build gets."""
+    return name in _SKIP_ANYWHERE or name.endswith(".egg-info") or (at_root and name in _SKIP_AT_ROOT)
+
+
 def copy_source(root: Path, destination: Path) -> None:
     def ignore(directory: str, names: list[str]) -> set[str]:
         at_root = Path(directory) == root
-        return {n for n in names if n in _SKIP_ANYWHERE or n.endswith(".egg-info")
-                or (at_root and n in _SKIP_AT_ROOT)}
+        return {n for n in names if ignored(n, at_root)}
 
     try:
         shutil.copytree(root, destination, ignore=ignore, symlinks=True)
@@ -127,6 +132,31 @@ def _satisfied(requirements: Sequence[str]) -> bool:
         if not requirement.specifier.contains(version, prereleases=True):
             return False
     return True
+
+
+def _installed(requires: Sequence[str], paths: Sequence[str]) -> dict[str, str]:
+    """The versions of the distributions ``requires`` names, and of what they require in
+    turn, as a build finds them (``paths`` first, then this Python's)."""
+    search = [*paths, *sys.path]
+    found: dict[str, str] = {}
+    todo = list(requires)
+    while todo:
+        text = todo.pop()
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            found[text] = "?"
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue
+        name = canonicalize_name(requirement.name)
+        if name in found:
+            continue
+        dist = next(iter(importlib.metadata.distributions(name=requirement.name, path=search)), None)
+        found[name] = dist.version if dist is not None else "-"
+        if dist is not None:
+            todo += dist.requires or []
+    return found
 
 
 def _pip_index_options(sources: Sources | None) -> list[str]:
@@ -184,7 +214,6 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
     backend_path = system.get("backend-path")
     scratch = out / "scratch"
     source = scratch / "source"
-    copy_source(project.root, source)
     extra_paths: list[str] = []
     captured: list[str] = []
 
@@ -205,9 +234,29 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
     caller = pyproject_hooks.BuildBackendHookCaller(
         str(source), backend, backend_path=backend_path, python_executable=sys.executable,
         runner=runner)
+    retried = False
     try:
         if not _satisfied(requires):
             extra_paths.append(str(_build_env(requires, cache_dir, sources, scratch)))
+        inputs = incremental.build_inputs(backend, requires, backend_path,
+                                          _installed(requires, extra_paths), os.environ)
+        if cache_dir is not None:
+            reused = incremental.reuse(cache_dir, project.root, project.pyproject, inputs,
+                                       ignored, out)
+            if isinstance(reused, incremental.Reused):
+                changed = ", ".join(reused.replaced) or "nothing changed"
+                log.info("made the wheel of %s from its last build, the backend not run: "
+                         "only modules it copies verbatim changed (%s)", project.label, changed)
+                _remember(cache_dir, project, inputs, reused.snapshot, reused.wheel, reused.copies)
+                return reused.wheel
+            log.info("building the wheel of %s with its backend %s: %s", project.label,
+                     backend, reused)
+        copy_source(project.root, source)
+        try:
+            seen: incremental.Snapshot | None = incremental.snapshot(source, ignored)
+        except (incremental.NotSnapshotted, OSError) as exc:
+            log.debug("%s: no record for an incremental build: %s", what, exc)
+            seen = None
         try:
             # every hook call is a process of its own that imports the backend: ask what else
             # the build needs only when a build with what is at hand failed
@@ -219,6 +268,7 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
             log.info("%s needs %s as well; building again with them", what, ", ".join(more))
             captured.clear()
             extra_paths.insert(0, str(_build_env([*requires, *more], cache_dir, sources, scratch)))
+            retried = True
             name = caller.build_wheel(str(out))
     except _BuildFailed as exc:
         raise PackagingError(what, f"failed ({exc}); its output ends: {_tail(exc.output)}",
@@ -238,7 +288,21 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
                              "project as a pure wheel only (compiled code built here would be "
                              "for this machine, not the image): move compiled code into a "
                              "dependency whose wheels the lock names")
+    if cache_dir is not None and seen is not None and not retried:
+        # a build that needed more than its declared requirements is not remembered: the
+        # inputs above do not describe it
+        _remember(cache_dir, project, inputs, seen, wheel,
+                  incremental.copied_modules(wheel, seen, project.root))
     return wheel
+
+
+def _remember(cache_dir: str, project: Project, inputs: str, seen: incremental.Snapshot,
+              wheel: Path, copies: Mapping[str, str]) -> None:
+    try:
+        incremental.remember(cache_dir, project.root, inputs, seen, wheel, copies)
+    except OSError as exc:  # the next build runs the backend
+        log.warning("cannot remember the wheel of %s in the cache %s: %s", project.label,
+                    cache_dir, exc)
 
 
 def entrypoint_for(project: Project, given: tuple[str, ...] | None, venv_bin: str) -> tuple[str, ...] | None:
