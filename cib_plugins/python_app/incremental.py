@@ -323,8 +323,8 @@ def _replace_members(old: bytes, new: Mapping[str, bytes], path: Path) -> None:
         with open(path, "wb") as f, zipfile.ZipFile(f, "w") as target:
             for info in infos:
                 # a copy of each entry: writing one sets its offsets, which reading needs
-                if info.filename in replaced:
-                    target.writestr(copy.copy(info), replaced[info.filename])
+                if info.filename in replaced or info.is_dir():
+                    target.writestr(copy.copy(info), replaced.get(info.filename, b""))
                 else:
                     with source.open(info) as member, target.open(copy.copy(info), "w") as out:
                         shutil.copyfileobj(member, out, 1 << 20)
