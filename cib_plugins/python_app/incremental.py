@@ -17,9 +17,10 @@ their ``RECORD`` lines updated, only when all of these hold:
   symbolic link or special file (a link may lead to files outside the project);
 - every changed file is a verbatim-copied module of the last wheel: a file whose bytes were
   those of exactly one wheel member (outside ``.dist-info`` and ``.data``), whose path ends
-  with that member's, whose bytes no other project file had, and which no configuration file
-  (``pyproject.toml``, ``setup.py``, ``setup.cfg``, ``MANIFEST.in``) names. Every other file,
-  these four included, counts as configuration: a change to it runs the backend.
+  with that member's, whose bytes no other project file and no other member had, and which no
+  configuration file (``pyproject.toml``, ``setup.py``, ``setup.cfg``, ``MANIFEST.in``,
+  ``hatch.toml``) names. Every other file, these included, counts as configuration: a change
+  to it runs the backend.
 
 Anything else runs the backend, as does a record that cannot be read.
 """
@@ -27,6 +28,7 @@ Anything else runs the backend, as does a record that cannot be read.
 from __future__ import annotations
 
 import base64
+import collections
 import copy
 import csv
 import hashlib
@@ -47,8 +49,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORMAT = "cib-python-incremental-1"
-CONFIG_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "MANIFEST.in")
-"""Files at the project's root that configure a build: never taken for copied modules."""
+CONFIG_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "MANIFEST.in", "hatch.toml")
+"""Files at the project's root that configure a build: never taken for copied modules, and
+a file they name is not either."""
 ENV_PREFIXES = ("SETUPTOOLS_", "HATCH_", "FLIT_", "PDM_", "POETRY_", "DISTUTILS_")
 ENV_NAMES = ("SOURCE_DATE_EPOCH",)
 
@@ -144,20 +147,22 @@ def copied_modules(wheel: Path, snap: Snapshot, root: Path) -> dict[str, str]:
             pass
     copies: dict[str, str] = {}
     with zipfile.ZipFile(wheel) as archive:
-        for info in archive.infolist():
-            member = info.filename
-            top = member.split("/", 1)[0]
-            if info.is_dir() or top.endswith((".dist-info", ".data")):
-                continue
-            candidates = by_hash.get(hashlib.sha256(archive.read(info)).hexdigest(), [])
-            if len(candidates) != 1:
-                continue  # no project file has these bytes, or several do: which one is unknown
-            rel = candidates[0]
-            if not (rel == member or rel.endswith("/" + member)):
-                continue
-            if rel in CONFIG_FILES or rel in config_text or rel.rsplit("/", 1)[-1] in config_text:
-                continue
-            copies[member] = rel
+        members = {i.filename: hashlib.sha256(archive.read(i)).hexdigest()
+                   for i in archive.infolist() if not i.is_dir()}
+    times = collections.Counter(members.values())
+    for member, digest in members.items():
+        top = member.split("/", 1)[0]
+        if top.endswith((".dist-info", ".data")) or times[digest] > 1:
+            continue  # metadata, or bytes the wheel holds twice (a license file also in the package)
+        candidates = by_hash.get(digest, [])
+        if len(candidates) != 1:
+            continue  # no project file has these bytes, or several do: which one is unknown
+        rel = candidates[0]
+        if not (rel == member or rel.endswith("/" + member)):
+            continue
+        if rel in CONFIG_FILES or rel in config_text or rel.rsplit("/", 1)[-1] in config_text:
+            continue
+        copies[member] = rel
     sources = list(copies.values())
     return {m: rel for m, rel in copies.items() if sources.count(rel) == 1}
 

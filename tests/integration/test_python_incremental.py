@@ -234,6 +234,26 @@ def test_a_module_the_configuration_names_is_configuration(
     assert b"more about it" in _members(wheel)[metadata][0]
 
 
+def test_a_file_the_wheel_holds_twice_is_configuration(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A notice shipped in the package and, by a glob, as a license file: replacing one copy
+    would leave the other behind."""
+    root = _setuptools_project(tmp_path / "app")
+    notice = root / "src" / "cibtest_app" / "NOTICE.txt"
+    notice.write_text("the notice\n")
+    text = (root / "pyproject.toml").read_text().replace(
+        'version = "1.0"', 'version = "1.0"\nlicense-files = ["src/*/NOTICE*"]')
+    (root / "pyproject.toml").write_text(text)
+    builds = Builds(root, tmp_path, caplog)
+    first, _ = builds.build()
+    copies = [m for m, (data, _) in _members(first).items() if data == b"the notice\n"]
+    assert len(copies) == 2 and any(".dist-info/" in m for m in copies), copies
+    _append(notice, "more notice\n")
+    wheel, said = builds.build()
+    assert BACKEND in said and "src/cibtest_app/NOTICE.txt changed and is not a module" in said
+    assert _members(wheel) == _members(builds.reference())
+
+
 def test_no_cache_always_runs_the_backend(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     root = _setuptools_project(tmp_path / "app")
     for n in (1, 2):
