@@ -8,18 +8,22 @@ executable bit, and the directories) and which wheel members are byte-identical 
 which project files. The next build reuses that wheel, with the changed members replaced and
 their ``RECORD`` lines updated, only when all of these hold:
 
-- the build inputs are the same: the backend, its requirements and the versions installed
-  of them, this Python, and the environment variables backends read (``SETUPTOOLS_*``,
+- the build inputs are the same: the backend and its requirements, what is installed where
+  the build finds it (every distribution's name and version, so a backend plugin too), this
+  Python, and the environment variables backends read (``SETUPTOOLS_*``,
   ``HATCH_*``, ``FLIT_*``, ``PDM_*``, ``POETRY_*``, ``DISTUTILS_*``, ``SOURCE_DATE_EPOCH``);
 - ``[project]`` names a static ``version`` and declares nothing ``dynamic`` (a dynamic field
   may be read from a module, and the wheel's metadata would change with it);
+- the project has no build code of its own (``setup.py``, ``hatch_build.py``,
+  ``pdm_build.py``, Poetry's ``build.py``, ``cmdclass``, Hatch build hooks): such code may
+  read a module or a file outside the project and decide what the wheel holds from it;
 - the project holds the same files and directories, with the same executable bits, and no
   symbolic link or special file (a link may lead to files outside the project);
 - every changed file is a verbatim-copied module of the last wheel: a file whose bytes were
   those of exactly one wheel member (outside ``.dist-info`` and ``.data``), whose path ends
   with that member's, whose bytes no other project file and no other member had, and which no
-  configuration file (``pyproject.toml``, ``setup.py``, ``setup.cfg``, ``MANIFEST.in``,
-  ``hatch.toml``) names. Every other file, these included, counts as configuration: a change
+  configuration file (``pyproject.toml``, ``setup.cfg``, ``MANIFEST.in``, ``hatch.toml``)
+  names. Every other file, these included, counts as configuration: a change
   to it runs the backend.
 
 Anything else runs the backend, as does a record that cannot be read.
@@ -104,13 +108,47 @@ def _file_sha256(path: str) -> str:
 
 
 def build_inputs(backend: str, requires: Sequence[str], backend_path: object,
-                 installed: Mapping[str, str], environ: Mapping[str, str]) -> str:
+                 installed: Sequence[str], environ: Mapping[str, str]) -> str:
     """A hash of what a backend build depends on besides the project's files."""
     env = sorted((k, v) for k, v in environ.items()
                  if k.startswith(ENV_PREFIXES) or k in ENV_NAMES)
     text = json.dumps([FORMAT, sys.executable, sys.version, backend, sorted(requires),
-                       repr(backend_path), sorted(installed.items()), env])
+                       repr(backend_path), list(installed), env])
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+BUILD_SCRIPTS = ("setup.py", "hatch_build.py", "pdm_build.py", "build.py")
+"""Build code of the project's own at its root (``build.py`` is Poetry's build script)."""
+
+
+def own_build_code(root: Path, pyproject: Mapping[str, Any] | None) -> str | None:
+    """Why the project may run code of its own in its build, or ``None``. Such code may read
+    a module, or a file outside the project, and decide what the wheel holds from it."""
+    for name in BUILD_SCRIPTS:
+        if (root / name).exists():
+            return f"the project has a {name} (build code of its own)"
+    tool = (pyproject or {}).get("tool")
+    tool = tool if isinstance(tool, dict) else {}
+    setuptools = tool.get("setuptools")
+    if isinstance(setuptools, dict) and setuptools.get("cmdclass"):
+        return "[tool.setuptools] names build commands of the project's own (cmdclass)"
+    poetry = tool.get("poetry")
+    if isinstance(poetry, dict) and (poetry.get("build") or poetry.get("build-script")):
+        return "[tool.poetry] names a build script"
+    hatch = tool.get("hatch")
+    hatch_toml = root / "hatch.toml"
+    if _has_key(hatch, "hooks") or (hatch_toml.is_file() and "hooks" in hatch_toml.read_text(
+            encoding="utf-8", errors="replace")):
+        return "the project configures Hatch build hooks"
+    return None
+
+
+def _has_key(value: object, key: str) -> bool:
+    if isinstance(value, dict):
+        return key in value or any(_has_key(v, key) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_key(v, key) for v in value)
+    return False
 
 
 def static_version(pyproject: Mapping[str, Any] | None) -> str | None:
@@ -208,7 +246,7 @@ class Reused:
 def reuse(cache_dir: str, root: Path, pyproject: Mapping[str, Any] | None, inputs: str,
           ignored: Callable[[str, bool], bool], out: Path) -> Reused | str:
     """The project's wheel made in ``out`` from the last one, or why the backend must run."""
-    why = static_version(pyproject)
+    why = static_version(pyproject) or own_build_code(root, pyproject)
     if why is not None:
         return why
     directory, key = _record_paths(cache_dir, root)

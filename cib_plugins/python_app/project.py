@@ -26,7 +26,7 @@ from typing import Any
 
 import pyproject_hooks
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
+from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from cib_core.plugin_api import PackagingError
 
@@ -134,28 +134,18 @@ def _satisfied(requirements: Sequence[str]) -> bool:
     return True
 
 
-def _installed(requires: Sequence[str], paths: Sequence[str]) -> dict[str, str]:
-    """The versions of the distributions ``requires`` names, and of what they require in
-    turn, as a build finds them (``paths`` first, then this Python's)."""
-    search = [*paths, *sys.path]
-    found: dict[str, str] = {}
-    todo = list(requires)
-    while todo:
-        text = todo.pop()
+def _installed(paths: Sequence[str]) -> list[str]:
+    """What a build finds installed (``paths`` first, then this Python's): the names of the
+    distributions' metadata directories, which carry their versions, and of ``.pth`` files.
+    Any install, upgrade or removal changes it, a plugin of the backend's included."""
+    found = []
+    for entry in [*paths, *sys.path]:
         try:
-            requirement = Requirement(text)
-        except InvalidRequirement:
-            found[text] = "?"
-            continue
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        name = canonicalize_name(requirement.name)
-        if name in found:
-            continue
-        dist = next(iter(importlib.metadata.distributions(name=requirement.name, path=search)), None)
-        found[name] = dist.version if dist is not None else "-"
-        if dist is not None:
-            todo += dist.requires or []
+            with os.scandir(entry or ".") as names:
+                found += sorted(f"{entry}/{n.name}" for n in names
+                                if n.name.endswith((".dist-info", ".egg-info", ".egg-link", ".pth")))
+        except OSError:  # a zip on sys.path, or a directory that is gone
+            found.append(f"{entry}: not a directory")
     return found
 
 
@@ -239,7 +229,7 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
         if not _satisfied(requires):
             extra_paths.append(str(_build_env(requires, cache_dir, sources, scratch)))
         inputs = incremental.build_inputs(backend, requires, backend_path,
-                                          _installed(requires, extra_paths), os.environ)
+                                          _installed(extra_paths), os.environ)
         if cache_dir is not None:
             reused = incremental.reuse(cache_dir, project.root, project.pyproject, inputs,
                                        ignored, out)

@@ -154,6 +154,13 @@ FALLBACKS: dict[str, tuple[Callable[[Path], object], str]] = {
     "a new directory": (lambda r: (r / "docs").mkdir(), "the directory docs is new"),
     "an executable bit": (_chmod, "the executable bit of src/cibtest_app/main.py changed"),
     "a symbolic link": (_symlink, "src/cibtest_app/alias.py is a symbolic link"),
+    "build code of its own": (lambda r: (r / "setup.py").write_text("from setuptools import setup\nsetup()\n"),
+                              "the project has a setup.py (build code of its own)"),
+    "Hatch build hooks": (lambda r: _append(r / "pyproject.toml", "[tool.hatch.build.hooks.custom]\n"),
+                          "the project configures Hatch build hooks"),
+    "a distribution installed beside the backend": (
+        lambda r: (r.parent / "site" / "cibtest_plugin-1.0.dist-info").mkdir(),
+        "the build inputs changed"),
     "an environment variable backends read": (
         lambda r: os.environ.__setitem__("SETUPTOOLS_CIBTEST", "1"),  # restored by monkeypatch
         "the build inputs changed"),
@@ -166,6 +173,8 @@ def test_every_other_change_runs_the_backend(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SETUPTOOLS_CIBTEST", "")
     monkeypatch.delenv("SETUPTOOLS_CIBTEST")  # put back as it was when the test ends
+    (tmp_path / "site").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))  # where a plugin may be installed
     root = _setuptools_project(tmp_path / "app")
     builds = Builds(root, tmp_path, caplog)
     builds.build()
@@ -175,9 +184,11 @@ def test_every_other_change_runs_the_backend(
     assert BACKEND in said and reason in said, said
     if change != "a symbolic link":  # the backend follows the link: not a wheel to compare
         assert _members(wheel) == _members(builds.reference())
-    # and the build after it, with nothing changed, is incremental again (no link: never)
+    # and the build after it, with nothing changed, is incremental again, unless the change
+    # is one that always runs the backend
     again, said = builds.build()
-    assert (INCREMENTAL in said) == (change != "a symbolic link"), said
+    never = ("a symbolic link", "build code of its own", "Hatch build hooks")
+    assert (INCREMENTAL in said) == (change not in never), said
 
 
 def test_a_dynamic_version_runs_the_backend(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
