@@ -7,6 +7,8 @@ stale ``build/`` directory leaks into the wheel. When the running Python already
 backend requires, the build uses it (as ``python -m build --no-isolation``); otherwise the
 requirements are installed once with pip into a build environment kept in cib's cache. Only
 pure wheels are accepted: compiled code built here would be for this machine, not the image.
+When only modules the last wheel holds verbatim changed, the wheel is made from that one
+without the backend (``incremental`` says when).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,8 +234,11 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
         inputs = incremental.build_inputs(backend, requires, backend_path,
                                           _installed(extra_paths), os.environ)
         if cache_dir is not None:
-            reused = incremental.reuse(cache_dir, project.root, project.pyproject, inputs,
-                                       ignored, out)
+            try:
+                reused = incremental.reuse(cache_dir, project.root, project.pyproject, inputs,
+                                           ignored, out)
+            except OSError as exc:
+                reused = f"the last build cannot be used ({exc})"
             if isinstance(reused, incremental.Reused):
                 changed = ", ".join(reused.replaced) or "nothing changed"
                 log.info("made the wheel of %s from its last build, the backend not run: "
@@ -281,16 +287,19 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
     if cache_dir is not None and seen is not None and not retried:
         # a build that needed more than its declared requirements is not remembered: the
         # inputs above do not describe it
-        _remember(cache_dir, project, inputs, seen, wheel,
-                  incremental.copied_modules(wheel, seen, project.root))
+        _remember(cache_dir, project, inputs, seen, wheel, None)
     return wheel
 
 
 def _remember(cache_dir: str, project: Project, inputs: str, seen: incremental.Snapshot,
-              wheel: Path, copies: Mapping[str, str]) -> None:
+              wheel: Path, copies: Mapping[str, str] | None) -> None:
+    """Keep ``wheel`` for the next build (``copies``: its verbatim-copied modules, found in
+    it when ``None``)."""
     try:
+        if copies is None:
+            copies = incremental.copied_modules(wheel, seen, project.root)
         incremental.remember(cache_dir, project.root, inputs, seen, wheel, copies)
-    except OSError as exc:  # the next build runs the backend
+    except (OSError, zipfile.BadZipFile) as exc:  # the next build runs the backend
         log.warning("cannot remember the wheel of %s in the cache %s: %s", project.label,
                     cache_dir, exc)
 
