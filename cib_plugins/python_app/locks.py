@@ -312,6 +312,7 @@ def _uv_packages(lock: Lock, target: PythonTarget, project: str | None) -> list[
                 chosen[(str(found["name"]), str(found.get("version")))] = found
             todo.append((found, tuple(sorted(dep.get("extra") or ()))))
     out = []
+    tags = target.tags()  # ~1000 tags: made once, not once per package
     for package in chosen.values():
         name = canonicalize_name(str(package["name"]))
         version = str(package.get("version", "?"))
@@ -329,7 +330,7 @@ def _uv_packages(lock: Lock, target: PythonTarget, project: str | None) -> list[
         sdist = package.get("sdist")
         sdist_file = (DistFile(_url_filename(str(sdist.get("url") or sdist.get("path") or "sdist")))
                       if isinstance(sdist, dict) else None)
-        best = best_wheel(wheels, target.tags())
+        best = best_wheel(wheels, tags)
         if best is None:
             raise no_wheel(name, version, target, wheels, sdist_file is not None, lock.name)
         out.append(Locked(name, version, wheels,

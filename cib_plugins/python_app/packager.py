@@ -100,6 +100,7 @@ class Packager:
 
     def _pick(self, lock: Lock, t: PythonTarget, finder: index.Finder) -> list[_Pick]:
         picks = []
+        accepted = t.tags()  # ~1000 tags: made once, not once per package
         for package in lock.packages(t, str(self.root)):
             if package.chosen is not None:
                 picks.append(_Pick(package, package.chosen))
@@ -115,7 +116,7 @@ class Packager:
                 if (_version_of(link.filename) == package.version
                         and (link.sha256 is None or link.sha256 in package.hashes)):
                     files.append(DistFile(link.filename, link.url, None, link.sha256))
-            best = locks.best_wheel(files, t.tags())
+            best = locks.best_wheel(files, accepted)
             if best is None:
                 raise locks.no_wheel(package.name, package.version, t, files, sdist,
                                      finder.sources.describe())

@@ -7,6 +7,8 @@ stale ``build/`` directory leaks into the wheel. When the running Python already
 backend requires, the build uses it (as ``python -m build --no-isolation``); otherwise the
 requirements are installed once with pip into a build environment kept in cib's cache. Only
 pure wheels are accepted: compiled code built here would be for this machine, not the image.
+When only modules the last wheel holds verbatim changed, the wheel is made from that one
+without the backend (``incremental`` says when).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from cib_core.plugin_api import PackagingError
 
+from . import incremental
 from .index import Sources
 
 if sys.version_info >= (3, 11):
@@ -92,11 +96,15 @@ def is_pure(filename: str) -> bool:
     return all(tag.abi == "none" and tag.platform == "any" for tag in tags)
 
 
+def ignored(name: str, at_root: bool) -> bool:
+    """Whether a file or directory of the project is left out of the copy its build gets."""
+    return name in _SKIP_ANYWHERE or name.endswith(".egg-info") or (at_root and name in _SKIP_AT_ROOT)
+
+
 def copy_source(root: Path, destination: Path) -> None:
     def ignore(directory: str, names: list[str]) -> set[str]:
         at_root = Path(directory) == root
-        return {n for n in names if n in _SKIP_ANYWHERE or n.endswith(".egg-info")
-                or (at_root and n in _SKIP_AT_ROOT)}
+        return {n for n in names if ignored(n, at_root)}
 
     try:
         shutil.copytree(root, destination, ignore=ignore, symlinks=True)
@@ -127,6 +135,21 @@ def _satisfied(requirements: Sequence[str]) -> bool:
         if not requirement.specifier.contains(version, prereleases=True):
             return False
     return True
+
+
+def _installed(paths: Sequence[str]) -> list[str]:
+    """What a build finds installed (``paths`` first, then this Python's): the names of the
+    distributions' metadata directories, which carry their versions, and of ``.pth`` files.
+    Any install, upgrade or removal changes it, a plugin of the backend's included."""
+    found = []
+    for entry in [*paths, *sys.path]:
+        try:
+            with os.scandir(entry or ".") as names:
+                found += sorted(f"{entry}/{n.name}" for n in names
+                                if n.name.endswith((".dist-info", ".egg-info", ".egg-link", ".pth")))
+        except OSError:  # a zip on sys.path, or a directory that is gone
+            found.append(f"{entry}: not a directory")
+    return found
 
 
 def _pip_index_options(sources: Sources | None) -> list[str]:
@@ -184,7 +207,6 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
     backend_path = system.get("backend-path")
     scratch = out / "scratch"
     source = scratch / "source"
-    copy_source(project.root, source)
     extra_paths: list[str] = []
     captured: list[str] = []
 
@@ -205,9 +227,32 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
     caller = pyproject_hooks.BuildBackendHookCaller(
         str(source), backend, backend_path=backend_path, python_executable=sys.executable,
         runner=runner)
+    retried = False
     try:
         if not _satisfied(requires):
             extra_paths.append(str(_build_env(requires, cache_dir, sources, scratch)))
+        inputs = incremental.build_inputs(backend, requires, backend_path,
+                                          _installed(extra_paths), os.environ)
+        if cache_dir is not None:
+            try:
+                reused = incremental.reuse(cache_dir, project.root, project.pyproject, inputs,
+                                           ignored, out)
+            except OSError as exc:
+                reused = f"the last build cannot be used ({exc})"
+            if isinstance(reused, incremental.Reused):
+                changed = ", ".join(reused.replaced) or "nothing changed"
+                log.info("made the wheel of %s from its last build, the backend not run: "
+                         "only modules it copies verbatim changed (%s)", project.label, changed)
+                _remember(cache_dir, project, inputs, reused.snapshot, reused.wheel, reused.copies)
+                return reused.wheel
+            log.info("building the wheel of %s with its backend %s: %s", project.label,
+                     backend, reused)
+        copy_source(project.root, source)
+        try:
+            seen: incremental.Snapshot | None = incremental.snapshot(source, ignored)
+        except (incremental.NotSnapshotted, OSError) as exc:
+            log.debug("%s: no record for an incremental build: %s", what, exc)
+            seen = None
         try:
             # every hook call is a process of its own that imports the backend: ask what else
             # the build needs only when a build with what is at hand failed
@@ -219,6 +264,7 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
             log.info("%s needs %s as well; building again with them", what, ", ".join(more))
             captured.clear()
             extra_paths.insert(0, str(_build_env([*requires, *more], cache_dir, sources, scratch)))
+            retried = True
             name = caller.build_wheel(str(out))
     except _BuildFailed as exc:
         raise PackagingError(what, f"failed ({exc}); its output ends: {_tail(exc.output)}",
@@ -238,7 +284,24 @@ def build_wheel(project: Project, out: Path, *, cache_dir: str | None,
                              "project as a pure wheel only (compiled code built here would be "
                              "for this machine, not the image): move compiled code into a "
                              "dependency whose wheels the lock names")
+    if cache_dir is not None and seen is not None and not retried:
+        # a build that needed more than its declared requirements is not remembered: the
+        # inputs above do not describe it
+        _remember(cache_dir, project, inputs, seen, wheel, None)
     return wheel
+
+
+def _remember(cache_dir: str, project: Project, inputs: str, seen: incremental.Snapshot,
+              wheel: Path, copies: Mapping[str, str] | None) -> None:
+    """Keep ``wheel`` for the next build (``copies``: its verbatim-copied modules, found in
+    it when ``None``)."""
+    try:
+        if copies is None:
+            copies = incremental.copied_modules(wheel, seen, project.root)
+        incremental.remember(cache_dir, project.root, inputs, seen, wheel, copies)
+    except (OSError, zipfile.BadZipFile) as exc:  # the next build runs the backend
+        log.warning("cannot remember the wheel of %s in the cache %s: %s", project.label,
+                    cache_dir, exc)
 
 
 def entrypoint_for(project: Project, given: tuple[str, ...] | None, venv_bin: str) -> tuple[str, ...] | None:

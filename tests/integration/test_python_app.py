@@ -6,6 +6,7 @@ lock; the layers a code change rebuilds; reproducibility across checkouts, homes
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,7 +224,8 @@ def _reference_diff_ids(python_base: str, house: Wheelhouse, index: IndexServer)
 
 def test_a_code_change_uploads_only_the_project_layer(
         tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
-        index: IndexServer, no_pip_config: None) -> None:
+        index: IndexServer, no_pip_config: None, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     project = write_project(tmp_path / "app")
     write_pylock(project / "pylock.toml", house, index, default_pins(house))
     target = cib_registry.ref("pyapp/rebuild", "v1")
@@ -248,11 +250,20 @@ def test_a_code_change_uploads_only_the_project_layer(
     assert again == first and sent == [], "an unchanged layer was built or uploaded again"
     main = project / "src" / "cibtest_app" / "main.py"
     main.write_text(main.read_text() + "# one more line\n")
-    changed, sent = build()
+    with caplog.at_level(logging.INFO, logger="cib_plugins.python_app.project"):
+        changed, sent = build()
+    assert "made the wheel of cibtest-app from its last build" in caplog.text
     assert sent == ["project"]
     assert changed[0] == first[0] and changed[1] != first[1]
     assert [r for r in index.requests if r.startswith("/files/")] == downloads, \
         "a rebuild downloaded wheels again"
+    # the wheel made from the last one installs as the backend's own: the same layer
+    monkeypatch.setenv("CIB_CACHE_DIR", str(tmp_path / "cold-cache"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cib_plugins.python_app.project"):
+        cold, _ = build()
+    assert "building the wheel of cibtest-app with its backend" in caplog.text
+    assert cold == changed
 
 
 # ---------------------------------------------------------------------------------------------
