@@ -43,7 +43,13 @@ from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
 from cib_core.plugin_api import AppImage, AppLayer, AppOptions
 from cib_core.plugins import get_plugin_manager
-from cib_core.reference import LocalReference, Reference, parse_image_spec, parse_repository
+from cib_core.reference import (
+    LocalReference,
+    Reference,
+    check_target_tag,
+    parse_image_spec,
+    parse_repository,
+)
 from cib_core.remote.client import RegistryClient, fetch_url
 from cib_core.remote.transport import TransportPool
 from cib_core.seed_forms import (
@@ -178,6 +184,16 @@ def _cache_settings(cache_repo: object, verify: object) -> tuple[Reference | Non
 
 
 MANIFEST_ATTEMPTS = 4
+
+
+def _check_no_nul(source: object, target: str) -> None:
+    """A source path with a NUL byte names no file; say so before any plugin is asked."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, (str, bytes)) and ("\0" in source if isinstance(source, str)
+                                              else b"\0" in source):
+        raise ConfigurationError(f"add_files source {source!r} for {target!r} holds a NUL byte; "
+                                 "a path cannot contain one")
 
 
 def _put_manifest(target: BlobStore, raw: bytes, media_type: str, tag: str | None) -> None:
@@ -921,8 +937,11 @@ class Image:
                     "add_files takes either a mapping {image_path: source} or "
                     f"(local_dir, target_dir), not both: write add_files({{{target_dir!r}: ...}})")
             check_mapping_order(files, positional=False)
-            return {os.fsdecode(k) if isinstance(k, os.PathLike) else str(k): v
-                    for k, v in files.items()}
+            sources = {os.fsdecode(k) if isinstance(k, os.PathLike) else str(k): v
+                       for k, v in files.items()}
+            for target, source in sources.items():
+                _check_no_nul(source, target)
+            return sources
         if not isinstance(files, (str, os.PathLike)):
             raise ConfigurationError(
                 "add_files takes a mapping {image_path: source} (like {\"/app\": \"./src\"}) or "
@@ -933,6 +952,7 @@ class Image:
                 f"{type(target_dir).__name__}")
         target = os.fsdecode(target_dir) if target_dir else "/"
         check_mapping_order({target: files}, positional=True)
+        _check_no_nul(files, target)
         return {target: files}
 
     @staticmethod
@@ -1347,6 +1367,7 @@ class Image:
             if not isinstance(tag, str):
                 raise ConfigurationError(
                     f'save() was given the tag {tag!r}; every tag must be a str like "v1"')
+            check_target_tag(self.target_ref, tag)
         return tag_list
 
     def _result_reference(self, digest: str) -> str:
