@@ -43,6 +43,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -222,6 +223,9 @@ def _read_json_object(path: Path) -> dict[str, Any] | None:
     return data
 
 
+_HELPER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_auth_config(path: Path) -> AuthConfig | None:
     """Read a docker config.json or podman auth.json; None when the file does not exist.
 
@@ -244,6 +248,13 @@ def load_auth_config(path: Path) -> AuthConfig | None:
     if store is not None and not isinstance(store, str):
         raise ConfigurationError(f'{path}: "credsStore" must be a helper name (a string); '
                                  "fix the file")
+    for name in [*helpers.values(), store or ""]:
+        if not _HELPER_NAME_RE.fullmatch(name) and name:
+            # the name becomes part of a program name looked up on PATH: a '/' would run a
+            # file relative to the current directory instead
+            raise ConfigurationError(f"{path}: {name!r} is not a credential helper name (the "
+                                     f"NAME of {HELPER_PREFIX}NAME: letters, digits, '.', '_', "
+                                     "'-'); fix the file")
     return AuthConfig(path=path, auths=auths, cred_helpers=helpers, creds_store=store or None)
 
 

@@ -155,6 +155,29 @@ def test_malformed_config_is_a_configuration_error_naming_the_file(cred_env):
         ask("127.0.0.1:5000")
 
 
+@pytest.mark.parametrize("field", ["credsStore", "credHelpers"])
+def test_a_helper_name_that_is_a_path_is_refused_naming_the_file(cred_env, tmp_path, monkeypatch,
+                                                                 field):
+    # "docker-credential-" + "x/../../run" would be looked up as a path from the current
+    # directory, not on PATH: a config.json could run any program it can name
+    ran = tmp_path / "ran"
+    program = tmp_path / "docker-credential-x" / ".." / "run"
+    (tmp_path / "docker-credential-x").mkdir()
+    (tmp_path / "run").write_text(f"#!/bin/sh\ntouch {ran}\necho '{{}}'\n")
+    (tmp_path / "run").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    name = "x/../run"
+    assert program.resolve() == (tmp_path / "run")
+    cred_env.write_docker_config({"credsStore": name} if field == "credsStore"
+                                 else {"credHelpers": {"127.0.0.1:5000": name}})
+
+    with pytest.raises(ConfigurationError) as info:
+        ask("127.0.0.1:5000")
+    assert str(cred_env.docker_config) in str(info.value)
+    assert repr(name) in str(info.value) and "docker-credential-NAME" in str(info.value)
+    assert not ran.exists()
+
+
 def test_store_and_erase_go_through_the_configured_helper(cred_env, caplog):
     caplog.set_level(logging.DEBUG)
     cred_env.install_helper("cibtest")
