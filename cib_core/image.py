@@ -61,6 +61,7 @@ from cib_core.stores import (
     BlobStore,
     RegistryStore,
     StreamingStore,
+    check_local_target,
     manifest_to_oci,
     open_store,
     read_config,
@@ -307,6 +308,7 @@ class Image:
             raise ConfigurationError(
                 f"target {target!r} names a digest; a target takes a tag (or none) so the "
                 "new image can be tagged")
+        check_local_target(self.target_ref)
         if created not in (None, "now"):
             raise ConfigurationError(f"created={created!r}: use None (reproducible) or 'now'")
         if compression not in ("gzip", "zstd", "none"):
