@@ -240,3 +240,79 @@ def test_custom_file_limits_are_taken() -> None:
     assert CustomFile(b"x", mode=0, mtime=0.9).mtime == 0
     when = datetime(2020, 1, 1, tzinfo=timezone.utc)
     assert CustomFile("x", mtime=when).mtime == int(when.timestamp())
+
+
+# -- local targets -------------------------------------------------------------------------------
+
+def _targets(tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """A target that cannot be written -> (what the message says, the path it names)."""
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    (tmp_path / "dir").mkdir()
+    return {
+        f"docker-archive:{tmp_path / 'dir'}": ("it is a directory", str(tmp_path / "dir")),
+        f"docker-archive:{tmp_path / 'missing' / 'x.tar'}": ("does not exist", str(tmp_path / "missing")),
+        f"docker-archive:{a_file}/x.tar": (f"{a_file} is a file", f"{a_file}/x.tar"),
+        f"oci:{a_file}:1": (f"{a_file} is a file", str(a_file)),
+        f"oci:{a_file}/deeper/layout:1": (f"{a_file} is a file", f"{a_file}/deeper/layout"),
+    }
+
+
+def test_image_refuses_a_local_target_that_cannot_be_written(tmp_path: Path,
+                                                             no_requests: list[str]) -> None:
+    from cib_core.errors import LocalWriteError
+
+    for target, (reason, path) in _targets(tmp_path).items():
+        before = sorted(tmp_path.rglob("*"))
+        with pytest.raises(LocalWriteError) as info:
+            Image("127.0.0.1:5999/base:1", target)
+        assert reason in str(info.value) and path in str(info.value), (target, str(info.value))
+        assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_copy_flatten_rebase_and_index_check_the_target_before_reading(
+        tmp_path: Path, no_requests: list[str]) -> None:
+    """The source is a registry whose every request would fail the test: the target's path is
+    refused first."""
+    from cib_core.copy import copy_image
+    from cib_core.errors import LocalWriteError
+    from cib_core.index import create_index
+    from cib_core.rebase import rebase_image
+    from cib_core.squash import flatten_image
+
+    source = "127.0.0.1:5999/app:1"
+    for target, (reason, _path) in _targets(tmp_path).items():
+        calls = [lambda: copy_image(source, target),
+                 lambda: flatten_image(source, to=target),
+                 lambda: rebase_image(source, old_base="scratch", new_base="scratch", to=target)]
+        if target.startswith("oci:"):
+            calls.append(lambda: create_index(target, [source]))
+        for call in calls:
+            with pytest.raises(LocalWriteError, match=reason):
+                call()
+
+
+@pytest.mark.parametrize("name", ["dir", "missing/x.tar", "file/x.tar"])
+def test_export_checks_its_output_path_before_reading_a_layer(name: str, tmp_path: Path) -> None:
+    from cib_core.errors import LocalWriteError
+    from cib_core.formats.flatten import export_filesystem
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+
+    def never() -> Any:
+        raise AssertionError("a layer was opened")
+
+    with pytest.raises(LocalWriteError) as info:
+        export_filesystem([never], tmp_path / name)
+    assert str(tmp_path / name) in str(info.value)
+    with pytest.raises(ConfigurationError, match="NUL"):
+        export_filesystem([never], str(tmp_path / "a\0b.tar"))
+
+
+def test_a_duration_too_long_for_any_record_is_refused() -> None:
+    from cib_core.layer_records import parse_duration
+
+    with pytest.raises(ConfigurationError, match="99999999999999999999d"):
+        parse_duration("99999999999999999999d")
+    assert parse_duration("36600d").days == 36600
