@@ -107,6 +107,26 @@ def test_helper_missing_from_path_is_none_with_debug_log(cred_env, caplog):
     assert messages and all(r.levelno == logging.DEBUG for r in messages)
 
 
+def test_a_helper_named_for_this_host_but_missing_is_an_error_naming_it(cred_env):
+    # a credHelpers entry says "this host's credentials are there": without the helper the
+    # registry's refusal would not say why, so (as docker does) say it now
+    cred_env.write_docker_config({"credHelpers": {"127.0.0.1:5000": "cib-not-installed"}})
+    with pytest.raises(AuthenticationError) as info:
+        ask("127.0.0.1:5000")
+    assert "docker-credential-cib-not-installed" in str(info.value)
+    assert "not installed" in str(info.value) and "127.0.0.1:5000" in str(info.value)
+    assert ask("127.0.0.1:6000") is None  # another host's entry is not this one's business
+
+
+def test_a_helper_answering_credentials_of_the_wrong_type_is_named(cred_env):
+    cred_env.install_helper("cibtest", {"127.0.0.1:5000": {"Username": 5, "Secret": [SECRET]}})
+    cred_env.write_docker_config({"credsStore": "cibtest"})
+    with pytest.raises(AuthenticationError) as info:
+        ask("127.0.0.1:5000")
+    assert "docker-credential-cibtest" in str(info.value) and "not a string" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
 def test_no_config_or_no_helper_configured_runs_nothing(cred_env):
     cred_env.install_helper("cibtest", {"127.0.0.1:5000": {"Username": "u", "Secret": "p"}})
     assert ask("127.0.0.1:5000") is None
