@@ -968,6 +968,12 @@ class Image:
             if not isinstance(pattern, str):
                 raise ConfigurationError(f"add_files' {name} holds {pattern!r}; every item "
                                          "must be a str")
+            if name == "ignore_files" and (not pattern or "\0" in pattern
+                                           or os.path.isabs(pattern)
+                                           or ".." in pattern.replace("\\", "/").split("/")):
+                # read from each directory's root: a file elsewhere is not that directory's
+                raise ConfigurationError(f"add_files' ignore_files holds {pattern!r}; name a file "
+                                         "inside each added directory, like '.dockerignore'")
         return patterns
 
     def _write_layer(self, builder: LayerBuilder, store: BlobStore,

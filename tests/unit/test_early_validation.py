@@ -316,3 +316,13 @@ def test_a_duration_too_long_for_any_record_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="99999999999999999999d"):
         parse_duration("99999999999999999999d")
     assert parse_duration("36600d").days == 36600
+
+
+@pytest.mark.parametrize("name", ["", "../x", "/etc/passwd", "a/../../b", "a\0b"])
+def test_ignore_files_name_files_inside_the_added_directory(name: str, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    image = Image("scratch", f"oci:{tmp_path / 'out'}:1")
+    with pytest.raises(ConfigurationError) as info:
+        image.add_files({"/app": str(tmp_path / "src")}, ignore_files=[name])
+    assert repr(name) in str(info.value)
+    assert not (tmp_path / "out").exists()
