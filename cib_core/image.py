@@ -318,6 +318,9 @@ class Image:
         cache_ref = self._cache[0]
         self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref) + (
             (cache_ref,) if cache_ref is not None else ()))
+        if platform is not None and (not isinstance(platform, str) or not platform.strip()):
+            raise ConfigurationError(f"platform={platform!r} names no platform; write one like "
+                                     "'linux/arm64', 'all', or None for every platform of the base")
         self._platform = Platform.parse(platform) if platform and platform != "all" else None
         self._created = created
         self._pm = pm

@@ -326,3 +326,9 @@ def test_ignore_files_name_files_inside_the_added_directory(name: str, tmp_path:
         image.add_files({"/app": str(tmp_path / "src")}, ignore_files=[name])
     assert repr(name) in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("platform", ["", "  ", 5])
+def test_an_empty_platform_is_not_every_platform(platform: Any, tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="names no platform"):
+        Image("scratch", f"oci:{tmp_path / 'out'}:1", platform=platform)
