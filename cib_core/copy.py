@@ -30,6 +30,7 @@ from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
     RegistryStore,
+    check_local_target,
     manifest_to_oci,
     open_store,
     read_config,
@@ -270,6 +271,7 @@ def _open_pair(src: str, dst: str) -> tuple[Reference | LocalReference, Referenc
     for ref, role in ((src_ref, "source"), (dst_ref, "destination")):
         if isinstance(ref, LocalReference) and ref.transport == "scratch":
             raise ConfigurationError(f"scratch cannot be a copy {role}: it has no manifest")
+    check_local_target(dst_ref)
     return src_ref, dst_ref
 
 

@@ -94,6 +94,28 @@ def write_failure(target: str | os.PathLike[str], exc: OSError, *, what: str = "
     return LocalWriteError(target, reason, hint, what=what, errno=code)
 
 
+def check_output_path(path: str | os.PathLike[str], *, what: str = "") -> None:
+    """Refuse a file path that cannot be written, before any work toward it: a NUL byte
+    (``ConfigurationError``), a directory at the path, a parent that is missing or not a
+    directory (``LocalWriteError`` naming the path). A later failure is still possible (no
+    permission, a full disk); this catches the mistakes in the name itself."""
+    text = os.fsdecode(path)
+    if "\0" in text:
+        raise ConfigurationError(f"the output path {text!r} holds a NUL byte; a path cannot "
+                                 "contain one")
+    final = Path(os.path.abspath(text))
+    parent = final.parent
+    code = None
+    if final.is_dir():
+        code = errno.EISDIR
+    elif parent.exists() and not parent.is_dir():
+        code = errno.ENOTDIR
+    elif not parent.exists():
+        code = errno.ENOTDIR if _first_non_directory(parent) is not None else errno.ENOENT
+    if code is not None:
+        raise write_failure(text, OSError(code, os.strerror(code), str(final)), what=what)
+
+
 @contextlib.contextmanager
 def writing_to(target: str | os.PathLike[str], what: str = "") -> Iterator[None]:
     """Treat an ``OSError`` raised in the block as a failure to write ``target``.

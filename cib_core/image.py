@@ -43,7 +43,13 @@ from cib_core.models import Index, Manifest, Platform, parse_manifest
 from cib_core.plan import BuildPlan, PlannedImage, PlannedLayer, PlanningStore
 from cib_core.plugin_api import AppImage, AppLayer, AppOptions
 from cib_core.plugins import get_plugin_manager
-from cib_core.reference import LocalReference, Reference, parse_image_spec, parse_repository
+from cib_core.reference import (
+    LocalReference,
+    Reference,
+    check_target_tag,
+    parse_image_spec,
+    parse_repository,
+)
 from cib_core.remote.client import RegistryClient, fetch_url
 from cib_core.remote.transport import TransportPool
 from cib_core.seed_forms import (
@@ -55,6 +61,7 @@ from cib_core.stores import (
     BlobStore,
     RegistryStore,
     StreamingStore,
+    check_local_target,
     manifest_to_oci,
     open_store,
     read_config,
@@ -180,6 +187,16 @@ def _cache_settings(cache_repo: object, verify: object) -> tuple[Reference | Non
 MANIFEST_ATTEMPTS = 4
 
 
+def _check_no_nul(source: object, target: str) -> None:
+    """A source path with a NUL byte names no file; say so before any plugin is asked."""
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if isinstance(source, (str, bytes)) and ("\0" in source if isinstance(source, str)
+                                              else b"\0" in source):
+        raise ConfigurationError(f"add_files source {source!r} for {target!r} holds a NUL byte; "
+                                 "a path cannot contain one")
+
+
 def _put_manifest(target: BlobStore, raw: bytes, media_type: str, tag: str | None) -> None:
     """Push a manifest whose blobs were all confirmed present, again if the registry briefly
     cannot see one: distribution's filesystem storage rewrites a repository's blob link in
@@ -291,6 +308,7 @@ class Image:
             raise ConfigurationError(
                 f"target {target!r} names a digest; a target takes a tag (or none) so the "
                 "new image can be tagged")
+        check_local_target(self.target_ref)
         if created not in (None, "now"):
             raise ConfigurationError(f"created={created!r}: use None (reproducible) or 'now'")
         if compression not in ("gzip", "zstd", "none"):
@@ -300,6 +318,9 @@ class Image:
         cache_ref = self._cache[0]
         self._insecure = _insecure_hosts(insecure, (self.base_ref, self.target_ref) + (
             (cache_ref,) if cache_ref is not None else ()))
+        if platform is not None and (not isinstance(platform, str) or not platform.strip()):
+            raise ConfigurationError(f"platform={platform!r} names no platform; write one like "
+                                     "'linux/arm64', 'all', or None for every platform of the base")
         self._platform = Platform.parse(platform) if platform and platform != "all" else None
         self._created = created
         self._pm = pm
@@ -922,8 +943,11 @@ class Image:
                     "add_files takes either a mapping {image_path: source} or "
                     f"(local_dir, target_dir), not both: write add_files({{{target_dir!r}: ...}})")
             check_mapping_order(files, positional=False)
-            return {os.fsdecode(k) if isinstance(k, os.PathLike) else str(k): v
-                    for k, v in files.items()}
+            sources = {os.fsdecode(k) if isinstance(k, os.PathLike) else str(k): v
+                       for k, v in files.items()}
+            for target, source in sources.items():
+                _check_no_nul(source, target)
+            return sources
         if not isinstance(files, (str, os.PathLike)):
             raise ConfigurationError(
                 "add_files takes a mapping {image_path: source} (like {\"/app\": \"./src\"}) or "
@@ -934,6 +958,7 @@ class Image:
                 f"{type(target_dir).__name__}")
         target = os.fsdecode(target_dir) if target_dir else "/"
         check_mapping_order({target: files}, positional=True)
+        _check_no_nul(files, target)
         return {target: files}
 
     @staticmethod
@@ -947,6 +972,12 @@ class Image:
             if not isinstance(pattern, str):
                 raise ConfigurationError(f"add_files' {name} holds {pattern!r}; every item "
                                          "must be a str")
+            if name == "ignore_files" and (not pattern or "\0" in pattern
+                                           or os.path.isabs(pattern)
+                                           or ".." in pattern.replace("\\", "/").split("/")):
+                # read from each directory's root: a file elsewhere is not that directory's
+                raise ConfigurationError(f"add_files' ignore_files holds {pattern!r}; name a file "
+                                         "inside each added directory, like '.dockerignore'")
         return patterns
 
     def _write_layer(self, builder: LayerBuilder, store: BlobStore,
@@ -1348,6 +1379,7 @@ class Image:
             if not isinstance(tag, str):
                 raise ConfigurationError(
                     f'save() was given the tag {tag!r}; every tag must be a str like "v1"')
+            check_target_tag(self.target_ref, tag)
         return tag_list
 
     def _result_reference(self, digest: str) -> str:

@@ -26,7 +26,13 @@ from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError, ManifestError
 from cib_core.models import Index, Platform, config_platform, parse_manifest
 from cib_core.reference import LocalReference, Reference, parse_image_spec
-from cib_core.stores import BlobStore, open_store, read_config, wants_oci_types
+from cib_core.stores import (
+    BlobStore,
+    check_local_target,
+    open_store,
+    read_config,
+    wants_oci_types,
+)
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -108,6 +114,7 @@ def _check_target(spec: str, ref: Reference | LocalReference, role: str) -> None
         raise ConfigurationError(
             f"{role} {spec!r}: an index lives in a registry repository or an OCI layout "
             f"(oci:PATH:TAG), not a {ref.transport}")
+    check_local_target(ref)
 
 
 def _read_source(spec: str, stores: _Stores) -> _Source:

@@ -138,6 +138,10 @@ def parse_time(text: str) -> datetime:
     return when.astimezone(timezone.utc)
 
 
+_MAX_DURATION_SECONDS = 100 * 366 * 86400
+"""A century: records are younger than that, and timedelta overflows not far above it."""
+
+
 def parse_duration(text: str) -> timedelta:
     """``7d``, ``12h``, ``30m``, ``45s``, ``2w`` or a sum of them (``1d12h``)."""
     value = text.strip().lower()
@@ -145,7 +149,11 @@ def parse_duration(text: str) -> timedelta:
     if not value or "".join(n + u for n, u in parts) != value:
         raise ConfigurationError(f"{text!r} is not a duration; write a number and a unit "
                                  "(s, m, h, d, w), like 7d, 12h, 30m or 1d12h")
-    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in parts))
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds > _MAX_DURATION_SECONDS:
+        raise ConfigurationError(f"{text!r} is longer than any record can be old; write at most "
+                                 f"{_MAX_DURATION_SECONDS // 86400}d")
+    return timedelta(seconds=seconds)
 
 
 def format_age(age: timedelta) -> str:

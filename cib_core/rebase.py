@@ -23,7 +23,7 @@ from cib_core.mutate import (
     rebase_config,
     rebase_manifest,
 )
-from cib_core.reference import Reference
+from cib_core.reference import Reference, parse_image_spec
 from cib_core.rewrite import (
     ImageSource,
     NewImage,
@@ -33,6 +33,7 @@ from cib_core.rewrite import (
     resolve_target,
     write_images,
 )
+from cib_core.stores import check_local_target
 
 if TYPE_CHECKING:
     from cib_core.plugins import CibPluginManager
@@ -115,6 +116,8 @@ def rebase_image(
         opened.append(source)
         return source
 
+    if to is not None:
+        check_local_target(parse_image_spec(to))  # before any image is read
     try:
         source = open_source(ref, "image to rebase", False)
         old = open_source(old_base, "old base", True)

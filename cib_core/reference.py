@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "LocalReference",
     "Reference",
+    "check_registry_host",
+    "check_repository_name",
+    "check_tag",
+    "check_target_tag",
     "familiar_match",
     "is_loopback_host",
     "parse",
@@ -232,9 +236,95 @@ def parse(text: str) -> Reference:
     domain, path = name_match.group(1) or "", name_match.group(2)
     if len(path) > NAME_TOTAL_LENGTH_MAX:
         raise _fail(text, ERR_TOO_LONG)
+    if domain:
+        check_registry_host(domain, text)
     if digest is not None:
         validate_digest(digest, source=text)
     return Reference(domain, path, tag, digest)
+
+
+MAX_DNS_LABEL = 63
+MAX_DNS_NAME = 253
+
+
+def check_registry_host(domain: str, text: str | None = None) -> None:
+    """Refuse a registry host the grammar lets through but no connection can use: a port
+    outside 1..65535, a DNS label over 63 characters or a name over 253 (RFC 1035). Raises
+    :class:`InvalidReference` naming ``text`` (default: the host)."""
+    source = domain if text is None else text
+    if not isinstance(domain, str) or not re.fullmatch(_DOMAIN_AND_PORT, domain, re.ASCII):
+        raise InvalidReference(str(source), "not a registry host; expected HOST[:PORT] such as "
+                               "'localhost:5000', 'ghcr.io' or '[::1]:5000'")
+    host, port = domain, ""
+    if domain.startswith("["):
+        host, _, rest = domain[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif ":" in domain:
+        host, _, port = domain.partition(":")
+    if port and not 0 < int(port) <= 65535:
+        raise _fail(source, f"port {port} of {domain!r} is out of range",
+                    "a port is a number from 1 to 65535")
+    if domain.startswith("["):
+        return
+    if len(host) > MAX_DNS_NAME:
+        raise _fail(source, f"host name {host[:40]}... is {len(host)} characters long",
+                    f"a DNS name has at most {MAX_DNS_NAME}")
+    long_label = next((label for label in host.split(".") if len(label) > MAX_DNS_LABEL), None)
+    if long_label is not None:
+        raise _fail(source, f"host name {host!r} has a label of {len(long_label)} characters",
+                    f"a DNS label has at most {MAX_DNS_LABEL}")
+
+
+def check_repository_name(name: str) -> str:
+    """``name`` if it is a repository path of the distribution spec (``library/alpine``,
+    no host, tag or digest), else :class:`InvalidReference` naming it and the form."""
+    if not isinstance(name, str) or not re.fullmatch(_REMOTE_NAME, name, re.ASCII):
+        raise InvalidReference(str(name), "not a repository name; expected lowercase path "
+                               "components of a-z 0-9 joined by '/', each made of runs of a-z "
+                               "0-9 separated by '.', '_', '__' or '-' (for example "
+                               "'library/alpine')")
+    if len(name) > NAME_TOTAL_LENGTH_MAX:
+        raise _fail(name, ERR_TOO_LONG)
+    return name
+
+
+def check_tag(tag: str) -> str:
+    """``tag`` if it has the tag grammar (up to 128 of A-Z a-z 0-9 _ . -, not starting with
+    . or -), else :class:`InvalidReference` naming it."""
+    if not isinstance(tag, str) or not _TAG_RE.fullmatch(tag):
+        raise _fail(str(tag), ERR_TAG,
+                    "a tag is up to 128 of A-Z a-z 0-9 _ . - and does not start with . or -")
+    return tag
+
+
+def check_target_tag(target: Reference | LocalReference, tag: str) -> str:
+    """``tag`` if ``target`` can be tagged with it: a registry tag for a registry, the layout's
+    ``ref.name`` grammar for ``oci:``, a tag or ``NAME[:TAG]`` for ``docker-archive:``. Checked
+    before anything is written, so a bad tag never leaves a half-written target behind."""
+    if not isinstance(tag, str):
+        raise ConfigurationError(f"the tag {tag!r} must be a str like 'v1'")
+    if isinstance(target, Reference):
+        try:
+            return check_tag(tag)
+        except InvalidReference as exc:
+            raise InvalidReference(f"{target.name}:{tag}", exc.reason) from None
+    if target.transport == "oci":
+        if not _OCI_REF_RE.fullmatch(tag):
+            raise _fail(f"{target.transport}:{target.path}:{tag}", f"invalid OCI layout tag {tag!r}",
+                        "a tag is letters and digits joined by - . _ : @ + or /")
+        return tag
+    if "/" in tag or ":" in tag:
+        try:
+            named = parse_reference(tag)
+        except InvalidReference as exc:
+            raise InvalidReference(f"{target}:{tag}", f"docker-archive name: {exc.reason}") from None
+        if named.digest:
+            raise _fail(f"{target}:{tag}", "docker-archive names cannot carry a digest", "use NAME:TAG")
+        return tag
+    try:
+        return check_tag(tag)
+    except InvalidReference as exc:
+        raise InvalidReference(f"{target}:{tag}", exc.reason) from None
 
 
 def with_name(name: str) -> Reference:
@@ -453,6 +543,9 @@ def _parse_local(text: str) -> LocalReference | None:
     if not sep or transport not in ("oci", "docker-archive"):
         return None
     path, _, ref = rest.partition(":")
+    if "\0" in text:
+        raise _fail(text, f"{transport}: path {path!r} holds a NUL byte",
+                    "a path cannot contain one")
     if not path:
         raise _fail(text, f"{transport}: needs a path", f"write {transport}:PATH"
                     + ("[:TAG]" if transport == "oci" else "[:NAME:TAG]"))

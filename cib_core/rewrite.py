@@ -34,6 +34,7 @@ from cib_core.models import (
 from cib_core.reference import LocalReference, Reference, parse_image_spec
 from cib_core.stores import (
     BlobStore,
+    check_local_target,
     manifest_to_oci,
     open_store,
     read_config,
@@ -233,6 +234,7 @@ def resolve_target(source: ImageSource, to: str | None, option: str = "--to") ->
             return Target(src.without_identifier(), (None,))
         return Target(src, tuple(destination_tags(src, src)))
     dst = parse_image_spec(to)
+    check_local_target(dst)
     if isinstance(dst, LocalReference) and dst.transport == "scratch":
         raise ConfigurationError(f"{option} scratch: scratch is an empty base, not a place to write")
     if isinstance(dst, Reference) and dst.digest:

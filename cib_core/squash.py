@@ -19,6 +19,7 @@ from cib_core.documents import canonical_json
 from cib_core.errors import ConfigurationError
 from cib_core.models import Descriptor, Index
 from cib_core.mutate import flatten_config, flatten_manifest
+from cib_core.reference import parse_image_spec
 from cib_core.rewrite import (
     ImageSource,
     NewImage,
@@ -28,7 +29,7 @@ from cib_core.rewrite import (
     resolve_target,
     write_images,
 )
-from cib_core.stores import BlobStore
+from cib_core.stores import BlobStore, check_local_target
 
 if TYPE_CHECKING:
     from cib_core.layers.pipeline import BuiltLayer
@@ -104,6 +105,8 @@ def flatten_image(
     pool = TransportPool(pm=pm, insecure=insecure)
     built: list[BuiltLayer] = []
     source: ImageSource | None = None
+    if to is not None:
+        check_local_target(parse_image_spec(to))  # before the image is read
     try:
         # no progress for reading: the renderer counts what reaches the target
         source = ImageSource.open(ref, auth=auth, insecure=insecure, pm=pm, pool=pool,

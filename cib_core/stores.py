@@ -178,6 +178,37 @@ def ready_for_threads(*stores: BlobStore | None) -> None:
             store.client.authenticate()
 
 
+def check_local_target(ref: Reference | LocalReference) -> None:
+    """Refuse a local target whose path cannot be written, before anything is read or written:
+    a docker-archive path that is a directory or whose directory is missing or a file, an
+    ``oci:`` layout path that is a file or lies under one (``LocalWriteError`` naming it). A
+    layout's missing directories are made when it is written; a registry target is not
+    checked here."""
+    if not isinstance(ref, LocalReference) or ref.path is None:
+        return
+    import errno
+    import os
+    from pathlib import Path
+
+    from cib_core.errors import LocalWriteError
+    from cib_core.fileio import check_output_path, write_failure
+
+    if ref.transport == "docker-archive":
+        if os.path.isdir(ref.path):
+            raise LocalWriteError(ref.path, "it is a directory",
+                                  "name the archive file, for example DIR/image.tar",
+                                  what="the docker-archive")
+        check_output_path(ref.path, what="the docker-archive")
+    elif ref.transport == "oci":
+        path = Path(os.path.abspath(ref.path))
+        blocker = next((p for p in [*reversed(path.parents), path]
+                        if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            code = errno.ENOTDIR
+            raise write_failure(ref.path, OSError(code, os.strerror(code), str(path / "index.json")),
+                                what="the OCI image layout")
+
+
 def open_store(
     spec: str | Reference | LocalReference,
     *,

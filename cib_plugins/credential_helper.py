@@ -8,10 +8,12 @@ otherwise). A helper answering ``Username: "<token>"`` gives an identity token, 
 ``Credentials(username="<token>", secret=token)`` for the token exchange to use as an OAuth2
 refresh token.
 
-``None`` when no helper is configured, the helper is not installed (logged at debug level)
-or it has no credentials. Any other helper failure or a 30 s timeout raises
-``AuthenticationError`` naming the helper; a malformed config.json raises
-``ConfigurationError`` naming the file.
+``None`` when no helper is configured, the ``credsStore`` helper is not installed (logged at
+debug level: a default store left from another machine must not break anonymous pulls) or it
+has no credentials. A helper that ``credHelpers`` names for this very host but that is not
+installed raises ``AuthenticationError`` naming it, as docker does. Any other helper failure
+or a 30 s timeout raises ``AuthenticationError`` naming the helper; a malformed config.json
+raises ``ConfigurationError`` naming the file.
 """
 
 from __future__ import annotations
@@ -34,4 +36,5 @@ def cib_credentials(registry: str, repository: str | None) -> Credentials | None
     if not helper:
         return None
     log.debug("asking credential helper %s%s for %s", credstore.HELPER_PREFIX, helper, registry)
-    return credstore.helper_get(helper, registry)
+    return credstore.helper_get(helper, registry,
+                                required=credstore.host_helper(config, registry) is not None)

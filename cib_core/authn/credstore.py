@@ -43,6 +43,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -222,6 +223,9 @@ def _read_json_object(path: Path) -> dict[str, Any] | None:
     return data
 
 
+_HELPER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
 def load_auth_config(path: Path) -> AuthConfig | None:
     """Read a docker config.json or podman auth.json; None when the file does not exist.
 
@@ -244,6 +248,13 @@ def load_auth_config(path: Path) -> AuthConfig | None:
     if store is not None and not isinstance(store, str):
         raise ConfigurationError(f'{path}: "credsStore" must be a helper name (a string); '
                                  "fix the file")
+    for name in [*helpers.values(), store or ""]:
+        if not _HELPER_NAME_RE.fullmatch(name) and name:
+            # the name becomes part of a program name looked up on PATH: a '/' would run a
+            # file relative to the current directory instead
+            raise ConfigurationError(f"{path}: {name!r} is not a credential helper name (the "
+                                     f"NAME of {HELPER_PREFIX}NAME: letters, digits, '.', '_', "
+                                     "'-'); fix the file")
     return AuthConfig(path=path, auths=auths, cred_helpers=helpers, creds_store=store or None)
 
 
@@ -292,8 +303,8 @@ def _decode_entry(path: Path, key: str, entry: Mapping[str, Any]) -> AuthEntry:
     )
 
 
-def configured_helper(config: AuthConfig, registry: str) -> str | None:
-    """The helper name for ``registry``: ``credHelpers`` (matched by host), else ``credsStore``."""
+def host_helper(config: AuthConfig, registry: str) -> str | None:
+    """The helper ``credHelpers`` names for ``registry`` (matched by host), or None."""
     wanted = canonical_host(registry)
     exact = config.cred_helpers.get(registry)
     if exact:
@@ -301,7 +312,12 @@ def configured_helper(config: AuthConfig, registry: str) -> str | None:
     for key, helper in config.cred_helpers.items():
         if helper and split_key(key)[0] == wanted:
             return helper
-    return config.creds_store
+    return None
+
+
+def configured_helper(config: AuthConfig, registry: str) -> str | None:
+    """The helper name for ``registry``: ``credHelpers`` (matched by host), else ``credsStore``."""
+    return host_helper(config, registry) or config.creds_store
 
 
 # -- credential helpers ----------------------------------------------------------------------
@@ -339,16 +355,23 @@ def _helper_failure(helper: str, action: str, code: int, stdout: str, stderr: st
                                registry=registry)
 
 
-def helper_get(helper: str, registry: str, *, timeout: float | None = None) -> Credentials | None:
+def helper_get(helper: str, registry: str, *, timeout: float | None = None,
+               required: bool = False) -> Credentials | None:
     """Ask ``docker-credential-<helper> get`` for ``registry``, trying :func:`helper_server_urls`.
 
-    None when the helper is not installed or has nothing for any of the URLs; a helper
+    None when the helper is not installed (an ``AuthenticationError`` naming it when
+    ``required``: the config names it for this very host) or has nothing for any of the URLs; a helper
     ``Username`` of ``"<token>"`` is kept, so an identity token comes back as
     ``Credentials(username="<token>", secret=token)``. Other failures raise
     AuthenticationError naming the helper.
     """
     for url in helper_server_urls(registry):
         result = _run_helper(helper, "get", url, timeout)
+        if result is None and required:
+            raise AuthenticationError(f"credential helper {HELPER_PREFIX}{helper}, which "
+                                      f"credHelpers names for {registry}, is not installed (not "
+                                      "an executable on PATH); install it, or remove the entry",
+                                      registry=registry)
         if result is None:
             return None
         code, stdout, stderr = result
@@ -368,6 +391,10 @@ def helper_get(helper: str, registry: str, *, timeout: float | None = None) -> C
                                       "the credential-helper protocol; check the helper",
                                       registry=registry)
         username, secret = answer.get("Username"), answer.get("Secret")
+        if not isinstance(secret, str | None) or not isinstance(username, str | None):
+            raise AuthenticationError(f"credential helper {HELPER_PREFIX}{helper} get answered "
+                                      f"for {url} with a Username or Secret that is not a "
+                                      "string; check the helper", registry=registry)
         if not isinstance(secret, str) or not secret:
             log.debug("credential helper %s%s returned no secret for %s",
                       HELPER_PREFIX, helper, url)

@@ -93,6 +93,11 @@ def login(registry: str, username: str, password_stdin: bool, store: str) -> Non
     from cib_core.reference import parse_registry_host  # not at start-up: it costs hashlib and more
 
     host = parse_registry_host(registry)
+    if not username or ":" in username or not username.isprintable():
+        # Basic authentication joins user and password with ':', and a header cannot hold
+        # control characters: such a name could never log in
+        raise click.BadParameter(f"{username!r} is not a user name: it must be non-empty, "
+                                 "without ':' or control characters", param_hint="--username")
     if password_stdin:
         secret = sys.stdin.read()
         secret = secret.rstrip("\r\n")

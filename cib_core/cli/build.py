@@ -220,7 +220,7 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
     from cib_core import image_config
     from cib_core.errors import LayerSourceError
     from cib_core.image import Image
-    from cib_core.reference import Reference
+    from cib_core.reference import Reference, check_target_tag
 
     mapping = parse_add(adds)
     cmd_list = parse_command(cmd, "--cmd")
@@ -241,6 +241,9 @@ def build(base: str, target: str, adds: tuple[str, ...], cmd: str | None, entryp
     app_options = _python_app_options(python_app, lock, index_url, find_links, python_target)
     state = cli_state()
     target_ref = parse_spec(target)
+    for tag in tags:
+        # before the base is read or a layer written: a bad tag leaves no half-made target
+        check_target_tag(target_ref, tag)
     verb = "pushed" if isinstance(target_ref, Reference) else "wrote"
     if dry_run and python_app is not None:
         image = Image(base, target, platform=platform, insecure=state.insecure, pm=state.pm)

@@ -42,6 +42,11 @@ def export(ref: str, out: str, platform: str | None, max_sparse: str) -> None:
     if out == "-" and sys.stdout.isatty():
         raise click.UsageError("refusing to write a tarball to a terminal; redirect stdout or "
                                "name a file")
+    if out != "-":
+        from cib_core.fileio import check_output_path
+        from cib_core.formats.flatten import EXPORT_WHAT
+
+        check_output_path(out, what=EXPORT_WHAT)  # before the image is asked for
     _parsed, store, doc = load_image(ref)
     image, _digest = select_image(store, doc, platform, ref)
     layers = [_opener(store, layer.digest) for layer in image.layers]

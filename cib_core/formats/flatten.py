@@ -40,7 +40,7 @@ from typing import IO, Any, BinaryIO, cast
 
 from cib_core.compression import decompressed
 from cib_core.errors import LayerSourceError
-from cib_core.fileio import GuardedWriter, replacing
+from cib_core.fileio import GuardedWriter, check_output_path, replacing
 
 log = logging.getLogger(__name__)
 
@@ -344,6 +344,9 @@ def export_filesystem(layers: Iterable[LayerInput], out: BinaryIO | str | os.Pat
     add (``None``: no bound). Raises ``LayerSourceError`` for a damaged layer or an entry that
     would escape the root, ``LocalWriteError`` naming ``out`` when it cannot be written.
     """
+    if isinstance(out, (str, os.PathLike)):
+        # before any layer is read, which may be a long download
+        check_output_path(out, what=EXPORT_WHAT)
     sources = list(layers)
     total = len(sources)
     wheres = [f"layer {n + 1} of {total}" + (f" ({names[n]})" if names and n < len(names) else "")

@@ -27,6 +27,7 @@ from cib_core.digest import ALGORITHMS, sha256_digest
 from cib_core.documents import canonical_json, json_object, manifest_media_type
 from cib_core.errors import DigestMismatch, InvalidReference, ManifestError, NotFound, RegistryError
 from cib_core.redact import redact_url
+from cib_core.reference import check_repository_name
 from cib_core.remote.blobs import BlobStream, fetch_url, hasher_for
 from cib_core.remote.body import READ_SIZE, BodyBrokenOff
 from cib_core.remote.errors import media_type_of
@@ -307,6 +308,7 @@ class RegistryClient(RepositorySession):
         """Mount a blob from another repository of this registry: True when mounted, False when
         the registry declined (the upload session it opened instead is cancelled)."""
         hasher_for(digest, "a blob")
+        check_repository_name(from_repository)
         scope = self.scoped("push", [repository_scope(from_repository, "pull")])
         resp = self.send("POST", self.path("blobs", "uploads/"), scope=scope,
                          params=[("mount", digest), ("from", from_repository)])

@@ -20,9 +20,16 @@ from cib_core.authn.credentials import Credentials
 from cib_core.authn.resolve import resolve_credentials
 from cib_core.callbacks import Progress
 from cib_core.digest import GRAMMAR
-from cib_core.errors import ConfigurationError, InvalidReference, RegistryError
+from cib_core.errors import ConfigurationError, RegistryError
 from cib_core.redact import secret_forms
-from cib_core.reference import DOCKER_HUB_API_HOST, is_docker_hub
+from cib_core.reference import (
+    DOCKER_HUB_API_HOST,
+    check_registry_host,
+    check_repository_name,
+    check_tag,
+    is_docker_hub,
+    validate_digest,
+)
 from cib_core.remote.blobs import hasher_for
 from cib_core.remote.errors import check_error, registry_error
 from cib_core.remote.transport import Transport, TransportOptions, TransportPool
@@ -53,6 +60,8 @@ class RepositorySession:
         if not registry or not repository:
             raise ConfigurationError("RegistryClient needs a registry host and a repository name, "
                                      f"got {registry!r} and {repository!r}")
+        check_registry_host(registry)
+        check_repository_name(repository)
         self.registry = registry
         self.repository = repository
         self.api_host = DOCKER_HUB_API_HOST if is_docker_hub(registry) else registry
@@ -169,11 +178,12 @@ class RepositorySession:
 
     @staticmethod
     def check_ref(ref: str) -> str:
-        if not ref or "/" in ref:
-            raise InvalidReference(ref, "expected a tag or a digest")
-        if ":" in ref and not is_digest_ref(ref):
-            raise InvalidReference(ref, "not a valid digest (expected algorithm:hex)")
-        return ref
+        """``ref`` if it is a tag or a digest, else ``InvalidReference`` naming it and the
+        form, before any request is sent."""
+        if isinstance(ref, str) and ":" in ref:
+            validate_digest(ref)
+            return ref
+        return check_tag(ref)
 
     # -- the questions every part asks ----------------------------------------------------------
     def blob_exists(self, digest: str) -> bool:

@@ -107,6 +107,26 @@ def test_helper_missing_from_path_is_none_with_debug_log(cred_env, caplog):
     assert messages and all(r.levelno == logging.DEBUG for r in messages)
 
 
+def test_a_helper_named_for_this_host_but_missing_is_an_error_naming_it(cred_env):
+    # a credHelpers entry says "this host's credentials are there": without the helper the
+    # registry's refusal would not say why, so (as docker does) say it now
+    cred_env.write_docker_config({"credHelpers": {"127.0.0.1:5000": "cib-not-installed"}})
+    with pytest.raises(AuthenticationError) as info:
+        ask("127.0.0.1:5000")
+    assert "docker-credential-cib-not-installed" in str(info.value)
+    assert "not installed" in str(info.value) and "127.0.0.1:5000" in str(info.value)
+    assert ask("127.0.0.1:6000") is None  # another host's entry is not this one's business
+
+
+def test_a_helper_answering_credentials_of_the_wrong_type_is_named(cred_env):
+    cred_env.install_helper("cibtest", {"127.0.0.1:5000": {"Username": 5, "Secret": [SECRET]}})
+    cred_env.write_docker_config({"credsStore": "cibtest"})
+    with pytest.raises(AuthenticationError) as info:
+        ask("127.0.0.1:5000")
+    assert "docker-credential-cibtest" in str(info.value) and "not a string" in str(info.value)
+    assert SECRET not in str(info.value)
+
+
 def test_no_config_or_no_helper_configured_runs_nothing(cred_env):
     cred_env.install_helper("cibtest", {"127.0.0.1:5000": {"Username": "u", "Secret": "p"}})
     assert ask("127.0.0.1:5000") is None
@@ -153,6 +173,29 @@ def test_malformed_config_is_a_configuration_error_naming_the_file(cred_env):
     cred_env.write_docker_config({"credHelpers": {"127.0.0.1:5000": 7}})
     with pytest.raises(ConfigurationError, match="credHelpers"):
         ask("127.0.0.1:5000")
+
+
+@pytest.mark.parametrize("field", ["credsStore", "credHelpers"])
+def test_a_helper_name_that_is_a_path_is_refused_naming_the_file(cred_env, tmp_path, monkeypatch,
+                                                                 field):
+    # "docker-credential-" + "x/../../run" would be looked up as a path from the current
+    # directory, not on PATH: a config.json could run any program it can name
+    ran = tmp_path / "ran"
+    program = tmp_path / "docker-credential-x" / ".." / "run"
+    (tmp_path / "docker-credential-x").mkdir()
+    (tmp_path / "run").write_text(f"#!/bin/sh\ntouch {ran}\necho '{{}}'\n")
+    (tmp_path / "run").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    name = "x/../run"
+    assert program.resolve() == (tmp_path / "run")
+    cred_env.write_docker_config({"credsStore": name} if field == "credsStore"
+                                 else {"credHelpers": {"127.0.0.1:5000": name}})
+
+    with pytest.raises(ConfigurationError) as info:
+        ask("127.0.0.1:5000")
+    assert str(cred_env.docker_config) in str(info.value)
+    assert repr(name) in str(info.value) and "docker-credential-NAME" in str(info.value)
+    assert not ran.exists()
 
 
 def test_store_and_erase_go_through_the_configured_helper(cred_env, caplog):
