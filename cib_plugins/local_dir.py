@@ -118,6 +118,10 @@ def _ignore_spec(root: str, options: LayerOptions) -> _Ignores | None:
     lines.extend(options.ignores)
     if not any(line.strip() and not line.lstrip().startswith("#") for line in lines):
         return None
+    return _compiled(root, lines)
+
+
+def _compiled(root: str, lines: list[str]) -> _Ignores:
     try:
         return _Ignores(lines)
     except Exception as exc:  # noqa: BLE001 - pathspec raises several types for bad patterns
@@ -162,6 +166,10 @@ class _Walk:
         self.root = root
         self.options = options
         self._identity: tuple[bytes, int] | None = None
+        if options.ignores:
+            # a bad pattern is refused when the source is claimed, before the build writes
+            # anything; the walk reads the ignore files and compiles them all again
+            _compiled(root, list(options.ignores))
 
     def identity(self) -> tuple[bytes, int]:
         if self._identity is None:

@@ -467,10 +467,7 @@ def test_every_parameter_is_known() -> None:
 
 PARAMETERS = [(command, param.name) for command, cmd in _leaf_commands()
               for param in _value_params(cmd)]
-KNOWN_DEFECTS = {
-    ("build", "ignores"): "a bad --ignore pattern is found by the local-dir plugin while the "
-                          "layer is streamed, after the target layout was created",
-}
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.slow
