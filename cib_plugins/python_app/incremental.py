@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .install import file_sha256
+
 log = logging.getLogger(__name__)
 
 FORMAT = "cib-python-incremental-1"
@@ -89,7 +91,7 @@ def snapshot(root: Path, ignored: Callable[[str, bool], bool]) -> Snapshot:
                     dirs.add(path)
                     walk(entry.path, path + "/")
                 elif stat.S_ISREG(mode):
-                    files[path] = (_file_sha256(entry.path), bool(mode & 0o111))
+                    files[path] = (file_sha256(entry.path), bool(mode & 0o111))
                 elif stat.S_ISLNK(mode):
                     raise NotSnapshotted(f"{path} is a symbolic link")
                 else:
@@ -97,14 +99,6 @@ def snapshot(root: Path, ignored: Callable[[str, bool], bool]) -> Snapshot:
 
     walk(str(root), "")
     return Snapshot(files, frozenset(dirs))
-
-
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_inputs(backend: str, requires: Sequence[str], backend_path: object,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import posixpath
 import tempfile
 import zipfile
@@ -65,7 +66,8 @@ class Wheel:
         return self.source if isinstance(self.source, Path) else self.source()
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a local file's bytes, in hex."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
