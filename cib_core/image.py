@@ -666,12 +666,13 @@ class Image:
             builder = make()
             cache = self.build_cache
             on = layer_cache.cache_dir() is not None
-            recipes = [r for r in (builder.recipe(), builder.recipe(relocatable=True)) if r] if on else []
+            recipe = builder.recipe()
+            recipes = [r for r in (recipe, builder.recipe(relocatable=True)) if r] if on else []
             # Look in the caches first when one may know the layer: a cache repository, content
             # that is not all local files (cheap to key), or local sources built before here
             # (from this path, or from another checkout of the project). Else start building
             # and uploading at once, the upload overlapping the walk, and remember the layer.
-            look = (cache.repo is not None or builder.recipe() is None
+            look = (cache.repo is not None or recipe is None
                     or any(layer_cache.seen(r) for r in recipes))
             if look:
                 builder.fingerprint(layer_cache.RACY_SECONDS)  # the walk, while the base is read

@@ -305,23 +305,6 @@ class Finder:
             log.debug("cannot note the size of a wheel in %s: %s", note, exc)
 
     # -- downloads -------------------------------------------------------------------------
-    def fetch_all(self, wanted: Sequence[tuple[str, DistFile, frozenset[str], str]]) -> dict[str, Path]:
-        """Fetch each ``(project, file, allowed sha256s, where the lock names it)`` in
-        parallel; returns the local path of each by file name."""
-        unique: dict[str, tuple[str, DistFile, frozenset[str], str]] = {}
-        for item in wanted:
-            unique.setdefault(item[1].filename, item)
-        results: dict[str, Path] = {}
-        lock = threading.Lock()
-
-        def one(item: tuple[str, DistFile, frozenset[str], str]) -> None:
-            path = self.fetch(*item)
-            with lock:
-                results[item[1].filename] = path
-
-        parallel(one, list(unique.values()), self.jobs)
-        return results
-
     def fetch(self, project: str, file: DistFile, allowed: frozenset[str], where: str) -> Path:
         """The local path of ``file``, fetched and checked against its hashes once per build."""
         with self._lock:
