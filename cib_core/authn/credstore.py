@@ -54,7 +54,8 @@ from typing import Any
 from cib_core.authn.credentials import IDENTITY_TOKEN_USER, Credentials
 from cib_core.errors import AuthenticationError, ConfigurationError
 from cib_core.fileio import write_atomically
-from cib_core.reference import DEFAULT_REGISTRY, is_docker_hub
+from cib_core.reference import DEFAULT_REGISTRY
+from cib_core.reference import is_docker_hub as is_docker_hub  # for the credential plugins
 
 log = logging.getLogger(__name__)
 
