@@ -12,6 +12,7 @@ directories of upper layers hide what lower layers hold, as a container runtime 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -21,7 +22,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from cib_core.compression import decompressed
 from cib_core.errors import PackagingError
@@ -55,6 +56,15 @@ def _clean(name: str) -> str:
     return "/" if path in ("/", "//") else path
 
 
+class FactKeeper(Protocol):
+    """Where ``BaseFiles`` keeps what packagers learn about a base: ``BuildCache`` is one
+    (the cache repository)."""
+
+    def recall(self, key: str, label: str) -> Mapping[str, Any] | None: ...
+
+    def note(self, key: str, facts: Mapping[str, Any], label: str) -> None: ...
+
+
 class BaseFiles:
     """One platform of a base image as a ``cib_core.plugin_api.BaseImage``.
 
@@ -63,8 +73,10 @@ class BaseFiles:
     """
 
     def __init__(self, name: str, platform: str, config: Mapping[str, Any],
-                 layers: Sequence[tuple[str, Callable[[], BinaryIO]]]) -> None:
+                 layers: Sequence[tuple[str, Callable[[], BinaryIO]]],
+                 facts: FactKeeper | None = None) -> None:
         self._name = name
+        self._facts = facts
         self._platform = platform
         inner = config.get("config")
         self._config: Mapping[str, Any] = dict(inner) if isinstance(inner, Mapping) else {}
@@ -95,6 +107,27 @@ class BaseFiles:
     @property
     def name(self) -> str:
         return f"{self._name} ({self._platform})"
+
+    def recall(self, name: str) -> Mapping[str, Any] | None:
+        if self._facts is None:
+            return None
+        return self._facts.recall(self._fact_key(name), f"facts {name!r} of {self.name}")
+
+    def remember(self, name: str, facts: Mapping[str, Any]) -> None:
+        try:
+            json.dumps(dict(facts), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise PackagingError(f"facts {name!r} of {self.name}",
+                                 f"are not a JSON object: {exc}") from None
+        if self._facts is not None:
+            self._facts.note(self._fact_key(name), facts, f"facts {name!r} of {self.name}")
+
+    def _fact_key(self, name: str) -> str:
+        if not isinstance(name, str) or not name:
+            raise PackagingError(f"facts of {self.name}", "need a name (a non-empty string)")
+        h = hashlib.sha256(b"cib-base-facts-1\0" + self._key.encode() + b"\0")
+        h.update(name.encode())
+        return h.hexdigest()
 
     def stat(self, path: str) -> FileInfo | None:
         members = self._index()

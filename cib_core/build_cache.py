@@ -30,11 +30,11 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import cib_core.layers.cache as local_cache
 from cib_core.errors import CibError, ConfigurationError
-from cib_core.layer_records import lookup, write_record
+from cib_core.layer_records import lookup, lookup_facts, write_facts, write_record
 from cib_core.layers.build import LayerBuilder
 from cib_core.layers.keys import key_for, settings_digest, shape_for
 from cib_core.layers.pipeline import LayerInfo
@@ -232,6 +232,32 @@ class BuildCache:
         key = key_for(miss.settings, info.diff_id)
         local_cache.store(key, info)
         self._record(key, info, target, label)
+
+    def recall(self, key: str, label: str) -> dict[str, Any] | None:
+        """Facts kept under ``key`` (64 hex digits) in the cache repository, or ``None``. With
+        ``verify`` none are trusted: the caller learns them again."""
+        if self.repo is None or self.verify:
+            return None
+        try:
+            facts = lookup_facts(self.repo, key)
+        except CibError as exc:
+            log.warning("%s: cannot read the cache repository %s (%s)", label, self.repo.name, exc)
+            return None
+        log.info("%s: %s in %s", label, "found" if facts is not None else "not kept",
+                 self.repo.name)
+        return facts
+
+    def note(self, key: str, facts: Mapping[str, Any], label: str) -> None:
+        """Keep ``facts`` under ``key`` in the cache repository, if there is one."""
+        if self.repo is None:
+            return
+        try:
+            write_facts(self.repo, key, facts)
+        except CibError as exc:
+            log.warning("%s: could not keep them in the cache repository %s: %s",
+                        label, self.repo.name, exc)
+            return
+        log.info("%s: kept in %s", label, self.repo.name)
 
     def _record(self, key: str, info: LayerInfo, target: BlobStore, label: str) -> None:
         """Write the record of ``key`` (and its blob) to the cache repository, if any."""

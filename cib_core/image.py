@@ -882,7 +882,8 @@ class Image:
         images = self._load()
         bases = [BaseFiles(self._describe_base(), str(image.platform), image.data.config,
                            [(layer["digest"], self._layer_opener(image, layer["digest"]))
-                            for layer in image.data.manifest.get("layers", [])])
+                            for layer in image.data.manifest.get("layers", [])],
+                           facts=self.build_cache)
                  for image in images]
         try:
             answers = package(self._plugin_manager, os.fspath(project), bases, options)

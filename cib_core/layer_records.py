@@ -13,6 +13,14 @@ A record says "the layer made from these inputs is this blob". It is an OCI arti
 
 Writers of one key replace each other's tag, which is harmless: every record for a key names
 a layer made from the same inputs.
+
+Beside the layer records, the cache repository keeps what app packagers learned about a base
+(the Python a base runs, found by reading its layers), so that a machine new to the base need
+not read its layers again: an artifact with ``artifactType``
+``application/vnd.cib.base-facts.v1+json``, the empty config and no layer, the facts as JSON
+text in the annotation ``dev.cib.facts``, tagged ``cib-facts-<key>`` (the key: a digest of the
+base's layers, its platform and the packager's name for the facts). ``cib cache ls|prune``
+leave them alone: there is one per base and packager setting, each a few hundred bytes.
 """
 
 from __future__ import annotations
@@ -44,6 +52,9 @@ DIFF_ID_ANNOTATION = "dev.cib.cache.diff-id"
 REPOSITORY_ANNOTATION = "dev.cib.cache.repository"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
 TAG_PREFIX = "cib-cache-"
+FACTS_ARTIFACT_TYPE = "application/vnd.cib.base-facts.v1+json"
+FACTS_ANNOTATION = "dev.cib.facts"
+FACTS_TAG_PREFIX = "cib-facts-"
 
 _KEY_RE = re.compile(r"(?:sha256:)?([0-9a-f]{64})")
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
@@ -243,8 +254,7 @@ def write_record(client: RegistryClient, key: str, info: LayerDescription, *,
                            "push it there first or pass source= the repository that has it")
         if not (source.registry == client.registry and client.mount(info.digest, source.repository)):
             source.copy_blob_to(client, info.digest, info.size)
-    if not client.blob_exists(EMPTY_DESCRIPTOR["digest"]):
-        client.upload(io.BytesIO(EMPTY_JSON), len(EMPTY_JSON), EMPTY_DESCRIPTOR["digest"])
+    _ensure_empty_blob(client)
     raw = canonical_json(manifest)
     tag = record_tag(key)
     client.manifest_upload(tag, raw, mt.OCI_MANIFEST)
@@ -272,6 +282,50 @@ def lookup(client: RegistryClient, key: str, *, check_blob: bool = True) -> Laye
         log.info("ignoring %s in %s: its layer %s is gone", tag, client.name, record.layer_digest)
         return None
     return record
+
+
+def _ensure_empty_blob(client: RegistryClient) -> None:
+    """The empty JSON blob every record's config names (a registry checks a manifest's blobs)."""
+    if not client.blob_exists(EMPTY_DESCRIPTOR["digest"]):
+        client.upload(io.BytesIO(EMPTY_JSON), len(EMPTY_JSON), EMPTY_DESCRIPTOR["digest"])
+
+
+def write_facts(client: RegistryClient, key: str, facts: Mapping[str, Any], *,
+                created: datetime | None = None) -> None:
+    """Keep ``facts`` (a JSON object) under ``key`` in the cache repository."""
+    hexkey = normalize_key(key)
+    annotations = {KEY_ANNOTATION: hexkey,
+                   FACTS_ANNOTATION: canonical_json(dict(facts)).decode(),
+                   CREATED_ANNOTATION: format_time(created or datetime.now(timezone.utc))}
+    _ensure_empty_blob(client)
+    raw = canonical_json(artifact_manifest(FACTS_ARTIFACT_TYPE, [], annotations=annotations))
+    client.manifest_upload(FACTS_TAG_PREFIX + hexkey, raw, mt.OCI_MANIFEST)
+    log.debug("kept facts %s%s in %s", FACTS_TAG_PREFIX, hexkey, client.name)
+
+
+def lookup_facts(client: RegistryClient, key: str) -> dict[str, Any] | None:
+    """The facts kept under ``key`` in the cache repository, or ``None``: none kept, or a tag
+    holding anything but a facts record for this key (ignored with a warning)."""
+    hexkey = normalize_key(key)
+    tag = FACTS_TAG_PREFIX + hexkey
+    try:
+        raw, _media_type, _digest = client.manifest_raw(tag)
+    except NotFound:
+        return None
+    what = f"{client.name}:{tag}"
+    try:
+        doc = json_object(raw, what)
+        notes = doc.get("annotations")
+        if doc.get("artifactType") != FACTS_ARTIFACT_TYPE or not isinstance(notes, Mapping):
+            raise ManifestError(f"{what} is not a facts record")
+        if notes.get(KEY_ANNOTATION) != hexkey:
+            raise ManifestError(f"{what} names another key")
+        text = notes.get(FACTS_ANNOTATION)
+        facts = json_object(text.encode() if isinstance(text, str) else b"", f"{what}'s facts")
+    except ManifestError as exc:
+        log.warning("ignoring %s: %s", tag, exc)
+        return None
+    return facts
 
 
 def list_records(client: RegistryClient, *, jobs: int = 4) -> list[LayerRecord]:
@@ -319,6 +373,9 @@ __all__ = [
     "ARTIFACT_TYPE",
     "CREATED_ANNOTATION",
     "DIFF_ID_ANNOTATION",
+    "FACTS_ANNOTATION",
+    "FACTS_ARTIFACT_TYPE",
+    "FACTS_TAG_PREFIX",
     "KEY_ANNOTATION",
     "REPOSITORY_ANNOTATION",
     "TAG_PREFIX",
@@ -327,11 +384,13 @@ __all__ = [
     "format_age",
     "list_records",
     "lookup",
+    "lookup_facts",
     "normalize_key",
     "parse_duration",
     "parse_record",
     "prune",
     "record_manifest",
     "record_tag",
+    "write_facts",
     "write_record",
 ]

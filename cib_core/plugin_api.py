@@ -387,6 +387,22 @@ class BaseImage(Protocol):
         A missing path or a directory raises ``PackagingError``."""
         ...
 
+    def recall(self, name: str) -> Mapping[str, Any] | None:
+        """What a packager :meth:`remember`-ed about this base under ``name``, on any machine
+        sharing the build's cache repository (``cache_repo``); ``None`` when the build has
+        none, it holds nothing under ``name`` for this base's files, or ``verify_cache`` is
+        set (then the packager learns it again). Whoever can push to the cache repository
+        can choose what is recalled, as they can choose cached layers: keep to facts the
+        packager could learn from the files, and check their shape before use."""
+        ...
+
+    def remember(self, name: str, facts: Mapping[str, Any]) -> None:
+        """Keep ``facts`` (a JSON object) learned from this base's files under ``name`` (the
+        packager's own, with a version: ``"python-target/1/..."``), for :meth:`recall` on
+        later builds of any machine sharing the cache repository. Nothing is kept without
+        one; failing to write is logged, not raised."""
+        ...
+
 
 @dataclass(frozen=True)
 class AppOptions:

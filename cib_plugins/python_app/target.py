@@ -8,7 +8,9 @@ standard library is ``PREFIX/lib/python3.N`` (with ``os.py``, the landmark Pytho
 for); the ABI comes from the standard library's ``_sysconfigdata_*.py`` (``ABIFLAGS``, as text:
 it is never imported) or the names of its extension modules; the C library is glibc (its
 version in the text of ``libc.so.6``) or musl (``ld-musl-ARCH.so.1``). What was found is
-cached per base (``BaseImage.key``), so a rebuild reads no layer.
+cached per base (``BaseImage.key``), so a rebuild reads no layer, and remembered through the
+base (``BaseImage.remember``, kept in the cache repository when the build has one), so that a
+fresh CI runner sharing that repository reads none either.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ _MUSL_LOADER = re.compile(r"ld-musl-([a-z0-9_]+)\.so\.1$")
 _SOABI = re.compile(r"\.cpython-(\d)(\d+)([a-z]*)-")
 _ABIFLAGS = re.compile(r"""['"]ABIFLAGS['"]\s*:\s*['"]([a-z]*)['"]""")
 _OVERRIDE_KEYS = ("interpreter", "version", "abi", "libc")
+_VERSION = re.compile(r"\d+\.\d+(?:\.|$)")
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,11 @@ def detect(base: BaseImage, override: Mapping[str, str], cache_dir: str | None) 
             return PythonTarget(**data)
         except (OSError, ValueError, TypeError, KeyError):
             pass
-    target = _detect(base, override)
+    name = _facts_name(base, override)
+    target = _from_facts(base.recall(name), base)
+    if target is None:
+        target = _detect(base, override)
+        base.remember(name, asdict(target))
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +182,38 @@ def _cache_file(cache_dir: str | None, base: BaseImage, override: Mapping[str, s
     h.update(json.dumps(_env(base.config), sort_keys=True).encode())
     h.update(json.dumps(dict(override), sort_keys=True).encode())
     return Path(cache_dir) / "targets" / f"{h.hexdigest()}.json"
+
+
+def _facts_name(base: BaseImage, override: Mapping[str, str]) -> str:
+    """The name the target is remembered under: the base's files are in its key already; the
+    config's environment (PATH, PYTHON_VERSION) and the override decide the rest."""
+    h = hashlib.sha256(json.dumps([_env(base.config), dict(override)], sort_keys=True).encode())
+    return f"python-target/{CACHE_FORMAT}/{h.hexdigest()}"
+
+
+_FACT_TYPES = {"platform": str, "machine": str, "interpreter": str, "version": str, "abi": str,
+               "libc": str, "stdlib": str}
+
+
+def _from_facts(facts: Mapping[str, Any] | None, base: BaseImage) -> PythonTarget | None:
+    """A target remembered on another machine, if it has the shape ``_detect`` gives and is
+    for this platform; anything else is ignored (and the base's files read again)."""
+    if facts is None:
+        return None
+    libc_version = facts.get("libc_version")
+    if (set(facts) != {*_FACT_TYPES, "libc_version"}
+            or not all(isinstance(facts[k], t) for k, t in _FACT_TYPES.items())
+            or facts["platform"] != base.platform
+            or facts["machine"] != machine_of(base.platform)
+            or not (isinstance(libc_version, list) and len(libc_version) == 2
+                    and all(type(v) is int for v in libc_version))
+            or not posixpath.isabs(facts["interpreter"])
+            or _VERSION.match(facts["version"]) is None
+            or facts["libc"] not in ("glibc", "musl")):
+        log.warning("ignoring the Python target remembered for %s: it is not one this version "
+                    "of cib makes; reading the base's files", base.name)
+        return None
+    return PythonTarget(**{**facts, "libc_version": (libc_version[0], libc_version[1])})
 
 
 def _how_to_name(base: BaseImage) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -588,3 +588,84 @@ def test_a_second_machine_gets_the_app_layers_from_the_cache_repository(
         "the second machine downloaded wheels"
     assert not re.findall(r'"(?:PATCH|PUT) /v2/pyapp/fleet/blobs/uploads', log), \
         "the second machine uploaded blobs to the target"
+    # the Python the base runs was remembered in the cache repository: the second machine
+    # read none of the base's layers to find it
+    assert [t for t in records if t.startswith("cib-facts-")]
+    fetched = _layer_gets(log, python_base, cib_registry)
+    assert not fetched, f"the second machine read base layers {fetched}"
+
+
+def _base_layers(ref: str, registry: RegistryServer) -> tuple[str, set[str]]:
+    """The repository of ``ref`` and the digests of its layers (of every platform)."""
+    from cib_core.reference import parse_reference
+    from cib_core.remote.client import RegistryClient
+
+    parsed = parse_reference(ref)
+    client = RegistryClient(registry.host, parsed.repository)
+    raw, _, _ = client.manifest_raw(parsed.digest or parsed.tag or "latest")
+    doc = json.loads(raw)
+    manifests = ([json.loads(client.manifest_raw(m["digest"])[0]) for m in doc["manifests"]]
+                 if "manifests" in doc else [doc])
+    return parsed.repository, {layer["digest"] for m in manifests for layer in m["layers"]}
+
+
+def _layer_gets(log: str, ref: str, registry: RegistryServer) -> list[str]:
+    """The base's layer blobs GET in ``log`` (a part of the registry's access log)."""
+    import re
+
+    repository, layers = _base_layers(ref, registry)
+    got = re.findall(rf'"GET /v2/{re.escape(repository)}/blobs/(sha256:[0-9a-f]{{64}})', log)
+    return sorted(set(got) & layers)
+
+
+def test_a_bad_python_target_in_the_cache_repository_is_ignored(
+        tmp_path: Path, cib_registry: RegistryServer, python_base: str, house: Wheelhouse,
+        index: IndexServer, no_pip_config: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A facts record of the wrong shape (planted, or written by another version) is ignored:
+    the base's layers are read again, the image is the same, and the record is rewritten. With
+    verify_cache a well-formed record that lies is not trusted either."""
+    from cib_core.layer_records import FACTS_ANNOTATION, FACTS_ARTIFACT_TYPE, KEY_ANNOTATION
+    from cib_core.referrers import artifact_manifest
+    from cib_core.remote.client import RegistryClient
+
+    project = write_project(tmp_path / "app")
+    write_pylock(project / "pylock.toml", house, index, default_pins(house))
+    cache_repo = f"{cib_registry.host}/ci/pyapp-facts"
+    target = cib_registry.ref("pyapp/facts", "v1")
+    repo = RegistryClient(cib_registry.host, "ci/pyapp-facts")
+
+    def build(machine: str, **options: object) -> tuple[str, str]:
+        monkeypatch.setenv("CIB_CACHE_DIR", str(tmp_path / machine / "cib-cache"))
+        offset = Path(cib_registry.log_path).stat().st_size
+        image = Image(python_base, target, cache_repo=cache_repo, **options)  # type: ignore[arg-type]
+        image.add_python_app(project, index_url=index.simple)
+        digest = image.save().digest
+        with open(cib_registry.log_path, "rb") as f:
+            f.seek(offset)
+            return digest, f.read().decode(errors="replace")
+
+    def plant(change: Callable[[dict[str, object]], object]) -> None:
+        for tag in (t for t in repo.tags() if t.startswith("cib-facts-")):
+            notes = json.loads(repo.manifest_raw(tag)[0])["annotations"]
+            facts = json.loads(notes[FACTS_ANNOTATION])
+            change(facts)
+            doc = artifact_manifest(FACTS_ARTIFACT_TYPE, [], annotations={
+                KEY_ANNOTATION: notes[KEY_ANNOTATION], FACTS_ANNOTATION: json.dumps(facts)})
+            repo.manifest_upload(tag, json.dumps(doc).encode(),
+                                 "application/vnd.oci.image.manifest.v1+json")
+
+    digest, _ = build("machine-1")
+    good = {t: json.loads(repo.manifest_raw(t)[0])["annotations"][FACTS_ANNOTATION]
+            for t in repo.tags() if t.startswith("cib-facts-")}
+    assert good
+    plant(lambda facts: facts.update(libc_version="2.36"))  # not a pair of integers
+    again, log = build("machine-2")
+    assert again == digest
+    assert _layer_gets(log, python_base, cib_registry), "the bad record was trusted"
+    assert {t: json.loads(repo.manifest_raw(t)[0])["annotations"][FACTS_ANNOTATION]
+            for t in good} == good, "the bad record was not rewritten"
+    # well-formed, and wrong: no wheel has this ABI, so trusting it would fail the build
+    plant(lambda facts: facts.update(abi="cp399"))
+    verified, log = build("machine-3", verify_cache=True)
+    assert verified == digest
+    assert _layer_gets(log, python_base, cib_registry), "verify_cache trusted the record"
