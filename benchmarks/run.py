@@ -11,8 +11,10 @@ layout, against skopeo; (c) an unchanged rebuild of (a)'s tree; (e) a 1 GiB laye
 (f) a fresh CI runner against a warm cache repository; (k) 100,000 small files built and
 pushed against tar + umoci + skopeo; (m) 1,000,000 small files, peak RSS; (u) an unchanged
 rebuild of (k)'s tree; (s) start-up: ``cib --version``, ``cib --help`` and ``import cib_core``,
-ten runs each; (p) and (pf) a Python app (benchmarks/python_app.py). Each timed sample records
-the machine's one-minute load average when it started (other work shares the machine).
+ten runs each; (p) and (pf) a Python app (benchmarks/python_app.py); (z) floors: the imports a
+command cannot avoid, hashing the tree, a C walk of the 100k tree, set beside the targets above.
+Each timed sample records the machine's one-minute load average when it started (other work
+shares the machine).
 
 Not part of the test suite (no pytest). Needs docker-registry, skopeo, umoci, and for (a) node and
 npm; the Node library is installed with npm into ``WORKDIR/node`` (outside the repository) on first use.
@@ -530,6 +532,72 @@ def scenario_s(tools: Tools, runs: int, rows: list[Row], checks: list[Check]) ->
     checks.append(Check("(s) import cib_core in-process ms", inner, "< 30", inner < 30))
 
 
+# What a command must import whatever cib does: the command line (click), the hooks (pluggy)
+# and the HTTP stack the transport hook's contract names (requests); for Python apps also
+# the packaging libraries the packager is built on.
+FLOOR_IMPORTS = {
+    "registry command": "import click, pluggy, requests",
+    "python app": "import click, pluggy, requests, packaging.markers, packaging.tags, "
+                  "packaging.utils, tomllib, installer",
+}
+HASH_TREE = """
+import hashlib, os, sys
+h = hashlib.sha256()
+for top, dirs, files in os.walk(sys.argv[1]):
+    dirs.sort()
+    for name in sorted(files):
+        with open(os.path.join(top, name), "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+"""
+
+
+def scenario_z(tools: Tools, tree: Path, many: Path, runs: int, rows: list[Row]) -> None:
+    """Floors: what no implementation in Python with these libraries can go below here, to
+    set beside the targets of (p), (f) and (u): an interpreter importing only the libraries a
+    command needs; cib's own build imports; reading and sha256-hashing every byte of the 208
+    MB tree (what a content key made from file contents must do on a machine that has never
+    seen the files); GNU find's lstat walk of the 100,000-file tree (C, the same system calls
+    as a no-change check)."""
+    python = str(Path(tools.cib[0]).with_name("python"))
+    commands = [("python -c pass", [python, "-c", "pass"])]
+    commands += [(f"imports, {what}", [python, "-c", code]) for what, code in FLOOR_IMPORTS.items()]
+    commands += [("imports, cib build", [python, "-c", "import cib_core.cli.app, cib_core.cli.build, "
+                                         "cib_core.image"]),
+                 ("imports, cib build --python-app",
+                  [python, "-c", "import cib_core.cli.app, cib_core.cli.build, cib_core.image, "
+                   "cib_plugins.python_app.packager"]),
+                 ("sha256 of the 208 MB tree", [python, "-c", HASH_TREE, str(tree)]),
+                 ("find -printf, 100k files", ["find", str(many), "-printf",
+                                               "%P %y%m %s %D %i %T@ %C@\\n"])]
+    for what, argv in commands:
+        samples = [measure(argv, env=tools.env, label=what) for _ in range(runs)]
+        rows.append(Row("z floor", what, samples))
+        print(f"  (z) {what}: {statistics.median(s.wall for s in samples):.3f}s", flush=True)
+
+
+def floor_checks(rows: list[Row], checks: list[Check]) -> None:
+    """Each time target beside the floor under it (figures for context, not targets)."""
+    walls = {(r.scenario, r.tool): r.wall for r in rows}
+
+    def ratio(name: str, floor: list[tuple[str, str]], of: tuple[str, str], target: str) -> None:
+        if of in walls and all(part in walls for part in floor):
+            value = sum(walls[part] for part in floor) / walls[of]
+            checks.append(Check(name, value, target, None))
+
+    z = "z floor"
+    ratio("(p) floor: app imports / first build", [(z, "imports, python app")],
+          ("p python app, first build", "cib --python-app"), "<= 0.10")
+    ratio("(f) floor: imports + sha256 / first", [(z, "imports, registry command"),
+                                                 (z, "sha256 of the 208 MB tree")],
+          ("f first build, --cache-repo", "cib"), "<= 0.15")
+    ratio("(pf) floor: app imports / first build", [(z, "imports, python app")],
+          ("pf python app, --cache-repo", "cib --python-app"), "<= 0.15")
+    ratio("(u) floor: imports + find / first", [(z, "imports, registry command"),
+                                               (z, "find -printf, 100k files")],
+          ("u first build 100k files", "cib"), "<= 0.2")
+
+
 def scenario_b(tools: Tools, work: Path, src: str, runs: int, rows: list[Row],
                checks: list[Check]) -> None:
     cib_s, sk_s = [], []
@@ -715,7 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median; default 3)")
-    parser.add_argument("--only", default="a,b,c,d,e,f,k,m,u,s,p,pf",
+    parser.add_argument("--only", default="a,b,c,d,e,f,k,m,u,s,p,pf,z",
                         help="scenarios, comma separated (default all)")
     parser.add_argument("--million", type=int, default=1_000_000,
                         help="files of scenario m (default 1,000,000)")
@@ -763,8 +831,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra["f"] = scenario_f(tools, work, tree, base_dir, args.runs, rows, checks)
     if "e" in only:
         scenario_e(tools, work, args.runs, args.big_mib * MiB, rows, checks)
-    if only & {"k", "u"}:
-        many = work / "many-100k"
+    many = work / "many-100k"
+    if only & {"k", "u", "z"}:
         extra["many_100k_bytes"] = make_many(many, 100_000)
         if "k" in only:
             scenario_k(tools, work, many, base_dir, args.runs, rows, checks)
@@ -784,6 +852,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.python_app import scenario_pf
 
         extra["pf"] = scenario_pf(tools, work, args.runs, rows, checks)
+
+    if "z" in only:
+        scenario_z(tools, tree, many, 10, rows)
+        floor_checks(rows, checks)
 
     text = table(rows, checks)
     info = machine()
