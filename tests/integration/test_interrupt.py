@@ -21,6 +21,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 INTERRUPT_BOUND = 1.0
 LAYER_BYTES = 24 << 20
 THROTTLE = 2 << 20  # bytes a second: a layer takes ~12 s to come through
+# A Ctrl-C at a terminal reaches a process whose SIGINT is at its default. A suite started in
+# the background by a shell (`pytest ... &`) has SIGINT ignored, every child inherits that,
+# and Python keeps an inherited ignore (as `nohup` relies on): cib would rightly not stop. So
+# the child restores the default and then becomes cib (exec keeps the default and the PID).
+WITH_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -52,7 +58,8 @@ def test_sigint_stops_a_copy_within_a_second(layers: int, cib_registry: Registry
     home = tmp_path / "home"
     (home / ".docker").mkdir(parents=True)
     script = str(Path(sys.executable).parent / "cib")
-    proc = subprocess.Popen([script, "copy", proxy.ref(repo, "1"), cib_second_registry.ref(repo, "1")],
+    proc = subprocess.Popen([sys.executable, "-c", WITH_DEFAULT_SIGINT, script, "copy",
+                             proxy.ref(repo, "1"), cib_second_registry.ref(repo, "1")],
                             env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
