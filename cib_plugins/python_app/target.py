@@ -151,7 +151,8 @@ def detect(base: BaseImage, override: Mapping[str, str], cache_dir: str | None) 
     if unknown:
         raise PackagingError("python_target", f"has unknown key(s) {', '.join(unknown)}; "
                              f"use {', '.join(_OVERRIDE_KEYS)}")
-    cache = _cache_file(cache_dir, base, override)
+    name = _facts_name(base, override)
+    cache = _cache_file(cache_dir, base, name)
     if cache is not None:
         try:
             data = json.loads(cache.read_text())
@@ -159,7 +160,6 @@ def detect(base: BaseImage, override: Mapping[str, str], cache_dir: str | None) 
             return PythonTarget(**data)
         except (OSError, ValueError, TypeError, KeyError):
             pass
-    name = _facts_name(base, override)
     target = _from_facts(base.recall(name), base)
     if target is None:
         target = _detect(base, override)
@@ -175,12 +175,10 @@ def detect(base: BaseImage, override: Mapping[str, str], cache_dir: str | None) 
     return target
 
 
-def _cache_file(cache_dir: str | None, base: BaseImage, override: Mapping[str, str]) -> Path | None:
+def _cache_file(cache_dir: str | None, base: BaseImage, name: str) -> Path | None:
     if cache_dir is None:
         return None
-    h = hashlib.sha256(f"{CACHE_FORMAT}\0{base.key}\0{base.platform}\0".encode())
-    h.update(json.dumps(_env(base.config), sort_keys=True).encode())
-    h.update(json.dumps(dict(override), sort_keys=True).encode())
+    h = hashlib.sha256(f"{base.key}\0{base.platform}\0{name}".encode())
     return Path(cache_dir) / "targets" / f"{h.hexdigest()}.json"
 
 
