@@ -1,0 +1,510 @@
+"""The walk behind local-dir's no-change check, in the standard library only.
+
+A tree's identity is a hash over its directories, each one's hash made of its entries' records
+in byte order with a subdirectory's own hash after its record (``tree_identity``). cib's
+process computes it; for a large tree on a machine with two or more processors it shares the
+walk with one helper process, this file run as a program (``python -I -S walk.py``): the
+system calls of the walk are most of its time, and one process makes them one at a time.
+
+The parent walks as alone. At a directory with two or more subdirectories, once the walk has
+run for ``HELPER_AFTER`` seconds and while the helper has nothing to do, it hands the helper
+that directory's subdirectories as a task list. The helper walks them from the last one, the
+parent from the first; each tells the other which it starts (the parent's *claim* ``C n i``
+before it walks item ``i`` of list ``n``, the helper's ``S n i``), so they meet in the middle.
+At worst both walk one item, with the same result. The helper reports ``D n i <digest>
+<newest>`` for an item it walked, ``E n i`` for an item whose walk failed (the parent walks
+that item itself, so the error it raises is the one a walk alone would raise, in the same
+order), and ``F n`` when it has stopped on list ``n``. Anything else, or no helper at all, and
+the parent walks what is left itself: the helper can make the check faster, never different.
+
+Lines to the helper: the ``sys.path`` to import from (hex, for pathspec), ``F`` or ``K``
+(follow or keep symlinks) with the ignore lines (hex, ``-`` for none), then ``T n item...``
+(``item`` = path hex, ``:``, relative path hex, ``:``, the ``dev.ino`` of the directories from
+the root down to the item, comma separated) and ``C n i``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+IDENTITY_VERSION = b"cib local-dir 2\0"
+# What keeps a symlink as a link instead of following it, as add_files spells it; the command
+# line puts its own flag in its place.
+KEEP_SYMLINKS = "follow_symlinks=False"
+# A walk that has not finished after this many seconds gets the helper: starting it costs about
+# 40 ms of the other processor, which a small tree would not win back.
+HELPER_AFTER = 0.03
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+STATS = struct.Struct("<IQQQqq")  # mode, size, device, inode, mtime and ctime in ns
+
+Ancestors = frozenset[tuple[int, int]]
+Child = tuple[str, str, str, os.stat_result, bool, bool]
+
+
+class WalkError(Exception):
+    """A path the walk cannot take, with why and, where one helps, the option that avoids it."""
+
+    def __init__(self, path: str, reason: str, option: str | None = None) -> None:
+        super().__init__(path, reason, option)
+        self.path, self.reason, self.option = path, reason, option
+
+
+def fs_bytes(name: str) -> bytes:
+    return name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode without its Python-level call
+
+
+def sorted_names(dir_path: str) -> list[str]:
+    try:
+        names = os.listdir(dir_path)
+    except OSError as exc:
+        raise WalkError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
+    names.sort()
+    if not all(map(str.isascii, names)):
+        # a name's file-system bytes decide its place; for ASCII names their str order is it
+        names.sort(key=fs_bytes)
+    return names
+
+
+def refuse_special(path: str, mode: int) -> None:
+    if stat.S_ISFIFO(mode):
+        raise WalkError(path, "is a named pipe (FIFO); cib does not read FIFOs into layers: "
+                        "remove it or add it to the ignores")
+    if stat.S_ISSOCK(mode):
+        raise WalkError(path, "is a socket, which cannot go into a layer: remove it or add it "
+                        "to the ignores")
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        raise WalkError(path, "is a device file; cib does not copy device files from disk: "
+                        "remove it or add it to the ignores")
+    raise WalkError(path, f"has an unsupported file type ({stat.filemode(mode)})")
+
+
+def stat_link(path: str) -> os.stat_result:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        raise WalkError(path, "is a dangling symlink (its target does not exist); remove it or "
+                        "ignore it", option=KEEP_SYMLINKS) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise WalkError(path, "is a symlink loop (a cycle of links); remove it or ignore it",
+                            option=KEEP_SYMLINKS) from None
+        raise WalkError(path, f"cannot be read: {exc.strerror or exc}") from None
+
+
+class Ignores:
+    """gitignore patterns as ``pathspec.GitIgnoreSpec`` judges them, plus pruning.
+
+    A file is left out when pathspec matches its path. A directory that pathspec matches is
+    not entered at all when no pattern is a negation (then nothing below it could come
+    back); with negations present it is walked, its own entry left out, and each path below
+    it judged by pathspec (so ``build`` + ``!build/keep.txt`` keeps ``build/keep.txt``, where
+    git, which never enters an excluded directory, would not).
+    """
+
+    def __init__(self, lines: list[str]) -> None:
+        import pathspec  # only a source with ignore patterns pays for importing it
+
+        self.lines = lines
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        self.has_negation = any(p.include is False for p in self._spec.patterns)
+
+    def excluded(self, rel: str, is_dir: bool) -> bool:
+        return bool(self._spec.match_file(rel + "/" if is_dir else rel))
+
+
+def compiled(root: str, lines: list[str]) -> Ignores:
+    try:
+        return Ignores(lines)
+    except Exception as exc:  # noqa: BLE001 - pathspec raises several types for bad patterns
+        raise WalkError(root, f"invalid ignore pattern: {exc}") from None
+
+
+def children(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
+             follow: bool) -> Iterator[Child]:
+    """``(name, path, rel, stat, followed, listed)`` of each name of one directory that the
+    layer gets, in byte order: the stat is the link's own for a kept symlink and the target's
+    for a followed one (``followed``); ``listed`` is False for an ignored directory walked
+    only because a negation may bring back something below it. Refuses loops, dangling
+    links and special files that are not ignored."""
+    for name in sorted_names(prefix[:-1] if len(prefix) > 1 else prefix):
+        path = prefix + name
+        child = rel + name
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise WalkError(path, f"cannot be read: {exc.strerror or exc}") from None
+        mode = st.st_mode
+        followed = follow and stat.S_ISLNK(mode)
+        if followed:
+            try:
+                st = stat_link(path)
+            except WalkError:
+                if spec is not None and spec.excluded(child, False):
+                    continue  # an ignored dangling or looping link is no error
+                raise
+            mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            ignored = spec is not None and spec.excluded(child, True)
+            if ignored and not spec.has_negation:  # type: ignore[union-attr]
+                continue
+            if (st.st_dev, st.st_ino) in ancestors:
+                if ignored:
+                    continue
+                raise WalkError(path, "is a symlink loop: it leads back to a directory that "
+                                "contains it; remove it or ignore it", option=KEEP_SYMLINKS)
+            yield name, path, child, st, followed, not ignored
+            continue
+        if spec is not None and spec.excluded(child, False):
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            refuse_special(path, mode)
+        yield name, path, child, st, followed, True
+
+
+def entry_record(name: str, st: os.stat_result) -> bytes:
+    return fs_bytes(name) + b"\0" + STATS.pack(st.st_mode, st.st_size, st.st_dev, st.st_ino,
+                                               st.st_mtime_ns, st.st_ctime_ns)
+
+
+def dir_record(name: str, mode: int, listed: bool) -> bytes:
+    return fs_bytes(name) + (b"/\0%o\0" % mode if listed else b"/\0-\0")
+
+
+def file_identity(st: os.stat_result) -> tuple[bytes, int]:
+    digest = hashlib.sha256(IDENTITY_VERSION + entry_record("", st)).digest()
+    return digest, max(st.st_mtime_ns, st.st_ctime_ns)
+
+
+# A subdirectory handed over: its path and relative path, both ending in "/", and the
+# directories from the root down to it.
+Item = tuple[str, str, Ancestors]
+# Called with a directory's children and ancestors as it is entered: the number of the task
+# list its subdirectories were handed over as, or None.
+Offer = Callable[[list["Child | WalkError"], Ancestors], "int | None"]
+# Called for item i of list n before walking it: its (digest, newest) if the helper walked it.
+Take = Callable[[int, int], "tuple[bytes, int] | None"]
+
+
+class _Frame:
+    __slots__ = ("hasher", "kids", "at", "ancestors", "newest", "listing", "sub")
+
+    def __init__(self, prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
+                 follow: bool, offer: Offer | None) -> None:
+        self.hasher = hashlib.sha256(IDENTITY_VERSION)
+        self.ancestors = ancestors
+        self.at = self.newest = self.sub = 0
+        self.listing: int | None = None
+        # The directory's children, listed before any is walked so its subdirectories can be
+        # handed over; a refusal ends the list, to be raised where a lazy walk would meet it.
+        kids: list[Child | WalkError] = []
+        try:
+            kids.extend(children(prefix, rel, ancestors, spec, follow))
+        except WalkError as exc:
+            kids.append(exc)
+        self.kids = kids
+        if offer is not None:
+            self.listing = offer(kids, ancestors)
+
+
+def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, follow: bool,
+                  offer: Offer | None = None, take: Take | None = None) -> tuple[bytes, int]:
+    """The hash of the directory ``prefix`` (ending in "/") and the newest modification or
+    change time of a file below it. With ``offer`` and ``take``, subdirectories may be handed
+    to someone else who returns the same hash."""
+    pack = STATS.pack
+    stack = [_Frame(prefix, rel, ancestors, spec, follow, offer)]
+    while True:
+        frame = stack[-1]
+        kids, at, newest = frame.kids, frame.at, frame.newest
+        update = frame.hasher.update
+        below: Child | None = None
+        while at < len(kids):
+            kid = kids[at]
+            at += 1
+            if isinstance(kid, WalkError):
+                raise kid
+            name, _, _, st, _, listed = kid
+            mode = st.st_mode
+            if mode & 0o170000 == 0o040000:  # S_ISDIR
+                update(dir_record(name, mode, listed))
+                done = None
+                if frame.listing is not None:
+                    done = take(frame.listing, frame.sub)  # type: ignore[misc]
+                    frame.sub += 1
+                if done is None:
+                    below = kid
+                    break
+                update(done[0])
+                if done[1] > newest:
+                    newest = done[1]
+                continue
+            mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+            # entry_record's work, inlined: this runs once per file of the tree
+            update(name.encode(_FS_ENCODING, _FS_ERRORS) + b"\0" + pack(
+                mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
+            if mtime_ns > newest:
+                newest = mtime_ns
+            if ctime_ns > newest:
+                newest = ctime_ns
+        frame.at, frame.newest = at, newest
+        if below is not None:
+            _, path, child_rel, st, _, _ = below
+            stack.append(_Frame(path + "/", child_rel + "/",
+                                frame.ancestors | {(st.st_dev, st.st_ino)}, spec, follow, offer))
+            continue
+        stack.pop()
+        digest = frame.hasher.digest()
+        if not stack:
+            return digest, newest
+        parent = stack[-1]
+        parent.hasher.update(digest)
+        if newest > parent.newest:
+            parent.newest = newest
+
+
+def _processors() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _python() -> str | None:
+    """The interpreter that can run this file as the helper, or None (a frozen cib, or this
+    module loaded from somewhere that is not a file)."""
+    if getattr(sys, "frozen", False) or not sys.executable or not os.path.isfile(__file__):
+        return None
+    return sys.executable
+
+
+def _ancestors_text(ancestors: Ancestors) -> str:
+    return ",".join(f"{dev}.{ino}" for dev, ino in ancestors)
+
+
+class TreeCheck:
+    """One no-change check of a tree, shared with a helper process when it pays."""
+
+    def __init__(self, spec: Ignores | None, follow: bool, share: bool = True) -> None:
+        self.spec, self.follow = spec, follow
+        self._share = share
+        self._helper: _Helper | None = None
+        self._started = 0.0
+        self.helped = 0  # items the helper's results were used for
+
+    def run(self, prefix: str, ancestors: Ancestors) -> tuple[bytes, int]:
+        self._started = time.monotonic()
+        share = self._share and _processors() > 1 and _python() is not None
+        try:
+            if not share:
+                return tree_identity(prefix, "", ancestors, self.spec, self.follow)
+            return tree_identity(prefix, "", ancestors, self.spec, self.follow,
+                                 self._offer, self._take)
+        finally:
+            if self._helper is not None:
+                self._helper.close()
+
+    def _offer(self, kids: list[Child | WalkError], ancestors: Ancestors) -> int | None:
+        helper = self._helper
+        if helper is None:
+            if time.monotonic() - self._started < HELPER_AFTER:
+                return None
+        elif not helper.idle():
+            return None
+        items = [(kid[1] + "/", kid[2] + "/", ancestors | {(kid[3].st_dev, kid[3].st_ino)})
+                 for kid in kids if not isinstance(kid, WalkError) and stat.S_ISDIR(kid[3].st_mode)]
+        if len(items) < 2:
+            return None
+        if helper is None:
+            helper = self._helper = _Helper(self.spec, self.follow)
+        return helper.post(items)
+
+    def _take(self, listing: int, index: int) -> tuple[bytes, int] | None:
+        assert self._helper is not None
+        done = self._helper.take(listing, index)
+        if done is not None:
+            self.helped += 1
+        return done
+
+
+class _Helper:
+    """The parent's side of the helper process: it posts task lists and claims, and a reader
+    thread files the helper's answers. Any failure marks it dead: the parent then walks
+    everything left itself."""
+
+    def __init__(self, spec: Ignores | None, follow: bool) -> None:
+        import subprocess  # only a check that shares its walk pays for importing it
+
+        self._cond = threading.Condition()
+        self._started: set[tuple[int, int]] = set()
+        self._done: dict[tuple[int, int], tuple[bytes, int] | None] = {}
+        self._finished: set[int] = set()
+        self._lists = 0
+        self.dead = False
+        self._proc: Any = None
+        python = _python()
+        try:
+            if python is None:
+                raise OSError("no interpreter for the helper")
+            self._proc = subprocess.Popen(
+                [python, "-I", "-S", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True, encoding="ascii", close_fds=True)
+            lines = spec.lines if spec is not None else []
+            self._send(" ".join(os.fsencode(p).hex() for p in sys.path if p) + "\n"
+                       + ("F" if follow else "K") + " "
+                       + (" ".join(line.encode("utf-8", "surrogateescape").hex() for line in lines)
+                          or "-") + "\n")
+        except (OSError, ValueError):
+            self.dead = True
+            return
+        threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True,
+                         name="cib-walk-helper").start()
+
+    def _send(self, text: str) -> None:
+        self._proc.stdin.write(text)
+        self._proc.stdin.flush()
+
+    def idle(self) -> bool:
+        """Alive and done with every list posted so far (a read without the lock: a stale
+        answer only makes ``post`` decide again)."""
+        return not self.dead and len(self._finished) == self._lists
+
+    def post(self, items: list[Item]) -> int | None:
+        with self._cond:
+            if self.dead or len(self._finished) < self._lists:
+                return None  # the helper is still busy with an earlier list
+            n = self._lists
+            self._lists += 1
+        tasks = " ".join(f"{os.fsencode(p).hex()}:{os.fsencode(r).hex()}:{_ancestors_text(a)}"
+                         for p, r, a in items)
+        try:
+            self._send(f"T {n} {tasks}\n")
+        except (OSError, ValueError):
+            self._die()
+        return n
+
+    def take(self, n: int, i: int) -> tuple[bytes, int] | None:
+        key = (n, i)
+        with self._cond:
+            if key not in self._started and not self.dead:
+                if n in self._finished:
+                    return None
+                try:
+                    self._send(f"C {n} {i}\n")
+                except (OSError, ValueError):
+                    self.dead = True
+                    return None
+            # the helper had started it (even as the claim went out: then both walk it)
+            while key in self._started and key not in self._done and not self.dead:
+                self._cond.wait()
+            return self._done.get(key)
+
+    def _read(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                kind, *fields = line.split()
+                with self._cond:
+                    if kind == "S":
+                        self._started.add((int(fields[0]), int(fields[1])))
+                    elif kind == "D":
+                        newest = int(fields[3])
+                        self._done[int(fields[0]), int(fields[1])] = (bytes.fromhex(fields[2]), newest)
+                    elif kind == "E":
+                        self._done[int(fields[0]), int(fields[1])] = None
+                    elif kind == "F":
+                        self._finished.add(int(fields[0]))
+                    else:
+                        raise ValueError(line)
+                    self._cond.notify_all()
+        except (ValueError, IndexError, OSError):
+            pass
+        self._die()
+
+    def _die(self) -> None:
+        with self._cond:
+            self.dead = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self._die()
+        proc = self._proc
+        if proc is None:
+            return
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
+
+
+def _serve(stdin: IO[str], stdout: IO[str]) -> None:
+    """The helper: walk the items of each task list from the last, until one is claimed."""
+    sys.path[:] = [os.fsdecode(bytes.fromhex(p)) for p in stdin.readline().split()]
+    mode, *hex_lines = stdin.readline().split()
+    lines = [] if hex_lines == ["-"] else [bytes.fromhex(h).decode("utf-8", "surrogateescape")
+                                           for h in hex_lines]
+    spec = Ignores(lines) if lines else None
+    follow = mode == "F"
+    cond = threading.Condition()
+    lists: list[tuple[int, list[Item]] | None] = []
+    claimed: set[tuple[int, int]] = set()
+
+    def read() -> None:
+        for line in stdin:
+            kind, n, *rest = line.split()
+            with cond:
+                if kind == "C":
+                    claimed.add((int(n), int(rest[0])))
+                else:
+                    items = []
+                    for task in rest:
+                        path, rel, ancestors = task.split(":")
+                        items.append((os.fsdecode(bytes.fromhex(path)), os.fsdecode(bytes.fromhex(rel)),
+                                      frozenset((int(d), int(i)) for d, i in
+                                                (a.split(".") for a in ancestors.split(",")))))
+                    lists.append((int(n), items))
+                cond.notify()
+        with cond:
+            lists.append(None)
+            cond.notify()
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        with cond:
+            while not lists:
+                cond.wait()
+            task = lists.pop(0)
+        if task is None:
+            return
+        n, items = task
+        for i in range(len(items) - 1, -1, -1):
+            with cond:
+                if (n, i) in claimed:
+                    break
+            stdout.write(f"S {n} {i}\n")
+            stdout.flush()
+            path, rel, ancestors = items[i]
+            try:
+                digest, newest = tree_identity(path, rel, ancestors, spec, follow)
+            except WalkError:
+                stdout.write(f"E {n} {i}\n")
+            else:
+                stdout.write(f"D {n} {i} {digest.hex()} {newest}\n")
+            stdout.flush()
+        stdout.write(f"F {n}\n")
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin, sys.stdout)
