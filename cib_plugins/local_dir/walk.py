@@ -25,6 +25,7 @@ the root down to the item, comma separated) and ``C n i``.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import os
@@ -188,18 +189,22 @@ def file_identity(st: os.stat_result) -> tuple[bytes, int]:
 # A subdirectory handed over: its path and relative path, both ending in "/", and the
 # directories from the root down to it.
 Item = tuple[str, str, Ancestors]
-# Called with a directory's children and ancestors as it is entered: the number of the task
-# list its subdirectories were handed over as, or None.
-Offer = Callable[[list["Child | WalkError"], Ancestors], "int | None"]
+# Called with the walk's stack of directories each time it enters one: it may hand over the
+# subdirectories still to walk of one of them (setting that frame's ``listing``).
+Offer = Callable[[list["_Frame"]], None]
 # Called for item i of list n before walking it: its (digest, newest) if the helper walked it.
 Take = Callable[[int, int], "tuple[bytes, int] | None"]
 
 
 class _Frame:
-    __slots__ = ("hasher", "kids", "at", "ancestors", "newest", "listing", "sub")
+    """A directory being walked: its hash so far, its children and the position of the next
+    one, and, once its remaining subdirectories were handed over as task list ``listing``,
+    how many of them the walk has met since (``sub``)."""
+
+    __slots__ = ("hasher", "kids", "at", "ancestors", "newest", "listing", "sub", "subdirs")
 
     def __init__(self, prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
-                 follow: bool, offer: Offer | None) -> None:
+                 follow: bool) -> None:
         self.hasher = hashlib.sha256(IDENTITY_VERSION)
         self.ancestors = ancestors
         self.at = self.newest = self.sub = 0
@@ -212,8 +217,21 @@ class _Frame:
         except WalkError as exc:
             kids.append(exc)
         self.kids = kids
-        if offer is not None:
-            self.listing = offer(kids, ancestors)
+        self.subdirs: list[int] | None = None  # positions of the subdirectories, when asked
+
+    def remaining(self) -> list[Item]:
+        """The subdirectories not yet met, as items to hand over, if there are two or more."""
+        if self.subdirs is None:
+            self.subdirs = [i for i, kid in enumerate(self.kids)
+                            if not isinstance(kid, WalkError) and stat.S_ISDIR(kid[3].st_mode)]
+        first = bisect.bisect_left(self.subdirs, self.at)
+        if len(self.subdirs) - first < 2:
+            return []
+        items = []
+        for i in self.subdirs[first:]:
+            _, path, rel, st, _, _ = self.kids[i]  # type: ignore[misc]
+            items.append((path + "/", rel + "/", self.ancestors | {(st.st_dev, st.st_ino)}))
+        return items
 
 
 def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, follow: bool,
@@ -222,7 +240,9 @@ def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | N
     change time of a file below it. With ``offer`` and ``take``, subdirectories may be handed
     to someone else who returns the same hash."""
     pack = STATS.pack
-    stack = [_Frame(prefix, rel, ancestors, spec, follow, offer)]
+    stack = [_Frame(prefix, rel, ancestors, spec, follow)]
+    if offer is not None:
+        offer(stack)
     while True:
         frame = stack[-1]
         kids, at, newest = frame.kids, frame.at, frame.newest
@@ -260,7 +280,9 @@ def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | N
         if below is not None:
             _, path, child_rel, st, _, _ = below
             stack.append(_Frame(path + "/", child_rel + "/",
-                                frame.ancestors | {(st.st_dev, st.st_ino)}, spec, follow, offer))
+                                frame.ancestors | {(st.st_dev, st.st_ino)}, spec, follow))
+            if offer is not None:
+                offer(stack)
             continue
         stack.pop()
         digest = frame.hasher.digest()
@@ -313,20 +335,24 @@ class TreeCheck:
             if self._helper is not None:
                 self._helper.close()
 
-    def _offer(self, kids: list[Child | WalkError], ancestors: Ancestors) -> int | None:
+    def _offer(self, stack: list[_Frame]) -> None:
+        """Hands an idle helper the remaining subdirectories of the outermost directory that
+        has two or more left, the largest share of work the walk knows of."""
         helper = self._helper
         if helper is None:
             if time.monotonic() - self._started < HELPER_AFTER:
-                return None
+                return
         elif not helper.idle():
-            return None
-        items = [(kid[1] + "/", kid[2] + "/", ancestors | {(kid[3].st_dev, kid[3].st_ino)})
-                 for kid in kids if not isinstance(kid, WalkError) and stat.S_ISDIR(kid[3].st_mode)]
-        if len(items) < 2:
-            return None
-        if helper is None:
-            helper = self._helper = _Helper(self.spec, self.follow)
-        return helper.post(items)
+            return
+        for frame in stack:
+            if frame.listing is not None:
+                continue  # handed over before: the helper and the walk have shared it out
+            items = frame.remaining()
+            if items:
+                if helper is None:
+                    helper = self._helper = _Helper(self.spec, self.follow)
+                frame.listing, frame.sub = helper.post(items), 0
+                return
 
     def _take(self, listing: int, index: int) -> tuple[bytes, int] | None:
         assert self._helper is not None

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from walk_support import sharing
 
 from cib_core.errors import LayerSourceError
 from cib_core.layers.build import LayerBuilder, collect_entries, prepare_layer
@@ -425,12 +426,13 @@ def test_sources_are_listed_with_their_options(tmp_path: Path) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tree=disk_trees(), links=st.lists(st.sampled_from(["a", "b", "zz", "a/z"]), max_size=2),
        ignores=st.lists(st.sampled_from(["a", "*.b", "!a/a", "b/", "z*"]), max_size=3),
-       follow=st.booleans())
+       follow=st.booleans(), shared=st.booleans(), late=st.sampled_from([0.0, 0.006]))
 def test_the_check_and_the_listing_hash_a_directory_alike(
         tree: list[tuple[str, str, bytes | str]], links: list[str], ignores: list[str],
-        follow: bool) -> None:
-    """local-dir's identity from a walk of its own (on several threads) is the one its
-    listing computes on the way, with ignores, negations and symlinks kept or followed."""
+        follow: bool, shared: bool, late: float) -> None:
+    """local-dir's identity from a walk of its own (alone, or shared with its helper process
+    from the start or from part way) is the one its listing computes on the way, with
+    ignores, negations and symlinks kept or followed; an error is the listing's error."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "src"
         materialize(root, tree)
@@ -442,17 +444,18 @@ def test_the_check_and_the_listing_hash_a_directory_alike(
         assert checked is not None and listed is not None
         assert checked.identity is not None and listed.identity is not None
         try:
-            expected = checked.identity()
+            with sharing(shared, late=late):
+                expected = checked.identity()
         except LayerSourceError as exc:
             with pytest.raises(LayerSourceError) as again:
                 list(listed)
-            assert type(again.value) is type(exc)
+            assert str(again.value) == str(exc)
             return
         list(listed)
         assert listed.identity() == expected
 
 
-def test_a_deep_tree_is_hashed_alike_on_several_threads(tmp_path: Path) -> None:
+def test_a_deep_tree_is_hashed_alike_by_every_check(tmp_path: Path) -> None:
     for a in range(12):
         for b in range(6):
             d = tmp_path / f"d{a:02d}" / f"e{b}" / "f"
@@ -463,6 +466,10 @@ def test_a_deep_tree_is_hashed_alike_on_several_threads(tmp_path: Path) -> None:
     assert listed is not None and listed.identity is not None
     entries = list(listed)
     assert len(entries) == 1 + 12 * (1 + 6 * (2 + 5))
-    checks = {local_dir.cib_layer_source(source=str(tmp_path), options=LayerOptions()).identity()  # type: ignore[union-attr]
-              for _ in range(5)}
+    checks = set()
+    for shared in (False, True, True):
+        check = local_dir._Walk(str(tmp_path), LayerOptions())
+        with sharing(shared):
+            checks.add(check.identity())
+        assert (check.helped > 0) == shared
     assert checks == {listed.identity()}
