@@ -3,13 +3,15 @@
 A tree's identity is a hash over its directories, each one's hash made of its entries' records
 in byte order with a subdirectory's own hash after its record (``tree_identity``). cib's
 process computes it; for a large tree on a machine with two or more processors it shares the
-walk with one helper process, this file run as a program (``python -I -S walk.py``): the
+walk with one helper process, this module run on its own (``python -I -S``, importing it by
+name from its directory, without the package or anything beyond the standard library): the
 system calls of the walk are most of its time, and one process makes them one at a time.
 
-The parent walks as alone. At a directory with two or more subdirectories, once the walk has
-run for ``HELPER_AFTER`` seconds and while the helper has nothing to do, it hands the helper
-that directory's subdirectories as a task list. The helper walks them from the last one, the
-parent from the first; each tells the other which it starts (the parent's *claim* ``C n i``
+The parent walks as alone. Once the walk has run for ``HELPER_AFTER`` seconds, each time it
+enters a directory while the helper has nothing to do, it hands the helper the subdirectories
+still to walk of the outermost directory that has two or more of them left (the largest share
+it knows of, as a work-stealing scheduler takes from the bottom of a stack) as a task list.
+The helper walks them from the last one, the parent from the first; each tells the other which it starts (the parent's *claim* ``C n i``
 before it walks item ``i`` of list ``n``, the helper's ``S n i``), so they meet in the middle.
 At worst both walk one item, with the same result. The helper reports ``D n i <digest>
 <newest>`` for an item it walked, ``E n i`` for an item whose walk failed (the parent walks
@@ -35,7 +37,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: the helper starts without it
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 IDENTITY_VERSION = b"cib local-dir 2\0"
 # What keeps a symlink as a link instead of following it, as add_files spells it; the command
@@ -196,6 +201,105 @@ Offer = Callable[[list["_Frame"]], None]
 Take = Callable[[int, int], "tuple[bytes, int] | None"]
 
 
+# One directory as the check sees it, in byte order: runs of consecutive records of files
+# and kept links joined into one bytes object, a subdirectory as (name, path, rel, stat,
+# listed), and a refusal, which ends the list where a lazy walk would meet it.
+Kid = bytes | tuple[str, str, str, os.stat_result, bool] | WalkError
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+# Names looked up in an open directory: the kernel resolves one name instead of the path.
+_AT = (os.stat in os.supports_dir_fd and os.stat in os.supports_follow_symlinks
+       and os.listdir in os.supports_fd)
+
+
+def _open_listing(dir_path: str) -> tuple[int | None, list[str]]:
+    """An open descriptor of the directory (None where lookups in one are not supported) and
+    its names in byte order."""
+    if not _AT:
+        return None, sorted_names(dir_path)
+    try:
+        fd = os.open(dir_path, _DIR_FLAGS)
+    except OSError as exc:
+        raise WalkError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
+    try:
+        names = os.listdir(fd)
+    except OSError as exc:
+        os.close(fd)
+        raise WalkError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
+    names.sort()
+    if not all(map(str.isascii, names)):
+        names.sort(key=fs_bytes)
+    return fd, names
+
+
+def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
+            follow: bool) -> tuple[list[Kid], int]:
+    """One directory's children as ``tree_identity`` hashes them, and the newest modification
+    or change time of its files: what ``children`` yields, with the same refusals, made in one
+    loop without a tuple or a path a file."""
+    fd, names = _open_listing(prefix[:-1] if len(prefix) > 1 else prefix)
+    kids: list[Kid] = []
+    run: list[bytes] = []
+    newest = 0
+    pack, lstat, at = STATS.pack, os.lstat, os.stat
+    try:
+        for name in names:
+            try:
+                st = (at(name, dir_fd=fd, follow_symlinks=False) if fd is not None
+                      else lstat(prefix + name))
+            except OSError as exc:
+                raise WalkError(prefix + name, f"cannot be read: {exc.strerror or exc}") from None
+            mode = st.st_mode
+            if spec is not None or mode & 0o170000 not in (0o100000, 0o120000) or (
+                    follow and mode & 0o170000 == 0o120000):
+                path, child = prefix + name, rel + name
+                if follow and stat.S_ISLNK(mode):
+                    try:
+                        st = stat_link(path)
+                    except WalkError:
+                        if spec is not None and spec.excluded(child, False):
+                            continue  # an ignored dangling or looping link is no error
+                        raise
+                    mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    ignored = spec is not None and spec.excluded(child, True)
+                    if ignored and not spec.has_negation:  # type: ignore[union-attr]
+                        continue
+                    if (st.st_dev, st.st_ino) in ancestors:
+                        if ignored:
+                            continue
+                        raise WalkError(path, "is a symlink loop: it leads back to a directory "
+                                        "that contains it; remove it or ignore it",
+                                        option=KEEP_SYMLINKS)
+                    if run:
+                        kids.append(b"".join(run))
+                        run = []
+                    kids.append((name, path, child, st, not ignored))
+                    continue
+                if spec is not None and spec.excluded(child, False):
+                    continue
+                if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                    refuse_special(path, mode)
+            mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+            # entry_record's work, inlined: this runs once per file of the tree
+            run.append(name.encode(_FS_ENCODING, _FS_ERRORS) + b"\0" + pack(
+                mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
+            if mtime_ns > newest:
+                newest = mtime_ns
+            if ctime_ns > newest:
+                newest = ctime_ns
+    except WalkError as exc:
+        if run:
+            kids.append(b"".join(run))
+        kids.append(exc)
+        return kids, newest
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if run:
+        kids.append(b"".join(run))
+    return kids, newest
+
+
 class _Frame:
     """A directory being walked: its hash so far, its children and the position of the next
     one, and, once its remaining subdirectories were handed over as task list ``listing``,
@@ -207,29 +311,23 @@ class _Frame:
                  follow: bool) -> None:
         self.hasher = hashlib.sha256(IDENTITY_VERSION)
         self.ancestors = ancestors
-        self.at = self.newest = self.sub = 0
+        self.at = self.sub = 0
         self.listing: int | None = None
-        # The directory's children, listed before any is walked so its subdirectories can be
-        # handed over; a refusal ends the list, to be raised where a lazy walk would meet it.
-        kids: list[Child | WalkError] = []
-        try:
-            kids.extend(children(prefix, rel, ancestors, spec, follow))
-        except WalkError as exc:
-            kids.append(exc)
-        self.kids = kids
+        self.kids, self.newest = listing(prefix, rel, ancestors, spec, follow)
         self.subdirs: list[int] | None = None  # positions of the subdirectories, when asked
 
     def remaining(self) -> list[Item]:
         """The subdirectories not yet met, as items to hand over, if there are two or more."""
         if self.subdirs is None:
-            self.subdirs = [i for i, kid in enumerate(self.kids)
-                            if not isinstance(kid, WalkError) and stat.S_ISDIR(kid[3].st_mode)]
+            self.subdirs = [i for i, kid in enumerate(self.kids) if type(kid) is tuple]
         first = bisect.bisect_left(self.subdirs, self.at)
         if len(self.subdirs) - first < 2:
             return []
         items = []
         for i in self.subdirs[first:]:
-            _, path, rel, st, _, _ = self.kids[i]  # type: ignore[misc]
+            kid = self.kids[i]
+            assert isinstance(kid, tuple)
+            _, path, rel, st, _ = kid
             items.append((path + "/", rel + "/", self.ancestors | {(st.st_dev, st.st_ino)}))
         return items
 
@@ -239,7 +337,6 @@ def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | N
     """The hash of the directory ``prefix`` (ending in "/") and the newest modification or
     change time of a file below it. With ``offer`` and ``take``, subdirectories may be handed
     to someone else who returns the same hash."""
-    pack = STATS.pack
     stack = [_Frame(prefix, rel, ancestors, spec, follow)]
     if offer is not None:
         offer(stack)
@@ -247,38 +344,30 @@ def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | N
         frame = stack[-1]
         kids, at, newest = frame.kids, frame.at, frame.newest
         update = frame.hasher.update
-        below: Child | None = None
+        below = None
         while at < len(kids):
             kid = kids[at]
             at += 1
+            if isinstance(kid, bytes):
+                update(kid)
+                continue
             if isinstance(kid, WalkError):
                 raise kid
-            name, _, _, st, _, listed = kid
-            mode = st.st_mode
-            if mode & 0o170000 == 0o040000:  # S_ISDIR
-                update(dir_record(name, mode, listed))
-                done = None
-                if frame.listing is not None:
-                    done = take(frame.listing, frame.sub)  # type: ignore[misc]
-                    frame.sub += 1
-                if done is None:
-                    below = kid
-                    break
-                update(done[0])
-                if done[1] > newest:
-                    newest = done[1]
-                continue
-            mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
-            # entry_record's work, inlined: this runs once per file of the tree
-            update(name.encode(_FS_ENCODING, _FS_ERRORS) + b"\0" + pack(
-                mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
-            if mtime_ns > newest:
-                newest = mtime_ns
-            if ctime_ns > newest:
-                newest = ctime_ns
+            name, _, _, st, listed = kid
+            update(dir_record(name, st.st_mode, listed))
+            done = None
+            if frame.listing is not None:
+                done = take(frame.listing, frame.sub)  # type: ignore[misc]
+                frame.sub += 1
+            if done is None:
+                below = kid
+                break
+            update(done[0])
+            if done[1] > newest:
+                newest = done[1]
         frame.at, frame.newest = at, newest
         if below is not None:
-            _, path, child_rel, st, _, _ = below
+            _, path, child_rel, st, _ = below
             stack.append(_Frame(path + "/", child_rel + "/",
                                 frame.ancestors | {(st.st_dev, st.st_ino)}, spec, follow))
             if offer is not None:
@@ -292,6 +381,10 @@ def tree_identity(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | N
         parent.hasher.update(digest)
         if newest > parent.newest:
             parent.newest = newest
+
+
+_HELPER_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "__import__(sys.argv[2])._serve(sys.stdin, sys.stdout)")
 
 
 def _processors() -> int:
@@ -381,8 +474,12 @@ class _Helper:
         try:
             if python is None:
                 raise OSError("no interpreter for the helper")
+            # imported by name from its directory, the helper runs from the compiled file pip
+            # wrote beside this one instead of compiling this file as a script
             self._proc = subprocess.Popen(
-                [python, "-I", "-S", __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [python, "-I", "-S", "-c", _HELPER_MAIN, os.path.dirname(__file__),
+                 os.path.splitext(os.path.basename(__file__))[0]],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL, text=True, encoding="ascii", close_fds=True)
             lines = spec.lines if spec is not None else []
             self._send(" ".join(os.fsencode(p).hex() for p in sys.path if p) + "\n"
@@ -531,6 +628,3 @@ def _serve(stdin: IO[str], stdout: IO[str]) -> None:
         stdout.write(f"F {n}\n")
         stdout.flush()
 
-
-if __name__ == "__main__":
-    _serve(sys.stdin, sys.stdout)

@@ -24,11 +24,11 @@ def sharing(shared: bool = True, late: float = 0.0, slow: float = 0.004) -> Iter
         patch.setattr(walk, "_processors", lambda: 2 if shared else 1)
         patch.setattr(walk, "HELPER_AFTER", late)
         if shared:
-            listing = walk.children
+            listing = walk.listing
 
-            def slowed(*args: Any, **kwargs: Any) -> Iterator[walk.Child]:
+            def slowed(*args: Any, **kwargs: Any) -> tuple[list[walk.Kid], int]:
                 time.sleep(slow)
                 return listing(*args, **kwargs)
 
-            patch.setattr(walk, "children", slowed)
+            patch.setattr(walk, "listing", slowed)
         yield
