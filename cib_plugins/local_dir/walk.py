@@ -11,9 +11,10 @@ The parent walks as alone. Once the walk has run for ``HELPER_AFTER`` seconds, e
 enters a directory while the helper has nothing to do, it hands the helper the subdirectories
 still to walk of the outermost directory that has two or more of them left (the largest share
 it knows of, as a work-stealing scheduler takes from the bottom of a stack) as a task list.
-The helper walks them from the last one, the parent from the first; each tells the other which it starts (the parent's *claim* ``C n i``
-before it walks item ``i`` of list ``n``, the helper's ``S n i``), so they meet in the middle.
-At worst both walk one item, with the same result. The helper reports ``D n i <digest>
+The helper walks them from the last one, the parent from the first; each tells the other
+which it starts (the parent's *claim* ``C n i`` before it walks item ``i`` of list ``n``, the
+helper's ``S n i``), so they meet in the middle. At worst both walk one item, with the same
+result. The helper reports ``D n i <digest>
 <newest>`` for an item it walked, ``E n i`` for an item whose walk failed (the parent walks
 that item itself, so the error it raises is the one a walk alone would raise, in the same
 order), and ``F n`` when it has stopped on list ``n``. Anything else, or no helper at all, and
@@ -395,9 +396,12 @@ def _processors() -> int:
 
 
 def _python() -> str | None:
-    """The interpreter that can run this file as the helper, or None (a frozen cib, or this
-    module loaded from somewhere that is not a file)."""
+    """The interpreter that can run this module as the helper, or None: a frozen cib, this
+    module loaded from somewhere that is not a file, or a program embedding Python whose
+    ``sys.executable`` is not a Python (a server such as uWSGI names itself there)."""
     if getattr(sys, "frozen", False) or not sys.executable or not os.path.isfile(__file__):
+        return None
+    if not os.path.basename(sys.executable).lower().startswith(("python", "pypy")):
         return None
     return sys.executable
 
@@ -518,16 +522,19 @@ class _Helper:
     def take(self, n: int, i: int) -> tuple[bytes, int] | None:
         key = (n, i)
         with self._cond:
-            if key not in self._started and not self.dead:
-                if n in self._finished:
-                    return None
-                try:
-                    self._send(f"C {n} {i}\n")
-                except (OSError, ValueError):
-                    self.dead = True
-                    return None
-            # the helper had started it (even as the claim went out: then both walk it)
-            while key in self._started and key not in self._done and not self.dead:
+            claim = key not in self._started and not self.dead
+            if claim and n in self._finished:
+                return None
+        if claim:
+            # the helper may start it as the claim goes out: then both walk it, and the
+            # walk here is the one used
+            try:
+                self._send(f"C {n} {i}\n")
+            except (OSError, ValueError):
+                self._die()
+            return None
+        with self._cond:
+            while key not in self._done and not self.dead:
                 self._cond.wait()
             return self._done.get(key)
 
