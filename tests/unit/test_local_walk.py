@@ -145,6 +145,18 @@ def test_a_helper_that_cannot_start_costs_nothing_but_time(tmp_path: Path,
     assert key == listing(tmp_path / "src")
 
 
+def test_an_embedding_program_that_is_not_python_is_never_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_tree(tmp_path / "src")
+    program = tmp_path / "uwsgi"
+    program.write_text(f"#!/bin/sh\ntouch {tmp_path}/started\n")
+    program.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(program))
+    key, helped = check(tmp_path / "src")
+    assert helped == 0 and not (tmp_path / "started").exists()
+    assert key == listing(tmp_path / "src")
+
+
 FAULTY = {
     # dies at once
     "exits": "import sys; sys.exit(3)",
