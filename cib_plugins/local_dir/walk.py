@@ -150,32 +150,40 @@ def children(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
             st = os.lstat(path)
         except OSError as exc:
             raise WalkError(path, f"cannot be read: {exc.strerror or exc}") from None
+        kept = judged(path, child, st, ancestors, spec, follow)
+        if kept is not None:
+            yield name, path, child, *kept
+
+
+def judged(path: str, rel: str, st: os.stat_result, ancestors: Ancestors, spec: Ignores | None,
+           follow: bool) -> tuple[os.stat_result, bool, bool] | None:
+    """What the layer makes of one name, given its ``lstat``: ``(stat, followed, listed)`` as
+    ``children`` yields them, or None when it is left out."""
+    mode = st.st_mode
+    followed = follow and stat.S_ISLNK(mode)
+    if followed:
+        try:
+            st = stat_link(path)
+        except WalkError:
+            if spec is not None and spec.excluded(rel, False):
+                return None  # an ignored dangling or looping link is no error
+            raise
         mode = st.st_mode
-        followed = follow and stat.S_ISLNK(mode)
-        if followed:
-            try:
-                st = stat_link(path)
-            except WalkError:
-                if spec is not None and spec.excluded(child, False):
-                    continue  # an ignored dangling or looping link is no error
-                raise
-            mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            ignored = spec is not None and spec.excluded(child, True)
-            if ignored and not spec.has_negation:  # type: ignore[union-attr]
-                continue
-            if (st.st_dev, st.st_ino) in ancestors:
-                if ignored:
-                    continue
-                raise WalkError(path, "is a symlink loop: it leads back to a directory that "
-                                "contains it; remove it or ignore it", option=KEEP_SYMLINKS)
-            yield name, path, child, st, followed, not ignored
-            continue
-        if spec is not None and spec.excluded(child, False):
-            continue
-        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-            refuse_special(path, mode)
-        yield name, path, child, st, followed, True
+    if stat.S_ISDIR(mode):
+        ignored = spec is not None and spec.excluded(rel, True)
+        if ignored and not spec.has_negation:  # type: ignore[union-attr]
+            return None
+        if (st.st_dev, st.st_ino) in ancestors:
+            if ignored:
+                return None
+            raise WalkError(path, "is a symlink loop: it leads back to a directory that "
+                            "contains it; remove it or ignore it", option=KEEP_SYMLINKS)
+        return st, followed, not ignored
+    if spec is not None and spec.excluded(rel, False):
+        return None
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        refuse_special(path, mode)
+    return st, followed, True
 
 
 def entry_record(name: str, st: os.stat_result) -> bytes:
@@ -253,33 +261,17 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
             if spec is not None or mode & 0o170000 not in (0o100000, 0o120000) or (
                     follow and mode & 0o170000 == 0o120000):
                 path, child = prefix + name, rel + name
-                if follow and stat.S_ISLNK(mode):
-                    try:
-                        st = stat_link(path)
-                    except WalkError:
-                        if spec is not None and spec.excluded(child, False):
-                            continue  # an ignored dangling or looping link is no error
-                        raise
-                    mode = st.st_mode
+                kept = judged(path, child, st, ancestors, spec, follow)
+                if kept is None:
+                    continue
+                st, _, listed = kept
+                mode = st.st_mode
                 if stat.S_ISDIR(mode):
-                    ignored = spec is not None and spec.excluded(child, True)
-                    if ignored and not spec.has_negation:  # type: ignore[union-attr]
-                        continue
-                    if (st.st_dev, st.st_ino) in ancestors:
-                        if ignored:
-                            continue
-                        raise WalkError(path, "is a symlink loop: it leads back to a directory "
-                                        "that contains it; remove it or ignore it",
-                                        option=KEEP_SYMLINKS)
                     if run:
                         kids.append(b"".join(run))
                         run = []
-                    kids.append((name, path, child, st, not ignored))
+                    kids.append((name, path, child, st, listed))
                     continue
-                if spec is not None and spec.excluded(child, False):
-                    continue
-                if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                    refuse_special(path, mode)
             mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
             # entry_record's work, inlined: this runs once per file of the tree
             run.append(name.encode(_FS_ENCODING, _FS_ERRORS) + b"\0" + pack(
