@@ -240,14 +240,17 @@ def _open_listing(dir_path: str) -> tuple[int | None, list[str]]:
     return fd, names
 
 
-def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
-            follow: bool) -> tuple[list[Kid], int]:
+def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, follow: bool,
+            update: Callable[[bytes], object]) -> tuple[list[Kid], int]:
     """One directory's children as ``tree_identity`` hashes them, and the newest modification
     or change time of its files: what ``children`` yields, with the same refusals, made in one
-    loop without a tuple or a path a file."""
+    loop without a tuple or a path a file. The records before the first subdirectory go to
+    ``update`` (the directory's hash) as they are made, so a directory of a million files and
+    no subdirectory keeps no record."""
     fd, names = _open_listing(prefix[:-1] if len(prefix) > 1 else prefix)
     kids: list[Kid] = []
     run: list[bytes] = []
+    ahead = True  # no subdirectory yet: records go straight to the hash
     newest = 0
     pack, lstat, at = STATS.pack, os.lstat, os.stat
     try:
@@ -268,8 +271,12 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
                 mode = st.st_mode
                 if stat.S_ISDIR(mode):
                     if run:
-                        kids.append(b"".join(run))
+                        if ahead:
+                            update(b"".join(run))
+                        else:
+                            kids.append(b"".join(run))
                         run = []
+                    ahead = False
                     kids.append((name, path, child, st, listed))
                     continue
             mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
@@ -280,6 +287,9 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
                 newest = mtime_ns
             if ctime_ns > newest:
                 newest = ctime_ns
+            if ahead and len(run) == 4096:
+                update(b"".join(run))
+                run = []
     except WalkError as exc:
         if run:
             kids.append(b"".join(run))
@@ -306,7 +316,7 @@ class _Frame:
         self.ancestors = ancestors
         self.at = self.sub = 0
         self.listing: int | None = None
-        self.kids, self.newest = listing(prefix, rel, ancestors, spec, follow)
+        self.kids, self.newest = listing(prefix, rel, ancestors, spec, follow, self.hasher.update)
         self.subdirs: list[int] | None = None  # positions of the subdirectories, when asked
 
     def remaining(self) -> list[Item]:
