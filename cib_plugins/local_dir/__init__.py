@@ -43,6 +43,8 @@ from cib_core import LayerSourceError
 from cib_core.plugin_api import Entry, LayerOptions, LazyFile, SortedEntries, dir_entry, file_entry
 
 from .walk import (
+    FS_ENCODING,
+    FS_ERRORS,
     IDENTITY_VERSION,
     STATS,
     Ignores,
@@ -52,7 +54,6 @@ from .walk import (
     compiled,
     dir_record,
     file_identity,
-    fs_bytes,
     refuse_special,
 )
 
@@ -155,79 +156,81 @@ class _Walk:
         return root if root.endswith("/") else root + "/", st, _ignore_spec(root, self.options)
 
     def entries(self) -> Iterator[Entry]:
-        with _errors():
-            yield from self._entries()
-
-    def _entries(self) -> Iterator[Entry]:
-        root, st, spec = self._start()
-        if stat.S_ISREG(st.st_mode):
-            yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
-            self._identity = file_identity(st)
-            return
-        yield dir_entry("", 0o755)
-        follow = self.options.follow_symlinks
-        seen_inodes: dict[tuple[int, int], str] = {}
-        regular, directory, symlink = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE
-        pack, tar_info, lazy_file = STATS.pack, tarfile.TarInfo, LazyFile
-        newest = 0
-        # one frame a directory, the root first: its hash, its children still to walk, and
-        # the (dev, ino) of the directories from the root down (loops, when following links)
-        hasher = hashlib.sha256(IDENTITY_VERSION)
-        ancestors = frozenset({(st.st_dev, st.st_ino)})
-        stack = [(hasher, children(root, "", ancestors, spec, follow), ancestors)]
-        while stack:
-            hasher, kids, ancestors = stack[-1]
-            for name, path, rel, st, followed, listed in kids:
-                mode = st.st_mode
-                if stat.S_ISDIR(mode):
-                    hasher.update(dir_record(name, mode, listed))
-                    if listed:
-                        info = tarfile.TarInfo(rel)
-                        info.type = directory
-                        info.mode = mode & 0o7777
-                        yield info, None
-                    below = ancestors | {(st.st_dev, st.st_ino)}
-                    stack.append((hashlib.sha256(IDENTITY_VERSION),
-                                  children(path + "/", rel + "/", below, spec, follow), below))
-                    break  # into it now; this directory's other names come after its contents
-                mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
-                # _entry_record's work, inlined: this runs once per file of the tree
-                hasher.update(fs_bytes(name) + b"\0" + pack(
-                    mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
-                if mtime_ns > newest:
-                    newest = mtime_ns
-                if ctime_ns > newest:
-                    newest = ctime_ns
-                if mode & 0o170000 == 0o100000:  # S_ISREG
-                    if st.st_nlink > 1 and not followed:
-                        ident = (st.st_dev, st.st_ino)
-                        first = seen_inodes.get(ident)
-                        if first is not None:
+        # the walk's refusals as the core's error; a try around the body (not a wrapping
+        # generator) costs nothing a file
+        try:
+            root, st, spec = self._start()
+            if stat.S_ISREG(st.st_mode):
+                yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
+                self._identity = file_identity(st)
+                return
+            yield dir_entry("", 0o755)
+            follow = self.options.follow_symlinks
+            seen_inodes: dict[tuple[int, int], str] = {}
+            regular, directory, symlink = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE
+            pack, tar_info, lazy_file = STATS.pack, tarfile.TarInfo, LazyFile
+            newest = 0
+            # one frame a directory, the root first: its hash, its children still to walk, and
+            # the (dev, ino) of the directories from the root down (loops, when following links)
+            hasher = hashlib.sha256(IDENTITY_VERSION)
+            ancestors = frozenset({(st.st_dev, st.st_ino)})
+            stack = [(hasher, children(root, "", ancestors, spec, follow), ancestors)]
+            while stack:
+                hasher, kids, ancestors = stack[-1]
+                for name, path, rel, st, followed, listed in kids:
+                    mode = st.st_mode
+                    if stat.S_ISDIR(mode):
+                        hasher.update(dir_record(name, mode, listed))
+                        if listed:
                             info = tarfile.TarInfo(rel)
-                            info.type = tarfile.LNKTYPE
-                            info.linkname = first
+                            info.type = directory
                             info.mode = mode & 0o7777
                             yield info, None
-                            continue
-                        seen_inodes[ident] = rel
-                    # file_entry's work, inlined
-                    info = tar_info(rel)
-                    info.type = regular
-                    info.size = st.st_size
-                    info.mode = mode & 0o7777
-                    yield info, lazy_file(path, st)
-                else:  # a kept symlink: _children refused every other type
-                    try:
-                        target = os.readlink(path)
-                    except OSError as exc:
-                        raise LayerSourceError(path, f"cannot read symlink: {exc.strerror or exc}") from None
-                    info = tarfile.TarInfo(rel)
-                    info.type = symlink
-                    info.linkname = target
-                    info.mode = 0o777
-                    yield info, None
-            else:
-                stack.pop()
-                if stack:
-                    stack[-1][0].update(hasher.digest())  # after the directory's own record
-        self._identity = hasher.digest(), newest
+                        below = ancestors | {(st.st_dev, st.st_ino)}
+                        stack.append((hashlib.sha256(IDENTITY_VERSION),
+                                      children(path + "/", rel + "/", below, spec, follow), below))
+                        break  # into it now; this directory's other names come after its contents
+                    mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
+                    # _entry_record's work, inlined: this runs once per file of the tree
+                    hasher.update(name.encode(FS_ENCODING, FS_ERRORS) + b"\0" + pack(
+                        mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
+                    if mtime_ns > newest:
+                        newest = mtime_ns
+                    if ctime_ns > newest:
+                        newest = ctime_ns
+                    if mode & 0o170000 == 0o100000:  # S_ISREG
+                        if st.st_nlink > 1 and not followed:
+                            ident = (st.st_dev, st.st_ino)
+                            first = seen_inodes.get(ident)
+                            if first is not None:
+                                info = tarfile.TarInfo(rel)
+                                info.type = tarfile.LNKTYPE
+                                info.linkname = first
+                                info.mode = mode & 0o7777
+                                yield info, None
+                                continue
+                            seen_inodes[ident] = rel
+                        # file_entry's work, inlined
+                        info = tar_info(rel)
+                        info.type = regular
+                        info.size = st.st_size
+                        info.mode = mode & 0o7777
+                        yield info, lazy_file(path, st)
+                    else:  # a kept symlink: _children refused every other type
+                        try:
+                            target = os.readlink(path)
+                        except OSError as exc:
+                            raise LayerSourceError(
+                                path, f"cannot read symlink: {exc.strerror or exc}") from None
+                        info = tarfile.TarInfo(rel)
+                        info.type = symlink
+                        info.linkname = target
+                        info.mode = 0o777
+                        yield info, None
+                else:
+                    stack.pop()
+                    if stack:
+                        stack[-1][0].update(hasher.digest())  # after the directory's own record
+            self._identity = hasher.digest(), newest
+        except WalkError as exc:
+            raise LayerSourceError(exc.path, exc.reason, option=exc.option) from None

@@ -51,7 +51,7 @@ KEEP_SYMLINKS = "follow_symlinks=False"
 # 40 ms of the other processor, which a small tree would not win back.
 HELPER_AFTER = 0.03
 
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 STATS = struct.Struct("<IQQQqq")  # mode, size, device, inode, mtime and ctime in ns
 
 Ancestors = frozenset[tuple[int, int]]
@@ -67,7 +67,7 @@ class WalkError(Exception):
 
 
 def fs_bytes(name: str) -> bytes:
-    return name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode without its Python-level call
+    return name.encode(FS_ENCODING, FS_ERRORS)  # os.fsencode without its Python-level call
 
 
 def sorted_names(dir_path: str) -> list[str]:
@@ -150,6 +150,9 @@ def children(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None,
             st = os.lstat(path)
         except OSError as exc:
             raise WalkError(path, f"cannot be read: {exc.strerror or exc}") from None
+        if spec is None and st.st_mode & 0o170000 == 0o100000:
+            yield name, path, child, st, False, True  # a plain file: judged() would keep it
+            continue
         kept = judged(path, child, st, ancestors, spec, follow)
         if kept is not None:
             yield name, path, child, *kept
@@ -281,7 +284,7 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, f
                     continue
             mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
             # entry_record's work, inlined: this runs once per file of the tree
-            run.append(name.encode(_FS_ENCODING, _FS_ERRORS) + b"\0" + pack(
+            run.append(name.encode(FS_ENCODING, FS_ERRORS) + b"\0" + pack(
                 mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
             if mtime_ns > newest:
                 newest = mtime_ns
