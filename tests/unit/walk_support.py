@@ -1,7 +1,7 @@
 """Making local-dir's no-change check share its walk with the helper process in a small tree.
 
 A test tree is walked in a few milliseconds, long before the check would start its helper
-(``HELPER_AFTER``), and the helper needs about 40 ms to start: ``sharing`` starts the helper
+(``HELPER_AFTER``), and the helper needs about 20 ms to start: ``sharing`` starts the helper
 at once (or after ``late`` seconds), claims two processors, and slows the parent's listing of
 each directory so the helper, which is not slowed, gets a share of the tree to walk.
 """
