@@ -54,6 +54,7 @@ HELPER_AFTER = 0.01
 
 FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 STATS = struct.Struct("<IQQQqq")  # mode, size, device, inode, mtime and ctime in ns
+_RECORD_STATS = struct.Struct("<xIQQQqq")  # the same after the 0 byte that ends a name
 
 Ancestors = frozenset[tuple[int, int]]
 Child = tuple[str, str, str, os.stat_result, bool, bool]
@@ -256,7 +257,8 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, f
     run: list[bytes] = []
     ahead = True  # no subdirectory yet: records go straight to the hash
     newest = 0
-    pack, lstat, at = STATS.pack, os.lstat, os.stat
+    pack_record, lstat, at = _RECORD_STATS.pack, os.lstat, os.stat
+    encoding, errors = FS_ENCODING, FS_ERRORS
     try:
         for name in names:
             try:
@@ -265,8 +267,7 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, f
             except OSError as exc:
                 raise WalkError(prefix + name, f"cannot be read: {exc.strerror or exc}") from None
             mode = st.st_mode
-            if spec is not None or mode & 0o170000 not in (0o100000, 0o120000) or (
-                    follow and mode & 0o170000 == 0o120000):
+            if mode & 0o170000 != 0o100000 or spec is not None:  # not a plain file, no ignores
                 path, child = prefix + name, rel + name
                 kept = judged(path, child, st, ancestors, spec, follow)
                 if kept is None:
@@ -285,7 +286,7 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, f
                     continue
             mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
             # entry_record's work, inlined: this runs once per file of the tree
-            run.append(name.encode(FS_ENCODING, FS_ERRORS) + b"\0" + pack(
+            run.append(name.encode(encoding, errors) + pack_record(
                 mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
             if mtime_ns > newest:
                 newest = mtime_ns
