@@ -46,7 +46,7 @@ from .walk import (
     FS_ENCODING,
     FS_ERRORS,
     IDENTITY_VERSION,
-    STATS,
+    RECORD_STATS,
     Ignores,
     TreeCheck,
     WalkError,
@@ -156,9 +156,9 @@ class _Walk:
         return root if root.endswith("/") else root + "/", st, _ignore_spec(root, self.options)
 
     def entries(self) -> Iterator[Entry]:
-        # the walk's refusals as the core's error; a try around the body (not a wrapping
-        # generator) costs nothing a file
-        try:
+        # the walk's refusals as the core's error: a block around the body, not a generator
+        # wrapping this one, which would cost every entry a frame
+        with _errors():
             root, st, spec = self._start()
             if stat.S_ISREG(st.st_mode):
                 yield file_entry("", st.st_size, LazyFile(root, st), st.st_mode)
@@ -168,7 +168,7 @@ class _Walk:
             follow = self.options.follow_symlinks
             seen_inodes: dict[tuple[int, int], str] = {}
             regular, directory, symlink = tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE
-            pack, tar_info, lazy_file = STATS.pack, tarfile.TarInfo, LazyFile
+            pack, tar_info, lazy_file = RECORD_STATS.pack, tarfile.TarInfo, LazyFile
             newest = 0
             # one frame a directory, the root first: its hash, its children still to walk, and
             # the (dev, ino) of the directories from the root down (loops, when following links)
@@ -192,7 +192,7 @@ class _Walk:
                         break  # into it now; this directory's other names come after its contents
                     mtime_ns, ctime_ns = st.st_mtime_ns, st.st_ctime_ns
                     # _entry_record's work, inlined: this runs once per file of the tree
-                    hasher.update(name.encode(FS_ENCODING, FS_ERRORS) + b"\0" + pack(
+                    hasher.update(name.encode(FS_ENCODING, FS_ERRORS) + pack(
                         mode, st.st_size, st.st_dev, st.st_ino, mtime_ns, ctime_ns))
                     if mtime_ns > newest:
                         newest = mtime_ns
@@ -232,5 +232,3 @@ class _Walk:
                     if stack:
                         stack[-1][0].update(hasher.digest())  # after the directory's own record
             self._identity = hasher.digest(), newest
-        except WalkError as exc:
-            raise LayerSourceError(exc.path, exc.reason, option=exc.option) from None

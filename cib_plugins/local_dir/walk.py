@@ -53,8 +53,9 @@ KEEP_SYMLINKS = "follow_symlinks=False"
 HELPER_AFTER = 0.01
 
 FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-STATS = struct.Struct("<IQQQqq")  # mode, size, device, inode, mtime and ctime in ns
-_RECORD_STATS = struct.Struct("<xIQQQqq")  # the same after the 0 byte that ends a name
+# A record's numbers after the 0 byte that ends its name: mode, size, device, inode, mtime
+# and ctime in ns
+RECORD_STATS = struct.Struct("<xIQQQqq")
 
 Ancestors = frozenset[tuple[int, int]]
 Child = tuple[str, str, str, os.stat_result, bool, bool]
@@ -72,9 +73,10 @@ def fs_bytes(name: str) -> bytes:
     return name.encode(FS_ENCODING, FS_ERRORS)  # os.fsencode without its Python-level call
 
 
-def sorted_names(dir_path: str) -> list[str]:
+def sorted_names(dir_path: str, fd: int | None = None) -> list[str]:
+    """The names in a directory, in byte order; listed through ``fd`` where it is open."""
     try:
-        names = os.listdir(dir_path)
+        names = os.listdir(dir_path if fd is None else fd)
     except OSError as exc:
         raise WalkError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
     names.sort()
@@ -192,8 +194,8 @@ def judged(path: str, rel: str, st: os.stat_result, ancestors: Ancestors, spec: 
 
 
 def entry_record(name: str, st: os.stat_result) -> bytes:
-    return fs_bytes(name) + b"\0" + STATS.pack(st.st_mode, st.st_size, st.st_dev, st.st_ino,
-                                               st.st_mtime_ns, st.st_ctime_ns)
+    return fs_bytes(name) + RECORD_STATS.pack(st.st_mode, st.st_size, st.st_dev, st.st_ino,
+                                              st.st_mtime_ns, st.st_ctime_ns)
 
 
 def dir_record(name: str, mode: int, listed: bool) -> bytes:
@@ -235,14 +237,10 @@ def _open_listing(dir_path: str) -> tuple[int | None, list[str]]:
     except OSError as exc:
         raise WalkError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
     try:
-        names = os.listdir(fd)
-    except OSError as exc:
+        return fd, sorted_names(dir_path, fd)
+    except WalkError:
         os.close(fd)
-        raise WalkError(dir_path, f"cannot list directory: {exc.strerror or exc}") from None
-    names.sort()
-    if not all(map(str.isascii, names)):
-        names.sort(key=fs_bytes)
-    return fd, names
+        raise
 
 
 def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, follow: bool,
@@ -257,7 +255,7 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, f
     run: list[bytes] = []
     ahead = True  # no subdirectory yet: records go straight to the hash
     newest = 0
-    pack_record, lstat, at = _RECORD_STATS.pack, os.lstat, os.stat
+    pack_record, lstat, at = RECORD_STATS.pack, os.lstat, os.stat
     encoding, errors = FS_ENCODING, FS_ERRORS
     try:
         for name in names:
@@ -267,7 +265,7 @@ def listing(prefix: str, rel: str, ancestors: Ancestors, spec: Ignores | None, f
             except OSError as exc:
                 raise WalkError(prefix + name, f"cannot be read: {exc.strerror or exc}") from None
             mode = st.st_mode
-            if mode & 0o170000 != 0o100000 or spec is not None:  # not a plain file, no ignores
+            if mode & 0o170000 != 0o100000 or spec is not None:  # all but a plain file, unignored
                 path, child = prefix + name, rel + name
                 kept = judged(path, child, st, ancestors, spec, follow)
                 if kept is None:
